@@ -1,0 +1,48 @@
+# govstack-deploy: `make up` deploys the whole stack to this machine,
+# `make test` runs every test tier. Both create .venv first.
+SHELL := /bin/bash
+VENV ?= .venv
+BIN := $(VENV)/bin
+INVENTORY ?= inventories/local.py
+TEST_INVENTORY ?= tests/inventories/test_local.py
+PYTEST := $(BIN)/pytest -p no:cacheprovider
+
+.PHONY: venv up check test test-quick test-full test-multihost lint bench clean-test
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+## Deploy the whole stack to this machine (inventories/local.py).
+up: venv
+	$(BIN)/govstack up -i $(INVENTORY)
+
+## testinfra checks against every host of INVENTORY.
+check: venv
+	$(BIN)/govstack check -i $(INVENTORY)
+
+## Everything: quick tier, then deploy + host checks + drills.
+test: test-quick test-full
+
+## Seconds: lint, settings, tuning, rendering of both lanes.
+test-quick: venv
+	$(BIN)/ruff check govstack deploys inventories tests bench
+	$(PYTEST) -q tests/unit
+
+## Minutes: deploys the test stack (own root, project and ports), checks it.
+test-full: venv
+	GOVSTACK_INVENTORY=$(TEST_INVENTORY) GOVSTACK_DEPLOY=1 $(PYTEST) -v tests/e2e tests/hosts
+
+lint: venv
+	$(BIN)/ruff check govstack deploys inventories tests bench
+
+bench: venv
+	$(BIN)/python bench/deploy_times.py
+
+## Remove the test stack (containers, networks, data) left by test-full.
+clean-test: venv
+	$(BIN)/python -m tests.e2e.teardown $(TEST_INVENTORY)

@@ -1,0 +1,75 @@
+"""Images: the offline lane builds every one on the host; the upstream lane
+uses pinned official images (pulled by Compose)."""
+
+from __future__ import annotations
+
+from pyinfra.api import deploy
+from pyinfra.operations import files
+
+from govstack import images
+from govstack.operations import base_image_built, files_mirrored, image_built
+from govstack.plan import StackPlan
+
+HOST_CA_CERTS = "/usr/local/share/ca-certificates/*.crt"
+
+
+def _ca_cert_pattern(plan: StackPlan) -> str:
+    extra = plan.settings.images.extra_ca_certs
+    return HOST_CA_CERTS if extra is None else " ".join(extra) or "/nonexistent"
+
+
+@deploy("Offline images")
+def build_offline_images(plan: StackPlan):
+    s = plan.settings
+    build_dir = s.build_dir
+    files.directory(name="Build directory", path=build_dir, mode="700")
+
+    base_tag = images.base_image_tag(s)
+    base_hash = images.base_context_hash(s)
+    script = f"{build_dir}/build-rootfs.sh"
+    files.put(
+        name="Base rootfs build script",
+        src=str(images.IMAGE_TEMPLATES / "base" / "build-rootfs.sh"),
+        dest=script,
+        mode="755",
+    )
+    base_image_built(
+        name=f"Base image {base_tag} (debootstrap {s.images.debian_suite}, slim)",
+        tag=base_tag,
+        context_hash=base_hash,
+        script=script,
+        suite=s.images.debian_suite,
+        mirror=s.images.debian_mirror,
+    )
+
+    for image in images.offline_images(s):
+        build_offline_image(plan, image, base_tag, base_hash)
+
+
+def build_offline_image(plan: StackPlan, image: images.OfflineImage, base_tag: str, base_hash: str):
+    s = plan.settings
+    context = f"{s.build_dir}/{image.service}"
+    files.sync(
+        name=f"Build context of {image.tag}",
+        src=str(image.context),
+        dest=context,
+        delete=True,
+        exclude_dir="certs",
+    )
+    # Build stages that run pip must trust this site's TLS interception
+    # certificates; the final stages never copy them.
+    files_mirrored(
+        name=f"Extra CA certificates for {image.tag} build stages",
+        source_pattern=_ca_cert_pattern(plan) if image.needs_ca_certs else "/nonexistent/*",
+        dest_dir=f"{context}/certs",
+    )
+    build_args = {"BASE_IMAGE": base_tag, **image.build_args}
+    image_built(
+        name=f"Image {image.tag}",
+        tag=image.tag,
+        context_dir=context,
+        context_hash=images.context_hash(image.context, image.build_args, base_hash),
+        dockerfile=image.dockerfile,
+        build_args=build_args,
+        timeout_s=s.images.build_timeout_s,
+    )

@@ -1,0 +1,29 @@
+"""Entry point: `pyinfra -y inventories/local.py deploys/site.py`.
+
+Builds the host's settings (validated before any operation runs), reads the
+host's resources, and runs one small deploy per concern.
+"""
+
+from pyinfra import host, logger
+
+from deploys import engine, images, stack
+from govstack.facts import HostResourcesFact
+from govstack.plan import StackPlan
+from govstack.settings import SettingsError, settings_for_host
+
+try:
+    settings = settings_for_host(host)
+except SettingsError as error:
+    logger.error(str(error))
+    raise SystemExit(2) from None
+
+plan = StackPlan(settings, host.get_fact(HostResourcesFact))
+
+engine.install_docker_engine(plan)
+if settings.images.lane == "offline":
+    images.build_offline_images(plan)
+stack.create_stack_directories(plan)
+stack.ensure_secrets(plan)
+stack.ensure_edge_certificate(plan)
+stack.render_stack_files(plan)
+stack.start_stack(plan)

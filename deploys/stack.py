@@ -1,0 +1,91 @@
+"""The data tier and the edge: directories, secrets, TLS, rendered config, Compose."""
+
+from __future__ import annotations
+
+from io import StringIO
+
+from pyinfra.api import deploy
+from pyinfra.operations import files
+
+from govstack.operations import (
+    compose_project_up,
+    file_installed,
+    path_owned,
+    secret_file,
+    self_signed_certificate,
+)
+from govstack.plan import DATA_DIRS, StackPlan
+from govstack.render import rendered_files
+from govstack.secrets import SECRET_SPECS, TLS_KEY_OWNER_UID, secret_path
+
+
+@deploy("Stack directories")
+def create_stack_directories(plan: StackPlan):
+    s = plan.settings
+    path_owned(name="Stack root", path=s.stack_root, uid=0, gid=0, mode="750")
+    path_owned(name="Secrets directory", path=s.secrets_dir, uid=0, gid=0, mode="700")
+    path_owned(name="Config directory", path=s.config_dir, uid=0, gid=0, mode="755")
+    path_owned(name="Data directory", path=s.data_dir, uid=0, gid=0, mode="755")
+    for service, uid in DATA_DIRS.items():
+        if service in plan.data_services:
+            path_owned(name=f"Data of {service}", path=plan.data_path(service), uid=uid, gid=uid, mode="700")
+    for sub in ("postgres", "nginx"):
+        path_owned(name=f"Config of {sub}", path=f"{s.config_dir}/{sub}", uid=0, gid=0, mode="755")
+    path_owned(name="TLS directory", path=f"{s.config_dir}/nginx/tls", uid=0, gid=0, mode="755")
+
+
+@deploy("Secrets")
+def ensure_secrets(plan: StackPlan):
+    s = plan.settings
+    for name, spec in sorted(SECRET_SPECS.items()):
+        secret_file(
+            name=f"Secret {name}",
+            path=secret_path(s, name),
+            owner_uid=spec.owner_uid,
+            length=spec.length,
+            value=s.secrets.get(name),
+        )
+
+
+@deploy("Edge TLS")
+def ensure_edge_certificate(plan: StackPlan):
+    s = plan.settings
+    tls_dir = f"{s.config_dir}/nginx/tls"
+    if s.edge.tls_cert_path is None:
+        self_signed_certificate(
+            name=f"Self-signed certificate for {s.edge.hostname}",
+            cert_path=f"{tls_dir}/tls.crt",
+            key_path=f"{tls_dir}/tls.key",
+            hostname=s.edge.hostname,
+            key_owner_uid=TLS_KEY_OWNER_UID,
+        )
+        return
+    # Operator-provided certificate: copied next to the config so nginx (uid
+    # 101) can read the key without loosening the original's permissions.
+    for src, dest, mode in ((s.edge.tls_cert_path, "tls.crt", "644"), (s.edge.tls_key_path, "tls.key", "600")):
+        file_installed(
+            name=f"Edge {dest} from {src}",
+            src=src,
+            dest=f"{tls_dir}/{dest}",
+            uid=TLS_KEY_OWNER_UID,
+            mode=mode,
+        )
+
+
+@deploy("Stack configuration")
+def render_stack_files(plan: StackPlan):
+    for path, content in rendered_files(plan).items():
+        files.put(name=f"Render {path}", src=StringIO(content), dest=path, mode="644")
+
+
+@deploy("Stack services")
+def start_stack(plan: StackPlan):
+    s = plan.settings
+    compose_project_up(
+        name=f"Compose project {s.project} up and healthy",
+        project=s.project,
+        compose_file=s.compose_file,
+        service_images={service: plan.image(service) for service in plan.services},
+        wait_timeout_s=s.healthy_timeout_s,
+    )
+

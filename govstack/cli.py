@@ -1,0 +1,111 @@
+"""`govstack`: the thin operator CLI over pyinfra and the checks.
+
+Every subcommand takes ``-i INVENTORY`` (default ``inventories/local.py``) and
+works the same against any inventory.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+
+from govstack.inventory import InventoryError, load_inventory
+from govstack.secrets import SECRET_SPECS, secret_path
+from govstack.settings import SettingsError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_INVENTORY = "inventories/local.py"
+
+
+def _fail(message: str, code: int = 1) -> None:
+    click.echo(f"govstack: {message}", err=True)
+    raise SystemExit(code)
+
+
+def _hosts(inventory: str):
+    try:
+        return load_inventory(inventory)
+    except (InventoryError, SettingsError) as error:
+        _fail(str(error), 2)
+
+
+inventory_option = click.option(
+    "-i",
+    "--inventory",
+    default=DEFAULT_INVENTORY,
+    show_default=True,
+    help="pyinfra inventory file",
+)
+
+
+@click.group()
+def main() -> None:
+    """Deploy and operate the govstack document platform."""
+
+
+def run_pyinfra(inventory: str, *extra: str) -> int:
+    cmd = [sys.executable, "-m", "pyinfra", "-y", inventory, str(REPO_ROOT / "deploys" / "site.py"), *extra]
+    return subprocess.run(cmd, cwd=REPO_ROOT).returncode
+
+
+@main.command()
+@inventory_option
+@click.option("--dry", is_flag=True, help="show what would change, change nothing")
+@click.option("--diff", is_flag=True, help="show file diffs (with --dry)")
+def up(inventory: str, dry: bool, diff: bool) -> None:
+    """Deploy the whole stack to every host of the inventory."""
+    hosts = _hosts(inventory)
+    extra = [flag for flag, on in (("--dry", dry), ("--diff", diff)) if on]
+    code = run_pyinfra(inventory, *extra)
+    if code != 0:
+        _fail(f"deploy failed (pyinfra exit {code}); the cause is the last 'govstack:' or error line above", code)
+    if dry:
+        return
+    for name, settings in hosts:
+        click.echo(f"{name}: {settings.public_url}  (secrets: {settings.secrets_dir} on the host)")
+
+
+@main.command()
+@inventory_option
+@click.argument("pytest_args", nargs=-1)
+def check(inventory: str, pytest_args: tuple[str, ...]) -> None:
+    """Verify every inventory host with the testinfra suite (tests/hosts)."""
+    _hosts(inventory)
+    env = {**os.environ, "GOVSTACK_INVENTORY": str(Path(inventory).resolve())}
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(REPO_ROOT / "tests" / "hosts"),
+           *pytest_args]
+    raise SystemExit(subprocess.run(cmd, cwd=REPO_ROOT, env=env).returncode)
+
+
+@main.command()
+@inventory_option
+@click.option("--list", "list_names", is_flag=True, help="list the secret names")
+@click.option("--host", "host_name", default=None, help="inventory host (default: the only one)")
+@click.argument("name", required=False)
+def secret(inventory: str, list_names: bool, host_name: str | None, name: str | None) -> None:
+    """List secret names, or print one secret an operator explicitly asks for."""
+    if list_names or not name:
+        for spec in sorted(SECRET_SPECS.values(), key=lambda spec: spec.name):
+            click.echo(f"{spec.name:24} {spec.description}")
+        return
+    if name not in SECRET_SPECS:
+        _fail(f"unknown secret {name!r}; `govstack secret --list` shows the names", 2)
+    hosts = _hosts(inventory)
+    matches = [(h, s) for h, s in hosts if host_name in (None, h)]
+    if len(matches) != 1:
+        _fail("name one host with --host (the inventory has several)" if matches else f"no host {host_name!r}", 2)
+    host, settings = matches[0]
+    from govstack.remote import read_host_file
+
+    try:
+        click.echo(read_host_file(inventory, host, secret_path(settings, name)))
+    except FileNotFoundError:
+        _fail(f"secret {name} does not exist yet on {host}; run `govstack up` first")
+
+
+if __name__ == "__main__":
+    main()

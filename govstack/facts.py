@@ -1,0 +1,270 @@
+"""pyinfra facts that read the running state govstack's operations compare against.
+
+Every command here exits 0 even when the thing it looks for is absent, so
+that "absent" is a value (None, empty) rather than a failed deploy.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+from pyinfra.api import FactBase
+
+from govstack.tuning import HostResources
+
+
+class HostResourcesFact(FactBase):
+    """CPUs, physical memory and the host's own cgroup memory limit.
+
+    cgroup v2 exposes ``memory.max`` ("max" when unlimited); v1 exposes a
+    huge number (≈ 2^63) instead, which counts as no limit.
+    """
+
+    def command(self) -> str:
+        return (
+            "nproc; awk '/^MemTotal:/ {print $2}' /proc/meminfo; "
+            "cat /sys/fs/cgroup/memory.max 2>/dev/null "
+            "|| cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || echo max"
+        )
+
+    def process(self, output) -> HostResources:
+        lines = [line.strip() for line in output]
+        cpus, mem_kb, limit = int(lines[0]), int(lines[1]), lines[2]
+        memory_mb = mem_kb // 1024
+        limit_mb = None
+        if limit.isdigit() and int(limit) < 2**60:
+            limit_mb = int(limit) // (1024 * 1024)
+            if limit_mb >= memory_mb:
+                limit_mb = None
+        return HostResources(memory_mb=memory_mb, cpus=cpus, cgroup_memory_limit_mb=limit_mb)
+
+
+class SystemdIsInit(FactBase):
+    """True when systemd is PID 1 (the check systemd's own sd_booted() uses)."""
+
+    def command(self) -> str:
+        return "test -d /run/systemd/system && echo yes || echo no"
+
+    def process(self, output) -> bool:
+        return "".join(output).strip() == "yes"
+
+
+class DockerEngine(FactBase):
+    """The engine's server version when the daemon answers, else None."""
+
+    def command(self) -> str:
+        return "docker info --format '{{.ServerVersion}}' 2>/dev/null || true"
+
+    def process(self, output):
+        version = "".join(output).strip()
+        return version or None
+
+
+class ComposePlugin(FactBase):
+    """The version of the Compose v2 CLI plugin, else None."""
+
+    def command(self) -> str:
+        return "docker compose version --short 2>/dev/null || true"
+
+    def process(self, output):
+        version = "".join(output).strip()
+        return version.lstrip("v") or None
+
+
+class ImageLabel(FactBase):
+    """One label of a local image, '' when the label is unset, None when the image is absent."""
+
+    def command(self, image: str, label: str) -> str:
+        fmt = "{{index .Config.Labels " + json.dumps(label) + "}}"
+        return (
+            f"docker image inspect --format {shlex.quote(fmt)} {shlex.quote(image)} 2>/dev/null "
+            "|| echo __absent__"
+        )
+
+    def process(self, output):
+        value = "".join(output).strip()
+        if value == "__absent__":
+            return None
+        return "" if value == "<no value>" else value
+
+
+class ImageIds(FactBase):
+    """Image reference -> local image id (sha256:…), None when absent."""
+
+    def command(self, images: tuple[str, ...]) -> str:
+        parts = [
+            f"printf '%s ' {shlex.quote(image)}; "
+            f"docker image inspect --format '{{{{.Id}}}}' {shlex.quote(image)} 2>/dev/null || echo -"
+            for image in images
+        ]
+        return "; ".join(parts) or "true"
+
+    def process(self, output) -> dict:
+        result = {}
+        for line in output:
+            name, _, image_id = line.strip().partition(" ")
+            result[name] = None if image_id in ("", "-") else image_id
+        return result
+
+
+class ComposeProject(FactBase):
+    """What a Compose project looks like on the host right now.
+
+    Returns ``{"desired": {service: config_hash}, "containers": [...]}`` where
+    ``desired`` is what the rendered compose file asks for (``compose config
+    --hash``) and each container carries its service, state, health,
+    config-hash label and image id. ``desired`` is None when the compose file
+    is missing or invalid.
+    """
+
+    def command(self, project: str, compose_file: str) -> str:
+        quoted_file = shlex.quote(compose_file)
+        fmt = (
+            '{{.Label "com.docker.compose.service"}}\t{{.State}}\t{{.Status}}\t'
+            '{{.Label "com.docker.compose.config-hash"}}\t{{.Image}}\t{{.ID}}'
+        )
+        return (
+            f"echo '#desired'; "
+            f"docker compose -p {shlex.quote(project)} -f {quoted_file} config --hash '*' 2>/dev/null "
+            "|| echo __invalid__; "
+            "echo '#containers'; "
+            f"docker ps -a --no-trunc --filter label=com.docker.compose.project={shlex.quote(project)} "
+            f"--format {shlex.quote(fmt)} 2>/dev/null || true"
+        )
+
+    def process(self, output) -> dict:
+        desired: dict | None = {}
+        containers = []
+        section = None
+        for raw in output:
+            line = raw.rstrip("\n")
+            if line in ("#desired", "#containers"):
+                section = line
+                continue
+            if not line.strip():
+                continue
+            if section == "#desired":
+                if line.strip() == "__invalid__":
+                    desired = None
+                elif desired is not None:
+                    service, _, config_hash = line.strip().partition(" ")
+                    desired[service] = config_hash.strip()
+            elif section == "#containers":
+                service, state, status, config_hash, image, container_id = (line.split("\t") + [""] * 6)[:6]
+                health = None
+                for word in ("healthy", "unhealthy", "health: starting"):
+                    if f"({word})" in status:
+                        health = word
+                        break
+                containers.append(
+                    {
+                        "service": service,
+                        "state": state,
+                        "health": health,
+                        "config_hash": config_hash,
+                        "image": image,
+                        "id": container_id,
+                    }
+                )
+        return {"desired": desired, "containers": containers}
+
+
+class ContainerImageIds(FactBase):
+    """Container id -> id of the image it was created from."""
+
+    def command(self, container_ids: tuple[str, ...]) -> str:
+        if not container_ids:
+            return "true"
+        ids = " ".join(shlex.quote(cid) for cid in container_ids)
+        return f"docker inspect --format '{{{{.Id}}}} {{{{.Image}}}}' {ids} 2>/dev/null || true"
+
+    def process(self, output) -> dict:
+        result = {}
+        for line in output:
+            cid, _, image_id = line.strip().partition(" ")
+            if cid:
+                result[cid] = image_id
+        return result
+
+
+class SecretFile(FactBase):
+    """``{"mode": "600", "uid": 10001, "sha256": …}`` of a secret file, None when absent.
+
+    Only the digest leaves the host, so an operator-supplied value can be
+    compared without reading the secret back.
+    """
+
+    def command(self, path: str) -> str:
+        quoted = shlex.quote(path)
+        return (
+            f"if [ -f {quoted} ]; then stat -c '%a %u' {quoted}; "
+            f"sha256sum {quoted} | cut -d' ' -f1; else echo __absent__; fi"
+        )
+
+    def process(self, output):
+        lines = [line.strip() for line in output]
+        if not lines or lines[0] == "__absent__":
+            return None
+        mode, uid = lines[0].split()
+        return {"mode": mode, "uid": int(uid), "sha256": lines[1]}
+
+
+class FilesDigest(FactBase):
+    """sha256 over the names and contents of the files a shell glob matches ('' when none)."""
+
+    def command(self, pattern: str) -> str:
+        return (
+            f"for f in {pattern}; do [ -f \"$f\" ] && basename \"$f\" && cat \"$f\"; done 2>/dev/null "
+            "| sha256sum | cut -d' ' -f1"
+        )
+
+    def process(self, output) -> str:
+        return "".join(output).strip()
+
+
+class PathState(FactBase):
+    """``{"type": "directory"|"regular file"|…, "uid", "gid", "mode"}`` by number, None when absent.
+
+    pyinfra's own File/Directory facts report owner *names*, which differ
+    between hosts for container uids (999, 10001) and would make a converged
+    host look changed.
+    """
+
+    def command(self, path: str) -> str:
+        quoted = shlex.quote(path)
+        return f"stat -c '%F|%u|%g|%a' {quoted} 2>/dev/null || echo __absent__"
+
+    def process(self, output):
+        line = "".join(output).strip()
+        if line == "__absent__":
+            return None
+        kind, uid, gid, mode = line.split("|")
+        return {"type": kind, "uid": int(uid), "gid": int(gid), "mode": mode}
+
+
+class CertificateState(FactBase):
+    """Subject alternative names of a PEM certificate and whether it is still
+    valid for ``min_days``; None when the file is absent or unreadable."""
+
+    def command(self, path: str, min_days: int = 30) -> str:
+        quoted = shlex.quote(path)
+        return (
+            f"if [ -f {quoted} ]; then "
+            f"openssl x509 -in {quoted} -noout -checkend {min_days * 86400} >/dev/null 2>&1 "
+            "&& echo valid || echo expiring; "
+            f"openssl x509 -in {quoted} -noout -ext subjectAltName 2>/dev/null | tail -n +2; "
+            "else echo __absent__; fi"
+        )
+
+    def process(self, output):
+        lines = [line.strip() for line in output if line.strip()]
+        if not lines or lines[0] == "__absent__":
+            return None
+        names = []
+        for line in lines[1:]:
+            for part in line.split(","):
+                kind, _, value = part.strip().partition(":")
+                if value:
+                    names.append(f"{kind.strip()}:{value.strip()}")
+        return {"valid": lines[0] == "valid", "sans": sorted(names)}

@@ -1,0 +1,330 @@
+"""pyinfra operations for what pyinfra has no operation for, in its own style:
+read a fact, compare it with the wish, yield commands only for the difference.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+from io import StringIO
+
+from pyinfra import host
+from pyinfra.api import FileUploadCommand, OperationError, StringCommand, operation
+from pyinfra.facts.files import Directory
+
+from govstack.facts import (
+    CertificateState,
+    ComposeProject,
+    ContainerImageIds,
+    DockerEngine,
+    FilesDigest,
+    ImageIds,
+    ImageLabel,
+    PathState,
+    SecretFile,
+    SystemdIsInit,
+)
+from govstack.secrets import generate_secret_command
+
+CONTEXT_HASH_LABEL = "org.govstack.context-hash"
+
+
+@operation()
+def docker_engine_running(restart: bool = False, log_file: str = "/var/log/dockerd.log"):
+    """
+    Make sure the Docker engine answers, starting (or restarting) it.
+
+    + restart: restart a running engine, to load a new daemon.json
+      (``live-restore`` keeps the containers running meanwhile)
+    + log_file: where ``dockerd`` logs when started without an init system
+
+    Where systemd is PID 1 the unit is used; elsewhere (containers, chroots,
+    minimal VMs) ``dockerd`` is started directly and detached with setsid.
+    """
+    running = host.get_fact(DockerEngine)
+    if running and not restart:
+        host.noop("docker engine is running")
+        return
+
+    wait = (
+        "i=0; until docker info >/dev/null 2>&1; do i=$((i+1)); "
+        'if [ $i -gt 60 ]; then echo "govstack: docker engine did not start; see '
+        f'{log_file}" >&2; tail -n 5 {log_file} >&2; exit 1; fi; sleep 1; done'
+    )
+    if host.get_fact(SystemdIsInit):
+        yield "systemctl enable docker.service >/dev/null 2>&1 || true"
+        yield "systemctl restart docker.service" if running else "systemctl start docker.service"
+        yield wait
+        return
+
+    if running:
+        # SIGTERM lets dockerd save state; live-restore keeps containers running.
+        yield (
+            "pid=$(cat /var/run/docker.pid 2>/dev/null) && kill $pid && "
+            "i=0; while kill -0 $pid 2>/dev/null; do i=$((i+1)); [ $i -gt 60 ] && exit 1; sleep 1; done"
+        )
+    yield f"setsid dockerd >>{log_file} 2>&1 </dev/null &"
+    yield wait
+
+
+@operation()
+def image_built(
+    tag: str,
+    context_dir: str,
+    context_hash: str,
+    dockerfile: str = "Dockerfile",
+    build_args: dict[str, str] | None = None,
+    timeout_s: int = 1800,
+):
+    """
+    Build an image on the host when its build inputs changed.
+
+    + tag: image reference to build
+    + context_dir: build context on the host
+    + context_hash: digest of everything that goes into the image (Dockerfile,
+      files, build args, parent image hash); stored as a label and compared
+    + dockerfile: Dockerfile path inside the context
+    + build_args: ``--build-arg`` values
+
+    A tag that exists with the same context hash is left alone, so a re-run is
+    a no-op and a changed Dockerfile or input is always rebuilt.
+    """
+    current = host.get_fact(ImageLabel, image=tag, label=CONTEXT_HASH_LABEL)
+    if current == context_hash:
+        host.noop(f"image {tag} is up to date")
+        return
+    args = " ".join(
+        f"--build-arg {shlex.quote(f'{key}={value}')}" for key, value in sorted((build_args or {}).items())
+    )
+    log = f"{context_dir}.build.log"
+    yield (
+        f"timeout {timeout_s} docker build -q --label {CONTEXT_HASH_LABEL}={context_hash} "
+        f"-t {shlex.quote(tag)} -f {shlex.quote(context_dir + '/' + dockerfile)} {args} "
+        f"{shlex.quote(context_dir)} >{shlex.quote(log)} 2>&1 "
+        f'|| {{ echo "govstack: image build of {tag} failed; last lines of {log}:" >&2; '
+        f"tail -n 15 {shlex.quote(log)} >&2; exit 1; }}"
+    )
+
+
+@operation()
+def secret_file(path: str, owner_uid: int, length: int = 40, value: str | None = None):
+    """
+    A secret file that exists, is mode 0600 and belongs to its reader.
+
+    + path: the file on the host
+    + owner_uid: the one uid that reads it (inside its container)
+    + length: characters of a generated secret
+    + value: operator-supplied value (inventory or environment); replaces the
+      file's content only when it differs. None: generate once, keep forever.
+
+    The value never appears in a command, a diff or pyinfra's output.
+    """
+    state = host.get_fact(SecretFile, path=path)
+    if value is not None:
+        wanted = hashlib.sha256(value.encode()).hexdigest()
+        if state is None or state["sha256"] != wanted:
+            # FileUploadCommand directly, not files.put: put prints a diff of
+            # the content under --diff. The 0700 directory hides the moment
+            # before chmod.
+            yield FileUploadCommand(StringIO(value), path, remote_temp_filename=host.get_temp_filename(path))
+            yield f"chmod 600 {shlex.quote(path)}"
+            state = {"mode": "600", "uid": owner_uid, "sha256": wanted}
+    elif state is None:
+        yield generate_secret_command(path, length)
+        state = {"mode": "600", "uid": 0}
+    if state["mode"] != "600":
+        yield f"chmod 600 {shlex.quote(path)}"
+    if state["uid"] != owner_uid:
+        yield f"chown {owner_uid}:{owner_uid} {shlex.quote(path)}"
+
+
+@operation()
+def compose_project_up(
+    project: str,
+    compose_file: str,
+    service_images: dict[str, str],
+    wait_timeout_s: int = 300,
+):
+    """
+    A Compose project whose every service runs the rendered definition and is healthy.
+
+    + project: Compose project name
+    + compose_file: the rendered compose file on the host
+    + service_images: service -> image reference, to notice rebuilt images
+    + wait_timeout_s: how long ``up --wait`` may take for health checks
+
+    ``docker compose up`` is run only when the running state differs from the
+    rendered one: a missing, stopped or unhealthy container, a config-hash
+    label that differs from ``compose config --hash``, a container made from
+    an older image, or a container of a service that no longer exists. So a
+    no-op deploy reports no change, and a broken stack is repaired.
+    """
+    state = host.get_fact(ComposeProject, project=project, compose_file=compose_file)
+    desired = state["desired"]
+    if desired is None:
+        raise OperationError(f"compose file {compose_file} is missing or invalid")
+
+    reasons = []
+    containers = {c["service"]: c for c in state["containers"]}
+    image_ids = host.get_fact(ImageIds, images=tuple(sorted(set(service_images.values()))))
+    container_images = host.get_fact(
+        ContainerImageIds, container_ids=tuple(sorted(c["id"] for c in containers.values()))
+    )
+    for service, config_hash in sorted(desired.items()):
+        container = containers.get(service)
+        if container is None:
+            reasons.append(f"{service}: no container")
+        elif container["state"] != "running":
+            reasons.append(f"{service}: {container['state']}")
+        elif container["health"] not in (None, "healthy"):
+            reasons.append(f"{service}: {container['health']}")
+        elif container["config_hash"] != config_hash:
+            reasons.append(f"{service}: definition changed")
+        elif service in service_images and container_images.get(container["id"]) != image_ids.get(
+            service_images[service]
+        ):
+            reasons.append(f"{service}: image rebuilt")
+    orphans = sorted(set(containers) - set(desired))
+    reasons.extend(f"{service}: orphaned" for service in orphans)
+    if len(state["containers"]) > len(containers):
+        reasons.append("duplicate containers")
+
+    if not reasons:
+        host.noop(f"compose project {project} is up to date and healthy")
+        return
+
+    quoted = f"-p {shlex.quote(project)} -f {shlex.quote(compose_file)}"
+    status_fmt = "{{.Service}}: {{.Status}}"
+    yield StringCommand(
+        f"echo 'govstack: compose {project}: {'; '.join(reasons)}' >&2; "
+        f"docker compose {quoted} up -d --remove-orphans --wait --wait-timeout {wait_timeout_s} "
+        f">/tmp/govstack-compose-{project}.log 2>&1 || {{ "
+        f"echo 'govstack: compose project {project} did not become healthy:' >&2; "
+        f"docker compose {quoted} ps -a --format '{status_fmt}' | grep -v '(healthy)' >&2; "
+        f"tail -n 5 /tmp/govstack-compose-{project}.log >&2; exit 1; }}"
+    )
+
+
+@operation()
+def files_mirrored(source_pattern: str, dest_dir: str):
+    """
+    ``dest_dir`` holds exactly the files that ``source_pattern`` matches on the host.
+
+    + source_pattern: shell glob on the host, e.g. ``/usr/local/share/ca-certificates/*.crt``
+    + dest_dir: directory that mirrors them (created, possibly empty)
+
+    Used to put the host's extra CA certificates into build contexts.
+    """
+    wanted = host.get_fact(FilesDigest, pattern=source_pattern)
+    current = host.get_fact(FilesDigest, pattern=f"{shlex.quote(dest_dir)}/*")
+    if wanted == current and host.get_fact(Directory, path=dest_dir):
+        host.noop(f"{dest_dir} is up to date")
+        return
+    yield f"rm -rf {shlex.quote(dest_dir)} && mkdir -p {shlex.quote(dest_dir)}"
+    yield f"for f in {source_pattern}; do [ -f \"$f\" ] && cp \"$f\" {shlex.quote(dest_dir)}/; done; true"
+
+
+@operation()
+def base_image_built(tag: str, context_hash: str, script: str, suite: str, mirror: str, timeout_s: int = 900):
+    """
+    The offline lane's root image, made by debootstrap on the host (no registry).
+
+    + tag: image reference, e.g. ``govstack/base:bookworm``
+    + context_hash: digest of the build script and its arguments (stored as a label)
+    + script: the rootfs build script on the host
+    + suite, mirror: Debian suite and apt mirror for debootstrap
+    """
+    if host.get_fact(ImageLabel, image=tag, label=CONTEXT_HASH_LABEL) == context_hash:
+        host.noop(f"image {tag} is up to date")
+        return
+    log = f"{script}.log"
+    yield (
+        f"timeout {timeout_s} sh {shlex.quote(script)} {shlex.quote(suite)} {shlex.quote(mirror)} "
+        f"{shlex.quote(tag)} {context_hash} >{log} 2>&1 "
+        f'|| {{ echo "govstack: building the base image {tag} failed; last lines of {log}:" >&2; '
+        f"tail -n 15 {log} >&2; exit 1; }}"
+    )
+
+
+@operation()
+def path_owned(path: str, uid: int, gid: int, mode: str, directory: bool = True):
+    """
+    A directory (created when missing) or an existing file with numeric owner and mode.
+
+    + path: the path on the host
+    + uid, gid: numeric owner, as the container that uses it sees it
+    + mode: octal mode, e.g. ``"700"``
+    + directory: create a directory when missing; for files, only fix owner/mode
+
+    Never removes or empties anything: data directories survive every deploy.
+    """
+    state = host.get_fact(PathState, path=path)
+    quoted = shlex.quote(path)
+    if state is None:
+        if not directory:
+            raise OperationError(f"{path} does not exist")
+        yield f"mkdir -p {quoted}"
+        state = {"uid": -1, "gid": -1, "mode": ""}
+    if (state["uid"], state["gid"]) != (uid, gid):
+        yield f"chown {uid}:{gid} {quoted}"
+    if state["mode"] != mode.lstrip("0"):
+        yield f"chmod {mode} {quoted}"
+
+
+@operation()
+def self_signed_certificate(cert_path: str, key_path: str, hostname: str, key_owner_uid: int):
+    """
+    A self-signed edge certificate for ``hostname`` (ECDSA P-256), renewed when
+    its names differ or it expires within 30 days.
+
+    + cert_path, key_path: PEM files on the host; the key is mode 0600
+    + hostname: the name clients use; ``localhost`` also gets IP 127.0.0.1
+    + key_owner_uid: the uid nginx runs as
+    """
+    wanted = sans_for(hostname)
+    state = host.get_fact(CertificateState, path=cert_path)
+    if state and state["valid"] and state["sans"] == sorted(wanted):
+        host.noop(f"certificate for {hostname} is valid")
+        return
+    # openssl prints "IP Address:" but takes "IP:".
+    san = ",".join(name.replace("IP Address:", "IP:") for name in wanted)
+    yield (
+        f"umask 077 && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+        f"-days 397 -subj /CN={shlex.quote(hostname)} -addext {shlex.quote('subjectAltName=' + san)} "
+        f"-keyout {shlex.quote(key_path)} -out {shlex.quote(cert_path)} 2>/dev/null"
+    )
+    yield f"chmod 644 {shlex.quote(cert_path)} && chown {key_owner_uid}:{key_owner_uid} {shlex.quote(key_path)}"
+
+
+def sans_for(hostname: str) -> list[str]:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(hostname)
+        names = [f"IP Address:{hostname}"]
+    except ValueError:
+        names = [f"DNS:{hostname}"]
+    if hostname == "localhost":
+        names.append("IP Address:127.0.0.1")
+    return names
+
+
+@operation()
+def file_installed(src: str, dest: str, uid: int, mode: str):
+    """
+    ``dest`` is a copy of the host file ``src`` with numeric owner and mode.
+
+    + src, dest: paths on the host
+    + uid: owner (and group) of the copy
+    + mode: octal mode of the copy
+    """
+    if host.get_fact(PathState, path=src) is None:
+        raise OperationError(f"{src} does not exist on the host")
+    same = host.get_fact(FilesDigest, pattern=shlex.quote(src)) == host.get_fact(
+        FilesDigest, pattern=shlex.quote(dest)
+    )
+    state = host.get_fact(PathState, path=dest)
+    if same and state and (state["uid"], state["gid"], state["mode"]) == (uid, uid, mode.lstrip("0")):
+        host.noop(f"{dest} is up to date")
+        return
+    yield f"install -o {uid} -g {uid} -m {mode} {shlex.quote(src)} {shlex.quote(dest)}"

@@ -1,0 +1,113 @@
+"""What a host gets: settings plus the facts of that host, resolved into the
+values templates render (tuning, memory limits, image references).
+
+Templates only read a StackPlan; they never compute policy themselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+from govstack import images
+from govstack.secrets import SECRET_SPECS
+from govstack.settings import NGINX_UID, POSTGRES_UID, SERVICE_UID, Resources, Settings
+from govstack.tuning import HostResources, postgres_memory_budget_mb, postgres_tuning
+
+# Ports inside the stack's networks; only nginx publishes anything.
+INTERNAL_PORTS = {
+    "postgres": 5432,
+    "seaweedfs_s3": 8333,
+    "chroma": 8000,
+    "app": 8000,
+    "nginx_http": 8080,
+    "nginx_https": 8443,
+    "nginx_status": 8081,
+}
+
+# Service -> uid it runs as; secret files and data dirs are owned to match.
+SERVICE_UIDS = {
+    "postgres": POSTGRES_UID,
+    "seaweedfs": SERVICE_UID,
+    "chroma": SERVICE_UID,
+    "nginx": NGINX_UID,
+    "app": SERVICE_UID,
+    "worker": SERVICE_UID,
+}
+
+# Data directories under <stack_root>/data, with their owners.
+DATA_DIRS = {
+    "postgres": POSTGRES_UID,
+    "seaweedfs": SERVICE_UID,
+    "chroma": SERVICE_UID,
+}
+
+
+@dataclass(frozen=True)
+class StackPlan:
+    settings: Settings
+    host: HostResources
+
+    @cached_property
+    def postgres_memory_mb(self) -> int:
+        configured = self.settings.resources["postgres"].memory_mb
+        share = int(self.host.memory_mb * self.settings.postgres.memory_share)
+        return postgres_memory_budget_mb(self.host, configured or share)
+
+    @cached_property
+    def postgres_conf(self) -> dict[str, str]:
+        pg = self.settings.postgres
+        return postgres_tuning(
+            memory_mb=self.postgres_memory_mb,
+            cpus=self.host.cpus,
+            max_connections=pg.max_connections,
+            storage=pg.storage,
+            overrides=pg.overrides,
+        )
+
+    def resources(self, service: str) -> Resources:
+        res = self.settings.resources[service]
+        if service == "postgres":
+            return res.model_copy(update={"memory_mb": self.postgres_memory_mb})
+        return res
+
+    def image(self, service: str) -> str:
+        return images.service_image(self.settings, service)
+
+    @property
+    def networks(self) -> dict[str, str]:
+        project = self.settings.project
+        return {"data": f"{project}-data", "edge": f"{project}-edge"}
+
+    @property
+    def data_services(self) -> list[str]:
+        services = ["postgres", "chroma"]
+        if self.settings.object_store.kind == "seaweedfs":
+            services.insert(1, "seaweedfs")
+        return services
+
+    @property
+    def services(self) -> list[str]:
+        return [*self.data_services, "nginx"]
+
+    @property
+    def s3_endpoint(self) -> str:
+        store = self.settings.object_store
+        if store.kind == "external":
+            return store.endpoint or ""
+        return f"seaweedfs:{INTERNAL_PORTS['seaweedfs_s3']}"
+
+    @property
+    def secret_names(self) -> list[str]:
+        return sorted(SECRET_SPECS)
+
+    @property
+    def ports(self) -> dict[str, int]:
+        return INTERNAL_PORTS
+
+    @property
+    def uids(self) -> dict[str, int]:
+        return SERVICE_UIDS
+
+    def data_path(self, service: str) -> str:
+        return f"{self.settings.data_dir}/{service}"

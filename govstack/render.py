@@ -1,0 +1,99 @@
+"""Render the files a host gets, from a StackPlan only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+from govstack.plan import StackPlan
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE_DIRS = [REPO_ROOT, REPO_ROOT / "templates"]
+MANAGED_BANNER = "Managed by govstack-deploy: edit the inventory and redeploy, not this file."
+
+# Services that fork children they must reap (Python servers, weed) get an init.
+_NEEDS_INIT = {"seaweedfs", "chroma", "app", "worker"}
+
+
+def _environment() -> Environment:
+    env = Environment(
+        loader=FileSystemLoader([str(path) for path in TEMPLATE_DIRS]),
+        undefined=StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        # Config files (YAML, nginx, postgresql.conf), not HTML: escaping would corrupt them.
+        autoescape=False,  # noqa: S701
+    )
+    return env
+
+
+def _hardening(plan: StackPlan):
+    """The block every service gets: restart policy, limits, least privilege, log rotation."""
+
+    def block(service: str, indent: int = 4) -> str:
+        res = plan.resources(service)
+        pad = " " * indent
+        lines = [
+            "restart: unless-stopped",
+            "security_opt: [\"no-new-privileges:true\"]",
+            "cap_drop: [ALL]",
+            "logging: *logging",
+            "deploy:",
+            "  resources:",
+            "    limits:",
+            f"      memory: {res.memory_mb}m",
+            f"      cpus: \"{res.cpus}\"",
+        ]
+        if service in _NEEDS_INIT:
+            lines.insert(1, "init: true")
+        return "\n".join(pad + line for line in lines)
+
+    return block
+
+
+def render(template: str, plan: StackPlan, **extra) -> str:
+    env = _environment()
+    context = {
+        "s": plan.settings,
+        "plan": plan,
+        "managed_banner": MANAGED_BANNER,
+        "hardening": _hardening(plan),
+        **extra,
+    }
+    return env.get_template(template).render(context)
+
+
+def render_compose(plan: StackPlan) -> str:
+    return render("docker-compose.yml.j2", plan)
+
+
+def render_postgres_conf(plan: StackPlan) -> str:
+    return render("postgres/postgresql.conf.j2", plan)
+
+
+def render_nginx_conf(plan: StackPlan) -> str:
+    return render("nginx/nginx.conf.j2", plan)
+
+
+def render_daemon_json(plan: StackPlan) -> str:
+    engine = plan.settings.engine
+    config = {
+        "live-restore": engine.live_restore,
+        "log-driver": "json-file",
+        "log-opts": {"max-file": str(engine.log_max_file), "max-size": engine.log_max_size},
+        "storage-driver": engine.storage_driver,
+    }
+    return json.dumps(config, indent=2, sort_keys=True) + "\n"
+
+
+def rendered_files(plan: StackPlan) -> dict[str, str]:
+    """Host path -> content of every rendered file of the stack."""
+    s = plan.settings
+    return {
+        s.compose_file: render_compose(plan),
+        f"{s.config_dir}/postgres/postgresql.conf": render_postgres_conf(plan),
+        f"{s.config_dir}/nginx/nginx.conf": render_nginx_conf(plan),
+    }

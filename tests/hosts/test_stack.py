@@ -1,0 +1,144 @@
+"""The data tier and the edge, as the settings say they should be."""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+import pytest
+
+from govstack.secrets import SECRET_SPECS, secret_path
+from govstack.tuning import size_to_kb
+
+
+def _inspect(target, container: str) -> dict:
+    return json.loads(target.host.check_output(f"docker inspect {container}"))[0]
+
+
+def test_every_service_runs_healthy_with_its_limits(target):
+    plan = target.plan()
+    for service in plan.services:
+        info = _inspect(target, target.container(service))
+        assert info["State"]["Status"] == "running", service
+        assert info["State"]["Health"]["Status"] == "healthy", service
+        host_config = info["HostConfig"]
+        assert host_config["Memory"] == plan.resources(service).memory_mb * 2**20, service
+        assert host_config["NanoCpus"] == int(plan.resources(service).cpus * 1e9), service
+        assert "no-new-privileges:true" in host_config["SecurityOpt"], service
+        assert host_config["CapDrop"] == ["ALL"], service
+        assert host_config["LogConfig"]["Config"]["max-size"] == target.settings.engine.log_max_size
+        assert info["Config"]["User"] == f"{plan.uids[service]}:{plan.uids[service]}", service
+
+
+def test_only_the_edge_ports_are_published(target):
+    s = target.settings
+    plan = target.plan()
+    published = {}
+    for service in plan.services:
+        ports = _inspect(target, target.container(service))["NetworkSettings"]["Ports"] or {}
+        published[service] = sorted(
+            int(binding["HostPort"]) for bindings in ports.values() if bindings for binding in bindings
+        )
+    assert {k: v for k, v in published.items() if v} == {"nginx": sorted({s.edge.http_port, s.edge.https_port})}
+    listening = target.host.socket.get_listening_sockets()
+    for port in (s.edge.http_port, s.edge.https_port):
+        assert any(sock.endswith(f":{port}") for sock in listening), port
+
+
+def test_secret_files_belong_to_their_reader_only(target):
+    s = target.settings
+    directory = target.host.file(s.secrets_dir)
+    assert directory.is_directory and directory.mode == 0o700 and directory.uid == 0
+    for name, spec in SECRET_SPECS.items():
+        secret = target.host.file(secret_path(s, name))
+        assert secret.is_file, name
+        assert secret.mode == 0o600, name
+        assert secret.uid == spec.owner_uid, name
+        assert len(secret.content_string.strip()) >= 16, name
+
+
+def test_no_secret_leaks_into_container_environment(target):
+    s = target.settings
+    values = [target.host.file(secret_path(s, name)).content_string.strip() for name in SECRET_SPECS]
+    for service in target.plan().services:
+        env = " ".join(_inspect(target, target.container(service))["Config"]["Env"] or [])
+        for value in values:
+            assert value not in env, f"a secret is visible in {service}'s environment"
+
+
+def test_postgres_runs_the_rendered_tuning(target):
+    plan = target.plan()
+    names = ", ".join(f"'{name}'" for name in plan.postgres_conf)
+    out = target.host.check_output(
+        f"docker exec {target.container('postgres')} psql -U postgres -tA -F'|' "
+        f"-c {shlex.quote(f'select name, setting, unit from pg_settings where name in ({names})')}"
+    )
+    live = {}
+    for line in out.splitlines():
+        name, setting, unit = line.split("|")
+        if unit in ("8kB", "kB", "MB"):
+            live[name] = int(setting) * {"8kB": 8, "kB": 1, "MB": 1024}[unit]
+        else:
+            live[name] = setting
+    assert set(live) == set(plan.postgres_conf)
+    for name, wanted in plan.postgres_conf.items():
+        if isinstance(live[name], int):
+            assert live[name] == size_to_kb(wanted), name
+        else:
+            assert float(live[name]) == float(wanted), name
+
+
+def _in_netns_of(target, container: str, command: str):
+    """Run a host command inside a container's network namespace (loopback of the stack)."""
+    pid = target.host.check_output(f"docker inspect --format '{{{{.State.Pid}}}}' {container}")
+    return target.host.run(f"nsenter -t {pid} -n {command}")
+
+
+@pytest.mark.parametrize("keys_ok", [True, False], ids=["generated-keys", "wrong-keys"])
+def test_object_store_accepts_only_the_generated_keys(target, keys_ok):
+    s = target.settings
+    if s.object_store.kind != "seaweedfs":
+        pytest.skip("the object store is an external endpoint, not part of this stack")
+    access = target.host.file(secret_path(s, "s3_access_key")).content_string.strip()
+    secret = target.host.file(secret_path(s, "s3_secret_key")).content_string.strip()
+    if not keys_ok:
+        secret = secret[::-1]
+    result = _in_netns_of(
+        target,
+        target.container("seaweedfs"),
+        f"curl -s -o /dev/null -w '%{{http_code}}' --aws-sigv4 aws:amz:{s.object_store.region}:s3 "
+        f"--user {shlex.quote(access + ':' + secret)} http://127.0.0.1:8333/",
+    )
+    assert result.stdout == ("200" if keys_ok else "403")
+
+
+def test_chroma_answers_inside_the_stack_only(target):
+    chroma = target.container("chroma")
+    info = _inspect(target, chroma)
+    ip = next(iter(info["NetworkSettings"]["Networks"].values()))["IPAddress"]
+    url = f"http://{ip}:8000/api/v2/heartbeat"
+    inside = _in_netns_of(target, target.container("nginx"), f"curl -s -m 5 -o /dev/null -w '%{{http_code}}' {url}")
+    assert inside.stdout == "200"
+    from_host = target.host.run(f"curl -s -m 3 -o /dev/null -w '%{{http_code}}' {url}")
+    assert from_host.rc != 0 and from_host.stdout == "000"
+
+
+def test_edge_serves_health_on_both_ports_and_redirects(target):
+    s = target.settings
+    http = target.host.run(f"curl -s -m 5 -w ' %{{http_code}}' http://127.0.0.1:{s.edge.http_port}/health")
+    assert http.stdout.endswith(" 200")
+    redirect = target.host.run(
+        f"curl -s -m 5 -o /dev/null -w '%{{http_code}} %{{redirect_url}}' http://127.0.0.1:{s.edge.http_port}/x"
+    )
+    assert redirect.stdout.startswith("301 https://")
+    cert = f"{s.config_dir}/nginx/tls/tls.crt"
+    https = target.host.run(
+        f"curl -s -m 5 --cacert {cert} --resolve {s.edge.hostname}:{s.edge.https_port}:127.0.0.1 "
+        f"-w ' %{{http_code}}' https://{s.edge.hostname}:{s.edge.https_port}/health"
+    )
+    assert https.stdout.endswith(" 200"), https.stderr
+
+
+def test_tls_key_is_private_to_nginx(target):
+    key = target.host.file(f"{target.settings.config_dir}/nginx/tls/tls.key")
+    assert key.mode == 0o600 and key.uid == target.plan().uids["nginx"]

@@ -1,0 +1,20 @@
+"""The test suite's own all-in-one stack on this machine.
+
+Its own stack root, Compose project names and ports, so it never touches a
+stack that `make up` left running (/opt/govstack, project govstack, 80/443).
+"""
+
+test_local = [
+    (
+        "@local",
+        {
+            "govstack": {
+                "stack_root": "/var/lib/govstack-test",
+                "project": "gstest",
+                "images": {"lane": "offline"},
+                "edge": {"hostname": "localhost", "http_port": 18080, "https_port": 18443},
+                "healthy_timeout_s": 240,
+            },
+        },
+    ),
+]
