@@ -7,6 +7,7 @@ works the same against any inventory.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -47,9 +48,25 @@ def main() -> None:
     """Deploy and operate the govstack document platform."""
 
 
-def run_pyinfra(inventory: str, *extra: str) -> int:
+def run_pyinfra(inventory: str, *extra: str) -> tuple[int, str | None]:
+    """Run the site deploy, streaming pyinfra's output; return its exit code
+    and the most specific cause it printed (our operations print theirs as
+    ``govstack: …``)."""
     cmd = [sys.executable, "-m", "pyinfra", "-y", inventory, str(REPO_ROOT / "deploys" / "site.py"), *extra]
-    return subprocess.run(cmd, cwd=REPO_ROOT).returncode
+    cause = None
+    with subprocess.Popen(
+        cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            text = line.strip()
+            host_cause = re.match(r"^\[(?P<host>[^\]]+)\] govstack: (?P<cause>.*)$", text)
+            if host_cause:
+                cause = f"{host_cause['host']}: {host_cause['cause']}"
+            elif cause is None and re.search(r"(Could not connect|Connection refused|No hosts remaining)", text):
+                cause = text.lstrip("-> ")
+    return proc.returncode, cause
 
 
 @main.command()
@@ -60,9 +77,9 @@ def up(inventory: str, dry: bool, diff: bool) -> None:
     """Deploy the whole stack to every host of the inventory."""
     hosts = _hosts(inventory)
     extra = [flag for flag, on in (("--dry", dry), ("--diff", diff)) if on]
-    code = run_pyinfra(inventory, *extra)
+    code, cause = run_pyinfra(inventory, *extra)
     if code != 0:
-        _fail(f"deploy failed (pyinfra exit {code}); the cause is the last 'govstack:' or error line above", code)
+        _fail(f"deploy failed: {cause or f'pyinfra exited {code}, see its output above'}", code)
     if dry:
         return
     for name, settings in hosts:

@@ -342,8 +342,12 @@ def build_settings(
 
 def settings_for_host(host: Any, environ: Mapping[str, str] | None = None) -> Settings:
     """Settings of a pyinfra host: its data layers, lowest priority first."""
-    # HostData.datas is ordered highest priority first (override, host, groups…, global).
-    layers = [data.get(INVENTORY_KEY) for data in reversed(host.data.datas) if isinstance(data, Mapping)]
+    from pyinfra.api.host import extract_callable_datas
+
+    # HostData.datas is ordered highest priority first (override, host, groups…,
+    # global); under the CLI each layer is a callable that returns its dict.
+    datas = [data for data in extract_callable_datas(host.data.datas) if isinstance(data, Mapping)]
+    layers = [data.get(INVENTORY_KEY) for data in reversed(datas)]
     return build_settings(layers, environ, source=str(host.name))
 
 

@@ -42,7 +42,8 @@ def deployed_stack():
     return inventory
 
 
-def run_govstack(*args: str, timeout: int = 3600) -> subprocess.CompletedProcess:
+def run_govstack(*args: str, timeout: int = 3600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """The installed CLI, as an operator runs it; ``env`` adds variables."""
     import sys
 
     return subprocess.run(
@@ -51,4 +52,5 @@ def run_govstack(*args: str, timeout: int = 3600) -> subprocess.CompletedProcess
         capture_output=True,
         text=True,
         timeout=timeout,
+        env={**os.environ, **(env or {})},
     )

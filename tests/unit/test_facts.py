@@ -1,0 +1,50 @@
+"""Parsing of the raw command output our facts read from hosts."""
+
+from govstack.facts import CertificateState, ComposeProject, HostResourcesFact, ImageLabel, PathState, SecretFile
+
+
+def test_host_resources_cgroup_v1_unlimited_and_v2_limit():
+    v1 = HostResourcesFact().process(["2", "24000000", "9223372036854771712"])
+    assert (v1.cpus, v1.memory_mb, v1.cgroup_memory_limit_mb) == (2, 23437, None)
+    v2 = HostResourcesFact().process(["4", "24000000", str(4 * 2**30)])
+    assert v2.cgroup_memory_limit_mb == 4096
+    unlimited = HostResourcesFact().process(["4", "24000000", "max"])
+    assert unlimited.cgroup_memory_limit_mb is None
+
+
+def test_compose_project_state():
+    output = [
+        "#desired",
+        "postgres abc",
+        "nginx def",
+        "#containers",
+        "postgres\trunning\tUp 2 minutes (healthy)\tabc\tgovstack/postgres:15\tid1",
+        "nginx\texited\tExited (1) 3 seconds ago\tdef\tgovstack/nginx:1.22\tid2",
+    ]
+    state = ComposeProject().process(output)
+    assert state["desired"] == {"postgres": "abc", "nginx": "def"}
+    assert state["containers"][0] == {
+        "service": "postgres", "state": "running", "health": "healthy", "config_hash": "abc",
+        "image": "govstack/postgres:15", "id": "id1",
+    }
+    assert state["containers"][1]["health"] is None
+    assert ComposeProject().process(["#desired", "__invalid__", "#containers"])["desired"] is None
+
+
+def test_image_label_absent_unset_and_set():
+    assert ImageLabel().process(["__absent__"]) is None
+    assert ImageLabel().process(["<no value>"]) == ""
+    assert ImageLabel().process(["abc123"]) == "abc123"
+
+
+def test_path_and_secret_state():
+    assert PathState().process(["__absent__"]) is None
+    assert PathState().process(["directory|999|999|700"]) == {"type": "directory", "uid": 999, "gid": 999,
+                                                              "mode": "700"}
+    assert SecretFile().process(["600 10001", "ab" * 32]) == {"mode": "600", "uid": 10001, "sha256": "ab" * 32}
+
+
+def test_certificate_state():
+    state = CertificateState().process(["valid", "DNS:localhost, IP Address:127.0.0.1"])
+    assert state == {"valid": True, "sans": ["DNS:localhost", "IP Address:127.0.0.1"]}
+    assert CertificateState().process(["__absent__"]) is None
