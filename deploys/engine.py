@@ -14,8 +14,9 @@ from govstack.plan import StackPlan
 from govstack.render import render_daemon_json
 from govstack.toolcache import compose_plugin_binary
 
-# openssl makes the self-signed edge certificate; debootstrap the offline base.
-HOST_PACKAGES = ["docker.io", "iptables", "openssl", "debootstrap", "ca-certificates"]
+# openssl makes the self-signed edge certificate, debootstrap the offline base;
+# curl is what the host checks probe services with.
+HOST_PACKAGES = ["docker.io", "iptables", "openssl", "debootstrap", "ca-certificates", "curl"]
 
 
 @deploy("Docker engine")

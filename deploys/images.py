@@ -54,7 +54,9 @@ def build_offline_image(plan: StackPlan, image: images.OfflineImage, base_tag: s
         src=str(image.context),
         dest=context,
         delete=True,
-        exclude_dir="certs",
+        # certs/ is filled on the host (below); keep sync from deleting it.
+        exclude=[f"{context}/certs/*", "*.pyc"],
+        exclude_dir=["certs", "__pycache__", "*/__pycache__", "*.egg-info"],
     )
     # Build stages that run pip must trust this site's TLS interception
     # certificates; the final stages never copy them.

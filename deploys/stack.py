@@ -7,14 +7,16 @@ from io import StringIO
 from pyinfra.api import deploy
 from pyinfra.operations import files
 
+from govstack.images import IMAGE_TEMPLATES
 from govstack.operations import (
     compose_project_up,
     file_installed,
+    grpc_mtls_material,
     path_owned,
     secret_file,
     self_signed_certificate,
 )
-from govstack.plan import DATA_DIRS, StackPlan
+from govstack.plan import DATA_DIRS, GRPC_PREFIX, SERVICE_UIDS, StackPlan
 from govstack.render import rendered_files
 from govstack.secrets import SECRET_SPECS, TLS_KEY_OWNER_UID, secret_path
 
@@ -29,7 +31,7 @@ def create_stack_directories(plan: StackPlan):
     for service, uid in DATA_DIRS.items():
         if service in plan.data_services:
             path_owned(name=f"Data of {service}", path=plan.data_path(service), uid=uid, gid=uid, mode="700")
-    for sub in ("postgres", "nginx"):
+    for sub in ("postgres", "nginx", "seaweedfs"):
         path_owned(name=f"Config of {sub}", path=f"{s.config_dir}/{sub}", uid=0, gid=0, mode="755")
     path_owned(name="TLS directory", path=f"{s.config_dir}/nginx/tls", uid=0, gid=0, mode="755")
 
@@ -44,6 +46,13 @@ def ensure_secrets(plan: StackPlan):
             owner_uid=spec.owner_uid,
             length=spec.length,
             value=s.secrets.get(name),
+        )
+    if plan.upstream_seaweedfs:
+        grpc_mtls_material(
+            name="SeaweedFS gRPC mTLS material (upstream image has no openssl)",
+            directory=s.secrets_dir,
+            prefix=GRPC_PREFIX,
+            owner_uid=SERVICE_UIDS["seaweedfs"],
         )
 
 
@@ -76,6 +85,13 @@ def ensure_edge_certificate(plan: StackPlan):
 def render_stack_files(plan: StackPlan):
     for path, content in rendered_files(plan).items():
         files.put(name=f"Render {path}", src=StringIO(content), dest=path, mode="644")
+    if plan.upstream_seaweedfs:
+        files.put(
+            name="SeaweedFS entrypoint for the official image",
+            src=str(IMAGE_TEMPLATES / "seaweedfs" / "seaweedfs-entrypoint"),
+            dest=f"{plan.settings.config_dir}/seaweedfs/seaweedfs-entrypoint",
+            mode="755",
+        )
 
 
 @deploy("Stack services")

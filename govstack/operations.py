@@ -194,14 +194,17 @@ def compose_project_up(
         return
 
     quoted = f"-p {shlex.quote(project)} -f {shlex.quote(compose_file)}"
+    log = f"/tmp/govstack-compose-{project}.log"
     status_fmt = "{{.Service}}: {{.Status}}"
+    # On failure: one "govstack:" line with the most specific cause Compose
+    # gave (unhealthy service, port in use, missing image…), then the states.
     yield StringCommand(
         f"echo 'govstack: compose {project}: {'; '.join(reasons)}' >&2; "
         f"docker compose {quoted} up -d --remove-orphans --wait --wait-timeout {wait_timeout_s} "
-        f">/tmp/govstack-compose-{project}.log 2>&1 || {{ "
-        f"echo 'govstack: compose project {project} did not become healthy:' >&2; "
-        f"docker compose {quoted} ps -a --format '{status_fmt}' | grep -v '(healthy)' >&2; "
-        f"tail -n 5 /tmp/govstack-compose-{project}.log >&2; exit 1; }}"
+        f">{log} 2>&1 || {{ "
+        f"cause=$(grep -iE 'error|unhealthy|exited' {log} | tail -n 1); "
+        f"echo \"govstack: compose project {project} did not become healthy: ${{cause:-see {log}}}\" >&2; "
+        f"docker compose {quoted} ps -a --format '{status_fmt}' | grep -v '(healthy)' >&2; exit 1; }}"
     )
 
 
@@ -328,3 +331,29 @@ def file_installed(src: str, dest: str, uid: int, mode: str):
         host.noop(f"{dest} is up to date")
         return
     yield f"install -o {uid} -g {uid} -m {mode} {shlex.quote(src)} {shlex.quote(dest)}"
+
+
+@operation()
+def grpc_mtls_material(directory: str, prefix: str, owner_uid: int):
+    """
+    A throw-away CA certificate plus one certificate and key it signed, for
+    services whose internal gRPC must use mutual TLS (SeaweedFS in the upstream
+    lane, whose image has no openssl to make them at start). The CA key is
+    deleted at once, so no further certificate can be issued.
+
+    + directory: where ``<prefix>_ca.crt``, ``<prefix>.crt`` and ``<prefix>.key`` live
+    + prefix: file name prefix, e.g. ``seaweedfs_grpc``
+    + owner_uid: the uid the service runs as
+    """
+    names = [f"{directory}/{prefix}_ca.crt", f"{directory}/{prefix}.crt", f"{directory}/{prefix}.key"]
+    if all(host.get_fact(PathState, path=name) for name in names):
+        host.noop(f"{prefix} mTLS material exists")
+        return
+    ca, crt, key = (shlex.quote(name) for name in names)
+    ca_key = shlex.quote(f"{directory}/{prefix}_ca.key")
+    curve = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 36500"
+    yield (
+        f"umask 077 && openssl req -x509 {curve} -subj /CN={prefix}-ca -keyout {ca_key} -out {ca} 2>/dev/null && "
+        f"openssl req -x509 {curve} -subj /CN={prefix} -CA {ca} -CAkey {ca_key} -keyout {key} -out {crt} "
+        f"2>/dev/null; rc=$?; rm -f {ca_key}; [ $rc -eq 0 ] && chown {owner_uid}:{owner_uid} {ca} {crt} {key}"
+    )

@@ -25,6 +25,9 @@ INTERNAL_PORTS = {
     "nginx_status": 8081,
 }
 
+# SeaweedFS gRPC mTLS files, made by the deploy for the upstream lane only.
+GRPC_PREFIX = "seaweedfs_grpc"
+
 # Service -> uid it runs as; secret files and data dirs are owned to match.
 SERVICE_UIDS = {
     "postgres": POSTGRES_UID,
@@ -98,8 +101,16 @@ class StackPlan:
         return f"seaweedfs:{INTERNAL_PORTS['seaweedfs_s3']}"
 
     @property
-    def secret_names(self) -> list[str]:
-        return sorted(SECRET_SPECS)
+    def upstream_seaweedfs(self) -> bool:
+        return self.settings.images.lane == "upstream" and "seaweedfs" in self.data_services
+
+    @property
+    def compose_secrets(self) -> dict[str, str]:
+        """Compose secret name -> file on the host."""
+        names = sorted(SECRET_SPECS)
+        if self.upstream_seaweedfs:
+            names += [f"{GRPC_PREFIX}_ca.crt", f"{GRPC_PREFIX}.crt", f"{GRPC_PREFIX}.key"]
+        return {name: f"{self.settings.secrets_dir}/{name}" for name in names}
 
     @property
     def ports(self) -> dict[str, int]:

@@ -12,7 +12,7 @@ test_local = [
                 "stack_root": "/var/lib/govstack-test",
                 "project": "gstest",
                 "images": {"lane": "offline"},
-                "edge": {"hostname": "localhost", "http_port": 18080, "https_port": 18443},
+                "edge": {"hostname": "localhost", "http_port": 38080, "https_port": 38443},
                 "healthy_timeout_s": 240,
             },
         },

@@ -1,0 +1,630 @@
+"""The monitoring tier: its settings section, its images, and the files it gets.
+
+Prometheus scrapes every service by its Docker DNS name on the internal
+``data`` network; Alertmanager routes by severity to the receivers in
+settings; in the upstream lane Grafana shows provisioned dashboards. All of
+it is rendered from settings by the pure functions below:
+
+    render_prometheus_config / render_rule_files / render_alertmanager_config /
+    render_blackbox_config / render_app_targets / render_grafana_files
+    -> monitoring_files(plan): host path -> content
+
+Rule and promtool-test templates live in ``monitoring/``; they use ``[[ ]]``
+for Jinja values because ``{{ }}`` belongs to Prometheus' own annotation
+templates (``{{ $labels.instance }}``), which must reach the host verbatim.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MONITORING_DIR = REPO_ROOT / "monitoring"
+RULES_DIR = MONITORING_DIR / "rules"
+RULE_TESTS_DIR = MONITORING_DIR / "tests"
+DASHBOARDS_DIR = MONITORING_DIR / "dashboards"
+TEMPLATES_DIR = REPO_ROOT / "templates"
+IMAGE_TEMPLATES = TEMPLATES_DIR / "images"
+
+# Prometheus durations as its config and rule files accept them ("90s", "1h30m").
+Duration = Annotated[str, Field(pattern=r"^(\d+(ms|s|m|h|d|w|y))+$")]
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+
+
+def duration_seconds(text: str) -> float:
+    """``"1h30m"`` -> 5400.0 (Prometheus duration syntax)."""
+    parts = re.findall(r"(\d+)(ms|s|m|h|d|w|y)", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"{text!r} is not a Prometheus duration")
+    return float(sum(int(n) * _UNIT_SECONDS[u] for n, u in parts))
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Severity = Literal["critical", "warning", "info"]
+
+
+class AlertRule(_Section):
+    """One alert's knobs. ``threshold``'s unit is the alert's own (see AlertRules)."""
+
+    threshold: float | None = Field(None, description="the alert's limit, in the unit its description names")
+    duration: Duration = Field(description="Prometheus `for:`: how long the condition must hold before it fires")
+    severity: Severity = "warning"
+
+    @property
+    def seconds(self) -> float:
+        return duration_seconds(self.duration)
+
+    @property
+    def minutes(self) -> int:
+        """``duration`` rounded up to whole minutes (promtool tests step in minutes)."""
+        return math.ceil(self.seconds / 60)
+
+
+def _rule(duration: str, severity: Severity, threshold: float | None = None) -> AlertRule:
+    return AlertRule(threshold=threshold, duration=duration, severity=severity)
+
+
+class AlertRules(_Section):
+    """Every alert the rule files define. Defaults suit a production host; a
+    test profile shortens the durations (see TEST_PROFILE)."""
+
+    target_down: AlertRule = Field(_rule("2m", "critical"), description="a scrape target (any job) answers no scrape")
+    postgres_down: AlertRule = Field(_rule("1m", "critical"), description="the exporter reaches no Postgres")
+    object_store_down: AlertRule = Field(_rule("2m", "critical"), description="the S3 gateway's /healthz fails")
+    vector_store_down: AlertRule = Field(_rule("2m", "critical"), description="Chroma's heartbeat fails")
+    edge_down: AlertRule = Field(_rule("2m", "critical"), description="nginx answers neither stub_status nor TLS")
+    high_error_rate: AlertRule = Field(
+        _rule("5m", "critical", 0.05), description="threshold: share of API responses that are 5xx, per color"
+    )
+    database_connections_high: AlertRule = Field(
+        _rule("5m", "warning", 0.8), description="threshold: backends / max_connections"
+    )
+    vector_search_latency_high: AlertRule = Field(
+        _rule("10m", "warning", 0.5), description="threshold: seconds, p95 of embedding + Chroma query"
+    )
+    indexing_backlog: AlertRule = Field(
+        _rule("30m", "warning", 10),
+        description="threshold: unindexed documents; fires when above it and still growing for the duration",
+    )
+    disk_space_low: AlertRule = Field(
+        _rule("5m", "critical", 0.10), description="threshold: free share of the data filesystem"
+    )
+    disk_will_fill: AlertRule = Field(
+        _rule("30m", "warning", 4), description="threshold: hours until the data filesystem is full (predict_linear)"
+    )
+    host_memory_high: AlertRule = Field(
+        _rule("10m", "warning", 0.90), description="threshold: share of host memory in use (1 - MemAvailable/Total)"
+    )
+    backup_stale: AlertRule = Field(
+        _rule("10m", "critical", 26), description="threshold: hours since the last successful backup"
+    )
+    backup_failed: AlertRule = Field(_rule("0s", "critical"), description="the last backup run failed")
+    certificate_expiring_soon: AlertRule = Field(
+        _rule("1h", "warning", 14), description="threshold: days until the edge certificate expires"
+    )
+
+    @model_validator(mode="after")
+    def _thresholds_set(self) -> AlertRules:
+        for name, rule in self:
+            if type(self).model_fields[name].default.threshold is not None and not (rule.threshold or 0) > 0:
+                raise ValueError(f"{name}.threshold must be a number above 0")
+        return self
+
+
+_EMAIL = r"^[^\s\"@]+@[^\s\"@]+$"
+
+
+class EmailReceiver(_Section):
+    to: tuple[Annotated[str, Field(pattern=_EMAIL)], ...] = Field(min_length=1, description="recipient addresses")
+    sender: str = Field(pattern=_EMAIL, description="From: address")
+    smarthost: str = Field(pattern=r"^[A-Za-z0-9.-]+:\d+$", description="SMTP relay host:port")
+    auth_username: str | None = Field(
+        None, description="SMTP login; its password is the secret alertmanager_smtp_password"
+    )
+    require_tls: bool = True
+    severities: tuple[Severity, ...] = Field(("critical",), description="alert severities that are e-mailed")
+
+
+class MonitoringSettings(_Section):
+    """The monitoring tier (Prometheus, exporters, Alertmanager; Grafana in the upstream lane)."""
+
+    enabled: bool = Field(True, description="deploy the monitoring tier")
+    scrape_interval: Duration = "15s"
+    scrape_timeout: Duration = "10s"
+    evaluation_interval: Duration = Field("15s", description="how often alert rules are evaluated")
+    retention_time: Duration = Field("15d", description="Prometheus TSDB retention by age")
+    retention_size_mb: int = Field(4096, ge=64, description="Prometheus TSDB retention by size")
+    runbook_base_url: str = Field(
+        "https://github.com/govstack/govstack-deploy/blob/main/runbooks",
+        pattern=r"^https?://\S+[^/]$",
+        description="where runbooks/*.md can be read; alerts link <base>/alerts.md#<alert>",
+    )
+    webhook_urls: tuple[str, ...] = Field((), description="Alertmanager webhook receivers (every severity)")
+    email: EmailReceiver | None = Field(None, description="e-mail receiver; null = none")
+    group_wait: Duration = Field("30s", description="Alertmanager: wait to batch a new group's first alerts")
+    group_interval: Duration = Field("5m", description="Alertmanager: wait before notifying a group's changes")
+    repeat_interval_critical: Duration = "4h"
+    repeat_interval_warning: Duration = "24h"
+    resolve_timeout: Duration = "5m"
+    # The node-exporter sees the data filesystem through its bind mount (see
+    # the compose block); the container's own mounts (/, /etc/hosts …) are
+    # Docker's and are not watched.
+    disk_mountpoints: str = Field("/host/data", description="regex of node-exporter mountpoints the disk alerts watch")
+    alerts: AlertRules = AlertRules()
+    grafana: bool = Field(True, description="Grafana with provisioned dashboards (upstream lane only)")
+
+    @field_validator("webhook_urls")
+    @classmethod
+    def _urls(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for url in value:
+            if not re.fullmatch(r"https?://[^\s\"\\]+", url):
+                raise ValueError(f"{url!r} is not an http(s) URL")
+        return value
+
+    @field_validator("disk_mountpoints")
+    @classmethod
+    def _regex(cls, value: str) -> str:
+        re.compile(value)
+        if '"' in value or "\\" in value:
+            raise ValueError("must not contain quotes or backslashes (it is pasted into PromQL)")
+        return value
+
+
+# Short durations for the live alert tests: an alert fires within seconds of
+# its cause and Alertmanager sends at once. Merge under `monitoring`.
+TEST_WEBHOOK_URL = "http://alert-receiver:9099/cgi-bin/alerts"
+TEST_PROFILE: dict[str, Any] = {
+    # The receiver the live alert test runs on the data network (tests/e2e).
+    "webhook_urls": [TEST_WEBHOOK_URL],
+    "scrape_interval": "5s",
+    "scrape_timeout": "4s",
+    "evaluation_interval": "5s",
+    "group_wait": "1s",
+    "group_interval": "5s",
+    "repeat_interval_critical": "1h",
+    "repeat_interval_warning": "1h",
+    "resolve_timeout": "1m",
+    "alerts": {
+        name: {"duration": "15s"}
+        for name in ("target_down", "postgres_down", "object_store_down", "vector_store_down", "edge_down")
+    },
+}
+
+
+# --- images ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MonitoringImage:
+    service: str
+    offline_tag: str
+    upstream: str
+
+    @property
+    def context(self) -> Path:
+        return IMAGE_TEMPLATES / self.service
+
+
+# Offline: Debian bookworm packages on the debootstrap base. Upstream: pinned
+# official images (Prometheus 3.5 is the current LTS; the rules use nothing
+# that differs between 2.42 and 3.x). nginx-exporter's upstream image is FROM
+# scratch: no shell, so its compose block has no in-container healthcheck.
+MONITORING_IMAGES: dict[str, MonitoringImage] = {
+    image.service: image
+    for image in (
+        MonitoringImage("prometheus", "govstack/prometheus:2.42", "prom/prometheus:v3.5.0"),
+        MonitoringImage("alertmanager", "govstack/alertmanager:0.25", "prom/alertmanager:v0.28.1"),
+        MonitoringImage("node-exporter", "govstack/node-exporter:1.5", "prom/node-exporter:v1.9.1"),
+        MonitoringImage(
+            "postgres-exporter", "govstack/postgres-exporter:0.11", "quay.io/prometheuscommunity/postgres-exporter:v0.17.1"
+        ),
+        MonitoringImage("nginx-exporter", "govstack/nginx-exporter:0.11", "nginx/nginx-prometheus-exporter:1.4.2"),
+        MonitoringImage("blackbox-exporter", "govstack/blackbox-exporter:0.23", "prom/blackbox-exporter:v0.27.0"),
+    )
+}
+GRAFANA_IMAGE = "grafana/grafana:12.1.1"
+
+# Who scrapes what, by Docker DNS name on the data network. Port numbers live
+# here and nowhere else in the monitoring tier.
+PORTS = {
+    "prometheus": 9090,
+    "alertmanager": 9093,
+    "node-exporter": 9100,
+    "postgres-exporter": 9187,
+    "nginx-exporter": 9113,
+    "blackbox-exporter": 9115,
+    "seaweedfs_metrics": 9327,
+    "app": 8000,
+    "worker_metrics": 9100,
+    "grafana": 3000,
+}
+
+# The role postgres-exporter connects as (member of pg_monitor) and the secret
+# holding its password (generated [A-Za-z0-9]: 0.11 rejects spaces).
+MONITOR_ROLE = "govstack_monitor"
+MONITOR_SECRET = "postgres_monitor_password"
+
+# What the backup job writes for node-exporter's textfile collector, as
+# <stack_root>/data/metrics/backup.prom (write a temp file, then rename).
+# Timestamps are Unix seconds; 0 = never. All five are written on every run.
+BACKUP_METRICS = {
+    "govstack_backup_last_success_timestamp_seconds": "gauge: end of the last successful backup",
+    "govstack_backup_last_failure_timestamp_seconds": "gauge: end of the last failed backup run (0 = never)",
+    "govstack_backup_last_duration_seconds": "gauge: duration of the last successful backup",
+    "govstack_backup_last_size_bytes": "gauge: size of the last successful backup",
+    "govstack_backup_failures_total": "counter: failed backup runs since the metrics file was created",
+}
+TEXTFILE_DIR = "metrics"  # under Settings.data_dir
+
+
+def monitor_role_sql(password: str) -> str:
+    """Idempotent SQL (run as the superuser, fed on stdin, never in argv) that
+    creates or updates the exporter's login role in pg_monitor."""
+    if not re.fullmatch(r"[A-Za-z0-9]{16,}", password):
+        # Generated secrets are [A-Za-z0-9]; anything else would need quoting
+        # here and is refused by postgres-exporter 0.11 when it has spaces.
+        raise ValueError("the monitor password must be 16+ characters of [A-Za-z0-9]")
+    return (
+        "DO $$ BEGIN\n"
+        f"  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{MONITOR_ROLE}') THEN\n"
+        f"    CREATE ROLE {MONITOR_ROLE} LOGIN;\n"
+        "  END IF;\n"
+        "END $$;\n"
+        f"ALTER ROLE {MONITOR_ROLE} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE CONNECTION LIMIT 5 "
+        f"PASSWORD '{password}';\n"
+        f"GRANT pg_monitor TO {MONITOR_ROLE};\n"
+    )
+
+
+def image(settings: Any, service: str) -> str:
+    """Image reference of a monitoring service in the settings' lane."""
+    if service == "grafana":
+        return GRAFANA_IMAGE
+    entry = MONITORING_IMAGES[service]
+    return entry.upstream if settings.images.lane == "upstream" else entry.offline_tag
+
+
+# --- rendering ------------------------------------------------------------------------------
+
+def _monitoring(plan: Any, monitoring: MonitoringSettings | None) -> MonitoringSettings:
+    if monitoring is not None:
+        return monitoring
+    # Until Settings carries the section, its defaults apply.
+    return getattr(plan.settings, "monitoring", None) or MonitoringSettings()
+
+
+def _number(value: float) -> str:
+    """10.0 -> "10", 0.5 -> "0.5": thresholds as people write them."""
+    return format(value, "g")
+
+
+def _environment() -> Environment:
+    env = Environment(
+        loader=FileSystemLoader([str(REPO_ROOT), str(TEMPLATES_DIR)]),
+        undefined=StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        variable_start_string="[[",
+        variable_end_string="]]",
+        autoescape=False,  # noqa: S701 - YAML, not HTML
+    )
+    env.filters["g"] = _number
+    env.filters["pct"] = lambda value: _number(round(value * 100, 6)) + "%"
+    return env
+
+
+def _context(plan: Any, monitoring: MonitoringSettings) -> dict[str, Any]:
+    from govstack.render import MANAGED_BANNER
+
+    def runbook(alert: str) -> str:
+        return f"{monitoring.runbook_base_url}/alerts.md#{alert.lower()}"
+
+    return {
+        "s": plan.settings,
+        "plan": plan,
+        "m": monitoring,
+        "a": monitoring.alerts,
+        "ports": PORTS,
+        "runbook": runbook,
+        "seaweedfs": _has_seaweedfs(plan),
+        "managed_banner": MANAGED_BANNER,
+        "backup_metrics": BACKUP_METRICS,
+        "monitor_role": MONITOR_ROLE,
+    }
+
+
+def _has_seaweedfs(plan: Any) -> bool:
+    return plan.settings.object_store.kind == "seaweedfs"
+
+
+def _render(template: str, plan: Any, monitoring: MonitoringSettings, **extra: Any) -> str:
+    return _environment().get_template(template).render({**_context(plan, monitoring), **extra})
+
+
+def rule_templates() -> list[Path]:
+    return sorted(RULES_DIR.glob("*.yml.j2"))
+
+
+def rule_test_templates() -> list[Path]:
+    return sorted(RULE_TESTS_DIR.glob("*.test.yml.j2"))
+
+
+def _plain_name(path: Path) -> str:
+    return path.name.removesuffix(".j2")
+
+
+def render_rule_files(plan: Any, monitoring: MonitoringSettings | None = None) -> dict[str, str]:
+    """File name -> content of every alert rule file (for /etc/prometheus/rules/)."""
+    m = _monitoring(plan, monitoring)
+    return {
+        _plain_name(path): _render(path.relative_to(REPO_ROOT).as_posix(), plan, m) for path in rule_templates()
+    }
+
+
+def render_rule_tests(plan: Any, monitoring: MonitoringSettings | None = None) -> dict[str, str]:
+    """File name -> content of the promtool unit tests, for the same settings as the rules."""
+    m = _monitoring(plan, monitoring)
+    return {
+        _plain_name(path): _render(path.relative_to(REPO_ROOT).as_posix(), plan, m)
+        for path in rule_test_templates()
+    }
+
+
+def render_prometheus_config(plan: Any, monitoring: MonitoringSettings | None = None) -> str:
+    return _render("prometheus/prometheus.yml.j2", plan, _monitoring(plan, monitoring))
+
+
+def render_blackbox_config(plan: Any, monitoring: MonitoringSettings | None = None) -> str:
+    return _render("prometheus/blackbox.yml.j2", plan, _monitoring(plan, monitoring))
+
+
+def render_alertmanager_config(plan: Any, monitoring: MonitoringSettings | None = None) -> str:
+    return _render("alertmanager/alertmanager.yml.j2", plan, _monitoring(plan, monitoring))
+
+
+def render_app_targets(colors: Sequence[str] = ("blue", "green"), serving: str | None = None) -> dict[str, str]:
+    """file_sd target files for the app colors that should be running.
+
+    The blue/green deploy rewrites these when it starts, stops or switches a
+    color (Prometheus re-reads them without a restart): a color listed here
+    and down is an alert; a color not listed is not scraped. ``serving`` marks
+    the color nginx routes to (label ``serving="true"``), which the dashboards
+    and ``govstack status`` read from ``govstack_app_info``.
+    """
+    for color in colors:
+        if color not in ("blue", "green"):
+            raise ValueError(f"unknown color {color!r}")
+    if serving is not None and serving not in colors:
+        raise ValueError(f"serving color {serving!r} is not among the running colors {list(colors)}")
+
+    def targets(service: str, port: int) -> str:
+        groups = [
+            {
+                "targets": [f"{service}-{color}:{port}"],
+                "labels": {"color": color, "serving": str(color == serving).lower()},
+            }
+            for color in colors
+        ]
+        return json.dumps(groups, indent=2) + "\n"
+
+    return {"app.json": targets("app", PORTS["app"]), "worker.json": targets("worker", PORTS["worker_metrics"])}
+
+
+def dashboard_files() -> dict[str, str]:
+    return {path.name: path.read_text() for path in sorted(DASHBOARDS_DIR.glob("*.json"))}
+
+
+def render_grafana_files(plan: Any, monitoring: MonitoringSettings | None = None) -> dict[str, str]:
+    """Relative path (under <config_dir>/grafana) -> content: provisioning + dashboards."""
+    m = _monitoring(plan, monitoring)
+    files = {
+        "provisioning/datasources/prometheus.yml": _render("monitoring/grafana/datasources.yml.j2", plan, m),
+        "provisioning/dashboards/govstack.yml": _render("monitoring/grafana/dashboards.yml.j2", plan, m),
+    }
+    files.update({f"dashboards/{name}": text for name, text in dashboard_files().items()})
+    return files
+
+
+def monitoring_files(
+    plan: Any,
+    monitoring: MonitoringSettings | None = None,
+    colors: Sequence[str] = ("blue", "green"),
+    serving: str | None = None,
+) -> dict[str, str]:
+    """Host path -> content of every rendered monitoring file (cf. render.rendered_files)."""
+    m = _monitoring(plan, monitoring)
+    conf = plan.settings.config_dir
+    files = {
+        f"{conf}/prometheus/prometheus.yml": render_prometheus_config(plan, m),
+        f"{conf}/prometheus/blackbox.yml": render_blackbox_config(plan, m),
+        f"{conf}/alertmanager/alertmanager.yml": render_alertmanager_config(plan, m),
+    }
+    files.update({f"{conf}/prometheus/rules/{n}": t for n, t in render_rule_files(plan, m).items()})
+    files.update({f"{conf}/prometheus/targets/{n}": t for n, t in render_app_targets(colors, serving).items()})
+    if plan.settings.images.lane == "upstream" and m.grafana:
+        files.update({f"{conf}/grafana/{n}": t for n, t in render_grafana_files(plan, m).items()})
+    return files
+
+
+# --- dashboards -----------------------------------------------------------------------------
+
+# Grafana's built-in interval variables, replaced by a fixed window wherever a
+# dashboard query is run outside Grafana (promtool, the live Prometheus API).
+GRAFANA_INTERVALS = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h"}
+
+
+def dashboard_queries(text: str) -> list[tuple[str, str]]:
+    """(panel title, PromQL with Grafana variables substituted) for one dashboard JSON."""
+    board = json.loads(text)
+    found: list[tuple[str, str]] = []
+
+    def walk(panels: Iterable[dict]) -> None:
+        for panel in panels:
+            walk(panel.get("panels", []))
+            for target in panel.get("targets", []):
+                expr = target.get("expr")
+                if expr:
+                    for var, value in GRAFANA_INTERVALS.items():
+                        expr = expr.replace(var, value)
+                    found.append((panel.get("title", "?"), expr))
+
+    walk(board.get("panels", []))
+    return found
+
+
+def dashboard_queries_as_rules(dashboards: dict[str, str]) -> str:
+    """One recording-rule group per dashboard, so that `promtool check rules`
+    parses every panel query (promtool 2.42 has no query-parse command)."""
+    groups = []
+    for name, text in sorted(dashboards.items()):
+        slug = re.sub(r"[^a-z0-9]+", "_", name.removesuffix(".json").lower())
+        rules = [
+            {"record": f"dashboard:{slug}:panel_{i}", "expr": expr}
+            for i, (_, expr) in enumerate(dashboard_queries(text))
+        ]
+        groups.append({"name": f"dashboard-{slug}", "rules": rules})
+    return yaml.safe_dump({"groups": groups}, sort_keys=False)
+
+
+# --- promtool through the offline Prometheus image ------------------------------------------
+
+class ToolImageUnavailable(RuntimeError):
+    """No Docker engine, or the Prometheus image cannot be built here."""
+
+
+def _docker(*args: str, timeout: int = 120, check: bool = False) -> subprocess.CompletedProcess:
+    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, check=check)
+
+
+def docker_available() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    try:
+        return _docker("version", "--format", "{{.Server.Version}}", timeout=20).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def ensure_tool_image(settings: Any = None, service: str = "prometheus", timeout_s: int = 900) -> str:
+    """An offline monitoring image (``prometheus`` carries promtool,
+    ``alertmanager`` amtool), built when missing or stale; the debootstrap
+    base image first if that is missing too. Labelled like the deploy's
+    builds, so a later deploy sees it as current."""
+    from govstack import images
+    from govstack.settings import Settings
+
+    settings = settings or Settings()
+    if not docker_available():
+        raise ToolImageUnavailable("no Docker engine answers (docker version failed)")
+    spec = MONITORING_IMAGES[service]
+    base_tag = images.base_image_tag(settings)
+    base_hash = images.base_context_hash(settings)
+    wanted = images.context_hash(spec.context, {}, base_hash)
+    label = "org.govstack.context-hash"
+    current = _docker("image", "inspect", "--format", f'{{{{index .Config.Labels "{label}"}}}}', spec.offline_tag)
+    if current.returncode == 0 and current.stdout.strip() == wanted:
+        return spec.offline_tag
+    if _docker("image", "inspect", base_tag).returncode != 0:
+        script = images.IMAGE_TEMPLATES / "base" / "build-rootfs.sh"
+        if shutil.which("debootstrap") is None:
+            raise ToolImageUnavailable(f"base image {base_tag} is missing and debootstrap is not installed")
+        built = subprocess.run(
+            ["sh", str(script), settings.images.debian_suite, settings.images.debian_mirror, base_tag, base_hash],
+            capture_output=True, text=True, timeout=timeout_s,
+        )
+        if built.returncode != 0:
+            raise ToolImageUnavailable(f"building {base_tag} failed: {built.stderr.strip()[-500:]}")
+    built = _docker(
+        "build", "-q", "--label", f"{label}={wanted}", "--build-arg", f"BASE_IMAGE={base_tag}",
+        "-t", spec.offline_tag, str(spec.context), timeout=timeout_s,
+    )
+    if built.returncode != 0:
+        raise ToolImageUnavailable(f"building {spec.offline_tag} failed: {built.stderr.strip()[-500:]}")
+    return spec.offline_tag
+
+
+def run_tool(image_tag: str, tool: str, workdir: Path, mount: str, *args: str) -> subprocess.CompletedProcess:
+    """``TOOL ARGS`` in a monitoring image, offline and unprivileged, with
+    ``workdir`` mounted read-only at ``mount`` (also the working directory)."""
+    return _docker(
+        "run", "--rm", "--network", "none", "--user", "10001:10001", "--cap-drop", "ALL",
+        "-v", f"{workdir}:{mount}:ro", "-w", mount, "--entrypoint", tool, image_tag, *args, timeout=300,
+    )
+
+
+def run_promtool(workdir: Path, *args: str, image_tag: str | None = None) -> subprocess.CompletedProcess:
+    """``promtool ARGS`` in the Prometheus image, with ``workdir`` as /etc/prometheus."""
+    tag = image_tag or MONITORING_IMAGES["prometheus"].offline_tag
+    return run_tool(tag, "promtool", workdir, "/etc/prometheus", *args)
+
+
+def write_prometheus_tree(
+    plan: Any, root: Path, monitoring: MonitoringSettings | None = None, with_tests: bool = True
+) -> Path:
+    """The /etc/prometheus tree a host gets (plus the rule tests), under ``root``."""
+    m = _monitoring(plan, monitoring)
+    (root / "rules").mkdir(parents=True, exist_ok=True)
+    (root / "targets").mkdir(exist_ok=True)
+    (root / "prometheus.yml").write_text(render_prometheus_config(plan, m))
+    (root / "blackbox.yml").write_text(render_blackbox_config(plan, m))
+    for name, text in render_rule_files(plan, m).items():
+        (root / "rules" / name).write_text(text)
+    for name, text in render_app_targets().items():
+        (root / "targets" / name).write_text(text)
+    if with_tests:
+        (root / "tests").mkdir(exist_ok=True)
+        for name, text in render_rule_tests(plan, m).items():
+            (root / "tests" / name).write_text(text)
+    _readable(root)
+    return root
+
+
+def _readable(root: Path) -> None:
+    # The tools run as uid 10001, the files are the caller's.
+    root.chmod(0o755)
+    for path in root.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+def check_prometheus(plan: Any, monitoring: MonitoringSettings | None = None) -> dict[str, subprocess.CompletedProcess]:
+    """promtool check config, check rules, test rules; and every dashboard
+    query parsed (as recording rules) by check rules."""
+    tag = ensure_tool_image(plan.settings, "prometheus")
+    with tempfile.TemporaryDirectory(prefix="govstack-promtool-") as tmp:
+        root = write_prometheus_tree(plan, Path(tmp), monitoring)
+        (root / "dashboards.yml").write_text(dashboard_queries_as_rules(dashboard_files()))
+        _readable(root)
+        rules = sorted(f"rules/{p.name}" for p in (root / "rules").iterdir())
+        tests = sorted(f"tests/{p.name}" for p in (root / "tests").iterdir())
+        return {
+            "check config": run_promtool(root, "check", "config", "prometheus.yml", image_tag=tag),
+            "check rules": run_promtool(root, "check", "rules", *rules, image_tag=tag),
+            "test rules": run_promtool(root, "test", "rules", *tests, image_tag=tag),
+            "dashboard queries": run_promtool(root, "check", "rules", "dashboards.yml", image_tag=tag),
+        }
+
+
+def check_alertmanager(plan: Any, monitoring: MonitoringSettings | None = None) -> subprocess.CompletedProcess:
+    """amtool check-config of the rendered alertmanager.yml."""
+    tag = ensure_tool_image(plan.settings, "alertmanager")
+    with tempfile.TemporaryDirectory(prefix="govstack-amtool-") as tmp:
+        root = Path(tmp)
+        (root / "alertmanager.yml").write_text(render_alertmanager_config(plan, monitoring))
+        _readable(root)
+        return run_tool(tag, "amtool", root, "/etc/alertmanager", "check-config", "alertmanager.yml")
