@@ -25,5 +25,5 @@ if settings.images.lane == "offline":
 stack.create_stack_directories(plan)
 stack.ensure_secrets(plan)
 stack.ensure_edge_certificate(plan)
-stack.render_stack_files(plan)
-stack.start_stack(plan)
+rendered = stack.render_stack_files(plan)
+stack.start_stack(plan, rendered)

@@ -12,6 +12,7 @@ from govstack.operations import (
     compose_project_up,
     file_installed,
     grpc_mtls_material,
+    nginx_reloaded,
     path_owned,
     secret_file,
     self_signed_certificate,
@@ -82,9 +83,11 @@ def ensure_edge_certificate(plan: StackPlan):
 
 
 @deploy("Stack configuration")
-def render_stack_files(plan: StackPlan):
+def render_stack_files(plan: StackPlan) -> dict:
+    """Returns the put operations by path, so later steps can react to changes."""
+    puts = {}
     for path, content in rendered_files(plan).items():
-        files.put(name=f"Render {path}", src=StringIO(content), dest=path, mode="644")
+        puts[path] = files.put(name=f"Render {path}", src=StringIO(content), dest=path, mode="644")
     if plan.upstream_seaweedfs:
         files.put(
             name="SeaweedFS entrypoint for the official image",
@@ -92,10 +95,11 @@ def render_stack_files(plan: StackPlan):
             dest=f"{plan.settings.config_dir}/seaweedfs/seaweedfs-entrypoint",
             mode="755",
         )
+    return puts
 
 
 @deploy("Stack services")
-def start_stack(plan: StackPlan):
+def start_stack(plan: StackPlan, rendered: dict):
     s = plan.settings
     compose_project_up(
         name=f"Compose project {s.project} up and healthy",
@@ -103,5 +107,12 @@ def start_stack(plan: StackPlan):
         compose_file=s.compose_file,
         service_images={service: plan.image(service) for service in plan.services},
         wait_timeout_s=s.healthy_timeout_s,
+    )
+    nginx_conf = rendered[f"{s.config_dir}/nginx/nginx.conf"]
+    nginx_reloaded(
+        name="Reload nginx for its new config",
+        project=s.project,
+        compose_file=s.compose_file,
+        _if=nginx_conf.did_change,
     )
 

@@ -357,3 +357,22 @@ def grpc_mtls_material(directory: str, prefix: str, owner_uid: int):
         f"openssl req -x509 {curve} -subj /CN={prefix} -CA {ca} -CAkey {ca_key} -keyout {key} -out {crt} "
         f"2>/dev/null; rc=$?; rm -f {ca_key}; [ $rc -eq 0 ] && chown {owner_uid}:{owner_uid} {ca} {crt} {key}"
     )
+
+
+@operation()
+def nginx_reloaded(project: str, compose_file: str, service: str = "nginx"):
+    """
+    Reload nginx in place after its config changed: ``nginx -t`` first, so a
+    broken config is refused and the running one keeps serving.
+
+    + project, compose_file: the Compose project nginx runs in
+    + service: the Compose service name
+    """
+    quoted = f"-p {shlex.quote(project)} -f {shlex.quote(compose_file)}"
+    yield (
+        f"if [ -n \"$(docker compose {quoted} ps -q --status running {service})\" ]; then "
+        f"docker compose {quoted} exec -T {service} nginx -t -q 2>/tmp/govstack-nginx-test.log "
+        f"|| {{ echo \"govstack: nginx config rejected, still serving the previous one: "
+        f"$(tail -n 1 /tmp/govstack-nginx-test.log)\" >&2; exit 1; }}; "
+        f"docker compose {quoted} exec -T {service} nginx -s reload; fi"
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -67,7 +68,12 @@ def render(template: str, plan: StackPlan, **extra) -> str:
 
 
 def render_compose(plan: StackPlan) -> str:
-    return render("docker-compose.yml.j2", plan)
+    # Compose hashes the service definition, not the files it mounts: a label
+    # carrying the digest of postgresql.conf makes a tuning change recreate
+    # Postgres (it needs a restart for most of them anyway). nginx reloads
+    # its config in place instead (deploys/stack.py).
+    digests = {"postgres": hashlib.sha256(render_postgres_conf(plan).encode()).hexdigest()[:16]}
+    return render("docker-compose.yml.j2", plan, config_digests=digests)
 
 
 def render_postgres_conf(plan: StackPlan) -> str:

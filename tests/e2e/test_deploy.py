@@ -127,8 +127,8 @@ def test_unreachable_host_fails_with_the_cause(tmp_path):
 
 def test_service_that_never_gets_healthy_fails_the_deploy_then_a_good_deploy_repairs(deployed_stack, settings):
     env = {
-        # More shared memory than any host has: Postgres refuses to start.
-        "GOVSTACK__POSTGRES__OVERRIDES": json.dumps({"shared_buffers": "900GB"}),
+        # A value Postgres cannot parse: the server refuses to start.
+        "GOVSTACK__POSTGRES__OVERRIDES": json.dumps({"work_mem": "lots"}),
         "GOVSTACK__HEALTHY_TIMEOUT_S": "30",
     }
     broken = run_govstack("up", "-i", deployed_stack, env=env)
