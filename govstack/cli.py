@@ -52,7 +52,9 @@ def run_pyinfra(inventory: str, *extra: str) -> tuple[int, str | None]:
     """Run the site deploy, streaming pyinfra's output; return its exit code
     and the most specific cause it printed (our operations print theirs as
     ``govstack: …``)."""
-    cmd = [sys.executable, "-m", "pyinfra", "-y", inventory, str(REPO_ROOT / "deploys" / "site.py"), *extra]
+    # --dry needs pyinfra's change detection, which -y (no prompt) skips.
+    yes = [] if "--dry" in extra else ["-y"]
+    cmd = [sys.executable, "-m", "pyinfra", *yes, inventory, str(REPO_ROOT / "deploys" / "site.py"), *extra]
     cause = None
     with subprocess.Popen(
         cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
