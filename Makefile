@@ -9,10 +9,13 @@ PYTEST := $(BIN)/pytest -p no:cacheprovider
 
 .PHONY: venv up check test test-quick test-full test-multihost lint bench clean-test
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml app/requirements.txt app/requirements-test.txt
 	python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	# The app's own lock, for its unit tests (--no-deps: see the file's header).
+	$(BIN)/pip install --quiet --no-deps -r app/requirements-test.txt
+	$(BIN)/pip install --quiet --no-deps -e app/
 	touch $@
 
 venv: $(VENV)/.installed
@@ -30,7 +33,7 @@ test: test-quick test-full
 
 ## Seconds: lint, settings, tuning, rendering of both lanes.
 test-quick: venv
-	$(BIN)/ruff check govstack deploys inventories tests bench
+	$(BIN)/ruff check govstack deploys inventories tests bench app
 	$(PYTEST) -q tests/unit
 
 ## Minutes: deploys the test stack (own root, project and ports), checks it.
@@ -38,7 +41,7 @@ test-full: venv
 	GOVSTACK_INVENTORY=$(TEST_INVENTORY) GOVSTACK_DEPLOY=1 $(PYTEST) -v tests/e2e tests/hosts
 
 lint: venv
-	$(BIN)/ruff check govstack deploys inventories tests bench
+	$(BIN)/ruff check govstack deploys inventories tests bench app
 
 bench: venv
 	$(BIN)/python bench/deploy_times.py

@@ -44,11 +44,22 @@ def build_offline_images(plan: StackPlan):
 
     for image in images.offline_images(s):
         build_offline_image(plan, image, base_tag, base_hash)
+    build_app_image(plan, plan.release.version)
 
 
-def build_offline_image(plan: StackPlan, image: images.OfflineImage, base_tag: str, base_hash: str):
+def build_app_image(plan: StackPlan, version: str):
+    """The app image of one version (offline lane: on the debootstrap base)."""
     s = plan.settings
-    context = f"{s.build_dir}/{image.service}"
+    image = images.app_image(s, version)
+    base_tag = images.base_image_tag(s)
+    build_offline_image(plan, image, base_tag, images.base_context_hash(s), context_name=f"app-{version}")
+
+
+def build_offline_image(
+    plan: StackPlan, image: images.OfflineImage, base_tag: str, base_hash: str, context_name: str | None = None
+):
+    s = plan.settings
+    context = f"{s.build_dir}/{context_name or image.service}"
     files.sync(
         name=f"Build context of {image.tag}",
         src=str(image.context),

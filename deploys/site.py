@@ -6,9 +6,10 @@ host's resources, and runs one small deploy per concern.
 
 from pyinfra import host, logger
 
-from deploys import engine, images, stack
+from deploys import app, engine, images, stack
 from govstack.facts import HostResourcesFact
 from govstack.plan import StackPlan
+from govstack.release import ReleaseState, release_path
 from govstack.settings import SettingsError, settings_for_host
 
 try:
@@ -17,7 +18,11 @@ except SettingsError as error:
     logger.error(str(error))
     raise SystemExit(2) from None
 
-plan = StackPlan(settings, host.get_fact(HostResourcesFact))
+plan = StackPlan(
+    settings,
+    host.get_fact(HostResourcesFact),
+    recorded_release=host.get_fact(ReleaseState, path=release_path(settings)),
+)
 
 engine.install_docker_engine(plan)
 if settings.images.lane == "offline":
@@ -27,3 +32,7 @@ stack.ensure_secrets(plan)
 stack.ensure_edge_certificate(plan)
 rendered = stack.render_stack_files(plan)
 stack.start_stack(plan, rendered)
+app.ensure_app_database(plan)
+app.start_app_color(plan, plan.release.color, plan.release.version)
+stack.reload_edge(plan, rendered)
+app.record_first_release(plan)

@@ -32,6 +32,7 @@ def create_stack_directories(plan: StackPlan):
     for service, uid in DATA_DIRS.items():
         if service in plan.data_services:
             path_owned(name=f"Data of {service}", path=plan.data_path(service), uid=uid, gid=uid, mode="700")
+    path_owned(name="App compose directory", path=f"{s.stack_root}/app", uid=0, gid=0, mode="755")
     for sub in ("postgres", "nginx", "seaweedfs"):
         path_owned(name=f"Config of {sub}", path=f"{s.config_dir}/{sub}", uid=0, gid=0, mode="755")
     path_owned(name="TLS directory", path=f"{s.config_dir}/nginx/tls", uid=0, gid=0, mode="755")
@@ -108,6 +109,11 @@ def start_stack(plan: StackPlan, rendered: dict):
         service_images={service: plan.image(service) for service in plan.services},
         wait_timeout_s=s.healthy_timeout_s,
     )
+
+
+@deploy("Edge config")
+def reload_edge(plan: StackPlan, rendered: dict):
+    s = plan.settings
     nginx_conf = rendered[f"{s.config_dir}/nginx/nginx.conf"]
     nginx_reloaded(
         name="Reload nginx for its new config",

@@ -268,3 +268,16 @@ class CertificateState(FactBase):
                 if value:
                     names.append(f"{kind.strip()}:{value.strip()}")
         return {"valid": lines[0] == "valid", "sans": sorted(names)}
+
+
+class PostgresLogin(FactBase):
+    """True when ``role`` can log in to ``database`` over TCP with the password
+    in ``password_file`` (read on the host, passed on stdin, never in argv)."""
+
+    def command(self, project: str, compose_file: str, role: str, database: str, password_file: str) -> str:
+        exec_ = f"docker compose -p {shlex.quote(project)} -f {shlex.quote(compose_file)} exec -T postgres"
+        probe = f"PGPASSWORD=$(cat) psql -h 127.0.0.1 -U {role} -d {database} -tAc 'select 1'"
+        return f"{exec_} sh -c {shlex.quote(probe)} < {shlex.quote(password_file)} 2>/dev/null || true"
+
+    def process(self, output) -> bool:
+        return "".join(output).strip() == "1"

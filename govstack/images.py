@@ -65,6 +65,18 @@ def offline_images(settings: Settings) -> list[OfflineImage]:
     ]
 
 
+def app_image(settings: Settings, version: str) -> OfflineImage:
+    """The app image of one version; built from app/ in both lanes."""
+    lane = settings.images.lane
+    return OfflineImage(
+        "app",
+        f"govstack/app:{version}",
+        APP_DIR,
+        dockerfile=f"Dockerfile.{lane}",
+        needs_ca_certs=True,
+    )
+
+
 def service_image(settings: Settings, service: str) -> str:
     if settings.images.lane == "upstream":
         return UPSTREAM_IMAGES[service].format(**settings.images.model_dump())
@@ -74,12 +86,19 @@ def service_image(settings: Settings, service: str) -> str:
     raise KeyError(service)
 
 
+# Never part of a build context: caches, packaging leftovers, the host's certs.
+EXCLUDED_PARTS = {"__pycache__", "certs", ".pytest_cache"}
+
+
 def context_files(context: Path) -> list[Path]:
     """Files of a build context, in a stable order (certs/ is added on the host)."""
     return sorted(
         path
         for path in context.rglob("*")
-        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"
+        if path.is_file()
+        and not EXCLUDED_PARTS.intersection(path.relative_to(context).parts)
+        and not any(part.endswith(".egg-info") for part in path.parts)
+        and path.suffix != ".pyc"
     )
 
 

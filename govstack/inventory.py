@@ -1,13 +1,22 @@
 """Load a pyinfra inventory file and build each host's settings, before any
-host is touched: a bad key fails here with its name."""
+host is touched: a bad key fails here with its name.
+
+pyinfra's inventory loader lives in pyinfra_cli, whose import monkey-patches
+the whole process with gevent (ssl included). So the file is read in a
+child process (``python -m govstack.inventory FILE``) that prints JSON, and
+the settings are built here from the data layers it reports.
+"""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from govstack.settings import Settings, settings_for_host
+from govstack.settings import INVENTORY_KEY, Settings, build_settings
 
 
 class InventoryError(ValueError):
@@ -30,23 +39,58 @@ class InventoryHost:
 def load_inventory(path: str) -> list[InventoryHost]:
     if not Path(path).is_file():
         raise InventoryError(f"inventory {path} does not exist")
-    from pyinfra_cli.inventory import make_inventory_from_files
-
-    try:
-        # exec_file records the file being run on pyinfra's current state, as
-        # under the pyinfra CLI; an empty state is enough to read data.
-        from pyinfra.api import Config, Inventory, State
-        from pyinfra.context import ctx_state
-
-        with ctx_state.use(State(Inventory(([], {})), Config())):
-            inventory = make_inventory_from_files(str(path))
-    except Exception as error:  # pyinfra raises many kinds for a broken file
-        raise InventoryError(f"inventory {path} cannot be loaded: {error}") from None
+    result = subprocess.run(
+        [sys.executable, "-m", "govstack.inventory", str(path)], capture_output=True, text=True, timeout=120
+    )
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise InventoryError(f"inventory {path} cannot be loaded: {last}")
     hosts = []
-    for host in inventory.hosts.values():
-        settings = settings_for_host(host)
-        groups = tuple(sorted({str(group) for group in host.groups}))
-        hosts.append(InventoryHost(host.name, settings, groups, host.data.dict()))
+    for entry in json.loads(result.stdout):
+        settings = build_settings(entry["layers"], source=entry["name"])
+        hosts.append(InventoryHost(entry["name"], settings, tuple(entry["groups"]), entry["data"]))
     if not hosts:
         raise InventoryError(f"inventory {path} has no hosts")
     return hosts
+
+
+def _dump(path: str) -> list[dict[str, Any]]:
+    """Hosts of an inventory with their data layers (lowest priority first)."""
+    from pyinfra.api import Config, Inventory, State
+    from pyinfra.api.host import extract_callable_datas
+    from pyinfra.context import ctx_state
+    from pyinfra_cli.inventory import make_inventory_from_files
+
+    # exec_file records the file being run on pyinfra's current state, as
+    # under the pyinfra CLI; an empty state is enough to read data.
+    with ctx_state.use(State(Inventory(([], {})), Config())):
+        inventory = make_inventory_from_files(path)
+    out = []
+    for host in inventory.hosts.values():
+        datas = [data for data in extract_callable_datas(host.data.datas) if isinstance(data, dict)]
+        plain = {key: value for key, value in host.data.dict().items() if _is_json(value)}
+        out.append(
+            {
+                "name": host.name,
+                "groups": sorted({str(group) for group in host.groups}),
+                "layers": [data.get(INVENTORY_KEY) for data in reversed(datas)],
+                "data": plain,
+            }
+        )
+    return out
+
+
+def _is_json(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+if __name__ == "__main__":
+    try:
+        print(json.dumps(_dump(sys.argv[1])))
+    except Exception as error:  # a broken inventory file: one line, the cause
+        print(f"{type(error).__name__}: {error}", file=sys.stderr)
+        raise SystemExit(1) from None

@@ -21,12 +21,15 @@ from govstack.facts import (
     ImageIds,
     ImageLabel,
     PathState,
+    PostgresLogin,
     SecretFile,
     SystemdIsInit,
 )
 from govstack.secrets import generate_secret_command
 
 CONTEXT_HASH_LABEL = "org.govstack.context-hash"
+# Where the edge container sees its rendered config (a directory mount).
+NGINX_CONF = "/etc/nginx/govstack/nginx.conf"
 
 
 @operation()
@@ -371,8 +374,42 @@ def nginx_reloaded(project: str, compose_file: str, service: str = "nginx"):
     quoted = f"-p {shlex.quote(project)} -f {shlex.quote(compose_file)}"
     yield (
         f"if [ -n \"$(docker compose {quoted} ps -q --status running {service})\" ]; then "
-        f"docker compose {quoted} exec -T {service} nginx -t -q 2>/tmp/govstack-nginx-test.log "
+        f"docker compose {quoted} exec -T {service} nginx -t -q -c {NGINX_CONF} 2>/tmp/govstack-nginx-test.log "
         f"|| {{ echo \"govstack: nginx config rejected, still serving the previous one: "
         f"$(tail -n 1 /tmp/govstack-nginx-test.log)\" >&2; exit 1; }}; "
-        f"docker compose {quoted} exec -T {service} nginx -s reload; fi"
+        f"docker compose {quoted} exec -T {service} nginx -s reload -c {NGINX_CONF}; fi"
     )
+
+
+@operation()
+def postgres_role_with_database(project: str, compose_file: str, role: str, database: str, password_file: str):
+    """
+    A login role whose password is the secret file's, owning its own database.
+
+    + project, compose_file: the Compose project Postgres runs in
+    + role: role name (also the database owner)
+    + database: database name
+    + password_file: the role's secret on the host
+
+    Checked by logging in with that password; when that fails the role is
+    created or its password set, and the database created. The password goes
+    to psql on stdin, never on a command line.
+    """
+    if host.get_fact(
+        PostgresLogin, project=project, compose_file=compose_file, role=role, database=database,
+        password_file=password_file,
+    ):
+        host.noop(f"role {role} logs in to {database}")
+        return
+    exec_ = f"docker compose -p {shlex.quote(project)} -f {shlex.quote(compose_file)} exec -T postgres"
+    # Role and database names are validated identifiers (settings patterns);
+    # the password is generated [A-Za-z0-9] and goes through stdin.
+    sql = (
+        f"printf \"SELECT 'CREATE ROLE {role} LOGIN' WHERE NOT EXISTS "  # noqa: S608
+        f"(SELECT FROM pg_roles WHERE rolname = '{role}')\\\\gexec\\n\"; "
+        f"printf \"ALTER ROLE {role} WITH LOGIN PASSWORD '%s';\\n\" \"$(cat {shlex.quote(password_file)})\"; "
+        f"printf \"SELECT 'CREATE DATABASE {database} OWNER {role}' WHERE NOT EXISTS "
+        f"(SELECT FROM pg_database WHERE datname = '{database}')\\\\gexec\\n\"; "
+        f"printf \"REVOKE ALL ON DATABASE {database} FROM PUBLIC;\\n\""
+    )
+    yield f"{{ {sql}; }} | {exec_} psql -v ON_ERROR_STOP=1 -q -U postgres -d postgres"

@@ -6,10 +6,11 @@ Templates only read a StackPlan; they never compute policy themselves.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 from govstack import images
+from govstack.release import Color, Release, first_release
 from govstack.secrets import SECRET_SPECS
 from govstack.settings import NGINX_UID, POSTGRES_UID, SERVICE_UID, Resources, Settings
 from govstack.tuning import HostResources, postgres_memory_budget_mb, postgres_tuning
@@ -24,6 +25,9 @@ INTERNAL_PORTS = {
     "nginx_https": 8443,
     "nginx_status": 8081,
 }
+
+# Where the edge serves presigned object downloads (proxied to the S3 gateway).
+S3_PUBLIC_PATH = "/s3"
 
 # SeaweedFS gRPC mTLS files, made by the deploy for the upstream lane only.
 GRPC_PREFIX = "seaweedfs_grpc"
@@ -50,6 +54,12 @@ DATA_DIRS = {
 class StackPlan:
     settings: Settings
     host: HostResources
+    # The serving release; None before the first deploy (then: the first release).
+    recorded_release: Release | None = field(default=None)
+
+    @cached_property
+    def release(self) -> Release:
+        return self.recorded_release or first_release(self.settings)
 
     @cached_property
     def postgres_memory_mb(self) -> int:
@@ -122,3 +132,30 @@ class StackPlan:
 
     def data_path(self, service: str) -> str:
         return f"{self.settings.data_dir}/{service}"
+
+    # The app: one Compose project per color, on the stack's networks.
+    def app_project(self, color: Color) -> str:
+        return f"{self.settings.project}-{color}"
+
+    def app_compose_file(self, color: Color) -> str:
+        return f"{self.settings.stack_root}/app/{color}.yml"
+
+    @staticmethod
+    def app_alias(color: Color) -> str:
+        """DNS name of a color's API on the data network (service names clash across colors)."""
+        return f"app-{color}"
+
+    def app_image(self, version: str) -> str:
+        return images.app_image(self.settings, version).tag
+
+    @property
+    def s3_public_path(self) -> str:
+        return S3_PUBLIC_PATH
+
+    @property
+    def s3_public_url(self) -> str:
+        return f"{self.settings.public_url}{S3_PUBLIC_PATH}"
+
+    @property
+    def app_secrets(self) -> list[str]:
+        return ["postgres_app_password", "s3_access_key", "s3_secret_key", "app_admin_api_key"]

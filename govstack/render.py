@@ -76,6 +76,10 @@ def render_compose(plan: StackPlan) -> str:
     return render("docker-compose.yml.j2", plan, config_digests=digests)
 
 
+def render_app_compose(plan: StackPlan, color: str, version: str) -> str:
+    return render("compose/app.yml.j2", plan, color=color, version=version)
+
+
 def render_postgres_conf(plan: StackPlan) -> str:
     return render("postgres/postgresql.conf.j2", plan)
 
@@ -98,8 +102,10 @@ def render_daemon_json(plan: StackPlan) -> str:
 def rendered_files(plan: StackPlan) -> dict[str, str]:
     """Host path -> content of every rendered file of the stack."""
     s = plan.settings
+    release = plan.release
     return {
         s.compose_file: render_compose(plan),
+        plan.app_compose_file(release.color): render_app_compose(plan, release.color, release.version),
         f"{s.config_dir}/postgres/postgresql.conf": render_postgres_conf(plan),
         f"{s.config_dir}/nginx/nginx.conf": render_nginx_conf(plan),
     }

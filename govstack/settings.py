@@ -168,12 +168,32 @@ class EdgeSettings(_Section):
 
 
 class AppSettings(_Section):
+    version: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        description="first release's image tag; null = src-<hash of app/>. Later: govstack deploy --version",
+    )
     max_upload_mb: int = Field(50, ge=1, le=4096, description="app limit; nginx client_max_body_size matches")
+    max_unpacked_mb: int = Field(200, ge=1, description="zip-bomb limit: unpacked DOCX / extracted text")
     embedding_provider: Literal["minilm-local", "openai-compatible"] = "minilm-local"
     embedding_url: str | None = None
     embedding_model: str = "all-MiniLM-L6-v2"
     worker_batch_size: int = Field(16, ge=1, le=1000)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class NetworkSettings(_Section):
+    # Fixed, so the app can trust X-Forwarded-* from exactly this network (the
+    # edge reaches the app over it). Two stacks on one host need two subnets.
+    data_subnet: str = Field("172.29.0.0/24", description="internal network of data services, app and edge")
+
+    @field_validator("data_subnet")
+    @classmethod
+    def _cidr(cls, value: str) -> str:
+        network = ipaddress.ip_network(value)
+        if network.version != 4 or network.num_addresses < 16:
+            raise ValueError("must be an IPv4 network of at least 16 addresses")
+        return str(network)
 
 
 class Settings(_Section):
@@ -193,6 +213,7 @@ class Settings(_Section):
     object_store: ObjectStoreSettings = ObjectStoreSettings()
     edge: EdgeSettings = EdgeSettings()
     app: AppSettings = AppSettings()
+    network: NetworkSettings = NetworkSettings()
     resources: dict[str, Resources] = Field(
         default_factory=_default_resources, description="per-service memory_mb/cpus limits"
     )
@@ -341,7 +362,7 @@ def build_settings(
 
 
 def settings_for_host(host: Any, environ: Mapping[str, str] | None = None) -> Settings:
-    """Settings of a pyinfra host: its data layers, lowest priority first."""
+    """Settings of a pyinfra host (in a deploy): its data layers, lowest priority first."""
     from pyinfra.api.host import extract_callable_datas
 
     # HostData.datas is ordered highest priority first (override, host, groups…,

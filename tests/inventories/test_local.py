@@ -14,6 +14,7 @@ test_local = [
                 "images": {"lane": "offline"},
                 "edge": {"hostname": "localhost", "http_port": 38080, "https_port": 38443},
                 "healthy_timeout_s": 240,
+                "network": {"data_subnet": "172.29.10.0/24"},
             },
         },
     ),

@@ -7,7 +7,6 @@ import yaml
 
 from govstack.plan import StackPlan
 from govstack.render import render_compose, render_daemon_json, render_nginx_conf, render_postgres_conf
-from govstack.secrets import SECRET_SPECS
 from govstack.settings import build_settings
 from govstack.tuning import HostResources
 from tests.conftest import compose_config
@@ -30,7 +29,7 @@ def rendered(lane_plan, tmp_path):
     secrets = tmp_path / "secrets"
     secrets.mkdir()
     plan = StackPlan(lane_plan.settings.model_copy(update={"stack_root": str(tmp_path)}), HOST)
-    for name in SECRET_SPECS:
+    for name in plan.compose_secrets:
         (secrets / name).write_text("x" * 20)
     path = tmp_path / "docker-compose.yml"
     path.write_text(render_compose(plan))
@@ -79,7 +78,7 @@ def test_secrets_are_files_never_environment(rendered, compose_binary):
             assert "PASSWORD" not in key or key.endswith("_FILE"), key
             assert "xxxxxxxx" not in str(value)
     used = {secret["file"] for secret in config["secrets"].values()}
-    assert used and used <= {f"{plan.settings.secrets_dir}/{name}" for name in SECRET_SPECS}
+    assert used and used <= set(plan.compose_secrets.values())
 
 
 def test_data_services_sit_on_an_internal_network_only(rendered, compose_binary):

@@ -1,0 +1,154 @@
+"""`govstack-app` console entry point: migrate | api | worker | healthcheck | cleanup | rebuild-collection."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import urllib.request
+from datetime import timedelta
+
+from .settings import Settings
+
+
+def _settings() -> Settings:
+    return Settings()
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from .db import migrate
+
+    applied = migrate(_settings(), wait_s=args.wait)
+    print(json.dumps({"applied": applied}))
+    return 0
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .api import create_app
+
+    settings = _settings()
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        proxy_headers=True,
+        forwarded_allow_ips=settings.trusted_proxy_list or "127.0.0.1",
+        timeout_graceful_shutdown=args.graceful_timeout,
+        timeout_keep_alive=75,  # longer than nginx's upstream keepalive_timeout (60s)
+        access_log=False,
+        log_config=None,
+        server_header=False,
+    )
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from .worker import run_worker
+
+    return run_worker(_settings())
+
+
+def cmd_healthcheck(args: argparse.Namespace) -> int:
+    if args.what == "api":
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{args.port}/ready", timeout=args.timeout) as r:
+                ok = r.status == 200
+                body = r.read(500).decode(errors="replace")
+        except Exception as exc:  # noqa: BLE001 - HTTPError (503), URLError, timeout
+            ok, body = False, str(exc)
+        print(body)
+        return 0 if ok else 1
+    from .worker import healthcheck
+
+    ok, msg = healthcheck(_settings())
+    print(msg)
+    return 0 if ok else 1
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """The effective, non-secret configuration (secret *files* are named, never read)."""
+    from . import __version__
+
+    settings = _settings()
+    out = settings.model_dump(mode="json")
+    out["embedding_model_name"] = settings.embedding_model_name
+    out["package_version"] = __version__
+    print(json.dumps(out, sort_keys=True))
+    return 0
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    from .api import build_services
+    from .service import cleanup_orphans, to_json
+
+    svc = build_services(_settings())
+    try:
+        print(to_json(cleanup_orphans(svc, min_age=timedelta(seconds=args.min_age), dry_run=args.dry_run)))
+    finally:
+        svc.close()
+    return 0
+
+
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    from .api import build_services
+    from .service import rebuild_collection, to_json
+
+    if not args.yes:
+        print(
+            "refusing without --yes: this drops the collection's vectors and re-indexes every document", file=sys.stderr
+        )
+        return 2
+    svc = build_services(_settings())
+    try:
+        print(to_json(rebuild_collection(svc, args.collection)))
+    finally:
+        svc.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="govstack-app")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("migrate", help="apply database migrations (idempotent)")
+    p.add_argument("--wait", type=float, default=60.0, help="seconds to wait for postgres")
+    p.set_defaults(fn=cmd_migrate)
+    p = sub.add_parser("api", help="serve the HTTP API")
+    p.add_argument("--host", default="0.0.0.0")  # noqa: S104 - inside a container
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--graceful-timeout", type=int, default=30)
+    p.set_defaults(fn=cmd_api)
+    p = sub.add_parser("worker", help="run the indexing worker")
+    p.set_defaults(fn=cmd_worker)
+    p = sub.add_parser("healthcheck", help="exit 0 if healthy (for Docker HEALTHCHECK)")
+    p.add_argument("what", choices=["api", "worker"])
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--timeout", type=float, default=5.0)
+    p.set_defaults(fn=cmd_healthcheck)
+    p = sub.add_parser("config", help="print the effective non-secret configuration as JSON")
+    p.set_defaults(fn=cmd_config)
+    p = sub.add_parser("cleanup", help="remove orphan objects and vectors")
+    p.add_argument("--min-age", type=float, default=3600.0, help="only objects older than this (seconds)")
+    p.add_argument("--dry-run", action="store_true")
+    p.set_defaults(fn=cmd_cleanup)
+    p = sub.add_parser("rebuild-collection", help="re-embed a collection with the configured model")
+    p.add_argument("collection")
+    p.add_argument("--yes", action="store_true")
+    p.set_defaults(fn=cmd_rebuild)
+    args = parser.parse_args(argv)
+
+    from .logs import setup_logging
+
+    try:
+        settings = _settings()
+        setup_logging(settings.log_level, service=args.cmd, version=settings.app_version, color=settings.app_color)
+    except Exception as exc:  # noqa: BLE001 - configuration errors: one clear line, exit 2
+        print(f"govstack-app: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    return int(args.fn(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,103 @@
+"""Postgres: connection pool (psycopg_pool), migrations (ordered SQL files), audit partitions."""
+
+from __future__ import annotations
+
+import time
+from importlib import resources
+
+import psycopg
+import structlog
+from psycopg_pool import ConnectionPool
+
+from .security import hash_api_key, key_prefix
+from .settings import Settings
+
+log = structlog.get_logger(__name__)
+
+MIGRATION_LOCK = 4_242_001  # pg_advisory_lock key: one migrator at a time
+BOOTSTRAP_KEY_NAME = "bootstrap-admin"
+AUDIT_MONTHS_AHEAD = 2
+
+
+def make_pool(settings: Settings, *, min_size: int = 1, max_size: int = 10, name: str = "app") -> ConnectionPool:
+    pool = ConnectionPool(
+        settings.conninfo(),
+        min_size=min_size,
+        max_size=max_size,
+        timeout=10.0,  # wait at most this long for a connection, then PoolTimeout (-> 503)
+        check=ConnectionPool.check_connection,  # drop connections broken by a Postgres restart
+        reconnect_timeout=30.0,
+        name=name,
+        open=False,
+    )
+    pool.open(wait=False)
+    return pool
+
+
+def connect_with_retry(settings: Settings, deadline_s: float = 60.0) -> psycopg.Connection:
+    end = time.monotonic() + deadline_s
+    delay = 0.5
+    while True:
+        try:
+            return psycopg.connect(settings.conninfo(), autocommit=True)
+        except psycopg.OperationalError as exc:
+            if time.monotonic() >= end:
+                raise
+            log.warning("postgres not reachable yet, retrying", error=str(exc).strip())
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def migration_files() -> list[tuple[str, str]]:
+    pkg = resources.files("govstack_app") / "migrations"
+    files = sorted(p for p in pkg.iterdir() if p.name.endswith(".sql"))
+    return [(p.name.removesuffix(".sql"), p.read_text(encoding="utf-8")) for p in files]
+
+
+def ensure_audit_partitions(conn: psycopg.Connection, months_ahead: int = AUDIT_MONTHS_AHEAD) -> None:
+    with conn.transaction():
+        for m in range(months_ahead + 1):
+            conn.execute("SELECT govstack_ensure_audit_partition(now() + make_interval(months => %s))", (m,))
+
+
+def upsert_bootstrap_key(conn: psycopg.Connection, key: str) -> None:
+    with conn.transaction():
+        conn.execute(
+            """
+            INSERT INTO api_keys (name, key_hash, key_prefix, role, created_by)
+            VALUES (%s, %s, %s, 'admin', 'migrate')
+            ON CONFLICT (name) DO UPDATE
+               SET key_hash = EXCLUDED.key_hash, key_prefix = EXCLUDED.key_prefix,
+                   role = 'admin', is_active = true, revoked_at = NULL
+            """,
+            (BOOTSTRAP_KEY_NAME, hash_api_key(key), key_prefix(key)),
+        )
+
+
+def migrate(settings: Settings, *, wait_s: float = 60.0) -> list[str]:
+    """Apply pending migrations; idempotent and safe to run concurrently (advisory lock)."""
+    applied: list[str] = []
+    with connect_with_retry(settings, wait_s) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+        try:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations").fetchall()}
+            for version, sql in migration_files():
+                if version in done:
+                    continue
+                with conn.transaction():
+                    conn.execute(sql)  # type: ignore[arg-type]  # trusted, packaged SQL
+                    conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
+                applied.append(version)
+                log.info("migration applied", version=version)
+            ensure_audit_partitions(conn)
+            if settings.admin_api_key_file is not None:
+                upsert_bootstrap_key(conn, settings.admin_api_key())
+            else:
+                log.warning("GOVSTACK_ADMIN_API_KEY_FILE not set: no bootstrap admin key")
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
+    return applied

@@ -1,0 +1,31 @@
+"""Prometheus metrics (names from the seed)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, Info
+
+REQUESTS = Counter("govstack_requests_total", "HTTP requests served", ["method", "endpoint", "status"])
+REQUEST_DURATION = Histogram(
+    "govstack_request_duration_seconds",
+    "HTTP request duration",
+    ["method", "endpoint"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+VECTOR_SEARCH_DURATION = Histogram(
+    "govstack_vector_search_duration_seconds",
+    "Query embedding plus Chroma nearest-neighbour query",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+DOCUMENT_PROCESSING = Histogram(
+    "govstack_document_processing_seconds",
+    "Worker time to extract, chunk, embed and store one document",
+    ["content_type", "outcome"],
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+)
+ACTIVE_CONNECTIONS = Gauge("govstack_active_connections", "HTTP requests in flight")
+UNINDEXED_BACKLOG = Gauge("govstack_unindexed_documents", "Documents waiting to be indexed (not failed permanently)")
+FAILED_DOCUMENTS = Gauge("govstack_failed_documents", "Documents whose indexing gave up")
+UPLOADS = Counter("govstack_documents_uploaded_total", "Uploads accepted", ["result"])
+INDEXED = Counter("govstack_documents_indexed_total", "Documents indexed by the worker", ["outcome"])
+CHUNKS = Counter("govstack_chunks_indexed_total", "Chunks embedded and stored by the worker")
+APP_INFO = Info("govstack_app", "Version and colour of this app instance")

@@ -1,0 +1,156 @@
+"""Typed configuration: environment variables with the GOVSTACK_ prefix, secrets from *_FILE paths."""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MINILM_MODEL_NAME = "all-MiniLM-L6-v2"
+
+
+def read_secret_file(path: Path | None, what: str) -> str:
+    """Read a secret file (the *_FILE convention): whole content, trailing newline(s) stripped."""
+    if path is None:
+        raise RuntimeError(f"{what} is not configured (set GOVSTACK_{what.upper()}_FILE)")
+    try:
+        value = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RuntimeError(f"cannot read secret file for {what}: {path}: {exc.strerror}") from exc
+    value = value.rstrip("\r\n")
+    if not value:
+        raise RuntimeError(f"secret file for {what} is empty: {path}")
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GOVSTACK_", extra="ignore", frozen=True)
+
+    database_host: str = "127.0.0.1"
+    database_port: int = Field(5432, ge=1, le=65535)
+    database_name: str = "govstack"
+    database_user: str = "govstack"
+    database_password_file: Path | None = None
+
+    s3_endpoint: str = "127.0.0.1:8333"
+    s3_secure: bool = False
+    s3_access_key_file: Path | None = None
+    s3_secret_key_file: Path | None = None
+    s3_bucket: str = "documents"
+    s3_region: str = "us-east-1"
+    s3_public_url: str = "http://127.0.0.1:8333"
+
+    chroma_host: str = "127.0.0.1"
+    chroma_port: int = Field(8000, ge=1, le=65535)
+
+    admin_api_key_file: Path | None = None
+
+    max_upload_bytes: int = Field(52_428_800, gt=0)
+    max_unpacked_bytes: int = Field(209_715_200, gt=0)
+
+    embedding_provider: Literal["minilm-local", "openai-compatible"] = "minilm-local"
+    embedding_url: str = ""
+    embedding_model: str = ""
+    embedding_api_key_file: Path | None = None
+
+    trusted_proxies: str = "127.0.0.1/32"
+
+    app_version: str = "dev"
+    app_color: Literal["blue", "green"] = "blue"
+    worker_batch_size: int = Field(8, ge=1, le=1000)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, v: object) -> object:
+        return v.upper() if isinstance(v, str) else v
+
+    @field_validator("s3_endpoint")
+    @classmethod
+    def _endpoint(cls, v: str) -> str:
+        if "://" in v or "/" in v:
+            raise ValueError("GOVSTACK_S3_ENDPOINT is host:port, without scheme or path")
+        return v
+
+    @field_validator("s3_public_url")
+    @classmethod
+    def _public_url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("GOVSTACK_S3_PUBLIC_URL must be an absolute http(s) URL")
+        if parts.query or parts.fragment:
+            raise ValueError("GOVSTACK_S3_PUBLIC_URL must not have a query or fragment")
+        return v.rstrip("/")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _cidrs(cls, v: str) -> str:
+        for item in (x.strip() for x in v.split(",")):
+            if item:
+                ipaddress.ip_network(item, strict=False)  # raises ValueError
+        return v
+
+    @model_validator(mode="after")
+    def _embedding(self) -> Settings:
+        if self.embedding_provider == "openai-compatible":
+            if not self.embedding_url:
+                raise ValueError("GOVSTACK_EMBEDDING_URL is required for openai-compatible")
+            if not self.embedding_model:
+                raise ValueError("GOVSTACK_EMBEDDING_MODEL is required for openai-compatible")
+        elif self.embedding_model not in ("", MINILM_MODEL_NAME, f"sentence-transformers/{MINILM_MODEL_NAME}"):
+            raise ValueError(
+                f"minilm-local only serves {MINILM_MODEL_NAME}; "
+                f"GOVSTACK_EMBEDDING_MODEL={self.embedding_model!r} needs provider openai-compatible"
+            )
+        return self
+
+    # -- derived values -------------------------------------------------------------------------
+    @property
+    def trusted_proxy_list(self) -> list[str]:
+        return [x.strip() for x in self.trusted_proxies.split(",") if x.strip()]
+
+    @property
+    def embedding_model_name(self) -> str:
+        if self.embedding_provider == "minilm-local":
+            return MINILM_MODEL_NAME
+        return self.embedding_model
+
+    def database_password(self) -> str:
+        return read_secret_file(self.database_password_file, "database_password")
+
+    def s3_access_key(self) -> str:
+        return read_secret_file(self.s3_access_key_file, "s3_access_key")
+
+    def s3_secret_key(self) -> str:
+        return read_secret_file(self.s3_secret_key_file, "s3_secret_key")
+
+    def admin_api_key(self) -> str:
+        return read_secret_file(self.admin_api_key_file, "admin_api_key")
+
+    def embedding_api_key(self) -> str | None:
+        if self.embedding_api_key_file is None:
+            return None
+        return read_secret_file(self.embedding_api_key_file, "embedding_api_key")
+
+    def conninfo(self) -> str:
+        from psycopg.conninfo import make_conninfo
+
+        return make_conninfo(
+            host=self.database_host,
+            port=self.database_port,
+            dbname=self.database_name,
+            user=self.database_user,
+            password=self.database_password() if self.database_password_file else None,
+            connect_timeout=5,
+            application_name=f"govstack-app-{self.app_color}",
+        )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

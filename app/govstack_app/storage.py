@@ -1,0 +1,158 @@
+"""Object store (S3 API via the minio SDK) and presigned download URLs for the public hostname.
+
+Presign design: the URL is signed by a second minio client whose endpoint is the PUBLIC host taken
+from GOVSTACK_S3_PUBLIC_URL (region pinned, so signing is offline). SigV4 signs the Host header
+and the path `/<bucket>/<object>` (path-style). The public URL's path prefix (e.g. `/s3`) is added
+after signing and is NOT signed: the edge must strip it and forward the request to the S3 gateway
+with the client's Host header unchanged.
+"""
+
+from __future__ import annotations
+
+import io
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import BinaryIO
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import certifi
+import urllib3
+from minio import Minio
+from minio.error import S3Error
+
+from .settings import Settings
+
+PRESIGN_TTL = timedelta(minutes=5)
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+@dataclass(frozen=True)
+class PublicEndpoint:
+    scheme: str
+    netloc: str  # host[:port] exactly as a client sends it in Host
+    prefix: str  # path prefix the edge strips, '' or '/s3'
+
+
+def parse_public_url(url: str) -> PublicEndpoint:
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    port = parts.port
+    netloc = host if port is None or port == _DEFAULT_PORTS[parts.scheme] else f"{host}:{port}"
+    return PublicEndpoint(parts.scheme, netloc, parts.path.rstrip("/"))
+
+
+def _http_client() -> urllib3.PoolManager:
+    """minio's default waits minutes to connect; fail fast instead (readiness, 503s)."""
+    return urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=5.0, read=120.0),
+        maxsize=16,
+        cert_reqs="CERT_REQUIRED",
+        ca_certs=certifi.where(),
+        retries=urllib3.Retry(total=3, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
+    )
+
+
+def new_object_name(collection_id: int) -> str:
+    """Server-generated, never derived from the client's filename."""
+    return f"c{collection_id}/{uuid.uuid4().hex}"
+
+
+class ObjectStore:
+    def __init__(self, settings: Settings) -> None:
+        access, secret = settings.s3_access_key(), settings.s3_secret_key()
+        self.bucket = settings.s3_bucket
+        self.client = Minio(
+            settings.s3_endpoint,
+            access_key=access,
+            secret_key=secret,
+            secure=settings.s3_secure,
+            region=settings.s3_region,
+            http_client=_http_client(),
+        )
+        self.public = parse_public_url(settings.s3_public_url)
+        self._signer = Minio(
+            self.public.netloc,
+            access_key=access,
+            secret_key=secret,
+            secure=self.public.scheme == "https",
+            region=settings.s3_region,  # set => no network round trip to discover the region
+        )
+
+    def ensure_bucket(self) -> None:
+        if not self.client.bucket_exists(self.bucket):
+            try:
+                self.client.make_bucket(self.bucket)
+            except S3Error as exc:
+                if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                    raise
+
+    def check(self) -> None:
+        if not self.client.bucket_exists(self.bucket):
+            raise RuntimeError(f"bucket {self.bucket} does not exist")
+
+    def put(self, name: str, stream: BinaryIO, length: int, *, content_type: str, sha256: str, filename: str) -> None:
+        self.client.put_object(
+            self.bucket,
+            name,
+            stream,
+            length,
+            content_type=content_type,
+            metadata={
+                "sha256": sha256,
+                # S3 user metadata is ASCII-only: percent-encode (RFC 3986) the display filename
+                "original-filename": quote(filename, safe=""),
+                "sniffed-content-type": content_type,
+            },
+        )
+
+    def get_bytes(self, name: str) -> bytes:
+        resp = self.client.get_object(self.bucket, name)
+        try:
+            return resp.read()
+        finally:
+            resp.close()
+            resp.release_conn()
+
+    def stat(self, name: str):  # noqa: ANN201 - minio.datatypes.Object
+        return self.client.stat_object(self.bucket, name)
+
+    def exists(self, name: str) -> bool:
+        try:
+            self.client.stat_object(self.bucket, name)
+            return True
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound", "ResourceNotFound"):
+                return False
+            raise
+
+    def remove(self, name: str) -> None:
+        self.client.remove_object(self.bucket, name)
+
+    def iter_objects(self) -> Iterator:  # noqa: ANN201
+        return self.client.list_objects(self.bucket, recursive=True)
+
+    def presigned_download_url(
+        self, name: str, *, filename: str, content_type: str, ttl: timedelta = PRESIGN_TTL
+    ) -> str:
+        disposition = f"attachment; filename*=UTF-8''{quote(filename, safe='')}"
+        url = self._signer.presigned_get_object(
+            self.bucket,
+            name,
+            expires=ttl,
+            response_headers={
+                "response-content-disposition": disposition,
+                "response-content-type": content_type,
+            },
+        )
+        if not self.public.prefix:
+            return url
+        p = urlsplit(url)
+        return urlunsplit((p.scheme, p.netloc, self.public.prefix + p.path, p.query, ""))
+
+
+def bytes_stream(data: bytes) -> io.BytesIO:
+    return io.BytesIO(data)

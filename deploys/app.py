@@ -1,0 +1,51 @@
+"""The app: its database role, one color's Compose project, the release record."""
+
+from __future__ import annotations
+
+from pyinfra.api import deploy
+from pyinfra.operations import files
+
+from govstack.operations import compose_project_up, path_owned, postgres_role_with_database
+from govstack.plan import StackPlan
+from govstack.release import Color, release_path
+from govstack.secrets import secret_path
+
+
+@deploy("App database")
+def ensure_app_database(plan: StackPlan):
+    s = plan.settings
+    postgres_role_with_database(
+        name=f"Postgres role {s.postgres.app_user} owning database {s.postgres.database}",
+        project=s.project,
+        compose_file=s.compose_file,
+        role=s.postgres.app_user,
+        database=s.postgres.database,
+        password_file=secret_path(s, "postgres_app_password"),
+    )
+
+
+@deploy("App color")
+def start_app_color(plan: StackPlan, color: Color, version: str):
+    compose_project_up(
+        name=f"App {color} ({version}) up and healthy",
+        project=plan.app_project(color),
+        compose_file=plan.app_compose_file(color),
+        service_images={"api": plan.app_image(version), "worker": plan.app_image(version)},
+        wait_timeout_s=plan.settings.healthy_timeout_s,
+    )
+
+
+@deploy("Release record")
+def record_first_release(plan: StackPlan):
+    """Written once; blue/green deploys and rollbacks own it afterwards."""
+    s = plan.settings
+    path_owned(name="State directory", path=f"{s.stack_root}/state", uid=0, gid=0, mode="700")
+    if plan.recorded_release is None:
+        from io import StringIO
+
+        files.put(
+            name=f"First release: {plan.release.color} {plan.release.version}",
+            src=StringIO(plan.release.to_json()),
+            dest=release_path(s),
+            mode="600",
+        )

@@ -1,0 +1,100 @@
+"""API surface without services: OpenAPI completeness, auth before anything else, early 413."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+from govstack_app import metrics
+from govstack_app.api import create_app
+from govstack_app.settings import Settings
+
+
+@pytest.fixture
+def app(env: dict[str, str], monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
+    monkeypatch.setenv("GOVSTACK_MAX_UPLOAD_BYTES", "1000")
+    return create_app(Settings(), run_migrations=False)
+
+
+def operations(spec: dict) -> dict[tuple[str, str], dict]:
+    return {(m.upper(), p): op for p, item in spec["paths"].items() for m, op in item.items()}
+
+
+EXPECTED = {
+    ("POST", "/api/v1/collections/{collection}/documents"): {200, 201, 401, 403, 409, 413, 415, 422, 503},
+    ("GET", "/api/v1/collections/{collection}/documents"): {200, 401, 403, 404, 422, 503},
+    ("GET", "/api/v1/collections/{collection}/documents/{document_id}"): {200, 401, 403, 404, 422, 503},
+    ("GET", "/api/v1/collections/{collection}/documents/{document_id}/download"): {200, 401, 403, 404, 422, 503},
+    ("DELETE", "/api/v1/collections/{collection}/documents/{document_id}"): {204, 401, 403, 404, 409, 422, 503},
+    ("GET", "/api/v1/collections"): {200, 401, 403, 503},
+    ("POST", "/api/v1/search"): {200, 401, 403, 404, 409, 422, 503},
+    ("POST", "/api/v1/keys"): {201, 401, 403, 409, 422, 503},
+    ("GET", "/api/v1/keys"): {200, 401, 403, 503},
+    ("DELETE", "/api/v1/keys/{name}"): {204, 401, 403, 404, 409, 422, 503},
+    ("GET", "/health"): {200},
+    ("GET", "/ready"): {200, 503},
+    ("GET", "/metrics"): {200},
+}
+
+
+def test_openapi_declares_every_status(app) -> None:  # noqa: ANN001
+    spec = app.openapi()
+    ops = operations(spec)
+    assert set(EXPECTED) <= set(ops), set(EXPECTED) - set(ops)
+    for key, codes in EXPECTED.items():
+        declared = {int(c) for c in ops[key]["responses"]}
+        assert codes <= declared, f"{key}: missing {codes - declared}"
+        for code in declared - {200, 201, 204}:
+            schema = ops[key]["responses"][str(code)].get("content", {}).get("application/json", {}).get("schema")
+            assert schema, f"{key} {code} has no JSON schema"
+    assert spec["components"]["securitySchemes"]["APIKeyHeader"] == {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-API-Key",
+        "description": "API key; roles reader < writer < admin",
+    }
+    for key in EXPECTED:
+        if key[1].startswith("/api/"):
+            assert ops[key].get("security") == [{"APIKeyHeader": []}], key
+
+
+def test_missing_key_is_401_without_touching_services(app) -> None:  # noqa: ANN001
+    client = TestClient(app)  # no lifespan: no database, no object store
+    r = client.get("/api/v1/collections/forms/documents")
+    assert r.status_code == 401 and r.json()["detail"].startswith("missing API key")
+    assert r.headers["www-authenticate"] == "ApiKey"
+    assert len(r.headers["x-request-id"]) == 32
+    r = client.post("/api/v1/search", json={"query": "x", "collection": "forms"}, headers={"X-Request-ID": "abc-123"})
+    assert r.status_code == 401 and r.json()["request_id"] == "abc-123"
+    assert r.headers["x-request-id"] == "abc-123"
+
+
+def test_oversized_body_is_413_before_parsing(app) -> None:  # noqa: ANN001
+    client = TestClient(app)
+    big = b"x" * (1000 + 1024 * 1024 + 10)
+    r = client.post("/api/v1/collections/forms/documents", files={"file": ("a.txt", big)}, headers={"X-API-Key": "k"})
+    assert r.status_code == 413
+    assert "limit" in r.json()["detail"]
+
+
+def test_validation_errors_are_422_with_request_id(app) -> None:  # noqa: ANN001
+    client = TestClient(app)
+    r = client.get("/api/v1/collections/Bad Name/documents")
+    assert r.status_code in (401, 422)  # auth or path validation, never 500
+    r = client.get("/health")
+    assert r.status_code == 200 and r.json() == {"status": "ok", "version": "1.2.3", "color": "green"}
+
+
+def test_seed_metric_names_exist() -> None:
+    from prometheus_client import REGISTRY, generate_latest
+
+    metrics.ACTIVE_CONNECTIONS.set(0)
+    text = generate_latest(REGISTRY).decode()
+    for name in (
+        "govstack_requests_total",
+        "govstack_request_duration_seconds",
+        "govstack_vector_search_duration_seconds",
+        "govstack_document_processing_seconds",
+        "govstack_active_connections",
+        "govstack_unindexed_documents",
+    ):
+        assert f"# TYPE {name.removesuffix('_total')}" in text, name
