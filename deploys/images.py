@@ -52,11 +52,18 @@ def build_app_image(plan: StackPlan, version: str):
     s = plan.settings
     image = images.app_image(s, version)
     base_tag = images.base_image_tag(s)
-    build_offline_image(plan, image, base_tag, images.base_context_hash(s), context_name=f"app-{version}")
+    build_offline_image(
+        plan, image, base_tag, images.base_context_hash(s), context_name="app", only_if_missing=True
+    )
 
 
 def build_offline_image(
-    plan: StackPlan, image: images.OfflineImage, base_tag: str, base_hash: str, context_name: str | None = None
+    plan: StackPlan,
+    image: images.OfflineImage,
+    base_tag: str,
+    base_hash: str,
+    context_name: str | None = None,
+    only_if_missing: bool = False,
 ):
     s = plan.settings
     context = f"{s.build_dir}/{context_name or image.service}"
@@ -85,4 +92,5 @@ def build_offline_image(
         dockerfile=image.dockerfile,
         build_args=build_args,
         timeout_s=s.images.build_timeout_s,
+        only_if_missing=only_if_missing,
     )

@@ -12,13 +12,13 @@ from govstack.operations import (
     compose_project_up,
     file_installed,
     grpc_mtls_material,
-    nginx_reloaded,
+    nginx_config_applied,
     path_owned,
     secret_file,
     self_signed_certificate,
 )
 from govstack.plan import DATA_DIRS, GRPC_PREFIX, SERVICE_UIDS, StackPlan
-from govstack.render import rendered_files
+from govstack.render import nginx_candidate_path, nginx_live_path, rendered_files
 from govstack.secrets import SECRET_SPECS, TLS_KEY_OWNER_UID, secret_path
 
 
@@ -84,11 +84,9 @@ def ensure_edge_certificate(plan: StackPlan):
 
 
 @deploy("Stack configuration")
-def render_stack_files(plan: StackPlan) -> dict:
-    """Returns the put operations by path, so later steps can react to changes."""
-    puts = {}
+def render_stack_files(plan: StackPlan):
     for path, content in rendered_files(plan).items():
-        puts[path] = files.put(name=f"Render {path}", src=StringIO(content), dest=path, mode="644")
+        files.put(name=f"Render {path}", src=StringIO(content), dest=path, mode="644")
     if plan.upstream_seaweedfs:
         files.put(
             name="SeaweedFS entrypoint for the official image",
@@ -96,11 +94,10 @@ def render_stack_files(plan: StackPlan) -> dict:
             dest=f"{plan.settings.config_dir}/seaweedfs/seaweedfs-entrypoint",
             mode="755",
         )
-    return puts
 
 
 @deploy("Stack services")
-def start_stack(plan: StackPlan, rendered: dict):
+def start_stack(plan: StackPlan):
     s = plan.settings
     compose_project_up(
         name=f"Compose project {s.project} up and healthy",
@@ -112,13 +109,12 @@ def start_stack(plan: StackPlan, rendered: dict):
 
 
 @deploy("Edge config")
-def reload_edge(plan: StackPlan, rendered: dict):
+def apply_edge_config(plan: StackPlan):
     s = plan.settings
-    nginx_conf = rendered[f"{s.config_dir}/nginx/nginx.conf"]
-    nginx_reloaded(
-        name="Reload nginx for its new config",
+    nginx_config_applied(
+        name="nginx runs the rendered config (nginx -t, then graceful reload)",
         project=s.project,
         compose_file=s.compose_file,
-        _if=nginx_conf.did_change,
+        candidate=nginx_candidate_path(plan),
+        live=nginx_live_path(plan),
     )
-

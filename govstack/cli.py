@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -20,6 +21,7 @@ from govstack.settings import SettingsError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_INVENTORY = "inventories/local.py"
+VERSION_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -48,16 +50,23 @@ def main() -> None:
     """Deploy and operate the govstack document platform."""
 
 
-def run_pyinfra(inventory: str, *extra: str) -> tuple[int, str | None]:
-    """Run the site deploy, streaming pyinfra's output; return its exit code
+def run_pyinfra(
+    inventory: str, *extra: str, deploy_file: str = "site.py", env: dict[str, str] | None = None
+) -> tuple[int, str | None]:
+    """Run a deploy file, streaming pyinfra's output; return its exit code
     and the most specific cause it printed (our operations print theirs as
-    ``govstack: …``)."""
+    ``govstack: …``). Any host failing stops every host (--fail-percent 0):
+    a multi-host release must not switch some hosts and not others."""
     # --dry needs pyinfra's change detection, which -y (no prompt) skips.
     yes = [] if "--dry" in extra else ["-y"]
-    cmd = [sys.executable, "-m", "pyinfra", *yes, inventory, str(REPO_ROOT / "deploys" / "site.py"), *extra]
+    cmd = [
+        sys.executable, "-m", "pyinfra", *yes, "--fail-percent", "0",
+        inventory, str(REPO_ROOT / "deploys" / deploy_file), *extra,
+    ]
     cause = None
     with subprocess.Popen(
-        cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+        env={**os.environ, **(env or {})},
     ) as proc:
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -66,9 +75,90 @@ def run_pyinfra(inventory: str, *extra: str) -> tuple[int, str | None]:
             host_cause = re.match(r"^\[(?P<host>[^\]]+)\] govstack: (?P<cause>.*)$", text)
             if host_cause:
                 cause = f"{host_cause['host']}: {host_cause['cause']}"
+            elif text.startswith("govstack: "):
+                cause = text.removeprefix("govstack: ")
             elif cause is None and re.search(r"(Could not connect|Connection refused|No hosts remaining)", text):
                 cause = text.lstrip("-> ")
     return proc.returncode, cause
+
+
+def _release(inventory: str, action: str, version: str | None, lock_wait: float) -> None:
+    from govstack.ledger import LockHeld, append_ledger, deploy_lock, read_release
+
+    hosts = _hosts(inventory)
+    current = {entry.name: read_release(entry) for entry in hosts}
+    missing = [name for name, release in current.items() if release is None]
+    if missing:
+        _fail(f"{missing[0]}: no release yet; run `govstack up` first", 2)
+    if action == "rollback":
+        previous = {release.previous.version if release.previous else None for release in current.values()}
+        if None in previous or len(previous) != 1:
+            _fail("nothing to roll back to: the ledger has no previous release on every host", 2)
+        version = previous.pop()
+    assert version is not None
+    if not VERSION_PATTERN.fullmatch(version):
+        _fail(f"version {version!r} is not a valid image tag ([A-Za-z0-9][A-Za-z0-9_.-]*, 64 max)", 2)
+    try:
+        with deploy_lock(hosts, f"{action} {version}", lock_wait):
+            started = time.monotonic()
+            code, cause = run_pyinfra(inventory, deploy_file="release.py",
+                                      env={"GOVSTACK_RELEASE_VERSION": version})
+            duration = round(time.monotonic() - started, 1)
+            for entry in hosts:
+                after = read_release(entry)
+                append_ledger(entry, {
+                    "action": action,
+                    "version": version,
+                    "color": after.color if after else None,
+                    "serving": f"{after.color} {after.version}" if after else None,
+                    "config_hash": entry.settings.config_hash(),
+                    "result": "ok" if code == 0 else "failed",
+                    "duration_s": duration,
+                    "cause": None if code == 0 else cause,
+                })
+    except LockHeld as error:
+        _fail(str(error), 3)
+    if code != 0:
+        _fail(f"{action} of {version} failed, traffic stays on the previous color: {cause or 'see above'}", code)
+    click.echo(f"{action} of {version} done in {duration} s")
+
+
+@main.command()
+@inventory_option
+@click.option("--version", "version", required=True, help="image tag to deploy (built from app/ if missing)")
+@click.option("--lock-wait", type=float, default=0, show_default=True, help="seconds to wait for the deploy lock")
+def deploy(inventory: str, version: str, lock_wait: float) -> None:
+    """Blue/green: start VERSION in the idle color, switch the edge, retire the old color."""
+    _release(inventory, "deploy", version, lock_wait)
+
+
+@main.command()
+@inventory_option
+@click.option("--lock-wait", type=float, default=0, show_default=True, help="seconds to wait for the deploy lock")
+def rollback(inventory: str, lock_wait: float) -> None:
+    """Switch back to the previous color and version, the same safe way."""
+    _release(inventory, "rollback", None, lock_wait)
+
+
+@main.command()
+@inventory_option
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per line")
+def history(inventory: str, as_json: bool) -> None:
+    """The deploy ledger of every host."""
+    import json
+
+    from govstack.ledger import read_ledger
+
+    for entry in _hosts(inventory):
+        for record in read_ledger(entry):
+            if as_json:
+                click.echo(json.dumps({"host": entry.name, **record}, sort_keys=True))
+            else:
+                click.echo(
+                    f"{entry.name}  {record['time']}  {record['operator']:20}  {record['action']:8}  "
+                    f"{record['version']:24}  {record['result']:6}  {record['duration_s']:>6} s  "
+                    f"{record.get('serving') or ''}  {record.get('cause') or ''}".rstrip()
+                )
 
 
 @main.command()

@@ -78,6 +78,7 @@ def image_built(
     dockerfile: str = "Dockerfile",
     build_args: dict[str, str] | None = None,
     timeout_s: int = 1800,
+    only_if_missing: bool = False,
 ):
     """
     Build an image on the host when its build inputs changed.
@@ -88,13 +89,15 @@ def image_built(
       files, build args, parent image hash); stored as a label and compared
     + dockerfile: Dockerfile path inside the context
     + build_args: ``--build-arg`` values
+    + only_if_missing: the tag names an immutable version (app releases):
+      an existing image is that version, whatever built it
 
     A tag that exists with the same context hash is left alone, so a re-run is
     a no-op and a changed Dockerfile or input is always rebuilt.
     """
     current = host.get_fact(ImageLabel, image=tag, label=CONTEXT_HASH_LABEL)
-    if current == context_hash:
-        host.noop(f"image {tag} is up to date")
+    if current == context_hash or (only_if_missing and current is not None):
+        host.noop(f"image {tag} is present")
         return
     args = " ".join(
         f"--build-arg {shlex.quote(f'{key}={value}')}" for key, value in sorted((build_args or {}).items())
@@ -363,21 +366,35 @@ def grpc_mtls_material(directory: str, prefix: str, owner_uid: int):
 
 
 @operation()
-def nginx_reloaded(project: str, compose_file: str, service: str = "nginx"):
+def nginx_config_applied(project: str, compose_file: str, candidate: str, live: str, service: str = "nginx"):
     """
-    Reload nginx in place after its config changed: ``nginx -t`` first, so a
-    broken config is refused and the running one keeps serving.
+    Make the candidate nginx config the live one, only if nginx accepts it.
 
     + project, compose_file: the Compose project nginx runs in
-    + service: the Compose service name
+    + candidate: the freshly rendered config on the host (kept, so re-runs compare)
+    + live: the config nginx runs with (inside the container: ``NGINX_CONF``)
+
+    While nginx runs: ``nginx -t`` on the candidate, then copy and reload
+    gracefully (old workers finish their requests). A rejected candidate
+    fails the deploy and leaves the live config, and traffic, as they were.
+    When nginx is not running yet, the candidate is simply installed.
     """
+    if host.get_fact(FilesDigest, pattern=shlex.quote(candidate)) == host.get_fact(
+        FilesDigest, pattern=shlex.quote(live)
+    ):
+        host.noop("nginx runs the rendered config")
+        return
     quoted = f"-p {shlex.quote(project)} -f {shlex.quote(compose_file)}"
+    inside = NGINX_CONF.rsplit("/", 1)[0] + "/" + candidate.rsplit("/", 1)[1]
+    log = f"/tmp/govstack-nginx-test-{project}.log"
     yield (
-        f"if [ -n \"$(docker compose {quoted} ps -q --status running {service})\" ]; then "
-        f"docker compose {quoted} exec -T {service} nginx -t -q -c {NGINX_CONF} 2>/tmp/govstack-nginx-test.log "
-        f"|| {{ echo \"govstack: nginx config rejected, still serving the previous one: "
-        f"$(tail -n 1 /tmp/govstack-nginx-test.log)\" >&2; exit 1; }}; "
-        f"docker compose {quoted} exec -T {service} nginx -s reload -c {NGINX_CONF}; fi"
+        f"if [ -n \"$(docker compose {quoted} ps -q --status running {service} 2>/dev/null)\" ]; then "
+        f"docker compose {quoted} exec -T {service} nginx -t -q -c {inside} >{log} 2>&1 "
+        f"|| {{ echo \"govstack: nginx rejected the new config, still serving the previous one: "
+        f"$(grep -m1 emerg {log} || tail -n 1 {log})\" >&2; exit 1; }}; "
+        f"cp {shlex.quote(candidate)} {shlex.quote(live)} && "
+        f"docker compose {quoted} exec -T {service} nginx -s reload -c {NGINX_CONF}; "
+        f"else cp {shlex.quote(candidate)} {shlex.quote(live)}; fi"
     )
 
 
@@ -413,3 +430,87 @@ def postgres_role_with_database(project: str, compose_file: str, role: str, data
         f"printf \"REVOKE ALL ON DATABASE {database} FROM PUBLIC;\\n\""
     )
     yield f"{{ {sql}; }} | {exec_} psql -v ON_ERROR_STOP=1 -q -U postgres -d postgres"
+
+
+# Release steps (blue/green). Each runs once per release: not idempotent by
+# design, and each prints a one-line "govstack:" cause when it fails.
+
+
+@operation(is_idempotent=False)
+def postgres_dumped(project: str, compose_file: str, database: str, dest_dir: str, label: str, keep: int = 5):
+    """
+    A custom-format ``pg_dump`` of ``database`` under ``dest_dir`` (made by the
+    server's own image, so versions match); the ``keep`` newest are kept.
+
+    + project, compose_file: the Compose project Postgres runs in
+    + database: database to dump
+    + dest_dir: directory on the host (created 0700)
+    + label: part of the file name, e.g. the version about to be deployed
+    """
+    exec_ = f"docker compose -p {shlex.quote(project)} -f {shlex.quote(compose_file)} exec -T postgres"
+    dest = shlex.quote(dest_dir)
+    name = f"$(date -u +%Y%m%dT%H%M%SZ)-{label}.dump"
+    yield (
+        f"mkdir -p {dest} && chmod 700 {dest} && f={dest}/{name} && "
+        f"{{ {exec_} pg_dump -Fc -U postgres -d {database} > \"$f.partial\" "
+        f"|| {{ rm -f \"$f.partial\"; echo 'govstack: pre-deploy Postgres backup failed' >&2; exit 1; }}; }} && "
+        f"chmod 600 \"$f.partial\" && mv \"$f.partial\" \"$f\" && "
+        f"ls -1t {dest}/*.dump | tail -n +{keep + 1} | xargs -r rm -f"
+    )
+
+
+@operation(is_idempotent=False)
+def app_migrated(project: str, compose_file: str, timeout_s: int = 300):
+    """
+    Run the app's migrations with the new version's image before it serves.
+
+    + project, compose_file: the new color's Compose project
+    """
+    quoted = f"-p {shlex.quote(project)} -f {shlex.quote(compose_file)}"
+    log = f"/tmp/govstack-migrate-{project}.log"
+    yield (
+        f"timeout {timeout_s} docker compose {quoted} run --rm --no-deps -T api migrate >{log} 2>&1 "
+        f"|| {{ echo \"govstack: migrations of the new version failed: $(tail -n 1 {log})\" >&2; exit 1; }}"
+    )
+
+
+@operation(is_idempotent=False)
+def indexing_color_set(project: str, compose_file: str, database: str, color: str):
+    """
+    Hand indexing to ``color``'s workers (the others idle; see app_state).
+
+    + project, compose_file: the Compose project Postgres runs in
+    + color: blue or green
+    """
+    if color not in ("blue", "green"):
+        raise OperationError(f"color must be blue or green, not {color!r}")
+    exec_ = f"docker compose -p {shlex.quote(project)} -f {shlex.quote(compose_file)} exec -T postgres"
+    sql = (
+        "INSERT INTO app_state (key, value) VALUES ('indexing_color', '" + color + "') "  # noqa: S608 - checked above
+        "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = now()"
+    )
+    yield f"{exec_} psql -v ON_ERROR_STOP=1 -q -U postgres -d {database} -c {shlex.quote(sql)}"
+
+
+@operation(is_idempotent=False)
+def old_color_retired(edge_project: str, edge_compose_file: str, project: str, compose_file: str,
+                      drain_timeout_s: int = 30, stop_timeout_s: int = 40):
+    """
+    Stop the previous color once nothing can still reach it; keep its
+    containers (stopped) and image for a rollback.
+
+    + edge_project, edge_compose_file: the project nginx runs in
+    + project, compose_file: the previous color's project
+    + drain_timeout_s: how long to wait for nginx's old workers (they finish
+      the requests they had when the reload came) to exit
+    + stop_timeout_s: SIGTERM grace for the API to finish in-flight requests
+    """
+    edge = f"-p {shlex.quote(edge_project)} -f {shlex.quote(edge_compose_file)}"
+    old = f"-p {shlex.quote(project)} -f {shlex.quote(compose_file)}"
+    yield (
+        f"i=0; while docker compose {edge} exec -T nginx sh -c "
+        "'grep -l \"shutting down\" /proc/[0-9]*/cmdline' >/dev/null 2>&1; "
+        f"do i=$((i+1)); [ $i -ge {drain_timeout_s * 2} ] && break; sleep 0.5; done; "
+        f"docker compose {old} stop -t {stop_timeout_s} api worker >/dev/null 2>&1 "
+        f"|| {{ echo 'govstack: could not stop the previous color {project}' >&2; exit 1; }}"
+    )

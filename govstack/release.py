@@ -24,9 +24,23 @@ COLORS: tuple[Color, Color] = ("blue", "green")
 class Release:
     color: Color
     version: str
+    # What served before this release: where `govstack rollback` goes.
+    previous: Release | None = None
+
+    def without_previous(self) -> Release:
+        return Release(self.color, self.version)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Release:
+        previous = data.get("previous")
+        return cls(
+            color=data["color"],
+            version=data["version"],
+            previous=cls.from_dict(previous) if previous else None,
+        )
 
 
 def other_color(color: Color) -> Color:
@@ -54,6 +68,4 @@ class ReleaseState(FactBase):
 
     def process(self, output):
         data = json.loads("".join(output) or "null")
-        if not data:
-            return None
-        return Release(color=data["color"], version=data["version"])
+        return Release.from_dict(data) if data else None

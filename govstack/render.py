@@ -99,6 +99,14 @@ def render_daemon_json(plan: StackPlan) -> str:
     return json.dumps(config, indent=2, sort_keys=True) + "\n"
 
 
+def nginx_live_path(plan: StackPlan) -> str:
+    return f"{plan.settings.config_dir}/nginx/nginx.conf"
+
+
+def nginx_candidate_path(plan: StackPlan) -> str:
+    return f"{plan.settings.config_dir}/nginx/nginx.conf.candidate"
+
+
 def rendered_files(plan: StackPlan) -> dict[str, str]:
     """Host path -> content of every rendered file of the stack."""
     s = plan.settings
@@ -107,5 +115,6 @@ def rendered_files(plan: StackPlan) -> dict[str, str]:
         s.compose_file: render_compose(plan),
         plan.app_compose_file(release.color): render_app_compose(plan, release.color, release.version),
         f"{s.config_dir}/postgres/postgresql.conf": render_postgres_conf(plan),
-        f"{s.config_dir}/nginx/nginx.conf": render_nginx_conf(plan),
+        # Installed by nginx_config_applied only after `nginx -t` accepts it.
+        nginx_candidate_path(plan): render_nginx_conf(plan),
     }

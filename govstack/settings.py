@@ -151,6 +151,9 @@ class EdgeSettings(_Section):
     api_burst: int = Field(20, ge=0)
     upload_rate_per_s: int = Field(1, ge=1, description="per client address, upload endpoint")
     upload_burst: int = Field(5, ge=0)
+    extra_server_config: str = Field(
+        "", description="raw nginx directives for the HTTPS server block; nginx -t checks them at deploy"
+    )
 
     @field_validator("bind_address")
     @classmethod

@@ -248,9 +248,10 @@ class _BodyTooLarge(Exception):
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: Any, max_body: int) -> None:
+    def __init__(self, app: Any, max_body: int, color: str = "blue") -> None:
         self.app = app
         self.max_body = max_body
+        self.color_header = (b"x-govstack-color", color.encode())
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -271,7 +272,9 @@ class RequestContextMiddleware:
                 status_holder["status"] = message["status"]
                 status_holder["started"] = True
                 message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", rid.encode())]
+                # The serving color tells operators (and the blue/green tests)
+                # which release answered.
+                message["headers"] = [*message["headers"], (b"x-request-id", rid.encode()), self.color_header]
             await send(message)
 
         limit = self.max_body if method in ("POST", "PUT", "PATCH") else None
@@ -364,7 +367,9 @@ def create_app(settings: Settings, svc: Services | None = None, *, run_migration
         description="Upload documents, index them (text extraction, chunking, embeddings) and search them.",
         lifespan=lifespan,
     )
-    app.add_middleware(RequestContextMiddleware, max_body=settings.max_upload_bytes + 1024 * 1024)
+    app.add_middleware(
+        RequestContextMiddleware, max_body=settings.max_upload_bytes + 1024 * 1024, color=settings.app_color
+    )
 
     @app.exception_handler(HTTPError)
     async def _http_error(request: Request, exc: HTTPError) -> JSONResponse:

@@ -40,14 +40,28 @@ class Worker:
         self.stop = threading.Event()
         self._last_maintenance = 0.0
         self._last_backlog = 0.0
+        self._indexing = True
 
     def request_stop(self, *_: object) -> None:
         log.info("stop requested: finishing the current document")
         self.stop.set()
 
+    def may_index(self) -> bool:
+        """Only the color named in app_state indexes (blue/green: one version at a time)."""
+        with self.svc.pool.connection(timeout=10.0) as conn:
+            row = conn.execute("SELECT value FROM app_state WHERE key = 'indexing_color'").fetchone()
+        allowed = row is None or row["value"] == self.svc.settings.app_color
+        if allowed != self._indexing:
+            self._indexing = allowed
+            log.info("indexing " + ("resumed" if allowed else "paused: another color indexes"),
+                     indexing_color=row["value"] if row else None)
+        return allowed
+
     def run_once(self) -> int:
         """Index up to WORKER_BATCH_SIZE documents; returns how many were claimed."""
         done = 0
+        if not self.may_index():
+            return 0
         for _ in range(self.svc.settings.worker_batch_size):
             if self.stop.is_set():
                 break
