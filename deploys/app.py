@@ -5,7 +5,8 @@ from __future__ import annotations
 from pyinfra.api import deploy
 from pyinfra.operations import files
 
-from govstack.operations import compose_project_up, path_owned, postgres_role_with_database
+from govstack import monitoring
+from govstack.operations import compose_project_up, path_owned, postgres_monitor_role, postgres_role_with_database
 from govstack.plan import StackPlan
 from govstack.release import Color, release_path
 from govstack.secrets import secret_path
@@ -21,6 +22,21 @@ def ensure_app_database(plan: StackPlan):
         role=s.postgres.app_user,
         database=s.postgres.database,
         password_file=secret_path(s, "postgres_app_password"),
+    )
+
+
+@deploy("Monitoring database role")
+def ensure_monitor_role(plan: StackPlan):
+    s = plan.settings
+    if not s.monitoring.enabled:
+        return
+    postgres_monitor_role(
+        name=f"Postgres role {monitoring.MONITOR_ROLE} (pg_monitor)",
+        project=s.project,
+        compose_file=s.compose_file,
+        role=monitoring.MONITOR_ROLE,
+        database=s.postgres.database,
+        password_file=secret_path(s, monitoring.MONITOR_SECRET),
     )
 
 

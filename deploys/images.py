@@ -6,7 +6,7 @@ from __future__ import annotations
 from pyinfra.api import deploy
 from pyinfra.operations import files
 
-from govstack import images
+from govstack import images, monitoring
 from govstack.operations import base_image_built, files_mirrored, image_built
 from govstack.plan import StackPlan
 
@@ -42,7 +42,10 @@ def build_offline_images(plan: StackPlan):
         mirror=s.images.debian_mirror,
     )
 
-    for image in images.offline_images(s):
+    wanted = images.offline_images(s)
+    if s.monitoring.enabled:
+        wanted += monitoring.offline_images()
+    for image in wanted:
         build_offline_image(plan, image, base_tag, base_hash)
     build_app_image(plan, plan.release.version)
 

@@ -20,6 +20,7 @@ from pyinfra import host, logger
 from pyinfra.operations import files
 
 from deploys import app, images
+from govstack import monitoring
 from govstack.facts import HostResourcesFact
 from govstack.operations import (
     app_migrated,
@@ -110,6 +111,16 @@ old_color_retired(
     project=before.app_project(current.color),
     compose_file=before.app_compose_file(current.color),
 )
+if s.monitoring.enabled:
+    # Prometheus re-reads its file_sd target lists: scrape (and label as
+    # serving) only the color that now runs.
+    for name, content in monitoring.render_app_targets((new.color,), new.color).items():
+        files.put(
+            name=f"Scrape targets {name}: {new.color}",
+            src=StringIO(content),
+            dest=f"{s.config_dir}/prometheus/targets/{name}",
+            mode="644",
+        )
 files.put(
     name=f"Release record: {new.color} {version}",
     src=StringIO(new.to_json()),

@@ -17,7 +17,7 @@ from govstack.operations import (
     secret_file,
     self_signed_certificate,
 )
-from govstack.plan import DATA_DIRS, GRPC_PREFIX, SERVICE_UIDS, StackPlan
+from govstack.plan import GRPC_PREFIX, SERVICE_UIDS, StackPlan
 from govstack.render import nginx_candidate_path, nginx_live_path, rendered_files
 from govstack.secrets import SECRET_SPECS, TLS_KEY_OWNER_UID, secret_path
 
@@ -29,9 +29,8 @@ def create_stack_directories(plan: StackPlan):
     path_owned(name="Secrets directory", path=s.secrets_dir, uid=0, gid=0, mode="700")
     path_owned(name="Config directory", path=s.config_dir, uid=0, gid=0, mode="755")
     path_owned(name="Data directory", path=s.data_dir, uid=0, gid=0, mode="755")
-    for service, uid in DATA_DIRS.items():
-        if service in plan.data_services:
-            path_owned(name=f"Data of {service}", path=plan.data_path(service), uid=uid, gid=uid, mode="700")
+    for name, uid in plan.data_dirs.items():
+        path_owned(name=f"Data of {name}", path=plan.data_path(name), uid=uid, gid=uid, mode="700")
     path_owned(name="App compose directory", path=f"{s.stack_root}/app", uid=0, gid=0, mode="755")
     for sub in ("postgres", "nginx", "seaweedfs"):
         path_owned(name=f"Config of {sub}", path=f"{s.config_dir}/{sub}", uid=0, gid=0, mode="755")
@@ -42,6 +41,8 @@ def create_stack_directories(plan: StackPlan):
 def ensure_secrets(plan: StackPlan):
     s = plan.settings
     for name, spec in sorted(SECRET_SPECS.items()):
+        if not spec.generated and name not in s.secrets:
+            continue
         secret_file(
             name=f"Secret {name}",
             path=secret_path(s, name),

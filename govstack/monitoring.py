@@ -119,6 +119,20 @@ class AlertRules(_Section):
         _rule("1h", "warning", 14), description="threshold: days until the edge certificate expires"
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _partial_overrides(cls, value: Any) -> Any:
+        # {"postgres_down": {"duration": "15s"}} changes the duration only:
+        # the alert's other defaults (severity, threshold) stay.
+        if not isinstance(value, dict):
+            return value
+        merged = dict(value)
+        for name, rule in value.items():
+            field = cls.model_fields.get(name)
+            if field is not None and isinstance(rule, dict):
+                merged[name] = {**field.default.model_dump(), **rule}
+        return merged
+
     @model_validator(mode="after")
     def _thresholds_set(self) -> AlertRules:
         for name, rule in self:
@@ -192,8 +206,11 @@ TEST_WEBHOOK_URL = "http://alert-receiver:9099/cgi-bin/alerts"
 TEST_PROFILE: dict[str, Any] = {
     # The receiver the live alert test runs on the data network (tests/e2e).
     "webhook_urls": [TEST_WEBHOOK_URL],
-    "scrape_interval": "5s",
-    "scrape_timeout": "4s",
+    # postgres-exporter needs up to ~6 s to report pg_up 0 for a stopped
+    # Postgres (Docker's DNS does not answer for a stopped container's name
+    # on an internal network until its lookup times out).
+    "scrape_interval": "10s",
+    "scrape_timeout": "8s",
     "evaluation_interval": "5s",
     "group_wait": "1s",
     "group_interval": "5s",
@@ -231,7 +248,9 @@ MONITORING_IMAGES: dict[str, MonitoringImage] = {
         MonitoringImage("alertmanager", "govstack/alertmanager:0.25", "prom/alertmanager:v0.28.1"),
         MonitoringImage("node-exporter", "govstack/node-exporter:1.5", "prom/node-exporter:v1.9.1"),
         MonitoringImage(
-            "postgres-exporter", "govstack/postgres-exporter:0.11", "quay.io/prometheuscommunity/postgres-exporter:v0.17.1"
+            "postgres-exporter",
+            "govstack/postgres-exporter:0.11",
+            "quay.io/prometheuscommunity/postgres-exporter:v0.17.1",
         ),
         MonitoringImage("nginx-exporter", "govstack/nginx-exporter:0.11", "nginx/nginx-prometheus-exporter:1.4.2"),
         MonitoringImage("blackbox-exporter", "govstack/blackbox-exporter:0.23", "prom/blackbox-exporter:v0.27.0"),
@@ -250,6 +269,7 @@ PORTS = {
     "blackbox-exporter": 9115,
     "seaweedfs_metrics": 9327,
     "app": 8000,
+    # app/govstack_app/worker.py METRICS_PORT
     "worker_metrics": 9100,
     "grafana": 3000,
 }
@@ -257,7 +277,7 @@ PORTS = {
 # The role postgres-exporter connects as (member of pg_monitor) and the secret
 # holding its password (generated [A-Za-z0-9]: 0.11 rejects spaces).
 MONITOR_ROLE = "govstack_monitor"
-MONITOR_SECRET = "postgres_monitor_password"
+MONITOR_SECRET = "postgres_monitor_password"  # noqa: S105 - a secret's name
 
 # What the backup job writes for node-exporter's textfile collector, as
 # <stack_root>/data/metrics/backup.prom (write a temp file, then rename).
@@ -289,6 +309,13 @@ def monitor_role_sql(password: str) -> str:
         f"PASSWORD '{password}';\n"
         f"GRANT pg_monitor TO {MONITOR_ROLE};\n"
     )
+
+
+def offline_images() -> list[Any]:
+    """The monitoring images the offline lane builds (cf. images.offline_images)."""
+    from govstack.images import OfflineImage
+
+    return [OfflineImage(entry.service, entry.offline_tag, entry.context) for entry in MONITORING_IMAGES.values()]
 
 
 def image(settings: Any, service: str) -> str:
@@ -398,7 +425,7 @@ def render_alertmanager_config(plan: Any, monitoring: MonitoringSettings | None 
     return _render("alertmanager/alertmanager.yml.j2", plan, _monitoring(plan, monitoring))
 
 
-def render_app_targets(colors: Sequence[str] = ("blue", "green"), serving: str | None = None) -> dict[str, str]:
+def render_app_targets(colors: Sequence[str] = ("blue",), serving: str | None = "blue") -> dict[str, str]:
     """file_sd target files for the app colors that should be running.
 
     The blue/green deploy rewrites these when it starts, stops or switches a
@@ -407,23 +434,26 @@ def render_app_targets(colors: Sequence[str] = ("blue", "green"), serving: str |
     the color nginx routes to (label ``serving="true"``), which the dashboards
     and ``govstack status`` read from ``govstack_app_info``.
     """
+    from govstack.plan import StackPlan
+
     for color in colors:
         if color not in ("blue", "green"):
             raise ValueError(f"unknown color {color!r}")
     if serving is not None and serving not in colors:
         raise ValueError(f"serving color {serving!r} is not among the running colors {list(colors)}")
 
-    def targets(service: str, port: int) -> str:
+    def targets(address) -> str:
         groups = [
-            {
-                "targets": [f"{service}-{color}:{port}"],
-                "labels": {"color": color, "serving": str(color == serving).lower()},
-            }
+            {"targets": [address(color)], "labels": {"color": color, "serving": str(color == serving).lower()}}
             for color in colors
         ]
         return json.dumps(groups, indent=2) + "\n"
 
-    return {"app.json": targets("app", PORTS["app"]), "worker.json": targets("worker", PORTS["worker_metrics"])}
+    # The API and worker network aliases of a color (templates/compose/app.yml.j2).
+    return {
+        "app.json": targets(lambda color: f"{StackPlan.app_alias(color)}:{PORTS['app']}"),
+        "worker.json": targets(lambda color: f"{StackPlan.app_alias(color)}-worker:{PORTS['worker_metrics']}"),
+    }
 
 
 def dashboard_files() -> dict[str, str]:
@@ -444,15 +474,23 @@ def render_grafana_files(plan: Any, monitoring: MonitoringSettings | None = None
 def monitoring_files(
     plan: Any,
     monitoring: MonitoringSettings | None = None,
-    colors: Sequence[str] = ("blue", "green"),
+    colors: Sequence[str] | None = None,
     serving: str | None = None,
 ) -> dict[str, str]:
-    """Host path -> content of every rendered monitoring file (cf. render.rendered_files)."""
+    """Host path -> content of every rendered monitoring file (cf. render.rendered_files).
+
+    ``colors``/``serving`` default to the plan's serving release alone; the
+    blue/green deploy passes both colors while a new one starts.
+    """
     m = _monitoring(plan, monitoring)
     conf = plan.settings.config_dir
+    if colors is None:
+        release = getattr(plan, "release", None)
+        colors = (release.color,) if release else ("blue",)
+        serving = colors[0]
     files = {
         f"{conf}/prometheus/prometheus.yml": render_prometheus_config(plan, m),
-        f"{conf}/prometheus/blackbox.yml": render_blackbox_config(plan, m),
+        f"{conf}/blackbox/config.yml": render_blackbox_config(plan, m),
         f"{conf}/alertmanager/alertmanager.yml": render_alertmanager_config(plan, m),
     }
     files.update({f"{conf}/prometheus/rules/{n}": t for n, t in render_rule_files(plan, m).items()})
@@ -585,7 +623,7 @@ def write_prometheus_tree(
     (root / "blackbox.yml").write_text(render_blackbox_config(plan, m))
     for name, text in render_rule_files(plan, m).items():
         (root / "rules" / name).write_text(text)
-    for name, text in render_app_targets().items():
+    for name, text in render_app_targets(("blue", "green"), "blue").items():
         (root / "targets" / name).write_text(text)
     if with_tests:
         (root / "tests").mkdir(exist_ok=True)

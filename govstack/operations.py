@@ -514,3 +514,31 @@ def old_color_retired(edge_project: str, edge_compose_file: str, project: str, c
         f"docker compose {old} stop -t {stop_timeout_s} api worker >/dev/null 2>&1 "
         f"|| {{ echo 'govstack: could not stop the previous color {project}' >&2; exit 1; }}"
     )
+
+
+@operation()
+def postgres_monitor_role(project: str, compose_file: str, role: str, database: str, password_file: str):
+    """
+    The exporter's login role: member of pg_monitor, allowed to connect to
+    ``database``, password from the secret file (stdin only, never argv).
+
+    + project, compose_file: the Compose project Postgres runs in
+    + role: the monitor role's name
+    + database: the database the exporter connects to
+    + password_file: the role's secret on the host
+    """
+    if host.get_fact(
+        PostgresLogin, project=project, compose_file=compose_file, role=role, database=database,
+        password_file=password_file,
+    ):
+        host.noop(f"role {role} logs in to {database}")
+        return
+    exec_ = f"docker compose -p {shlex.quote(project)} -f {shlex.quote(compose_file)} exec -T postgres"
+    sql = (
+        f"printf \"SELECT 'CREATE ROLE {role} LOGIN' WHERE NOT EXISTS "  # noqa: S608 - validated names
+        f"(SELECT FROM pg_roles WHERE rolname = '{role}')\\\\gexec\\n\"; "
+        f"printf \"ALTER ROLE {role} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE CONNECTION LIMIT 5 "
+        f"PASSWORD '%s';\\n\" \"$(cat {shlex.quote(password_file)})\"; "
+        f"printf \"GRANT pg_monitor TO {role};\\nGRANT CONNECT ON DATABASE {database} TO {role};\\n\""
+    )
+    yield f"{{ {sql}; }} | {exec_} psql -v ON_ERROR_STOP=1 -q -U postgres -d postgres"

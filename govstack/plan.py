@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from govstack import images
+from govstack import images, monitoring
 from govstack.release import Color, Release, first_release
 from govstack.secrets import SECRET_SPECS
 from govstack.settings import NGINX_UID, POSTGRES_UID, SERVICE_UID, Resources, Settings
@@ -40,6 +40,7 @@ SERVICE_UIDS = {
     "nginx": NGINX_UID,
     "app": SERVICE_UID,
     "worker": SERVICE_UID,
+    **{service: SERVICE_UID for service in (*monitoring.MONITORING_IMAGES, "grafana")},
 }
 
 # Data directories under <stack_root>/data, with their owners.
@@ -47,6 +48,11 @@ DATA_DIRS = {
     "postgres": POSTGRES_UID,
     "seaweedfs": SERVICE_UID,
     "chroma": SERVICE_UID,
+    "prometheus": SERVICE_UID,
+    "alertmanager": SERVICE_UID,
+    "grafana": SERVICE_UID,
+    # Textfiles for node-exporter (the backup job writes its freshness here).
+    monitoring.TEXTFILE_DIR: SERVICE_UID,
 }
 
 
@@ -85,7 +91,25 @@ class StackPlan:
         return res
 
     def image(self, service: str) -> str:
+        if service in self.monitoring_services:
+            return monitoring.image(self.settings, service)
         return images.service_image(self.settings, service)
+
+    @property
+    def monitoring_services(self) -> list[str]:
+        m = self.settings.monitoring
+        if not m.enabled:
+            return []
+        services = list(monitoring.MONITORING_IMAGES)
+        if self.settings.images.lane == "upstream" and m.grafana:
+            services.append("grafana")
+        return services
+
+    @property
+    def data_dirs(self) -> dict[str, int]:
+        """Data directories this host needs, with their owners."""
+        wanted = set(self.data_services) | set(self.monitoring_services) | {monitoring.TEXTFILE_DIR}
+        return {name: uid for name, uid in DATA_DIRS.items() if name in wanted}
 
     @property
     def networks(self) -> dict[str, str]:
@@ -101,7 +125,7 @@ class StackPlan:
 
     @property
     def services(self) -> list[str]:
-        return [*self.data_services, "nginx"]
+        return [*self.data_services, "nginx", *self.monitoring_services]
 
     @property
     def s3_endpoint(self) -> str:
@@ -117,7 +141,7 @@ class StackPlan:
     @property
     def compose_secrets(self) -> dict[str, str]:
         """Compose secret name -> file on the host."""
-        names = sorted(SECRET_SPECS)
+        names = sorted(name for name, spec in SECRET_SPECS.items() if spec.generated or name in self.settings.secrets)
         if self.upstream_seaweedfs:
             names += [f"{GRPC_PREFIX}_ca.crt", f"{GRPC_PREFIX}.crt", f"{GRPC_PREFIX}.key"]
         return {name: f"{self.settings.secrets_dir}/{name}" for name in names}

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+from govstack import monitoring
 from govstack.plan import StackPlan
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -35,7 +36,8 @@ def _hardening(plan: StackPlan):
     """The block every service gets: restart policy, limits, least privilege, log rotation."""
 
     def block(service: str, indent: int = 4) -> str:
-        res = plan.resources(service)
+        # Resource keys are identifiers; Compose service names may have dashes.
+        res = plan.resources(service.replace("-", "_"))
         pad = " " * indent
         lines = [
             "restart: unless-stopped",
@@ -72,8 +74,23 @@ def render_compose(plan: StackPlan) -> str:
     # carrying the digest of postgresql.conf makes a tuning change recreate
     # Postgres (it needs a restart for most of them anyway). nginx reloads
     # its config in place instead (deploys/stack.py).
-    digests = {"postgres": hashlib.sha256(render_postgres_conf(plan).encode()).hexdigest()[:16]}
-    return render("docker-compose.yml.j2", plan, config_digests=digests)
+    digests = {"postgres": _digest(render_postgres_conf(plan))}
+    if plan.settings.monitoring.enabled:
+        # Prometheus, Alertmanager and the blackbox exporter are recreated when
+        # their config changes; the app target lists (file_sd) are re-read live.
+        conf = plan.settings.config_dir
+        files = monitoring.monitoring_files(plan)
+        digests["prometheus"] = _digest(
+            "".join(text for path, text in sorted(files.items()) if path.startswith(f"{conf}/prometheus/")
+                    and "/targets/" not in path)
+        )
+        digests["alertmanager"] = _digest(files[f"{conf}/alertmanager/alertmanager.yml"])
+        digests["blackbox"] = _digest(files[f"{conf}/blackbox/config.yml"])
+    return render("docker-compose.yml.j2", plan, config_digests=digests, monitor_role=monitoring.MONITOR_ROLE)
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def render_app_compose(plan: StackPlan, color: str, version: str) -> str:
@@ -111,7 +128,9 @@ def rendered_files(plan: StackPlan) -> dict[str, str]:
     """Host path -> content of every rendered file of the stack."""
     s = plan.settings
     release = plan.release
+    monitoring_files = monitoring.monitoring_files(plan) if plan.settings.monitoring.enabled else {}
     return {
+        **monitoring_files,
         s.compose_file: render_compose(plan),
         plan.app_compose_file(release.color): render_app_compose(plan, release.color, release.version),
         f"{s.config_dir}/postgres/postgresql.conf": render_postgres_conf(plan),

@@ -22,6 +22,9 @@ class SecretSpec:
     # Characters of [A-Za-z0-9] when generated: no quoting problems anywhere
     # (postgres-exporter 0.11 rejects passwords with spaces, S3 keys are ASCII).
     length: int = 40
+    # False: only the operator can supply it (e.g. an SMTP password); the
+    # file exists only when they did.
+    generated: bool = True
 
 
 SECRET_SPECS: dict[str, SecretSpec] = {
@@ -32,6 +35,11 @@ SECRET_SPECS: dict[str, SecretSpec] = {
         SecretSpec("s3_access_key", SERVICE_UID, "object store access key id", length=20),
         SecretSpec("s3_secret_key", SERVICE_UID, "object store secret key"),
         SecretSpec("app_admin_api_key", SERVICE_UID, "bootstrap admin API key of the app"),
+        SecretSpec("postgres_monitor_password", SERVICE_UID, "Postgres role of postgres-exporter (pg_monitor)"),
+        SecretSpec("grafana_admin_password", SERVICE_UID, "Grafana admin (upstream lane)"),
+        SecretSpec(
+            "alertmanager_smtp_password", SERVICE_UID, "SMTP login of the e-mail receiver (supplied)", generated=False
+        ),
     )
 }
 

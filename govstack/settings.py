@@ -25,6 +25,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from govstack.monitoring import MonitoringSettings
+
 INVENTORY_KEY = "govstack"
 ENV_PREFIX = "GOVSTACK__"
 
@@ -66,6 +68,14 @@ def _default_resources() -> dict[str, Resources]:
         "nginx": Resources(memory_mb=256, cpus=1.0),
         "app": Resources(memory_mb=1536, cpus=1.5),
         "worker": Resources(memory_mb=1536, cpus=1.0),
+        # Monitoring (measured use 6-50 MB each; Prometheus grows with series).
+        "prometheus": Resources(memory_mb=768, cpus=1.0),
+        "alertmanager": Resources(memory_mb=128, cpus=0.25),
+        "node_exporter": Resources(memory_mb=64, cpus=0.25),
+        "postgres_exporter": Resources(memory_mb=64, cpus=0.25),
+        "nginx_exporter": Resources(memory_mb=32, cpus=0.1),
+        "blackbox_exporter": Resources(memory_mb=64, cpus=0.25),
+        "grafana": Resources(memory_mb=512, cpus=0.5),
     }
 
 
@@ -217,6 +227,7 @@ class Settings(_Section):
     edge: EdgeSettings = EdgeSettings()
     app: AppSettings = AppSettings()
     network: NetworkSettings = NetworkSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
     resources: dict[str, Resources] = Field(
         default_factory=_default_resources, description="per-service memory_mb/cpus limits"
     )
@@ -251,6 +262,13 @@ class Settings(_Section):
         for name, res in value.items():
             merged[name] = {**merged[name], **(res.model_dump() if isinstance(res, Resources) else res)}
         return merged
+
+    @model_validator(mode="after")
+    def _smtp_password_supplied(self) -> Settings:
+        email = self.monitoring.email
+        if email and email.auth_username and "alertmanager_smtp_password" not in self.secrets:
+            raise ValueError("monitoring.email.auth_username needs secrets.alertmanager_smtp_password")
+        return self
 
     @field_validator("secrets")
     @classmethod

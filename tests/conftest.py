@@ -98,9 +98,17 @@ class Stack:
         data = json.loads((Path(self.settings.stack_root) / "state" / "release.json").read_text())
         return Release(color=data["color"], version=data["version"])
 
+    def compose_file(self, project: str) -> str:
+        for color in ("blue", "green"):
+            if project == self.plan.app_project(color):
+                return self.plan.app_compose_file(color)
+        return self.settings.compose_file
+
     def compose(self, project: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        result = subprocess.run(["docker", "compose", "-p", project, *args], capture_output=True, text=True,
-                                timeout=300)
+        """`docker compose` on one of the stack's projects (its rendered file unless -f is given)."""
+        files = [] if "-f" in args else ["-f", self.compose_file(project)]
+        result = subprocess.run(["docker", "compose", "-p", project, *files, *args], capture_output=True,
+                                text=True, timeout=300)
         if check and result.returncode != 0:
             raise AssertionError(f"docker compose -p {project} {' '.join(args)}: {result.stderr[-1500:]}")
         return result
@@ -173,6 +181,17 @@ class Stack:
 
         host, port = self.forward("chroma", self.plan.ports["chroma"]).split(":")
         return chromadb.HttpClient(host=host, port=int(port))
+
+    def prometheus_query(self, promql: str) -> list[dict]:
+        """The instant query's data.result; raises on any Prometheus error."""
+        import requests
+
+        address = self.forward("prometheus", 9090)
+        response = requests.get(f"http://{address}/api/v1/query", params={"query": promql}, timeout=30)
+        body = response.json()
+        if response.status_code != 200 or body.get("status") != "success":
+            raise RuntimeError(f"Prometheus query {promql!r} failed: {body.get('error', response.text[:300])}")
+        return body["data"]["result"]
 
     def close(self) -> None:
         subprocess.run(

@@ -22,8 +22,9 @@ def test_every_service_runs_healthy_with_its_limits(target):
         assert info["State"]["Status"] == "running", service
         assert info["State"]["Health"]["Status"] == "healthy", service
         host_config = info["HostConfig"]
-        assert host_config["Memory"] == plan.resources(service).memory_mb * 2**20, service
-        assert host_config["NanoCpus"] == int(plan.resources(service).cpus * 1e9), service
+        limits = plan.resources(service.replace("-", "_"))
+        assert host_config["Memory"] == limits.memory_mb * 2**20, service
+        assert host_config["NanoCpus"] == int(limits.cpus * 1e9), service
         assert "no-new-privileges:true" in host_config["SecurityOpt"], service
         assert host_config["CapDrop"] == ["ALL"], service
         assert host_config["LogConfig"]["Config"]["max-size"] == target.settings.engine.log_max_size
@@ -50,6 +51,8 @@ def test_secret_files_belong_to_their_reader_only(target):
     directory = target.host.file(s.secrets_dir)
     assert directory.is_directory and directory.mode == 0o700 and directory.uid == 0
     for name, spec in SECRET_SPECS.items():
+        if not spec.generated and name not in s.secrets:
+            continue
         secret = target.host.file(secret_path(s, name))
         assert secret.is_file, name
         assert secret.mode == 0o600, name
@@ -59,7 +62,8 @@ def test_secret_files_belong_to_their_reader_only(target):
 
 def test_no_secret_leaks_into_container_environment(target):
     s = target.settings
-    values = [target.host.file(secret_path(s, name)).content_string.strip() for name in SECRET_SPECS]
+    values = [target.host.file(secret_path(s, name)).content_string.strip() for name, spec in SECRET_SPECS.items()
+              if spec.generated or name in s.secrets]
     for service in target.plan().services:
         env = " ".join(_inspect(target, target.container(service))["Config"]["Env"] or [])
         for value in values:

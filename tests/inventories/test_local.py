@@ -4,6 +4,8 @@ Its own stack root, Compose project names and ports, so it never touches a
 stack that `make up` left running (/opt/govstack, project govstack, 80/443).
 """
 
+from govstack.monitoring import TEST_PROFILE
+
 test_local = [
     (
         "@local",
@@ -15,6 +17,8 @@ test_local = [
                 "edge": {"hostname": "localhost", "http_port": 38080, "https_port": 38443},
                 "healthy_timeout_s": 240,
                 "network": {"data_subnet": "172.29.10.0/24"},
+                # Short `for:` durations and the test's webhook receiver.
+                "monitoring": TEST_PROFILE,
             },
         },
     ),
