@@ -216,5 +216,56 @@ def secret(inventory: str, list_names: bool, host_name: str | None, name: str | 
         _fail(f"secret {name} does not exist yet on {host}; run `govstack up` first")
 
 
+@main.command()
+@inventory_option
+@click.option("--json", "as_json", is_flag=True, help="machine-readable, for CI")
+def status(inventory: str, as_json: bool) -> None:
+    """Targets, firing alerts, serving color and version, backup age, p95s, indexing backlog."""
+    import json
+
+    from govstack.status import StatusError, format_status, host_status
+
+    results = []
+    for entry in _hosts(inventory):
+        try:
+            results.append(host_status(entry))
+        except StatusError as error:
+            _fail(str(error))
+    if as_json:
+        click.echo(json.dumps(results, indent=2, sort_keys=True))
+    else:
+        click.echo("\n".join(format_status(result) for result in results))
+
+
+@main.command()
+@inventory_option
+@click.option("--window", "window_s", type=float, default=60, show_default=True, help="seconds to average over")
+@click.option("--json", "as_json", is_flag=True)
+def cost(inventory: str, window_s: float, as_json: bool) -> None:
+    """Average CPU and memory per service over a window, priced with govstack.cost settings."""
+    import json
+    from dataclasses import asdict
+
+    from govstack.status import StatusError, container_costs
+
+    for entry in _hosts(inventory):
+        prices = entry.settings.cost
+        try:
+            costs = container_costs(entry, prices, window_s=window_s)
+        except StatusError as error:
+            _fail(str(error))
+        if as_json:
+            click.echo(json.dumps({"host": entry.name, "currency": prices.currency,
+                                   "services": [asdict(c) for c in costs]}, indent=2))
+            continue
+        click.echo(f"{entry.name}: {window_s:.0f} s average, {prices.currency}/hour "
+                   f"(CPU {prices.cpu_core_hour}/core·h, memory {prices.memory_gb_hour}/GiB·h)")
+        for c in costs:
+            click.echo(f"  {c.project:18} {c.service:18} {c.cpu_cores:7.3f} cores {c.memory_gib:7.3f} GiB "
+                       f"{c.per_hour:9.5f}")
+        total = sum(c.per_hour for c in costs)
+        click.echo(f"  total {total:.4f} {prices.currency}/hour, {total * 24 * 30:.2f} per 30 days")
+
+
 if __name__ == "__main__":
     main()

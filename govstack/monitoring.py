@@ -182,6 +182,9 @@ class MonitoringSettings(_Section):
     disk_mountpoints: str = Field("/host/data", description="regex of node-exporter mountpoints the disk alerts watch")
     alerts: AlertRules = AlertRules()
     grafana: bool = Field(True, description="Grafana with provisioned dashboards (upstream lane only)")
+    query_port: int = Field(
+        9090, ge=1, le=65535, description="host loopback port where nginx proxies Prometheus' read API (govstack status)"
+    )
 
     @field_validator("webhook_urls")
     @classmethod

@@ -24,6 +24,7 @@ INTERNAL_PORTS = {
     "nginx_http": 8080,
     "nginx_https": 8443,
     "nginx_status": 8081,
+    "nginx_ops": 8082,
 }
 
 # Where the edge serves presigned object downloads (proxied to the S3 gateway).

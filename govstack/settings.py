@@ -209,6 +209,14 @@ class NetworkSettings(_Section):
         return str(network)
 
 
+class CostSettings(_Section):
+    """Prices for `govstack cost` (per container, averaged over a window)."""
+
+    currency: str = Field("USD", pattern=r"^[A-Z]{3}$")
+    cpu_core_hour: float = Field(0.04, ge=0, description="price of one CPU core for one hour")
+    memory_gb_hour: float = Field(0.005, ge=0, description="price of one GiB of memory for one hour")
+
+
 class Settings(_Section):
     """Everything one host needs. Built by :func:`build_settings`."""
 
@@ -228,6 +236,7 @@ class Settings(_Section):
     app: AppSettings = AppSettings()
     network: NetworkSettings = NetworkSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
+    cost: CostSettings = CostSettings()
     resources: dict[str, Resources] = Field(
         default_factory=_default_resources, description="per-service memory_mb/cpus limits"
     )

@@ -9,6 +9,7 @@ bench_local = [
                 "project": "gsbench",
                 "edge": {"hostname": "localhost", "http_port": 48080, "https_port": 48443},
                 "network": {"data_subnet": "172.29.20.0/24"},
+                "monitoring": {"query_port": 49090},
             },
         },
     ),

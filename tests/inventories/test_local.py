@@ -18,7 +18,7 @@ test_local = [
                 "healthy_timeout_s": 240,
                 "network": {"data_subnet": "172.29.10.0/24"},
                 # Short `for:` durations and the test's webhook receiver.
-                "monitoring": TEST_PROFILE,
+                "monitoring": {**TEST_PROFILE, "query_port": 39090},
             },
         },
     ),

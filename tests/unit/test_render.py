@@ -47,10 +47,13 @@ def test_only_nginx_publishes_ports_on_the_edge_ports(rendered, compose_binary):
     config = yaml.safe_load(compose_config(compose_binary, path, "--format", "yaml").stdout)
     published = {name: svc.get("ports", []) for name, svc in config["services"].items() if svc.get("ports")}
     assert list(published) == ["nginx"]
-    assert sorted(int(port["published"]) for port in published["nginx"]) == [
+    public = [port for port in published["nginx"] if port.get("host_ip") != "127.0.0.1"]
+    assert sorted(int(port["published"]) for port in public) == [
         plan.settings.edge.http_port,
         plan.settings.edge.https_port,
     ]
+    loopback = [int(port["published"]) for port in published["nginx"] if port.get("host_ip") == "127.0.0.1"]
+    assert loopback == [plan.settings.monitoring.query_port]
 
 
 def test_every_service_is_hardened_limited_and_checked(rendered, compose_binary):
