@@ -237,7 +237,16 @@ class MonitoringImage:
 
     @property
     def context(self) -> Path:
+        # The four exporters share one Dockerfile, parameterised by package.
+        if self.service.endswith("-exporter"):
+            return IMAGE_TEMPLATES / "debian-exporter"
         return IMAGE_TEMPLATES / self.service
+
+    @property
+    def build_args(self) -> dict[str, str]:
+        if self.service.endswith("-exporter"):
+            return {"PACKAGE": f"prometheus-{self.service}"}
+        return {}
 
 
 # Offline: Debian bookworm packages on the debootstrap base. Upstream: pinned
@@ -318,7 +327,10 @@ def offline_images() -> list[Any]:
     """The monitoring images the offline lane builds (cf. images.offline_images)."""
     from govstack.images import OfflineImage
 
-    return [OfflineImage(entry.service, entry.offline_tag, entry.context) for entry in MONITORING_IMAGES.values()]
+    return [
+        OfflineImage(entry.service, entry.offline_tag, entry.context, build_args=entry.build_args)
+        for entry in MONITORING_IMAGES.values()
+    ]
 
 
 def image(settings: Any, service: str) -> str:
