@@ -183,7 +183,7 @@ class MonitoringSettings(_Section):
     alerts: AlertRules = AlertRules()
     grafana: bool = Field(True, description="Grafana with provisioned dashboards (upstream lane only)")
     query_port: int = Field(
-        9090, ge=1, le=65535, description="host loopback port where nginx proxies Prometheus' read API (govstack status)"
+        9090, ge=1, le=65535, description="host loopback port where nginx proxies Prometheus' read API"
     )
 
     @field_validator("webhook_urls")
