@@ -197,8 +197,10 @@ class AppSettings(_Section):
 
 class NetworkSettings(_Section):
     # Fixed, so the app can trust X-Forwarded-* from exactly this network (the
-    # edge reaches the app over it). Two stacks on one host need two subnets.
-    data_subnet: str = Field("172.29.0.0/24", description="internal network of data services, app and edge")
+    # edge reaches the app over it). Outside Docker's default address pools
+    # (172.17-31/16, 192.168/16), so an auto-assigned network never overlaps
+    # it. Two stacks on one host need two subnets.
+    data_subnet: str = Field("10.253.0.0/24", description="internal network of data services, app and edge")
 
     @field_validator("data_subnet")
     @classmethod

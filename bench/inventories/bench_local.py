@@ -8,7 +8,7 @@ bench_local = [
                 "stack_root": "/var/lib/govstack-bench",
                 "project": "gsbench",
                 "edge": {"hostname": "localhost", "http_port": 48080, "https_port": 48443},
-                "network": {"data_subnet": "172.29.20.0/24"},
+                "network": {"data_subnet": "10.253.20.0/24"},
                 "monitoring": {"query_port": 49090},
             },
         },
