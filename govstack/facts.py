@@ -211,11 +211,14 @@ class SecretFile(FactBase):
 
 
 class FilesDigest(FactBase):
-    """sha256 over the names and contents of the files a shell glob matches ('' when none)."""
+    """sha256 over the files a shell glob matches ('' when none): over their
+    names and contents, or (``names=False``) their contents only, to compare
+    one file with another of a different name."""
 
-    def command(self, pattern: str) -> str:
+    def command(self, pattern: str, names: bool = True) -> str:
+        name = 'basename "$f" && ' if names else ""
         return (
-            f"for f in {pattern}; do [ -f \"$f\" ] && basename \"$f\" && cat \"$f\"; done 2>/dev/null "
+            f"for f in {pattern}; do [ -f \"$f\" ] && {name}cat \"$f\"; done 2>/dev/null "
             "| sha256sum | cut -d' ' -f1"
         )
 

@@ -329,8 +329,8 @@ def file_installed(src: str, dest: str, uid: int, mode: str):
     """
     if host.get_fact(PathState, path=src) is None:
         raise OperationError(f"{src} does not exist on the host")
-    same = host.get_fact(FilesDigest, pattern=shlex.quote(src)) == host.get_fact(
-        FilesDigest, pattern=shlex.quote(dest)
+    same = host.get_fact(FilesDigest, pattern=shlex.quote(src), names=False) == host.get_fact(
+        FilesDigest, pattern=shlex.quote(dest), names=False
     )
     state = host.get_fact(PathState, path=dest)
     if same and state and (state["uid"], state["gid"], state["mode"]) == (uid, uid, mode.lstrip("0")):
@@ -379,8 +379,8 @@ def nginx_config_applied(project: str, compose_file: str, candidate: str, live: 
     fails the deploy and leaves the live config, and traffic, as they were.
     When nginx is not running yet, the candidate is simply installed.
     """
-    if host.get_fact(FilesDigest, pattern=shlex.quote(candidate)) == host.get_fact(
-        FilesDigest, pattern=shlex.quote(live)
+    if host.get_fact(FilesDigest, pattern=shlex.quote(candidate), names=False) == host.get_fact(
+        FilesDigest, pattern=shlex.quote(live), names=False
     ):
         host.noop("nginx runs the rendered config")
         return

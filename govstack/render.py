@@ -113,6 +113,10 @@ def render_daemon_json(plan: StackPlan) -> str:
         "log-opts": {"max-file": str(engine.log_max_file), "max-size": engine.log_max_size},
         "storage-driver": engine.storage_driver,
     }
+    if engine.cgroup_parent:
+        # A host that is itself a container: keep its containers' cgroups
+        # under its own, so they go away with it.
+        config["cgroup-parent"] = engine.cgroup_parent
     return json.dumps(config, indent=2, sort_keys=True) + "\n"
 
 

