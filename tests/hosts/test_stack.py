@@ -160,3 +160,23 @@ def test_edge_serves_health_on_both_ports_and_redirects(target):
 def test_tls_key_is_private_to_nginx(target):
     key = target.host.file(f"{target.settings.config_dir}/nginx/tls/tls.key")
     assert key.mode == 0o600 and key.uid == target.plan().uids["nginx"]
+
+
+def test_serving_color_is_the_one_in_the_release_record_and_ledger(target):
+    import json as _json
+
+    s = target.settings
+    release = _json.loads(target.host.file(f"{s.stack_root}/state/release.json").content_string)
+    ledger_file = target.host.file(f"{s.stack_root}/state/ledger.jsonl")
+    if ledger_file.exists:
+        done = [_json.loads(line) for line in ledger_file.content_string.splitlines() if line.strip()]
+        done = [record for record in done if record["result"] == "ok"]
+        if done:
+            assert done[-1]["serving"] == f"{release['color']} {release['version']}"
+    plan = target.plan()
+    api = target.container("api", project=plan.app_project(release["color"]))
+    info = _inspect(target, api)
+    assert info["State"]["Health"]["Status"] == "healthy"
+    assert info["Config"]["Image"] == plan.app_image(release["version"])
+    nginx_conf = target.host.file(f"{s.config_dir}/nginx/nginx.conf").content_string
+    assert f'default "{plan.app_alias(release["color"])}:' in nginx_conf
