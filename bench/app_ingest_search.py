@@ -59,7 +59,8 @@ def main() -> None:
             ids.append(int(response.json()["id"]))
         wait_indexed(stack, ids, timeout=1800)
         ingest_s = time.monotonic() - started
-        (chunks,) = stack.psql(f"SELECT count(*) FROM chunks WHERE document_id IN ({','.join(map(str, ids))})")[0]
+        id_list = ",".join(str(int(i)) for i in ids)
+        (chunks,) = stack.psql(f"SELECT count(*) FROM chunks WHERE document_id IN ({id_list})")[0]  # noqa: S608
         print(f"ingest: {args.docs} documents, {chunks} chunks in {ingest_s:.1f} s = "
               f"{args.docs / ingest_s:.2f} documents/s, {int(chunks) / ingest_s:.1f} chunks/s")
 

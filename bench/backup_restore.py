@@ -1,0 +1,211 @@
+"""Backup and restore throughput against plain tools, in one run, as ratios.
+
+    .venv/bin/python bench/backup_restore.py [-i INVENTORY] [--objects-mb 1024] [--rows 100000] [--no-deploy]
+
+On the inventory's stack (default: the bench stack, deployed first), it
+generates a dataset next to whatever is there: ``--rows`` rows in a table
+``bench_backup_rows`` and ``--objects-mb`` of objects (4 MiB each, half
+random, half repetitive text, like scanned PDFs next to Office files) in a
+bucket ``bench-backup``. Then, timed:
+
+- ``govstack backup``: the whole run (dump, objects, vectors, read-back,
+  check, retention), cold and again unchanged (deduplicated);
+- plain ``pg_dump -Fc`` to a file, and ``pg_restore`` of it into a scratch database;
+- a plain ``cp -a`` of SeaweedFS' data directory (the object data as files),
+  and a plain read of every object over S3 (what any S3-level copy must do);
+- our Postgres restore path (``restic dump | pg_restore``) into a scratch
+  database, and our objects restore (put back + re-read + sha256 verify).
+
+Prints MB/s and ratios; asserts nothing. The generated table, bucket and
+scratch databases are removed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from govstack.backup.remote import StackHost, q  # noqa: E402
+from govstack.inventory import load_inventory  # noqa: E402
+from govstack.plan import StackPlan  # noqa: E402
+from govstack.remote import testinfra_host  # noqa: E402
+from govstack.tuning import HostResources  # noqa: E402
+
+INVENTORY = REPO / "bench" / "inventories" / "bench_local.py"
+BUCKET = "bench-backup"
+TABLE = "bench_backup_rows"
+OBJECT_MB = 4
+
+# Runs in a one-off backup container (it has the S3 keys and the SDK).
+_SEED_OBJECTS = r"""
+import io, os, sys
+from govstack_backup.config import load
+from govstack_backup import objects
+n, size, bucket = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+mc = objects.client(load().s3)
+if not mc.bucket_exists(bucket):
+    mc.make_bucket(bucket)
+for i in range(n):
+    half = size // 2
+    text = (b"The records retention schedule of the ministry, section %d. " % i) * (size // 40 + 1)
+    body = os.urandom(half) + text[: size - half]
+    mc.put_object(bucket, f"obj/{i:05d}.bin", io.BytesIO(body), len(body), content_type="application/octet-stream")
+print(n)
+"""
+
+# The S3 side alone: every object read once, nothing hashed or stored.
+_READ_ALL = r"""
+from govstack_backup.config import load
+from govstack_backup import objects
+mc = objects.client(load().s3)
+total = 0
+for bucket in objects.buckets(mc):
+    for obj in mc.list_objects(bucket, recursive=True):
+        resp = mc.get_object(bucket, obj.object_name)
+        for chunk in resp.stream(1 << 20):
+            total += len(chunk)
+        resp.close()
+        resp.release_conn()
+print(total)
+"""
+
+_DROP_BUCKET = r"""
+import sys
+from govstack_backup.config import load
+from govstack_backup import objects
+mc = objects.client(load().s3)
+bucket = sys.argv[1]
+if mc.bucket_exists(bucket):
+    for obj in mc.list_objects(bucket, recursive=True):
+        mc.remove_object(bucket, obj.object_name)
+    mc.remove_bucket(bucket)
+"""
+
+
+class Bench:
+    def __init__(self, inventory: str) -> None:
+        entry = load_inventory(inventory)[0]
+        self.settings = entry.settings
+        plan = StackPlan(entry.settings, HostResources(memory_mb=1024, cpus=1))  # paths and names only
+        self.stack = StackHost(testinfra_host(entry.name, entry.data), plan)
+        self.results: dict[str, tuple[float, float]] = {}  # name -> (seconds, MB)
+
+    def sh(self, command: str, timeout: int = 7200) -> str:
+        result = self.stack.sh(command, timeout=timeout)
+        if not result.ok:
+            raise SystemExit(f"bench: command failed: {command[:200]}\n{result.tail(5)}")
+        return result.stdout
+
+    def timed(self, name: str, command: str, mb: float) -> str:
+        start = time.monotonic()
+        result = self.stack.sh(command, timeout=7200)
+        if not result.ok:
+            raise SystemExit(f"bench: {name} failed: {result.tail(5)}")
+        self.results[name] = (time.monotonic() - start, mb)
+        print(f"  {name:58} {self.results[name][0]:8.1f} s   {mb / max(self.results[name][0], 1e-9):8.1f} MB/s",
+              flush=True)
+        self.last_log = result.stderr
+        return result.stdout
+
+    def python_oneoff(self, script: str, *args: str) -> str:
+        return self.sh(f"{self.stack.compose} run --rm --no-deps -T --entrypoint /opt/backup/bin/python3 backup "
+                       f"-c {q(script)} {' '.join(q(a) for a in args)}")
+
+    def psql(self, sql: str, database: str | None = None) -> str:
+        return self.stack.psql(sql, database or self.settings.postgres.database, timeout=3600)
+
+    def du_mb(self, path: str) -> float:
+        return int(self.sh(f"du -sb {q(path)} | cut -f1").strip()) / 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-i", "--inventory", default=str(INVENTORY))
+    parser.add_argument("--objects-mb", type=int, default=1024)
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--no-deploy", action="store_true", help="the stack is already deployed")
+    args = parser.parse_args()
+    if not args.no_deploy:
+        subprocess.run([sys.executable, "-m", "govstack.cli", "up", "-i", args.inventory], cwd=REPO, check=True,
+                       stdout=subprocess.DEVNULL)
+    b = Bench(args.inventory)
+    s, stack = b.settings, b.stack
+    db = s.postgres.database
+    pg = stack.require_service("postgres")
+    tmp = f"{s.stack_root}/bench-backup-tmp"
+    count = max(1, args.objects_mb // OBJECT_MB)
+    try:
+        print(f"generating {args.rows} rows and {count} x {OBJECT_MB} MiB objects …", flush=True)
+        b.psql(f"DROP TABLE IF EXISTS {TABLE}; CREATE TABLE {TABLE} AS SELECT g AS id, md5(g::text) AS key, "  # noqa: S608
+               f"repeat(md5((g * 7)::text), 6) AS payload, now() - g * interval '1 minute' AS at "
+               f"FROM generate_series(1, {args.rows}) g; ALTER TABLE {TABLE} ADD PRIMARY KEY (id)")
+        b.python_oneoff(_SEED_OBJECTS, str(count), str(OBJECT_MB * 1024 * 1024), BUCKET)
+        db_mb = float(b.psql(f"SELECT pg_database_size('{db}') / 1e6").strip())
+        objects_mb = b.du_mb(stack.plan.data_path("seaweedfs"))
+        b.sh(f"rm -rf {q(tmp)} && mkdir -p {q(tmp)}")
+        print(f"dataset: database {db_mb:.0f} MB, object data {objects_mb:.0f} MB\n", flush=True)
+
+        print("backup", flush=True)
+        total_mb = db_mb + objects_mb
+        first = json.loads(b.timed("govstack backup (cold: everything new)",
+                                   stack.job("run", "--json"), total_mb).strip().splitlines()[-1])
+        phases = [line.split("govstack-backup: ", 1)[1] for line in b.last_log.splitlines() if " done in " in line]
+        print("    phases: " + "; ".join(phases), flush=True)
+        b.timed("govstack backup (again, unchanged: deduplicated)", stack.job("run", "--json"), total_mb)
+        b.timed("plain S3 read of every object (no hash, no store)",
+                f"{stack.compose} run --rm --no-deps -T --entrypoint /opt/backup/bin/python3 backup -c "
+                f"{q(_READ_ALL)}", objects_mb)
+        b.timed("plain pg_dump -Fc to a file", f"docker exec {q(pg)} pg_dump -U postgres -Fc {q(db)} "
+                                              f"> {q(tmp + '/plain.dump')}", db_mb)
+        b.timed("plain cp -a of the object data", f"cp -a {q(stack.plan.data_path('seaweedfs'))} "
+                                                 f"{q(tmp + '/seaweedfs-copy')}", objects_mb)
+
+        print("restore", flush=True)
+        for scratch in ("bench_restore_plain", "bench_restore_ours"):
+            b.psql(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)', "postgres")
+            b.psql(f'CREATE DATABASE "{scratch}"', "postgres")
+        b.timed("plain pg_restore into a scratch database",
+                f"docker exec -i {q(pg)} pg_restore -U postgres -d bench_restore_plain --no-owner "
+                f"< {q(tmp + '/plain.dump')}", db_mb)
+        b.timed("ours: restic dump | pg_restore into a scratch database",
+                f"{stack.job('dump', first['run'], 'postgres', oneoff=True)} | docker exec -i {q(pg)} pg_restore "
+                "-U postgres -d bench_restore_ours --no-owner --single-transaction", db_mb)
+        b.sh(f"rm -rf {q(tmp + '/seaweedfs-copy')}")
+        b.timed("plain cp -a of the object data (again, as the restore)",
+                f"cp -a {q(stack.plan.data_path('seaweedfs'))} {q(tmp + '/seaweedfs-copy')}", objects_mb)
+        b.timed("ours: objects put back over S3, re-read, sha256-verified",
+                stack.job("restore-objects", first["run"], "--force", oneoff=True), objects_mb)
+    finally:
+        print("\ncleaning up …", flush=True)
+        b.psql(f"DROP TABLE IF EXISTS {TABLE}")
+        for scratch in ("bench_restore_plain", "bench_restore_ours"):
+            b.psql(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)', "postgres")
+        b.python_oneoff(_DROP_BUCKET, BUCKET)
+        b.sh(f"rm -rf {q(tmp)}")
+
+    r = {name: seconds for name, (seconds, _) in b.results.items()}
+    plain_backup = r["plain pg_dump -Fc to a file"] + r["plain cp -a of the object data"]
+    plain_restore = r["plain pg_restore into a scratch database"] + r[
+        "plain cp -a of the object data (again, as the restore)"]
+    ours_restore = r["ours: restic dump | pg_restore into a scratch database"] + r[
+        "ours: objects put back over S3, re-read, sha256-verified"]
+    print("\nratios (ours / plain; above 1 = slower than the plain tools, which neither encrypt, deduplicate, "
+          "verify nor keep history)")
+    print(f"  backup, cold:                       {r['govstack backup (cold: everything new)'] / plain_backup:6.2f}")
+    print(f"  backup, unchanged data:             "
+          f"{r['govstack backup (again, unchanged: deduplicated)'] / plain_backup:6.2f}")
+    print(f"  postgres restore:                   {r['ours: restic dump | pg_restore into a scratch database'] / r['plain pg_restore into a scratch database']:6.2f}")  # noqa: E501
+    print(f"  objects restore (incl. verify):     {r['ours: objects put back over S3, re-read, sha256-verified'] / r['plain cp -a of the object data (again, as the restore)']:6.2f}")  # noqa: E501
+    print(f"  whole backup run vs an S3 read:     {r['govstack backup (cold: everything new)'] / r['plain S3 read of every object (no hash, no store)']:6.2f}")  # noqa: E501
+    print(f"  restore, all:                       {ours_restore / plain_restore:6.2f}")
+
+
+if __name__ == "__main__":
+    main()
