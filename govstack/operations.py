@@ -134,7 +134,9 @@ def secret_file(path: str, owner_uid: int, length: int = 40, value: str | None =
             # before chmod.
             yield FileUploadCommand(StringIO(value), path, remote_temp_filename=host.get_temp_filename(path))
             yield f"chmod 600 {shlex.quote(path)}"
-            state = {"mode": "600", "uid": owner_uid, "sha256": wanted}
+            # The upload replaces the file (a new inode, owned by the
+            # connecting user): the owner is set below, always.
+            state = {"mode": "600", "uid": -1, "sha256": wanted}
     elif state is None:
         yield generate_secret_command(path, length)
         state = {"mode": "600", "uid": 0}
