@@ -5,6 +5,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 INVENTORY ?= inventories/local.py
 TEST_INVENTORY ?= tests/inventories/test_local.py
+# Tools installed in the venv (shellcheck, actionlint, govstack) are on PATH for the tests.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 PYTEST := $(BIN)/pytest -p no:cacheprovider
 
 .PHONY: venv up check test test-quick test-full test-multihost lint bench clean-test

@@ -47,6 +47,10 @@ def build_offline_images(plan: StackPlan):
         wanted += monitoring.offline_images()
     for image in wanted:
         build_offline_image(plan, image, base_tag, base_hash)
+    if s.backup.enabled:
+        from govstack.backup.plan import backup_image
+
+        build_offline_image(plan, backup_image(s), base_tag, base_hash)
     build_app_image(plan, plan.release.version)
 
 

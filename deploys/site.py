@@ -7,6 +7,7 @@ host's resources, and runs one small deploy per concern.
 from pyinfra import host, logger
 
 from deploys import app, engine, images, stack
+from govstack.backup import deploy as backup
 from govstack.facts import HostResourcesFact
 from govstack.plan import StackPlan
 from govstack.release import ReleaseState, release_path
@@ -31,9 +32,13 @@ stack.create_stack_directories(plan)
 stack.ensure_secrets(plan)
 stack.ensure_edge_certificate(plan)
 stack.render_stack_files(plan)
+if settings.backup.enabled:
+    backup.prepare_backup(plan)
 stack.apply_edge_config(plan)
 stack.start_stack(plan)
 app.ensure_app_database(plan)
+if settings.backup.enabled:
+    backup.ensure_backup_role(plan)
 app.ensure_monitor_role(plan)
 app.start_app_color(plan, plan.release.color, plan.release.version)
 app.record_first_release(plan)

@@ -267,5 +267,21 @@ def cost(inventory: str, window_s: float, as_json: bool) -> None:
         click.echo(f"  total {total:.4f} {prices.currency}/hour, {total * 24 * 30:.2f} per 30 days")
 
 
+def _register_subcommands() -> None:
+    from govstack import compliance, runbook
+
+    compliance.register(main)
+    runbook.register(main)
+
+
+_register_subcommands()
+
+
+from govstack.backup.cli import backup, drill, restore  # noqa: E402 - after main, which they join
+
+main.add_command(backup)
+main.add_command(restore)
+main.add_command(drill)
+
 if __name__ == "__main__":
     main()

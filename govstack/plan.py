@@ -41,6 +41,7 @@ SERVICE_UIDS = {
     "nginx": NGINX_UID,
     "app": SERVICE_UID,
     "worker": SERVICE_UID,
+    "backup": SERVICE_UID,
     **{service: SERVICE_UID for service in (*monitoring.MONITORING_IMAGES, "grafana")},
 }
 
@@ -92,6 +93,8 @@ class StackPlan:
         return res
 
     def image(self, service: str) -> str:
+        if service == "backup":
+            return self.backup.image
         if service in self.monitoring_services:
             return monitoring.image(self.settings, service)
         return images.service_image(self.settings, service)
@@ -112,6 +115,13 @@ class StackPlan:
         wanted = set(self.data_services) | set(self.monitoring_services) | {monitoring.TEXTFILE_DIR}
         return {name: uid for name, uid in DATA_DIRS.items() if name in wanted}
 
+    @cached_property
+    def backup(self):
+        """The backup service's paths, image and secrets (govstack/backup/plan.py)."""
+        from govstack.backup.plan import BackupPlan
+
+        return BackupPlan(self)
+
     @property
     def networks(self) -> dict[str, str]:
         project = self.settings.project
@@ -126,7 +136,8 @@ class StackPlan:
 
     @property
     def services(self) -> list[str]:
-        return [*self.data_services, "nginx", *self.monitoring_services]
+        backup = ["backup"] if self.settings.backup.enabled else []
+        return [*self.data_services, "nginx", *self.monitoring_services, *backup]
 
     @property
     def s3_endpoint(self) -> str:

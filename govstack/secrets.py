@@ -35,6 +35,13 @@ SECRET_SPECS: dict[str, SecretSpec] = {
         SecretSpec("s3_access_key", SERVICE_UID, "object store access key id", length=20),
         SecretSpec("s3_secret_key", SERVICE_UID, "object store secret key"),
         SecretSpec("app_admin_api_key", SERVICE_UID, "bootstrap admin API key of the app"),
+        SecretSpec("restic_password", SERVICE_UID, "restic repository password (keep a copy off the host)",
+                   length=64),
+        SecretSpec("postgres_backup_password", SERVICE_UID, "Postgres role govstack_backup (pg_read_all_data)"),
+        SecretSpec("backup_offsite_access_key", SERVICE_UID, "offsite S3 access key (supplied, with backup.offsite)",
+                   length=20, generated=False),
+        SecretSpec("backup_offsite_secret_key", SERVICE_UID, "offsite S3 secret key (supplied, with backup.offsite)",
+                   generated=False),
         SecretSpec("postgres_monitor_password", SERVICE_UID, "Postgres role of postgres-exporter (pg_monitor)"),
         SecretSpec("grafana_admin_password", SERVICE_UID, "Grafana admin (upstream lane)"),
         SecretSpec(

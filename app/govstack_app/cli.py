@@ -109,6 +109,21 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_purge_audit(args: argparse.Namespace) -> int:
+    from .retention import RetentionRefused, purge_audit_partitions
+
+    try:
+        report = purge_audit_partitions(
+            _settings().conninfo(), args.months, args.floor, dry_run=args.dry_run, actor=args.actor
+        )
+    except RetentionRefused as exc:
+        print(json.dumps({"ok": False, "error": str(exc)}))
+        print(f"govstack-app: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report, sort_keys=True))
+    return 0 if report["ok"] else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="govstack-app")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -137,6 +152,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("collection")
     p.add_argument("--yes", action="store_true")
     p.set_defaults(fn=cmd_rebuild)
+    p = sub.add_parser("purge-audit-partitions", help="drop monthly audit_logs partitions older than the retention")
+    p.add_argument("--months", type=int, required=True, help="retention: keep at least this many months")
+    p.add_argument("--floor", type=int, required=True, help="refuse a retention shorter than this (months)")
+    p.add_argument("--dry-run", action="store_true", help="report what would be dropped, drop nothing")
+    p.add_argument("--actor", default="cli", help="who runs it, for the audit record")
+    p.set_defaults(fn=cmd_purge_audit)
     args = parser.parse_args(argv)
 
     from .logs import setup_logging

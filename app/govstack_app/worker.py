@@ -89,6 +89,12 @@ class Worker:
                 service.cleanup_orphans(self.svc, min_age=timedelta(hours=1))
             except Exception as exc:  # noqa: BLE001 - next hour then
                 log.warning("orphan cleanup failed", error=repr(exc))
+            try:
+                from .retention import scheduled_purge
+
+                scheduled_purge(self.svc.settings)
+            except Exception as exc:  # noqa: BLE001 - next hour then
+                log.warning("audit retention failed", error=repr(exc))
 
     def run(self) -> None:
         backoff = 1.0

@@ -1,0 +1,189 @@
+"""Audit log retention: detach and drop whole monthly partitions of ``audit_logs``.
+
+``audit_logs`` is range-partitioned by month (migration 0001). A partition
+is dropped only when every row it can hold is older than the retention: its
+upper bound lies at or before ``now() - <months> months``. Nothing else is
+ever deleted, so a retention of N months keeps at least N months of audit.
+
+- A retention below the floor is refused (RetentionRefused) before anything
+  is read: the floor is a policy set in the deploy's settings
+  (``compliance.audit_retention_floor_months``).
+- Partitions are detached with ``DETACH PARTITION … CONCURRENTLY`` (inserts
+  into the current month go on; only SHARE UPDATE EXCLUSIVE on the parent),
+  then dropped. A detach interrupted half-way is finished (``FINALIZE``) by
+  the next run.
+- Every run that drops something writes one ``audit_logs`` row
+  (action ``audit.partitions_dropped``) naming each partition, its bounds and
+  its row count, the retention, the floor and who ran it.
+- One run at a time (an advisory lock): the worker's schedule and an
+  operator's `govstack audit-retention` never race.
+
+Run by `govstack-app purge-audit-partitions --months N --floor F [--dry-run]`
+(what `govstack audit-retention` execs in the serving API container), and on
+a schedule by the worker (``scheduled_purge``) when
+``GOVSTACK_AUDIT_RETENTION_MONTHS`` is set.
+"""
+
+from __future__ import annotations
+
+import calendar
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import tuple_row
+from psycopg.types.json import Jsonb
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PARENT = "audit_logs"
+RETENTION_LOCK = 4_242_002  # pg_advisory_lock key; 4_242_001 is the migrator's
+AUDIT_ACTION = "audit.partitions_dropped"
+
+
+class RetentionRefused(ValueError):
+    """The requested retention is below the floor (or not a retention at all)."""
+
+
+class RetentionPolicy(BaseSettings):
+    """The worker's schedule, from the environment the deploy renders.
+
+    ``GOVSTACK_AUDIT_RETENTION_MONTHS`` unset: the worker purges nothing.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="GOVSTACK_AUDIT_RETENTION_", extra="ignore", frozen=True)
+
+    months: int | None = Field(None, ge=1)
+    floor_months: int = Field(12, ge=1)
+
+
+@dataclass(frozen=True)
+class Partition:
+    name: str
+    lower: datetime | None  # None: MINVALUE or a DEFAULT partition
+    upper: datetime | None  # None: MAXVALUE or a DEFAULT partition
+    detach_pending: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "from": self.lower.isoformat() if self.lower else None,
+            "to": self.upper.isoformat() if self.upper else None,
+        }
+
+
+def check_policy(months: int, floor: int) -> None:
+    if floor < 1:
+        raise RetentionRefused(f"the retention floor must be at least 1 month, not {floor}")
+    if months < floor:
+        raise RetentionRefused(
+            f"refusing a retention of {months} months: the floor is {floor} months "
+            "(compliance.audit_retention_floor_months)"
+        )
+
+
+def months_before(moment: datetime, months: int) -> datetime:
+    """``moment`` minus whole calendar months (the day clamped to the target month's length),
+    as Postgres computes ``moment - interval 'N months'``."""
+    index = moment.year * 12 + (moment.month - 1) - months
+    year, month = divmod(index, 12)
+    day = min(moment.day, calendar.monthrange(year, month + 1)[1])
+    return moment.replace(year=year, month=month + 1, day=day)
+
+
+def due_partitions(partitions: list[Partition], now: datetime, months: int) -> list[Partition]:
+    """Partitions every row of which is older than ``months`` months at ``now``."""
+    cutoff = months_before(now, months)
+    return [p for p in partitions if p.upper is not None and p.upper <= cutoff]
+
+
+# The bounds are read back as timestamptz from the partition's own bound
+# expression: no parsing of a text format that depends on the session.
+_PARTITIONS_SQL = """
+SELECT c.relname,
+       (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'FROM \\(''([^'']+)''\\)'))[1]::timestamptz,
+       (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \\(''([^'']+)''\\)'))[1]::timestamptz,
+       i.inhdetachpending
+  FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+ WHERE i.inhparent = %s::regclass
+ ORDER BY 2 NULLS FIRST, 1
+"""
+
+
+def list_partitions(conn: psycopg.Connection) -> list[Partition]:
+    with conn.cursor(row_factory=tuple_row) as cur:
+        rows = cur.execute(_PARTITIONS_SQL, (PARENT,)).fetchall()
+    return [Partition(name, lower, upper, bool(pending)) for name, lower, upper, pending in rows]
+
+
+def _count(conn: psycopg.Connection, name: str) -> int:
+    with conn.cursor(row_factory=tuple_row) as cur:
+        row = cur.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(name))).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _write_audit(conn: psycopg.Connection, report: dict[str, Any]) -> None:
+    conn.execute("SELECT govstack_ensure_audit_partition(now())")
+    conn.execute(
+        "INSERT INTO audit_logs (action, resource_type, resource_id, api_key_name, details)"
+        " VALUES (%s, 'audit_logs', %s, %s, %s)",
+        (AUDIT_ACTION, ",".join(d["name"] for d in report["dropped"]), f"retention:{report['actor']}",
+         Jsonb(report)),
+    )
+
+
+def purge_audit_partitions(
+    conninfo: str, months: int, floor: int, *, dry_run: bool = False, actor: str = "cli"
+) -> dict[str, Any]:
+    """Drop the partitions older than the retention; a JSON-able report of what was (or would be) dropped."""
+    check_policy(months, floor)
+    # Autocommit: DETACH … CONCURRENTLY cannot run inside a transaction block.
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        with conn.cursor(row_factory=tuple_row) as cur:
+            locked = cur.execute("SELECT pg_try_advisory_lock(%s)", (RETENTION_LOCK,)).fetchone()
+            now = cur.execute("SELECT now()").fetchone()
+        assert locked is not None and now is not None
+        if not locked[0]:
+            return {"ok": True, "skipped": "another retention run holds the lock", "dropped": [], "dry_run": dry_run}
+        report: dict[str, Any] = {
+            "ok": True,
+            "actor": actor,
+            "retention_months": months,
+            "floor_months": floor,
+            "now": now[0].isoformat(),
+            "cutoff": months_before(now[0], months).isoformat(),
+            "dry_run": dry_run,
+            "dropped": [],
+            "kept": [],
+        }
+        try:
+            partitions = list_partitions(conn)
+            due = due_partitions(partitions, now[0], months)
+            report["kept"] = [p.name for p in partitions if p not in due]
+            for part in due:
+                entry = {**part.as_dict(), "rows": _count(conn, part.name)}
+                if not dry_run:
+                    ident = sql.Identifier(part.name)
+                    how = sql.SQL("FINALIZE" if part.detach_pending else "CONCURRENTLY")
+                    conn.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {} {}").format(
+                        sql.Identifier(PARENT), ident, how))
+                    conn.execute(sql.SQL("DROP TABLE {}").format(ident))
+                report["dropped"].append(entry)
+        except psycopg.Error as exc:
+            report["ok"] = False
+            report["error"] = f"{type(exc).__name__}: {exc}".strip()
+        finally:
+            if report["dropped"] and not dry_run:
+                _write_audit(conn, report)
+            conn.execute("SELECT pg_advisory_unlock(%s)", (RETENTION_LOCK,))
+    return report
+
+
+def scheduled_purge(settings: Any) -> dict[str, Any] | None:
+    """The worker's maintenance step: purge per the environment's policy; None when it sets none."""
+    policy = RetentionPolicy()
+    if policy.months is None:
+        return None
+    return purge_audit_partitions(settings.conninfo(), policy.months, policy.floor_months, actor="worker")

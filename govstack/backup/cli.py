@@ -1,0 +1,155 @@
+"""`govstack backup`, `govstack restore`, `govstack drill` (registered on the
+main CLI by govstack/cli.py). Each works against any inventory host, local or
+over SSH; the data never leaves that host.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from govstack.backup.remote import BackupError
+
+DEFAULT_INVENTORY = "inventories/local.py"
+
+inventory_option = click.option("-i", "--inventory", default=DEFAULT_INVENTORY, show_default=True,
+                                help="pyinfra inventory file")
+host_option = click.option("--host", "host_name", default=None, help="inventory host (default: the only one)")
+
+
+def _fail(message: str, code: int = 1) -> None:
+    click.echo(f"govstack: {message}", err=True)
+    raise SystemExit(code)
+
+
+def stack_for(inventory: str, host_name: str | None):
+    """The StackHost of one inventory host, reached as testinfra reaches it."""
+    from govstack.backup.remote import StackHost
+    from govstack.inventory import InventoryError, load_inventory
+    from govstack.plan import StackPlan
+    from govstack.remote import testinfra_host
+    from govstack.settings import SettingsError
+    from govstack.tuning import HostResources
+
+    try:
+        hosts = load_inventory(inventory)
+    except (InventoryError, SettingsError) as error:
+        _fail(str(error), 2)
+    matches = [h for h in hosts if host_name in (None, h.name)]
+    if len(matches) != 1:
+        _fail("name one host with --host (the inventory has several)" if matches else f"no host {host_name!r}", 2)
+    entry = matches[0]
+    if not entry.settings.backup.enabled:
+        _fail(f"{entry.name}: backups are disabled (govstack.backup.enabled)", 2)
+    # These commands use paths, ports and names only; no tuning, so the host's
+    # real resources do not matter here.
+    plan = StackPlan(entry.settings, HostResources(memory_mb=1024, cpus=1))
+    return StackHost(testinfra_host(entry.name, entry.data), plan)
+
+
+def _echo_json(data) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+@click.command()
+@inventory_option
+@host_option
+@click.option("--list", "list_runs", is_flag=True, help="list the backup runs instead")
+@click.option("--from", "source", type=click.Choice(["local", "offsite"]), default="local", show_default=True,
+              help="repository to list (with --list)")
+@click.option("--check-subset", default=None, help="restic check --read-data-subset for this run, e.g. 100%")
+@click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
+def backup(inventory: str, host_name: str | None, list_runs: bool, source: str, check_subset: str | None,
+           as_json: bool) -> None:
+    """Run a backup now (the service's schedule runs them too), or list the runs."""
+    from govstack.backup.ops import backup_now
+    from govstack.backup.ops import list_runs as runs_of
+
+    stack = stack_for(inventory, host_name)
+    try:
+        if list_runs:
+            runs = runs_of(stack, source)
+            if as_json:
+                _echo_json(runs)
+                return
+            for run in runs:
+                state = "complete" if run["complete"] else "incomplete"
+                click.echo(f"{run['run']}  {run['time'][:19]}  {state:10}  manifest "
+                           f"{(run['snapshots'].get('manifest') or '-')[:8]}")
+            return
+        summary = backup_now(stack, check_subset)
+    except BackupError as error:
+        _fail(str(error))
+    if as_json:
+        _echo_json(summary)
+    else:
+        click.echo(f"backup run {summary['run']}: {summary['bytes']} bytes in {summary['duration_s']:.1f}s, "
+                   f"verified; manifest snapshot {summary['manifest_snapshot'][:8]}"
+                   + (f"; copied to {summary['offsite']}" if summary.get("offsite") else ""))
+
+
+@click.command()
+@inventory_option
+@host_option
+@click.option("--snapshot", required=True, help="latest, a run id (govstack backup --list) or a snapshot id")
+@click.option("--component", type=click.Choice(["postgres", "objects", "vectors", "all"]), default="all",
+              show_default=True)
+@click.option("--force", is_flag=True, help="restore over existing data (the previous data is kept aside)")
+@click.option("--from", "source", type=click.Choice(["local", "offsite"]), default="local", show_default=True,
+              help="repository to restore from")
+@click.option("--json", "as_json", is_flag=True, help="print the full report as JSON")
+def restore(inventory: str, host_name: str | None, snapshot: str, component: str, force: bool, source: str,
+            as_json: bool) -> None:
+    """Stop the app, restore a backup run, verify it against its manifest, restart the app."""
+    from govstack.backup.ops import restore as run_restore
+
+    stack = stack_for(inventory, host_name)
+    try:
+        report = run_restore(stack, snapshot, component, force, source)
+    except BackupError as error:
+        _fail(str(error), 3 if error.kind == "non-empty" else 1)
+    if as_json:
+        _echo_json(report)
+        return
+    click.echo(f"restored run {report['run']} ({', '.join(report['components'])}) in {report['restore_s']:.1f}s; "
+               f"verified against its manifest; app down for {report['outage_s']:.1f}s")
+    kept = (report["components"].get("postgres") or {}).get("kept_previous_as")
+    if kept:
+        click.echo(f"the previous database is kept as {kept}")
+
+
+@click.command()
+@inventory_option
+@host_option
+@click.option("--json", "as_json", is_flag=True, help="print the evidence as JSON")
+def drill(inventory: str, host_name: str | None, as_json: bool) -> None:
+    """Disaster-recovery drill: back up, destroy the data, restore, prove equality, write evidence."""
+    from govstack.backup.drill import drill as run_drill
+
+    stack = stack_for(inventory, host_name)
+    try:
+        evidence = run_drill(stack)
+    except BackupError as error:
+        _fail(str(error))
+    if as_json:
+        _echo_json(evidence)
+        return
+    t = evidence["timings"]
+    click.echo(f"drill {evidence['drill_id']}: PASS; RTO {t['rto_s']:.1f}s (restore {t['restore_s']:.1f}s), "
+               f"data age {evidence['rpo']['data_age_s']:.1f}s; evidence: {', '.join(evidence['files'])}")
+    click.echo(f"the destroyed data directories were moved to {evidence['set_aside']} (delete them when done)")
+
+
+@click.group()
+def _standalone() -> None:
+    """The backup commands alone (the main CLI registers them too)."""
+
+
+_standalone.add_command(backup)
+_standalone.add_command(restore)
+_standalone.add_command(drill)
+
+if __name__ == "__main__":
+    _standalone(prog_name=f"{sys.executable} -m govstack.backup.cli")

@@ -1,0 +1,249 @@
+"""`govstack backup` and `govstack restore`, as functions of a testinfra host
+and a StackPlan (local or over SSH alike).
+
+Restore order, and why:
+
+1. Preflight, touching nothing: the repository opens with the password, the
+   run exists, and the targets are empty (or ``force``). Any failure here
+   leaves the stack exactly as it was.
+2. Stop the writers (api + worker of both colors) and the backup scheduler.
+3. Objects, then vectors: additive (existing collections are renamed aside,
+   objects only added or overwritten with the snapshot's bytes).
+4. Postgres last, into a scratch database, verified there, and only then
+   swapped in by rename; the database it replaces is kept, renamed.
+5. Each component verified against the run's manifest; the app is started
+   again only when everything verified (a half-restored app would serve it,
+   and its orphan cleanup would delete objects the old database does not name).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from govstack.backup.deploy import backup_role_sql
+from govstack.backup.plan import BACKUP_ROLE, ROLE_SECRET
+from govstack.backup.remote import BackupError, StackHost, last_json, q
+from govstack.secrets import secret_path
+
+COMPONENTS = ("postgres", "objects", "vectors")
+
+
+def backup_now(stack: StackHost, check_subset: str | None = None) -> dict[str, Any]:
+    """One backup run in the running backup service; its summary."""
+    stack.require_service("backup")
+    args = ["run", "--json"] + (["--check-subset", check_subset] if check_subset else [])
+    result = stack.sh(stack.job(*args))
+    summary = last_json(result.stdout)
+    if not result.ok or not summary or not summary.get("ok"):
+        cause = (summary or {}).get("error") or result.tail()
+        raise BackupError(f"backup failed: {cause}", "backup-failed")
+    return summary
+
+
+def list_runs(stack: StackHost, source: str = "local") -> list[dict[str, Any]]:
+    stack.require_service("backup")
+    return stack.job_json("runs", "--from", source, timeout=600)["runs"]
+
+
+def find_run(stack: StackHost, snapshot: str, source: str = "local", oneoff: bool = False) -> dict[str, Any]:
+    """The run (with manifest) that ``snapshot`` names: latest, a run id or a snapshot id."""
+    return stack.job_json("manifest", snapshot, "--from", source, oneoff=oneoff, timeout=600)
+
+
+# -- postgres ------------------------------------------------------------------------------------
+def postgres_contents(stack: StackHost, database: str) -> dict[str, int] | None:
+    """Tables with rows in ``database`` (name -> 1), {} when it exists but holds no row,
+    None when it does not exist."""
+    exists = stack.psql(f"SELECT 1 FROM pg_database WHERE datname = '{database}'").strip()  # noqa: S608
+    if not exists:
+        return None
+    # One exact probe per table, in one statement (query_to_xml runs each EXISTS).
+    rows = stack.psql(
+        "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+        "AND n.nspname NOT LIKE 'pg\\_toast%' "
+        "AND (xpath('/row/e/text()', query_to_xml(format('SELECT EXISTS (SELECT 1 FROM %I.%I) AS e', "
+        "n.nspname, c.relname), false, true, '')))[1]::text = 'true' ORDER BY 1",
+        database,
+    )
+    return {line.strip(): 1 for line in rows.splitlines() if line.strip()}
+
+
+def role_secrets(stack: StackHost) -> dict[str, str]:
+    """Login roles whose passwords the host holds: set again after a restore
+    (the dump of the roles carries no passwords)."""
+    s = stack.settings
+    roles = {s.postgres.app_user: secret_path(s, "postgres_app_password"), BACKUP_ROLE: secret_path(s, ROLE_SECRET)}
+    try:  # the monitoring tier's exporter role, when that tier is deployed
+        from govstack.monitoring import MONITOR_ROLE, MONITOR_SECRET
+
+        roles[MONITOR_ROLE] = f"{s.secrets_dir}/{MONITOR_SECRET}"
+    except ImportError:
+        pass
+    return roles
+
+
+def _restore_roles(stack: StackHost, run: str, source: str) -> None:
+    """Roles and memberships from the run, then the passwords from the host's secrets."""
+    pg = stack.require_service("postgres")
+    # Existing roles make CREATE ROLE fail harmlessly: no ON_ERROR_STOP here.
+    stack.sh(
+        f"{stack.job('dump', run, 'postgres_globals', '--from', source, oneoff=True)} "
+        f"| grep -v -E '^(CREATE|ALTER) ROLE postgres( |;)' "
+        f"| docker exec -i {q(pg)} psql -X -q -U postgres -d postgres >/dev/null 2>&1; true",
+    )
+    for role, path in role_secrets(stack).items():
+        exists = stack.sh(f"test -s {q(path)}").ok
+        if not exists:
+            continue
+        if role == BACKUP_ROLE:
+            stack.psql_script(backup_role_sql(role, "postgres", f"$(cat {q(path)})"))
+            continue
+        stack.psql_script(
+            f"printf \"SELECT 'CREATE ROLE {role} LOGIN' WHERE NOT EXISTS "  # noqa: S608
+            f"(SELECT FROM pg_roles WHERE rolname = '{role}')\\\\gexec\\n\"; "
+            f"printf \"ALTER ROLE {role} WITH LOGIN PASSWORD '%s';\\n\" \"$(cat {q(path)})\""
+        )
+
+
+def restore_postgres(stack: StackHost, entry: dict[str, Any], source: str, stamp: str) -> dict[str, Any]:
+    """Restore into a scratch database, verify it there, then swap it in by rename."""
+    s = stack.settings
+    db, app_user = s.postgres.database, s.postgres.app_user
+    scratch = f"{db}_restore"
+    kept = f"{db}_pre_restore_{stamp.lower()}"
+    pg = stack.require_service("postgres")
+    t0 = time.monotonic()
+    _restore_roles(stack, entry["run"], source)
+    stack.psql(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
+    stack.psql(f'CREATE DATABASE "{scratch}" OWNER "{app_user}"')
+    stack.psql(f'REVOKE ALL ON DATABASE "{scratch}" FROM PUBLIC; '
+               f'GRANT CONNECT ON DATABASE "{scratch}" TO "{BACKUP_ROLE}"')
+    # --single-transaction: all of it or none of it (implies --exit-on-error).
+    result = stack.sh(
+        f"{stack.job('dump', entry['run'], 'postgres', '--from', source, oneoff=True)} "
+        f"| docker exec -i {q(pg)} pg_restore -U postgres -d {q(scratch)} --single-transaction --no-password",
+    )
+    if not result.ok:
+        stack.psql(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)', check=False)
+        raise BackupError(f"pg_restore into {scratch} failed: {result.tail()}", "restore-failed")
+    restored_s = time.monotonic() - t0
+    check = stack.job_json("verify-postgres", entry["run"], "--database", scratch, "--from", source, oneoff=True)
+    if not check.get("ok"):
+        raise BackupError(f"the restored database does not match the snapshot: {check.get('problems')[:5]} "
+                          f"(left as {scratch} for inspection; {db} untouched)", "verify-failed")
+    # The swap: nothing may be connected to either database.
+    stack.psql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity "  # noqa: S608 - validated names
+               f"WHERE datname IN ('{db}', '{scratch}') AND pid <> pg_backend_pid()")
+    existed = bool(stack.psql(f"SELECT 1 FROM pg_database WHERE datname = '{db}'").strip())  # noqa: S608
+    if existed:
+        stack.psql(f'ALTER DATABASE "{db}" RENAME TO "{kept}"')
+    stack.psql(f'ALTER DATABASE "{scratch}" RENAME TO "{db}"')
+    return {**check, "database": db, "kept_previous_as": kept if existed else None,
+            "restore_s": round(restored_s, 3)}
+
+
+# -- the whole restore ----------------------------------------------------------------------------
+def preflight(stack: StackHost, snapshot: str, components: tuple[str, ...], force: bool,
+              source: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Everything checked before anything is stopped: the run and what the targets hold."""
+    for service in stack.plan.data_services:
+        stack.require_service(service)
+    # The scheduler may be stopped (a drill stops it): then a one-off container answers.
+    oneoff = stack.container("backup") is None
+    entry = find_run(stack, snapshot, source, oneoff=oneoff)
+    state = stack.job_json("state", entry["run"], "--from", source, oneoff=oneoff)
+    busy: dict[str, Any] = {}
+    if "postgres" in components:
+        tables = postgres_contents(stack, stack.settings.postgres.database)
+        if tables:
+            busy["postgres"] = f"database {stack.settings.postgres.database} has rows in {', '.join(list(tables)[:5])}"
+    if "objects" in components and state.get("objects"):
+        busy["objects"] = f"buckets hold objects: {state['objects']}"
+    if "vectors" in components and state.get("vectors"):
+        busy["vectors"] = f"collections hold vectors: {state['vectors']}"
+    if busy and not force:
+        reasons = "; ".join(f"{name}: {why}" for name, why in busy.items())
+        raise BackupError(
+            f"refusing to restore over existing data ({reasons}). --force restores anyway: the current "
+            "database is kept renamed, non-empty collections are kept renamed, and objects of the snapshot "
+            "overwrite those with the same key", "non-empty")
+    return entry, busy
+
+
+def restore(stack: StackHost, snapshot: str = "latest", component: str = "all", force: bool = False,
+            source: str = "local", restart_app: bool = True) -> dict[str, Any]:
+    """Stop writers, restore, verify against the run's manifest, restart the app.
+    Returns a report; raises BackupError (the stack untouched when it fails in preflight)."""
+    components = COMPONENTS if component == "all" else (component,)
+    unknown = set(components) - set(COMPONENTS)
+    if unknown:
+        raise BackupError(f"unknown component {sorted(unknown)[0]!r}; choose postgres, objects, vectors or all",
+                          "usage")
+    started = time.monotonic()
+    entry, busy = preflight(stack, snapshot, components, force, source)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    report: dict[str, Any] = {"run": entry["run"], "source": source, "components": {}, "forced_over": busy,
+                              "manifest_snapshot": entry["snapshots"]["manifest"], "started_at": stamp}
+
+    writers = stack.app_containers()
+    t_stop = time.monotonic()
+    stack.stop(writers)
+    stack.sh(f"{stack.compose} stop -t 60 backup", timeout=180, check=True)
+    report["writers_stopped"] = len(writers)
+    changed = False
+    ok = False
+    try:
+        force_flag = ["--force"] if force else []
+        t_restore = time.monotonic()
+        if "objects" in components:
+            changed = True
+            out = stack.job_json("restore-objects", entry["run"], "--from", source, *force_flag, oneoff=True)
+            report["components"]["objects"] = out
+            if not out.get("ok"):
+                raise BackupError(f"objects do not match the snapshot after restore: {_object_problems(out)}",
+                                  "verify-failed")
+        if "vectors" in components:
+            changed = True
+            out = stack.job_json("restore-vectors", entry["run"], "--from", source, *force_flag, oneoff=True)
+            report["components"]["vectors"] = out
+            if not out.get("ok"):
+                raise BackupError(f"vectors do not match the snapshot after restore: {out.get('problems')}",
+                                  "verify-failed")
+        if "postgres" in components:
+            out = restore_postgres(stack, entry, source, stamp)
+            changed = True
+            report["components"]["postgres"] = out
+        report["restore_s"] = round(time.monotonic() - t_restore, 3)
+        ok = True
+    except BackupError as exc:
+        if changed:
+            raise BackupError(f"{exc}. Components restored before this step stay restored; the app is left "
+                              "stopped so it serves nothing half-restored (`govstack up` starts it)",
+                              exc.kind) from exc
+        raise
+    finally:
+        stack.sh(f"{stack.compose} start backup", timeout=180)
+        stack.wait_healthy(stack.containers(stack.settings.project, "backup"), timeout_s=120)
+        if restart_app and (ok or not changed):
+            stack.start(writers)
+            stack.wait_healthy(writers)
+            report["writers_restarted"] = len(writers)
+        elif not ok:
+            report["writers_left_stopped"] = writers
+    report["outage_s"] = round(time.monotonic() - t_stop, 3)
+    report["total_s"] = round(time.monotonic() - started, 3)
+    report["ok"] = True
+    report["writers"] = writers
+    return report
+
+
+def _object_problems(out: dict[str, Any]) -> str:
+    parts = []
+    for bucket, check in (out.get("buckets") or {}).items():
+        if not check.get("ok"):
+            parts.append(f"{bucket}: {check.get('missing_count')} missing, {check.get('mismatched_count')} differ")
+    return "; ".join(parts) or json.dumps(out)[:300]

@@ -1,0 +1,789 @@
+"""Compliance jobs and operator reports:
+
+- ``govstack audit-retention``: drop monthly audit_logs partitions older than
+  ``compliance.audit_retention_months`` (never below the floor), by running
+  ``govstack-app purge-audit-partitions`` in the serving color's API container.
+  The worker runs the same function hourly (app/govstack_app/retention.py).
+- ``govstack access-review``: the API keys as CSV (name, role, created by,
+  created, last used, active, revoked), 0600 under ``<stack_root>/reports``.
+- ``govstack report residency``: where each kind of data lives and what is
+  encrypted at rest, from the settings plus the few facts only the host knows.
+- ``govstack report storage [--apply]``: table and index sizes, audit
+  partitions and when the retention drops them, orphan objects and vectors,
+  leftovers of restores and drills; changes nothing without ``--apply``.
+
+Every command works against any inventory host, local or over SSH (through
+testinfra, as `govstack check` does); the data stays on that host and only
+the answers travel. This module imports nothing of govstack at import time,
+so that govstack/settings.py can import ComplianceSettings from it.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+DEFAULT_INVENTORY = "inventories/local.py"
+# Restores and drills keep what they replace, under these names (govstack/backup).
+PRE_RESTORE_DATABASE = "{database}_pre_restore_%"
+SCRATCH_DATABASE = "{database}_restore"
+PRE_RESTORE_COLLECTION = "__pre_restore_"
+DRILL_ASIDE = ".drill-aside"
+
+
+class ComplianceSettings(BaseModel):
+    """The ``govstack.compliance`` settings section (``Settings.compliance``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    audit_retention_months: int = Field(
+        24, ge=1, le=1200,
+        description="audit_logs months kept; older monthly partitions are dropped (worker, hourly)",
+    )
+    audit_retention_floor_months: int = Field(
+        12, ge=1, le=1200, description="a shorter retention is refused, here and by the app"
+    )
+    location: str = Field(
+        "unspecified", min_length=1, max_length=200,
+        description="where this host's data physically is (country, region, provider), for the residency report",
+    )
+    disk_encrypted: bool | None = Field(
+        None, description="the host's data disk is encrypted at rest (e.g. a provider volume); null = detect dm-crypt",
+    )
+    reports_dir: str | None = Field(
+        None, description="where reports are written on the host; null = <stack_root>/reports"
+    )
+
+    @model_validator(mode="after")
+    def _retention_above_floor(self) -> ComplianceSettings:
+        if self.audit_retention_months < self.audit_retention_floor_months:
+            raise ValueError(
+                f"audit_retention_months ({self.audit_retention_months}) is below "
+                f"audit_retention_floor_months ({self.audit_retention_floor_months})"
+            )
+        return self
+
+
+def compliance_settings(settings: Any) -> ComplianceSettings:
+    # Until Settings has the section, the defaults apply.
+    return getattr(settings, "compliance", None) or ComplianceSettings()
+
+
+def reports_dir(settings: Any) -> str:
+    return compliance_settings(settings).reports_dir or f"{settings.stack_root}/reports"
+
+
+class ComplianceError(RuntimeError):
+    """A step failed; the message is for the operator."""
+
+
+def q(value: Any) -> str:
+    return shlex.quote(str(value))
+
+
+def last_json(text: str) -> Any:
+    """The last line of ``text`` that parses as JSON (the app's answers end with one)."""
+    for line in reversed(text.strip().splitlines()):
+        line = line.strip()
+        if line.startswith(("{", "[")):
+            try:
+                return json.loads(line)
+            except ValueError:
+                continue
+    return None
+
+
+class StackShell:
+    """Commands on one inventory host, each bounded by coreutils' timeout.
+
+    testinfra's run() has neither stdin nor a timeout, so SQL travels as a
+    printf argument and every command is wrapped in ``timeout``.
+    """
+
+    def __init__(self, entry: Any) -> None:
+        from govstack.remote import testinfra_host
+
+        self.entry = entry
+        self.settings = entry.settings
+        self.host = testinfra_host(entry.name, entry.data)
+
+    def sh(self, command: str, timeout: int = 600, check: bool = True) -> str:
+        out = self.host.run(f"timeout --kill-after=10 {timeout} bash -o pipefail -c {q(command)}")
+        if out.rc == 124:
+            raise ComplianceError(f"{self.entry.name}: timed out after {timeout} s: {command[:120]}")
+        if check and out.rc != 0:
+            tail = " | ".join((out.stderr or out.stdout).strip().splitlines()[-3:])
+            raise ComplianceError(f"{self.entry.name}: command failed ({out.rc}): {tail}")
+        return out.stdout
+
+    def container(self, project: str, service: str) -> str:
+        ids = self.sh(
+            f"docker ps -q --filter label=com.docker.compose.project={q(project)} "
+            f"--filter label=com.docker.compose.service={q(service)} "
+            "--filter label=com.docker.compose.oneoff=False --filter status=running", timeout=60,
+        ).split()
+        if not ids:
+            raise ComplianceError(f"{self.entry.name}: no running {service} container in {project} "
+                                  "(`govstack up` starts the stack)")
+        return ids[0]
+
+    def serving_color(self) -> str:
+        raw = self.sh(f"cat {q(self.settings.stack_root)}/state/release.json", timeout=30, check=False).strip()
+        if not raw:
+            raise ComplianceError(f"{self.entry.name}: no release yet; run `govstack up` first")
+        return json.loads(raw)["color"]
+
+    def serving_project(self) -> str:
+        return f"{self.settings.project}-{self.serving_color()}"
+
+    def psql(self, sql: str, database: str | None = None, *, csv: bool = False, timeout: int = 600) -> str:
+        """Rows of SQL run by the superuser over the server's local socket (tab-separated, or CSV with a header)."""
+        pg = self.container(self.settings.project, "postgres")
+        fmt = "--csv" if csv else "-tA -F '\t'"
+        return self.sh(
+            f"printf '%s\\n' {q(sql)} | docker exec -i {q(pg)} psql -X -q -v ON_ERROR_STOP=1 -U postgres "
+            f"-d {q(database or self.settings.postgres.database)} {fmt}",
+            timeout=timeout,
+        )
+
+    def _in_app(self, entrypoint: str) -> str:
+        """The command prefix that runs ``entrypoint`` with the serving color's configuration: in its
+        running API container, or, while the app is stopped (a maintenance window), in a one-off
+        container of the same Compose service (same image, environment, secrets and networks)."""
+        color = self.serving_color()
+        project = f"{self.settings.project}-{color}"
+        ids = self.sh(
+            f"docker ps -q --filter label=com.docker.compose.project={q(project)} "
+            "--filter label=com.docker.compose.service=api --filter label=com.docker.compose.oneoff=False "
+            "--filter status=running", timeout=60,
+        ).split()
+        if ids:
+            return f"docker exec -i {q(ids[0])} {entrypoint}"
+        compose_file = f"{self.settings.stack_root}/app/{color}.yml"
+        return (f"docker compose -p {q(project)} -f {q(compose_file)} run --rm --no-deps -T "
+                f"--entrypoint {entrypoint} api")
+
+    def app(self, *args: str, timeout: int = 900) -> str:
+        """``govstack-app ARGS`` with the serving color's configuration; its stdout."""
+        return self.sh(f"{self._in_app('govstack-app')} {' '.join(q(a) for a in args)}", timeout=timeout)
+
+    def app_python(self, script: str, *args: str, timeout: int = 300) -> Any:
+        """A Python snippet with the serving color's settings, clients and network; its JSON answer."""
+        out = self.sh(f"{self._in_app('python3')} -c {q(script)} {' '.join(q(a) for a in args)}", timeout=timeout)
+        return last_json(out)
+
+
+def _hosts(inventory: str, host_name: str | None) -> list[Any]:
+    from govstack.inventory import InventoryError, load_inventory
+    from govstack.settings import SettingsError
+
+    try:
+        hosts = load_inventory(inventory)
+    except (InventoryError, SettingsError) as error:
+        _fail(str(error), 2)
+    chosen = [h for h in hosts if host_name in (None, h.name)]
+    if not chosen:
+        _fail(f"no host {host_name!r} in {inventory}", 2)
+    return chosen
+
+
+def _fail(message: str, code: int = 1) -> None:
+    click.echo(f"govstack: {message}", err=True)
+    raise SystemExit(code)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+# == audit retention ============================================================================
+def run_audit_retention(shell: StackShell, months: int | None = None, dry_run: bool = False,
+                        actor: str = "operator") -> dict[str, Any]:
+    policy = compliance_settings(shell.settings)
+    months = policy.audit_retention_months if months is None else months
+    floor = policy.audit_retention_floor_months
+    if months < floor:
+        raise ComplianceError(f"refusing a retention of {months} months: the floor is {floor} months "
+                              "(compliance.audit_retention_floor_months)")
+    args = ["purge-audit-partitions", "--months", str(months), "--floor", str(floor), "--actor", actor]
+    out = shell.app(*args, *(["--dry-run"] if dry_run else []))
+    report = last_json(out)
+    if not isinstance(report, dict):
+        raise ComplianceError(f"govstack-app purge-audit-partitions gave no answer: {out[-300:]}")
+    if not report.get("ok"):
+        raise ComplianceError(f"audit retention failed: {report.get('error')}")
+    return report
+
+
+# == access review ==============================================================================
+ACCESS_REVIEW_COLUMNS = ("name", "role", "created_by", "created", "last_used", "active", "revoked")
+# last_used_at is refreshed at most once a minute per key (the app's lookup).
+ACCESS_REVIEW_SQL = (
+    "SELECT name, role, coalesce(created_by, '') AS created_by, "
+    "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS created, "
+    "coalesce(to_char(last_used_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), '') AS last_used, "
+    "CASE WHEN is_active THEN 'true' ELSE 'false' END AS active, "
+    "coalesce(to_char(revoked_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), '') AS revoked "
+    "FROM api_keys ORDER BY name"
+)
+
+
+def access_review_path(settings: Any, when: datetime | None = None) -> str:
+    return f"{reports_dir(settings)}/access-review-{(when or _now()).strftime('%Y-%m-%d')}.csv"
+
+
+def write_access_review(shell: StackShell, path: str) -> int:
+    """Write the CSV on the host (the key list never leaves it); the number of keys."""
+    pg = shell.container(shell.settings.project, "postgres")
+    directory = path.rsplit("/", 1)[0] or "/"
+    shell.sh(
+        f"umask 077 && mkdir -p {q(directory)} && chmod 700 {q(directory)} && "
+        f"printf '%s\\n' {q(ACCESS_REVIEW_SQL)} | docker exec -i {q(pg)} psql -X -q -v ON_ERROR_STOP=1 "
+        f"-U postgres -d {q(shell.settings.postgres.database)} --csv > {q(path + '.partial')} && "
+        f"chmod 600 {q(path + '.partial')} && mv {q(path + '.partial')} {q(path)}",
+        timeout=300,
+    )
+    lines = shell.sh(f"wc -l < {q(path)}", timeout=30).strip()
+    return max(int(lines or 1) - 1, 0)
+
+
+# == residency ==================================================================================
+# Checked on SeaweedFS 4.48 itself: it implements SSE-S3 (a key-encryption key
+# from s3.sse.kek / s3.sse.key in security.toml, or WEED_S3_SSE_KEK / _KEY),
+# SSE-C and SSE-KMS; without a KEK it logs "No KEK configured. SSE-S3
+# encryption is disabled" and refuses SSE-S3 requests (HTTP 500).
+SEAWEEDFS_SSE = (
+    "SeaweedFS {version} implements S3 server-side encryption (SSE-S3 with a configured key-encryption key, "
+    "SSE-C, SSE-KMS), but this deployment configures no key-encryption key and no bucket default encryption, "
+    "so SSE is disabled and objects are stored unencrypted in the volume files"
+)
+
+_BUCKET_SSE_SCRIPT = r"""
+import json
+from govstack_app.settings import Settings
+from govstack_app.storage import ObjectStore
+store = ObjectStore(Settings())
+cfg = store.client.get_bucket_encryption(store.bucket)
+print(json.dumps({"bucket": store.bucket, "sse": cfg.rule.sse_algorithm if cfg else None}))
+"""
+
+
+def disk_encryption_fact(shell: StackShell, path: str) -> dict[str, Any]:
+    """Whether a dm-crypt (LUKS) device lies under the filesystem that holds ``path``."""
+    out = shell.sh(
+        f"src=$(findmnt -n -o SOURCE --target {q(path)} | head -n 1); echo \"source=$src\"; "
+        "lsblk -n -s -o TYPE \"$src\" 2>/dev/null | tr -d ' ' | sort -u | tr '\\n' ' '", timeout=30, check=False,
+    )
+    lines = out.strip().splitlines()
+    source = lines[0].removeprefix("source=") if lines else ""
+    types = lines[1].split() if len(lines) > 1 else []
+    return {"source": source, "crypt": "crypt" in types, "types": types}
+
+
+def residency_facts(shell: StackShell) -> dict[str, Any]:
+    """What only the host knows: disk encryption under the data directory, the bucket's default SSE."""
+    facts: dict[str, Any] = {}
+    try:
+        facts["disk"] = disk_encryption_fact(shell, shell.settings.data_dir)
+    except ComplianceError as error:
+        facts["disk_error"] = str(error)
+    try:
+        facts["bucket_sse"] = shell.app_python(_BUCKET_SSE_SCRIPT)
+    except ComplianceError as error:
+        facts["bucket_sse_error"] = str(error)
+    return facts
+
+
+def _disk(declared: bool | None, facts: dict[str, Any]) -> tuple[str, str]:
+    """(yes/no/unknown, how that is known) for the host disk under the data directory."""
+    if declared is not None:
+        return ("yes" if declared else "no"), "declared in compliance.disk_encrypted"
+    disk = facts.get("disk")
+    if disk and disk.get("crypt"):
+        return "yes", f"dm-crypt (LUKS) under {disk['source']}, detected"
+    if disk:
+        return "no", (f"no dm-crypt under {disk['source'] or 'the data directory'}, detected; a volume the "
+                      "provider encrypts cannot be seen from inside: declare it in compliance.disk_encrypted")
+    return "unknown", f"the host could not be asked ({facts.get('disk_error', 'no answer')})"
+
+
+def residency_report(entry: Any, facts: dict[str, Any]) -> dict[str, Any]:
+    """Where each kind of data lives on one host and what is encrypted at rest. Pure: settings + facts."""
+    from govstack.plan import StackPlan
+    from govstack.tuning import HostResources
+
+    s = entry.settings
+    policy = compliance_settings(s)
+    plan = StackPlan(s, HostResources(memory_mb=1024, cpus=1))
+    disk_state, disk_how = _disk(policy.disk_encrypted, facts)
+    disk = f"{disk_state} (host disk)"
+    backup = getattr(s, "backup", None)
+    backup_root = (getattr(backup, "root", None) or f"{s.stack_root}/backups")
+    items: list[dict[str, str]] = [
+        {"data": "document records, API keys (hashed), audit log, text chunks", "store": "PostgreSQL",
+         "where": plan.data_path("postgres"), "encrypted_at_rest": disk,
+         "note": "PostgreSQL has no built-in encryption at rest"},
+    ]
+    if s.object_store.kind == "seaweedfs":
+        sse = facts.get("bucket_sse")
+        if sse and sse.get("sse"):
+            objects = f"yes: bucket default {sse['sse']} (SeaweedFS SSE)"
+        else:
+            objects = "no SSE"
+            if "bucket_sse_error" in facts:
+                objects += f" (the bucket could not be asked: {facts['bucket_sse_error']})"
+        items.append({"data": "original files (objects)", "store": f"SeaweedFS {s.images.seaweedfs_version} S3",
+                      "where": plan.data_path("seaweedfs"), "encrypted_at_rest": f"{objects}; {disk}",
+                      "note": f"bucket {s.object_store.bucket}; "
+                      + SEAWEEDFS_SSE.format(version=s.images.seaweedfs_version)})
+    else:
+        items.append({"data": "original files (objects)", "store": "external S3 endpoint",
+                      "where": f"{s.object_store.endpoint} bucket {s.object_store.bucket}",
+                      "encrypted_at_rest": "as the external store is configured (not managed here)", "note": ""})
+    items += [
+        {"data": "embeddings and chunk text", "store": f"Chroma {s.images.chroma_version}",
+         "where": plan.data_path("chroma"), "encrypted_at_rest": disk, "note": "SQLite and HNSW files"},
+    ]
+    if backup is None or getattr(backup, "enabled", True):
+        items.append({"data": "backups: database dump, every object, every vector", "store": "restic repository",
+                      "where": f"{backup_root}/restic", "encrypted_at_rest": "yes, always: restic encrypts every "
+                      "blob (AES-256-CTR + Poly1305-AES)",
+                      "note": "its key is the secret restic_password on the same host: keep a copy off the host"})
+        offsite = getattr(backup, "offsite", None) if backup is not None else None
+        if offsite is not None:
+            items.append({"data": "offsite copy of the backups", "store": "restic repository on S3",
+                          "where": f"{offsite.endpoint}/{offsite.bucket}/{offsite.prefix}",
+                          "encrypted_at_rest": "yes, always (restic)", "note": f"region {offsite.region}"})
+        items.append({"data": "drill evidence (checksums, top-k search answers with text)", "store": "files",
+                      "where": f"{backup_root}/evidence", "encrypted_at_rest": disk, "note": ""})
+    items += [
+        {"data": "pre-deploy database dumps (last 5)", "store": "pg_dump files, mode 0600",
+         "where": f"{s.stack_root}/backups/pre-deploy", "encrypted_at_rest": disk,
+         "note": "plain pg_dump: not encrypted by the stack"},
+        {"data": "secrets (passwords, keys)", "store": "files, mode 0600", "where": s.secrets_dir,
+         "encrypted_at_rest": disk, "note": "readable by root on the host"},
+        {"data": "access reviews", "store": "CSV files, mode 0600", "where": reports_dir(s),
+         "encrypted_at_rest": disk, "note": ""},
+        {"data": "container logs (request ids, client addresses, no document content)", "store": "json-file",
+         "where": "/var/lib/docker/containers", "encrypted_at_rest": disk,
+         "note": f"rotated at {s.engine.log_max_size} x {s.engine.log_max_file}"},
+    ]
+    if s.monitoring.enabled:
+        items.append({"data": "metrics (no document content)", "store": "Prometheus",
+                      "where": plan.data_path("prometheus"), "encrypted_at_rest": disk,
+                      "note": f"kept {s.monitoring.retention_time}"})
+    return {
+        "host": entry.name,
+        "groups": list(getattr(entry, "groups", ())),
+        "location": policy.location,
+        "project": s.project,
+        "host_disk_encrypted": disk_state,
+        "host_disk_evidence": disk_how,
+        "items": items,
+        "in_transit": (f"clients reach the edge over TLS only ({s.public_url}); inside the host, services talk "
+                       f"in plaintext over the internal Docker network {plan.networks['data']} (no route out)"),
+    }
+
+
+def render_residency(reports: list[dict[str, Any]]) -> str:
+    lines = ["# Data residency and encryption at rest", ""]
+    for r in reports:
+        lines += [f"## {r['host']} ({r['location']})", "",
+                  f"Stack `{r['project']}`" + (f", groups {', '.join(r['groups'])}" if r["groups"] else "") + ".",
+                  "", f"Host disk under the data directory encrypted: **{r['host_disk_encrypted']}** "
+                  f"({r['host_disk_evidence']}). Data marked \"(host disk)\" is encrypted at rest only if the host "
+                  "disk is.",
+                  "", "| data | store | where | encrypted at rest | note |", "| --- | --- | --- | --- | --- |"]
+        for item in r["items"]:
+            lines.append(f"| {item['data']} | {item['store']} | `{item['where']}` | {item['encrypted_at_rest']} | "
+                         f"{item['note']} |")
+        lines += ["", f"In transit: {r['in_transit']}.", ""]
+    return "\n".join(lines)
+
+
+# == storage ====================================================================================
+STORAGE_TABLES_SQL = """
+SELECT c.relname,
+       CASE WHEN c.relkind = 'p' THEN 'partitioned' WHEN c.relispartition THEN 'partition' ELSE 'table' END,
+       greatest(c.reltuples, 0)::bigint,
+       coalesce((SELECT sum(pg_table_size(t.relid)) FROM pg_partition_tree(c.oid) t), 0)::bigint,
+       coalesce((SELECT sum(pg_indexes_size(t.relid)) FROM pg_partition_tree(c.oid) t), 0)::bigint,
+       coalesce((SELECT sum(pg_total_relation_size(t.relid)) FROM pg_partition_tree(c.oid) t), 0)::bigint
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p')
+ ORDER BY 6 DESC, 1
+"""
+STORAGE_INDEXES_SQL = """
+SELECT s.indexrelname, s.relname, pg_relation_size(s.indexrelid)::bigint, s.idx_scan
+  FROM pg_stat_user_indexes s
+ WHERE s.schemaname = 'public'
+ ORDER BY 3 DESC, 1
+"""
+PARTITIONS_SQL = """
+SELECT c.relname,
+       (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'FROM \\(''([^'']+)''\\)'))[1]::timestamptz,
+       (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \\(''([^'']+)''\\)'))[1]::timestamptz,
+       greatest(c.reltuples, 0)::bigint, pg_total_relation_size(c.oid)::bigint
+  FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+ WHERE i.inhparent = 'audit_logs'::regclass
+ ORDER BY 2 NULLS FIRST, 1
+"""
+
+_CHROMA_SCRIPT = r"""
+import json, os, sys
+import httpx
+base = ("http://%s:%s/api/v2/tenants/default_tenant/databases/default_database/collections"
+        % (os.environ["GOVSTACK_CHROMA_HOST"], os.environ["GOVSTACK_CHROMA_PORT"]))
+with httpx.Client(timeout=60) as http:
+    if sys.argv[1] == "list":
+        out, offset = [], 0
+        while True:
+            page = http.get(base, params={"limit": 100, "offset": offset})
+            page.raise_for_status()
+            for c in page.json():
+                count = http.get("%s/%s/count" % (base, c["id"]))
+                count.raise_for_status()
+                out.append({"name": c["name"], "count": count.json()})
+            if len(page.json()) < 100:
+                break
+            offset += 100
+        print(json.dumps(out))
+    else:
+        for name in sys.argv[2:]:
+            http.delete("%s/%s" % (base, name)).raise_for_status()
+        print(json.dumps({"deleted": sys.argv[2:]}))
+"""
+
+
+def _rows(text: str) -> list[list[str]]:
+    return [line.split("\t") for line in text.splitlines() if line.strip()]
+
+
+def add_months(moment: datetime, months: int) -> datetime:
+    import calendar
+
+    index = moment.year * 12 + (moment.month - 1) + months
+    year, month = divmod(index, 12)
+    return moment.replace(year=year, month=month + 1, day=min(moment.day, calendar.monthrange(year, month + 1)[1]))
+
+
+def partition_status(partitions: list[dict[str, Any]], now: datetime, months: int) -> list[dict[str, Any]]:
+    """Each audit partition with the moment the retention drops it (its upper bound + the retention)."""
+    out = []
+    for p in partitions:
+        upper = p.get("to")
+        drop_at = add_months(upper, months) if upper else None
+        status = ("current or future" if upper is None or upper > now
+                  else "due: the next retention run drops it" if drop_at <= now
+                  else "closed: an archival candidate until the retention drops it")
+        out.append({**p, "from": p["from"].isoformat() if p.get("from") else None,
+                    "to": upper.isoformat() if upper else None,
+                    "dropped_after": drop_at.isoformat() if drop_at else None, "status": status})
+    return out
+
+
+def _ts(text: str) -> datetime | None:
+    return datetime.fromisoformat(text.replace(" ", "T")).astimezone(UTC) if text else None
+
+
+def collect_storage(shell: StackShell, min_age_s: float) -> dict[str, Any]:
+    s = shell.settings
+    policy = compliance_settings(s)
+    db = s.postgres.database
+    tables = [{"name": r[0], "kind": r[1], "rows_estimate": int(r[2]), "table_bytes": int(r[3]),
+               "index_bytes": int(r[4]), "total_bytes": int(r[5])} for r in _rows(shell.psql(STORAGE_TABLES_SQL))]
+    indexes = [{"name": r[0], "table": r[1], "bytes": int(r[2]), "scans": int(r[3])}
+               for r in _rows(shell.psql(STORAGE_INDEXES_SQL))]
+    now = _now()
+    partitions = partition_status(
+        [{"name": r[0], "from": _ts(r[1]), "to": _ts(r[2]), "rows_estimate": int(r[3]), "bytes": int(r[4])}
+         for r in _rows(shell.psql(PARTITIONS_SQL))], now, policy.audit_retention_months)
+    database_bytes = int(shell.psql(f"SELECT pg_database_size('{db}')").strip() or 0)  # noqa: S608 - validated name
+    orphans = last_json(shell.app("cleanup", "--dry-run", "--min-age", str(min_age_s)))
+    if not isinstance(orphans, dict):
+        raise ComplianceError("govstack-app cleanup --dry-run gave no answer")
+    known = {r[0] for r in _rows(shell.psql("SELECT chroma_name FROM collections"))}
+    collections = shell.app_python(_CHROMA_SCRIPT, "list") or []
+    leftover_dbs = [{"name": r[0], "bytes": int(r[1])} for r in _rows(shell.psql(
+        "SELECT datname, pg_database_size(datname) FROM pg_database "  # noqa: S608 - validated name
+        f"WHERE datname LIKE '{PRE_RESTORE_DATABASE.format(database=db)}' "
+        f"OR datname = '{SCRATCH_DATABASE.format(database=db)}' ORDER BY 1", "postgres"))]
+    aside = f"{s.data_dir}/{DRILL_ASIDE}"
+    drill_dirs = [{"path": r[1], "bytes": int(r[0])} for r in _rows(shell.sh(
+        f"[ -d {q(aside)} ] && du -sb {q(aside)}/* 2>/dev/null | tr -s ' \\t' '\\t' || true", timeout=300))]
+    data_dirs = {r[1].rsplit("/", 1)[-1]: int(r[0]) for r in _rows(shell.sh(
+        f"du -sb {q(s.data_dir)}/*/ 2>/dev/null | sed 's#/$##' | tr -s ' \\t' '\\t' || true", timeout=300))}
+    return {
+        "host": shell.entry.name,
+        "min_age_s": min_age_s,
+        "database_bytes": database_bytes,
+        "tables": tables,
+        "indexes": indexes,
+        "audit_partitions": partitions,
+        "retention_months": policy.audit_retention_months,
+        "orphan_objects": orphans.get("orphan_objects", []),
+        "orphan_vectors": orphans.get("orphan_vector_documents", {}),
+        "collections_without_row": [c for c in collections if c["name"] not in known],
+        "leftovers": {
+            "databases": leftover_dbs,
+            "collections": [c for c in collections if PRE_RESTORE_COLLECTION in c["name"]],
+            "drill_aside": drill_dirs,
+        },
+        "data_dirs": data_dirs,
+    }
+
+
+def apply_storage(shell: StackShell, report: dict[str, Any], drop_leftovers: bool) -> dict[str, Any]:
+    """Remove the orphans (the app's own cleanup) and, when asked, the restore and drill leftovers."""
+    done: dict[str, Any] = {}
+    cleaned = last_json(shell.app("cleanup", "--min-age", str(report["min_age_s"])))
+    done["orphan_objects_removed"] = len((cleaned or {}).get("orphan_objects", []))
+    done["orphan_vector_documents_removed"] = sum(len(v) for v in (cleaned or {}).get("orphan_vector_documents",
+                                                                                     {}).values())
+    if drop_leftovers:
+        left = report["leftovers"]
+        for database in left["databases"]:
+            shell.psql(f'DROP DATABASE IF EXISTS "{database["name"]}" WITH (FORCE)', "postgres")
+        names = [c["name"] for c in left["collections"]]
+        if names:
+            shell.app_python(_CHROMA_SCRIPT, "delete", *names)
+        aside = f"{shell.settings.data_dir}/{DRILL_ASIDE}/"
+        for entry in left["drill_aside"]:
+            if not entry["path"].startswith(aside) or "/../" in entry["path"]:
+                raise ComplianceError(f"refusing to remove {entry['path']}: not under {aside}")
+            shell.sh(f"rm -rf --one-file-system {q(entry['path'])}", timeout=1800)
+        done["leftovers_removed"] = {"databases": [d["name"] for d in left["databases"]], "collections": names,
+                                     "drill_aside": [d["path"] for d in left["drill_aside"]]}
+    return done
+
+
+def _size(n: int | float) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+def render_storage(report: dict[str, Any], limit: int = 15) -> str:
+    lines = [f"# Storage on {report['host']}", "",
+             f"Database {_size(report['database_bytes'])}; data directories: "
+             + ", ".join(f"{name} {_size(size)}" for name, size in sorted(report["data_dirs"].items())), "",
+             "## Tables (partitioned tables include their partitions)", "",
+             "| table | kind | rows (estimate) | table | indexes | total |", "| --- | --- | --- | --- | --- | --- |"]
+    for t in [t for t in report["tables"] if t["kind"] != "partition"][:limit]:
+        lines.append(f"| {t['name']} | {t['kind']} | {t['rows_estimate']} | {_size(t['table_bytes'])} | "
+                     f"{_size(t['index_bytes'])} | {_size(t['total_bytes'])} |")
+    lines += ["", "## Largest indexes (scans = 0: never used since the statistics reset)", "",
+              "| index | table | size | scans |", "| --- | --- | --- | --- |"]
+    for i in report["indexes"][:limit]:
+        lines.append(f"| {i['name']} | {i['table']} | {_size(i['bytes'])} | {i['scans']} |")
+    lines += ["", f"## Audit partitions (retention {report['retention_months']} months)", "",
+              "| partition | from | to | rows (estimate) | size | status | dropped after |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
+    for p in report["audit_partitions"]:
+        lines.append(f"| {p['name']} | {(p['from'] or '')[:10]} | {(p['to'] or '')[:10]} | {p['rows_estimate']} | "
+                     f"{_size(p['bytes'])} | {p['status']} | {(p['dropped_after'] or '')[:10]} |")
+    vectors = report["orphan_vectors"]
+    lines += ["", f"## Orphans (older than {report['min_age_s']:g} s; `--apply` removes them)", "",
+              f"- objects with no document row: {len(report['orphan_objects'])}"
+              + (f" (e.g. {', '.join(report['orphan_objects'][:5])})" if report["orphan_objects"] else ""),
+              f"- vectors of documents that do not exist: {sum(len(v) for v in vectors.values())} documents"
+              + (f" ({'; '.join(f'{c}: {ids[:5]}' for c, ids in vectors.items())})" if vectors else ""),
+              f"- Chroma collections with no collection row: {len(report['collections_without_row'])}"
+              + (f" ({', '.join(c['name'] + ' ' + str(c['count']) for c in report['collections_without_row'])})"
+                 if report["collections_without_row"] else "")]
+    left = report["leftovers"]
+    lines += ["", "## Left by restores and drills (`--apply --drop-leftovers` removes them)", "",
+              "- databases kept by restores: " + (", ".join(f"{d['name']} ({_size(d['bytes'])})"
+                                                            for d in left["databases"]) or "none"),
+              "- collections set aside by restores: " + (", ".join(f"{c['name']} ({c['count']} vectors)"
+                                                                   for c in left["collections"]) or "none"),
+              "- data directories set aside by drills: " + (", ".join(f"{d['path']} ({_size(d['bytes'])})"
+                                                                      for d in left["drill_aside"]) or "none")]
+    return "\n".join(lines) + "\n"
+
+
+# == counts (environment migration check) ========================================================
+_OBJECT_COUNT_SCRIPT = r"""
+import json
+from govstack_app.settings import Settings
+from govstack_app.storage import ObjectStore
+client = ObjectStore(Settings()).client
+out = {}
+for bucket in client.list_buckets():
+    n = size = 0
+    for obj in client.list_objects(bucket.name, recursive=True):
+        n += 1
+        size += obj.size or 0
+    out[bucket.name] = {"objects": n, "bytes": size}
+print(json.dumps(out))
+"""
+
+COUNT_TABLES_SQL = (
+    "SELECT format('SELECT %L, count(*) FROM %I.%I', c.relname, n.nspname, c.relname) "
+    "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+    "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND NOT c.relispartition ORDER BY c.relname"
+)
+
+
+def collect_counts(shell: StackShell) -> dict[str, Any]:
+    """Exact rows per table, objects and bytes per bucket, vectors per collection: what two copies
+    of the same data must agree on (host migration, restores)."""
+    statements = [line.strip() for line in shell.psql(COUNT_TABLES_SQL).splitlines() if line.strip()]
+    rows = {r[0]: int(r[1]) for r in _rows(shell.psql(";\n".join(statements) + ";"))} if statements else {}
+    collections = shell.app_python(_CHROMA_SCRIPT, "list") or []
+    return {
+        "rows": rows,
+        "objects": shell.app_python(_OBJECT_COUNT_SCRIPT) or {},
+        "vectors": {c["name"]: c["count"] for c in collections},
+    }
+
+
+# == the CLI ====================================================================================
+inventory_option = click.option("-i", "--inventory", default=DEFAULT_INVENTORY, show_default=True,
+                                help="pyinfra inventory file")
+host_option = click.option("--host", "host_name", default=None, help="one inventory host (default: every host)")
+
+
+def _shells(inventory: str, host_name: str | None) -> list[StackShell]:
+    return [StackShell(entry) for entry in _hosts(inventory, host_name)]
+
+
+@click.command("audit-retention")
+@inventory_option
+@host_option
+@click.option("--months", type=int, default=None,
+              help="retention for this run (default: compliance.audit_retention_months)")
+@click.option("--dry-run", is_flag=True, help="list what would be dropped, drop nothing")
+@click.option("--json", "as_json", is_flag=True)
+def audit_retention(inventory: str, host_name: str | None, months: int | None, dry_run: bool, as_json: bool) -> None:
+    """Drop audit_logs partitions older than the retention (never below the floor)."""
+    from govstack.ledger import operator
+
+    for shell in _shells(inventory, host_name):
+        try:
+            report = run_audit_retention(shell, months, dry_run, actor=f"operator:{operator()}")
+        except ComplianceError as error:
+            _fail(str(error), 2 if "refusing" in str(error) else 1)
+        if as_json:
+            click.echo(json.dumps({"host": shell.entry.name, **report}, sort_keys=True))
+            continue
+        verb = "would drop" if dry_run else "dropped"
+        dropped = ", ".join(f"{d['name']} ({d['rows']} rows)" for d in report.get("dropped", [])) or "nothing"
+        click.echo(f"{shell.entry.name}: retention {report.get('retention_months')} months (floor "
+                   f"{report.get('floor_months')}), cutoff {str(report.get('cutoff', ''))[:19]}: {verb} {dropped}; "
+                   f"kept {len(report.get('kept', []))} partitions")
+
+
+@click.command("access-review")
+@inventory_option
+@host_option
+@click.option("-o", "--output", default=None,
+              help="file on the host (default <reports_dir>/access-review-<date>.csv), or - for stdout")
+def access_review(inventory: str, host_name: str | None, output: str | None) -> None:
+    """The API keys as CSV: name, role, created by, created, last used, active, revoked."""
+    for shell in _shells(inventory, host_name):
+        try:
+            if output == "-":
+                click.echo(shell.psql(ACCESS_REVIEW_SQL, csv=True), nl=False)
+                continue
+            path = output or access_review_path(shell.settings)
+            count = write_access_review(shell, path)
+        except ComplianceError as error:
+            _fail(str(error))
+        click.echo(f"{shell.entry.name}: {count} API keys written to {path} (mode 0600, on the host)")
+
+
+@click.group("report")
+def report_group() -> None:
+    """Operator reports: residency, storage, counts."""
+
+
+@report_group.command("residency")
+@inventory_option
+@host_option
+@click.option("--json", "as_json", is_flag=True)
+def report_residency(inventory: str, host_name: str | None, as_json: bool) -> None:
+    """Where each kind of data lives and what is encrypted at rest."""
+    reports = []
+    for entry in _hosts(inventory, host_name):
+        try:
+            facts = residency_facts(StackShell(entry))
+        except Exception as error:  # noqa: BLE001 - an unreachable host still gets its settings-based report
+            facts = {"disk_error": str(error), "bucket_sse_error": str(error)}
+        reports.append(residency_report(entry, facts))
+    click.echo(json.dumps(reports, indent=2) if as_json else render_residency(reports))
+
+
+@report_group.command("storage")
+@inventory_option
+@host_option
+@click.option("--apply", is_flag=True, help="remove orphan objects and vectors (nothing changes without it)")
+@click.option("--drop-leftovers", is_flag=True,
+              help="with --apply: also drop databases, collections and directories kept by restores and drills")
+@click.option("--min-age", type=float, default=3600, show_default=True,
+              help="only objects older than this many seconds count as orphans (in-flight uploads are younger)")
+@click.option("--json", "as_json", is_flag=True)
+def report_storage(inventory: str, host_name: str | None, apply: bool, drop_leftovers: bool, min_age: float,
+                   as_json: bool) -> None:
+    """Table and index sizes, audit partitions, orphans and leftovers; --apply removes orphans."""
+    if drop_leftovers and not apply:
+        _fail("--drop-leftovers needs --apply", 2)
+    for shell in _shells(inventory, host_name):
+        try:
+            report = collect_storage(shell, min_age)
+            if apply:
+                report["applied"] = apply_storage(shell, report, drop_leftovers)
+                report["after"] = collect_storage(shell, min_age)
+        except ComplianceError as error:
+            _fail(str(error))
+        if as_json:
+            click.echo(json.dumps(report, indent=2, sort_keys=True, default=str))
+            continue
+        click.echo(render_storage(report))
+        if apply:
+            done = report["applied"]
+            click.echo(f"applied: {done['orphan_objects_removed']} orphan objects and the vectors of "
+                       f"{done['orphan_vector_documents_removed']} missing documents removed"
+                       + (f"; leftovers removed: {json.dumps(done['leftovers_removed'])}"
+                          if "leftovers_removed" in done else ""))
+
+
+@report_group.command("counts")
+@inventory_option
+@host_option
+def report_counts(inventory: str, host_name: str | None) -> None:
+    """Rows per table, objects per bucket, vectors per collection (JSON), to compare two copies."""
+    out = {}
+    for shell in _shells(inventory, host_name):
+        try:
+            out[shell.entry.name] = collect_counts(shell)
+        except ComplianceError as error:
+            _fail(str(error))
+    click.echo(json.dumps(out if len(out) != 1 else next(iter(out.values())), indent=2, sort_keys=True))
+
+
+def register(main_group: click.Group) -> None:
+    """Add audit-retention, access-review and report (residency, storage) to the main CLI."""
+    main_group.add_command(audit_retention)
+    main_group.add_command(access_review)
+    main_group.add_command(report_group)
+
+
+@click.group()
+def _standalone() -> None:
+    """The compliance commands alone (the main CLI registers them too)."""
+
+
+register(_standalone)
+
+if __name__ == "__main__":
+    _standalone(prog_name=f"{sys.executable} -m govstack.compliance")

@@ -1,0 +1,132 @@
+"""``govstack-backup``: the container's entry point.
+
+Commands that answer the host print exactly one JSON line on stdout (logs go
+to stderr); ``dump`` writes a component's raw bytes to stdout instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from govstack_backup import __version__
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="govstack-backup", description=__doc__)
+    p.add_argument("--version", action="version", version=f"govstack-backup {__version__}")
+    p.add_argument("--config", default=None, help="backup.json (default: $GOVSTACK_BACKUP_CONFIG)")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("schedule", help="run the crontab's schedule until stopped (the service's command)")
+    run = sub.add_parser("run", help="one backup run now")
+    run.add_argument("--json", action="store_true", help="print the run's summary as JSON")
+    run.add_argument("--repository", help="another local repository path, for this run only (no metrics)")
+    run.add_argument("--check-subset", help="restic check --read-data-subset for this run (e.g. 100%%)")
+    sub.add_parser("healthcheck", help="exit 0 while the scheduler is alive")
+    for name, helptext in (("runs", "list the runs as JSON"), ("probe", "open the repository; JSON")):
+        cmd = sub.add_parser(name, help=helptext)
+        cmd.add_argument("--from", dest="source", choices=("local", "offsite"), default="local")
+    for name, helptext in (("manifest", "a run's manifest"), ("state", "which restore targets hold data"),
+                           ("restore-objects", "put a run's objects back, then verify"),
+                           ("restore-vectors", "put a run's collections back, then verify"),
+                           ("verify-postgres", "compare a database with a run's manifest")):
+        cmd = sub.add_parser(name, help=helptext)
+        cmd.add_argument("run", help="latest, a run id or a snapshot id")
+        cmd.add_argument("--from", dest="source", choices=("local", "offsite"), default="local")
+        if name.startswith("restore-"):
+            cmd.add_argument("--force", action="store_true", help="restore over existing data (kept aside)")
+        if name == "verify-postgres":
+            cmd.add_argument("--database", required=True)
+    dump = sub.add_parser("dump", help="a run's component stream to stdout")
+    dump.add_argument("run")
+    dump.add_argument("component", choices=("postgres", "postgres_globals", "objects", "vectors", "manifest"))
+    dump.add_argument("--from", dest="source", choices=("local", "offsite"), default="local")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.cmd == "healthcheck":
+        from govstack_backup.schedule import HEARTBEAT_STALE_S, heartbeat_age
+
+        age = heartbeat_age()
+        if age > HEARTBEAT_STALE_S:
+            print(f"scheduler heartbeat is {age:.0f}s old", file=sys.stderr)
+            return 1
+        return 0
+
+    from govstack_backup.config import ConfigError, load
+
+    try:
+        cfg = load(args.config)
+    except ConfigError as exc:
+        print(f"govstack-backup: {exc}", file=sys.stderr)
+        return 2
+
+    if args.cmd == "schedule":
+        import os
+
+        from govstack_backup.schedule import main as schedule
+
+        if args.config:  # the jobs it starts read the same file
+            os.environ["GOVSTACK_BACKUP_CONFIG"] = args.config
+        return schedule(cfg.schedule_file)
+    if args.cmd == "run":
+        return _run(cfg, args)
+    return _restore_side(cfg, args)
+
+
+def _run(cfg: Any, args: argparse.Namespace) -> int:
+    from govstack_backup.job import BackupFailed, log, run_backup
+
+    try:
+        summary = run_backup(cfg, repository=args.repository, check_subset=args.check_subset)
+    except BackupFailed as exc:
+        log(f"FAILED at {exc}")
+        if args.json:
+            print(json.dumps({"ok": False, "step": exc.step, "error": str(exc)}, sort_keys=True))
+        return 1
+    log(f"run {summary['run']} complete: {summary['bytes']} bytes in {summary['duration_s']:.1f}s")
+    if args.json:
+        print(json.dumps(summary, sort_keys=True))
+    return 0
+
+
+def _restore_side(cfg: Any, args: argparse.Namespace) -> int:
+    from govstack_backup import restore
+
+    try:
+        repo = restore.repository(cfg, args.source)
+        if args.cmd == "probe":
+            runs = restore.runs(repo)
+            restore.emit({"ok": True, "repository": repo.repository,
+                          "complete_runs": sum(1 for r in runs.values() if r["complete"])})
+            return 0
+        if args.cmd == "runs":
+            restore.emit({"ok": True, "repository": repo.repository, "runs": list(restore.runs(repo).values())})
+            return 0
+        entry = restore.find_run(repo, args.run)
+        if args.cmd == "manifest":
+            restore.emit({"ok": True, **entry})
+        elif args.cmd == "dump":
+            restore.stream_component(repo, entry, args.component, sys.stdout.buffer)
+        elif args.cmd == "state":
+            restore.emit({"ok": True, "run": entry["run"], **restore.state(cfg, entry["manifest"])})
+        else:
+            step = {
+                "restore-objects": lambda: restore.restore_objects(cfg, repo, entry, args.force),
+                "restore-vectors": lambda: restore.restore_vectors(cfg, repo, entry, args.force),
+                "verify-postgres": lambda: restore.verify_postgres(cfg, entry, args.database),
+            }[args.cmd]
+            result = {"run": entry["run"], **step()}
+            restore.emit(result)
+            return 0 if result["ok"] else 1
+        return 0
+    except Exception as exc:  # noqa: BLE001 - one JSON line, the cause, exit 1
+        result = restore.error_result(exc)
+        print(f"govstack-backup: {result['error']}", file=sys.stderr)
+        if args.cmd != "dump":
+            restore.emit(result)
+        return 1

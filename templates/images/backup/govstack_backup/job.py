@@ -1,0 +1,308 @@
+"""One backup run, start to end:
+
+1. Postgres: export a snapshot; checksum every table in it; stream
+   ``pg_dump --snapshot`` and the roles (``pg_dumpall --globals-only``) into restic.
+2. Objects: list every bucket *after* the database snapshot (a row is
+   committed only after its object is written, so every row of the snapshot
+   finds its object), stream them as a tar; then prove, still inside the
+   snapshot, that every object a row names was captured.
+3. Vectors: every Chroma collection as paged JSONL.
+4. Read every stream back from the repository and compare its sha256.
+5. The manifest, last: a run with a manifest is complete and verified.
+6. ``restic check --read-data-subset``; retention (forget + prune) only when
+   the check passed; then the offsite copy.
+7. Freshness metrics, success or failure alike.
+
+Any failure stops the run, exits non-zero, and prunes nothing.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import platform
+import socket
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from govstack_backup import __version__, metrics, objects, postgres, vectors
+from govstack_backup.config import Config
+from govstack_backup.manifest import FILES, FORMAT, group_runs, manifest_digest, retention_args, runs_to_forget
+from govstack_backup.restic import Restic, ResticError
+
+LOCK = "/tmp/govstack-backup.lock"
+
+
+class BackupFailed(RuntimeError):
+    def __init__(self, step: str, message: str) -> None:
+        super().__init__(f"{step}: {message}")
+        self.step = step
+
+
+def log(message: str) -> None:
+    print(f"{datetime.now(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')} govstack-backup: {message}", file=sys.stderr, flush=True)
+
+
+def local_repo(cfg: Config, repository: str | None = None) -> Restic:
+    return Restic(repository or cfg.repository, cfg.password_file, cfg.cache_dir, cfg.host_tag)
+
+
+def offsite_repo(cfg: Config) -> Restic | None:
+    if cfg.offsite is None:
+        return None
+    o = cfg.offsite
+    return Restic(o.repository, cfg.password_file, cfg.cache_dir, cfg.host_tag, label="offsite",
+                  s3_keys=(o.access_key_file, o.secret_key_file), s3_region=o.region)
+
+
+class RunLock:
+    """One run (or restore) at a time in this container: the scheduler's and
+    an operator's `govstack backup` share the container's /tmp."""
+
+    def __enter__(self) -> RunLock:
+        self.fh = open(LOCK, "w")  # noqa: SIM115 - held for the run
+        try:
+            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.fh.close()
+            raise BackupFailed("lock", "another backup run is in progress in this container") from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self.fh, fcntl.LOCK_UN)
+        self.fh.close()
+
+
+def _pump(source: Any, sink: Any) -> None:
+    for chunk in iter(lambda: source.read(1 << 20), b""):
+        sink.write(chunk)
+
+
+def versions(cfg: Config, restic: Restic, chroma_api: str | None = None) -> dict[str, str]:
+    return {
+        "govstack_backup": __version__,
+        "restic": restic.version(),
+        "pg_dump": postgres.tool_version("pg_dump"),
+        "python": platform.python_version(),
+        "minio_sdk": _dist_version("minio"),
+        "psycopg": _dist_version("psycopg"),
+        **({"chroma_api": chroma_api} if chroma_api else {}),
+    }
+
+
+def _dist_version(name: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def run_backup(cfg: Config, *, repository: str | None = None, check_subset: str | None = None) -> dict[str, Any]:
+    """One run; returns its summary. Raises BackupFailed (metrics recorded either way)."""
+    started = time.time()
+    summary: dict[str, Any] = {"ok": False}
+    try:
+        with RunLock():
+            summary = _run(cfg, repository, check_subset, started)
+    except BackupFailed as exc:
+        summary = {"ok": False, "step": exc.step, "error": str(exc)}
+        raise
+    except KeyboardInterrupt:
+        summary = {"ok": False, "step": "interrupted", "error": "interrupted (the container is stopping)"}
+        raise BackupFailed("interrupted", "the run was interrupted") from None
+    finally:
+        finished = time.time()
+        if cfg.metrics_file and repository is None:
+            try:
+                metrics.record(cfg.metrics_file, ok=bool(summary.get("ok")), finished_at=finished,
+                               duration_s=finished - started, size_bytes=int(summary.get("bytes", 0)))
+            except OSError as exc:  # a metrics problem must not hide the run's own result
+                log(f"cannot write {cfg.metrics_file}: {exc}")
+    return summary
+
+
+def _step(name: str):
+    class _Step:
+        def __enter__(self) -> None:
+            self.t0 = time.monotonic()
+            log(f"{name} …")
+
+        def __exit__(self, kind: type | None, exc: BaseException | None, tb: object) -> bool:
+            if exc is None:
+                log(f"{name} done in {time.monotonic() - self.t0:.1f}s")
+                return False
+            if isinstance(exc, BackupFailed | KeyboardInterrupt):
+                return False
+            raise BackupFailed(name, str(exc) or type(exc).__name__) from exc
+
+    return _Step()
+
+
+def _run(cfg: Config, repository: str | None, check_subset: str | None, started: float) -> dict[str, Any]:
+    restic = local_repo(cfg, repository)
+    run_id = datetime.fromtimestamp(started, UTC).strftime("%Y%m%dT%H%M%SZ")
+    tags = ["govstack", f"run:{run_id}"]
+    manifest: dict[str, Any] = {"format": FORMAT, "run": run_id, "project": cfg.project,
+                                "started_at": datetime.fromtimestamp(started, UTC).isoformat(),
+                                "components": {}}
+    with _step("repository"):
+        if restic.ensure():
+            log(f"created the restic repository {restic.repository}")
+
+    chroma = vectors.Chroma(cfg.chroma["url"], cfg.chroma.get("tenant", "default_tenant"))
+    mc = objects.client(cfg.s3)
+    streams: dict[str, dict[str, Any]] = {}
+
+    with _step("postgres snapshot"):
+        snap = postgres.Snapshot(cfg.pg)
+    try:
+        with _step("postgres checksums"):
+            stats = snap.stats()
+        with _step("postgres dump"):
+            proc = subprocess.Popen(snap.dump_argv(), env=postgres.client_env(), stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE)
+            try:
+                streams["postgres"] = restic.backup_stream(
+                    FILES["postgres"], [*tags, "component:postgres"], lambda w: _pump(proc.stdout, w))
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                err = proc.stderr.read().decode(errors="replace").strip()  # type: ignore[union-attr]
+                code = proc.wait()
+            if code != 0:
+                raise BackupFailed("postgres dump", f"pg_dump exited {code}: {err[-500:]}")
+            globals_sql = postgres.dump_globals(cfg.pg)
+            streams["postgres_globals"] = restic.backup_stream(
+                FILES["postgres_globals"], [*tags, "component:postgres_globals"], lambda w: w.write(globals_sql))
+        manifest["components"]["postgres"] = {
+            "database": cfg.pg["database"], "snapshot_time": snap.time, "server_version": snap.server_version,
+            **stats,
+        }
+
+        with _step("objects"):
+            bucket_names = objects.buckets(mc, cfg.s3.get("buckets"))
+            streams["objects"] = restic.backup_stream(
+                FILES["objects"], [*tags, "component:objects"], lambda w: objects.export(mc, bucket_names, w))
+            manifest["components"]["objects"] = streams["objects"].pop("produced")
+
+        if cfg.object_refs:
+            with _step("consistency"):
+                captured = {key for entry in manifest["components"]["objects"]["buckets"].values()
+                            for key in entry["objects"]}
+                rows = 0
+                missing = []
+                for ref in snap.references(cfg.object_refs):
+                    rows += 1
+                    if ref not in captured:
+                        missing.append(ref)
+                manifest["consistency"] = {"object_refs": cfg.object_refs, "rows": rows,
+                                           "missing_objects": missing[:100], "missing_count": len(missing)}
+                if missing:
+                    log(f"warning: {len(missing)} rows name objects deleted during the run, e.g. {missing[0]}")
+    finally:
+        snap.close()
+
+    with _step("vectors"):
+        streams["vectors"] = restic.backup_stream(
+            FILES["vectors"], [*tags, "component:vectors"], lambda w: vectors.export(chroma, w))
+        manifest["components"]["vectors"] = streams["vectors"].pop("produced")
+
+    for name, stream in streams.items():
+        stream.pop("produced", None)
+        target = manifest["components"].setdefault(name.split("_")[0], {})
+        target.setdefault("streams", {})[name] = stream
+
+    if cfg.readback:
+        with _step("read back"):
+            for name, stream in streams.items():
+                sha, size = restic.read_sha256(stream["snapshot"], FILES[name])
+                if (sha, size) != (stream["sha256"], stream["bytes"]):
+                    raise BackupFailed("read back", f"{FILES[name]} in snapshot {stream['snapshot']} reads back as "
+                                                    f"{size} bytes sha256 {sha}, written {stream['bytes']} bytes "
+                                                    f"sha256 {stream['sha256']}")
+
+    total = sum(stream["bytes"] for stream in streams.values())
+    manifest.update({
+        "finished_at": datetime.now(UTC).isoformat(),
+        "duration_s": round(time.time() - started, 3),
+        "bytes": total,
+        "versions": versions(cfg, restic, manifest["components"]["vectors"].get("chroma_api_version")),
+    })
+    manifest_bytes = (json.dumps(manifest, sort_keys=True, indent=1) + "\n").encode()
+    with _step("manifest"):
+        stored = restic.backup_stream(FILES["manifest"], [*tags, "component:manifest"],
+                                      lambda w: w.write(manifest_bytes))
+
+    subset = check_subset or cfg.check_read_data_subset
+    with _step(f"check --read-data-subset={subset}"):
+        checked = restic.check(subset)
+        if checked.returncode != 0:
+            raise BackupFailed("check", f"restic check found errors in {restic.repository}; nothing pruned "
+                                        f"({(checked.stdout + checked.stderr).strip().splitlines()[-1:]})")
+
+    with _step("retention"):
+        forgotten = apply_retention(restic, cfg, run_id)
+
+    offsite = offsite_repo(cfg) if repository is None else None
+    if offsite is not None:
+        with _step(f"offsite copy to {offsite.repository}"):
+            copy_run(restic, offsite, run_id)
+            apply_retention(offsite, cfg, run_id)
+
+    return {
+        "ok": True,
+        "run": run_id,
+        "manifest_snapshot": stored["snapshot"],
+        "manifest_sha256": manifest_digest(manifest),
+        "snapshots": {name: stream["snapshot"] for name, stream in streams.items()},
+        "bytes": total,
+        "duration_s": round(time.time() - started, 3),
+        "forgotten_snapshots": len(forgotten),
+        "offsite": offsite.repository if offsite is not None else None,
+        "repository": restic.repository,
+    }
+
+
+def apply_retention(restic: Restic, cfg: Config, newest: str) -> list[str]:
+    """restic's policy over complete runs (their manifest snapshots), applied to
+    every snapshot of the runs it drops; then prune."""
+    plan = restic.forget_plan(retention_args(cfg.retention), "component:manifest")
+    runs = group_runs(restic.snapshots("govstack"))
+    ids = runs_to_forget(plan, runs, newest)
+    if ids:
+        restic.forget(ids)
+        restic.prune()
+        log(f"retention: forgot {len(ids)} snapshots and pruned")
+    return ids
+
+
+def probe_s3(repository: str, timeout_s: float = 10.0) -> None:
+    """Fail fast when an S3 repository's endpoint does not answer TCP: restic
+    itself would retry for minutes before saying so."""
+    url = urlsplit(repository.removeprefix("s3:"))
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout_s).close()
+    except OSError as exc:
+        raise BackupFailed("offsite", f"offsite repository {repository} is unreachable "
+                                      f"({url.hostname}:{port}: {exc.strerror or exc})") from None
+
+
+def copy_run(source: Restic, target: Restic, run_id: str) -> None:
+    if target.repository.startswith("s3:"):
+        probe_s3(target.repository)
+    try:
+        target.ensure(copy_chunker_from=source)
+    except ResticError as exc:
+        raise BackupFailed("offsite", str(exc)) from None
+    ids = [snap["id"] for snap in source.snapshots(f"run:{run_id}")]
+    try:
+        target.copy_from(source, ids)
+    except ResticError as exc:
+        raise BackupFailed("offsite", str(exc)) from None

@@ -1,0 +1,145 @@
+# ruff: noqa: F811  (pytest fixtures are imported from test_backup_support and used as arguments)
+"""The backup service on the deployed stack, a backup run, and the disaster-recovery
+drill: real documents of every type, indexed, destroyed and restored, equal."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+from govstack.backup.plan import host_paths, render_crontab
+from tests.e2e.test_backup_support import (  # noqa: F401 - fixtures
+    DRILL_QUERIES,
+    admin,
+    cli,
+    cli_json,
+    compose,
+    in_test_stack,
+    metrics,
+    remove_aside,
+    running_ids,
+    seeded,
+    stack_host,
+)
+
+EXACT_METRICS = (
+    "govstack_backup_last_success_timestamp_seconds",
+    "govstack_backup_last_duration_seconds",
+    "govstack_backup_last_size_bytes",
+    "govstack_backup_failures_total",
+)
+
+
+def test_backup_service_runs_the_rendered_schedule_unprivileged(stack):
+    paths = host_paths(stack.settings)
+    crontab = Path(paths.crontab).read_text()
+    assert crontab == render_crontab(stack.plan)
+    assert f"{stack.settings.backup.schedule} govstack-backup run" in crontab
+    cid = stack.service_container("backup")
+    info = json.loads(subprocess.run(["docker", "inspect", cid], capture_output=True, text=True, check=True).stdout)[0]
+    assert info["State"]["Health"]["Status"] == "healthy"
+    assert info["Config"]["User"] == "10001:10001" and info["HostConfig"]["CapDrop"] == ["ALL"]
+    assert not any("docker.sock" in m["Source"] for m in info["Mounts"])
+    env = " ".join(info["Config"]["Env"])
+    for name in ("restic_password", "postgres_backup_password", "s3_secret_key"):
+        secret = Path(stack.settings.secrets_dir, name).read_text().strip()
+        assert secret not in env and secret not in " ".join(info["Config"]["Cmd"] or [])
+    # The scheduler reads the same file the host rendered.
+    inside = compose(stack, "exec", "-T", "backup", "cat", "/etc/govstack-backup/crontab").stdout
+    assert inside == crontab
+
+
+def test_the_in_container_scheduler_runs_the_job_on_time(stack, tmp_path):
+    """The service's own scheduler, in a one-off container whose crontab fires every minute."""
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    config = json.loads(Path(host_paths(stack.settings).config_file).read_text())
+    config["schedule_file"] = "/etc/schedule-test/crontab"
+    (conf / "backup.json").write_text(json.dumps(config))
+    (conf / "crontab").write_text("* * * * * govstack-backup run\n")
+    for path in (conf, *conf.iterdir()):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    name = f"{stack.settings.project}-schedule-test"
+    subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+    before = metrics(stack)["govstack_backup_last_success_timestamp_seconds"]
+    compose(stack, "run", "-d", "--no-deps", "--name", name, "-v", f"{conf}:/etc/schedule-test:ro", "backup",
+            "--config", "/etc/schedule-test/backup.json", "schedule")
+    try:
+        deadline = time.monotonic() + 240
+        logs = ""
+        while "finished with exit code" not in logs:
+            assert time.monotonic() < deadline, f"the scheduler ran nothing in time:\n{logs[-2000:]}"
+            time.sleep(5)
+            logs = subprocess.run(["docker", "logs", name], capture_output=True, text=True).stdout
+        assert "schedule '* * * * *': govstack-backup run" in logs
+        assert "finished with exit code 0" in logs, logs[-3000:]
+        assert metrics(stack)["govstack_backup_last_success_timestamp_seconds"] > before
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+
+
+def test_a_backup_run_is_verified_listed_and_exported_as_metrics(stack, seeded):
+    before = time.time()
+    summary = cli_json(stack, "backup")
+    assert summary["ok"] and set(summary["snapshots"]) == {"postgres", "postgres_globals", "objects", "vectors"}
+    values = metrics(stack)
+    for name in EXACT_METRICS:
+        assert name in values
+    assert values["govstack_backup_last_success_timestamp_seconds"] >= before - 1
+    assert values["govstack_backup_last_size_bytes"] == summary["bytes"] > 0
+    assert 0 < values["govstack_backup_last_duration_seconds"] <= time.time() - before + 1
+    runs = cli_json(stack, "backup", "--list")
+    assert any(run["run"] == summary["run"] and run["complete"] for run in runs)
+    listing = cli(stack, "backup", "--list")
+    assert summary["run"] in listing.stdout and "complete" in listing.stdout
+
+
+def test_drill_destroys_restores_and_proves_everything_equal(stack, seeded):
+    in_test_stack(stack)
+    apps_before = running_ids(stack, stack.app_project)
+    env = {"GOVSTACK__BACKUP__DRILL_QUERIES": json.dumps(DRILL_QUERIES)}
+    try:
+        ev = cli_json(stack, "drill", env=env)
+        assert ev["ok"], json.dumps(ev["results"], indent=1)
+        res = ev["results"]
+        assert res["postgres"]["ok"] and res["postgres"]["problems"] == []
+        tables = ev["checksums"]["tables"]
+        assert {"public.documents", "public.chunks", "public.collections"} <= set(tables)
+        assert any(name.startswith("public.audit_logs_") and t["rows"] > 0 for name, t in tables.items())
+        assert all(t["equal"] for t in tables.values())
+        assert tables["public.documents"]["rows"] >= len(seeded["ids"])
+        assert res["objects"]["ok"] and res["objects"]["verified"] == res["objects"]["expected"] >= 5
+        assert res["objects"]["missing"] == res["objects"]["mismatched"] == 0
+        coll = f"default_database/govstack_{seeded['collection']}"
+        assert ev["checksums"]["collections"][coll]["equal"] and ev["checksums"]["collections"][coll]["count"] >= 5
+        assert res["vectors"]["ok"]
+        assert res["topk"]["ok"] and res["topk"]["differences"] == []
+        assert ev["topk_before"][f"{seeded['collection']} | vector | {DRILL_QUERIES[0]}"], "vector search found nothing"
+        assert res["consistency"]["missing_count"] == 0
+        assert ev["timings"]["rto_s"] > 0 and ev["rpo"]["data_age_s"] >= 0
+        assert ev["rpo"]["schedule_max_gap_s"] == 24 * 3600
+        assert {"restic", "pg_dump", "postgres_server", "minio_sdk"} <= set(ev["versions"])
+        # The evidence, for an auditor.
+        json_file, md_file = ev["files"]
+        assert json.loads(Path(json_file).read_text())["drill_id"] == ev["drill_id"]
+        md = Path(md_file).read_text()
+        assert md.startswith(f"# Disaster-recovery drill {ev['drill_id']}: PASS") and "RTO" in md and "RPO" in md
+        # The destroyed data was moved aside, not deleted.
+        assert (Path(ev["set_aside"]) / "postgres" / "PG_VERSION").is_file()
+        # The stack serves again: new containers (restarted), healthy, same documents.
+        apps_after = running_ids(stack, stack.app_project)
+        assert set(apps_after) == set(apps_before)
+        ids = ",".join(str(i) for i in seeded["ids"])
+        rows = stack.psql(f"SELECT count(*) FROM documents WHERE id IN ({ids}) AND is_indexed")
+        assert int(rows[0][0]) == len(seeded["ids"])
+        assert all(s.endswith("(healthy)") for s in _statuses(stack))
+    finally:
+        remove_aside(stack)
+
+
+def _statuses(stack) -> list[str]:
+    out = subprocess.run(["docker", "ps", "--filter", f"label=com.docker.compose.project={stack.settings.project}",
+                          "--format", "{{.Status}}"], capture_output=True, text=True, check=True).stdout
+    return [line for line in out.splitlines() if line]

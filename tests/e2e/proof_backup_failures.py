@@ -1,0 +1,150 @@
+# ruff: noqa: F811  (pytest fixtures are imported from test_backup_support and used as arguments)
+"""Bad paths of a backup run, each with a clear error, a non-zero exit, and nothing
+deleted: a corrupted pack file, a full disk, and an offsite target that is down
+(after a good copy to it)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import secrets
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from govstack.backup.plan import host_paths
+from tests.e2e.test_backup_support import (  # noqa: F401 - fixtures
+    admin,
+    cause,
+    cli,
+    cli_json,
+    compose,
+    in_test_stack,
+    job,
+    seeded,
+    wait_for,
+)
+
+
+def _complete_runs(stack) -> set[str]:
+    return {run["run"] for run in cli_json(stack, "backup", "--list") if run["complete"]}
+
+
+def test_corrupted_pack_is_flagged_by_check_and_nothing_is_pruned(stack, seeded):
+    in_test_stack(stack)
+    cli_json(stack, "backup")
+    before = _complete_runs(stack)
+    packs = sorted(Path(host_paths(stack.settings).repository, "data").rglob("*"), key=lambda p: p.stat().st_size)
+    pack = [p for p in packs if p.is_file()][-1]  # the largest: object or vector data
+    original = pack.read_bytes()
+    try:
+        corrupted = bytearray(original)
+        middle = len(corrupted) // 2
+        corrupted[middle:middle + 64] = bytes(b ^ 0xFF for b in corrupted[middle:middle + 64])
+        os.chmod(pack, 0o600)
+        pack.write_bytes(bytes(corrupted))
+        result = cli(stack, "backup", "--check-subset", "100%")
+        assert result.returncode == 1
+        message = cause(result)
+        # Either the new run's read-back hits the damaged blob, or the check does.
+        assert "restic check found errors" in message or "read back" in message, message
+        # restic check itself flags the pack.
+        check = compose(stack, "run", "--rm", "--no-deps", "-T", "--entrypoint", "restic", "backup",
+                        "--repo", "/backups/restic", "--password-file", "/run/secrets/restic_password",
+                        "--cache-dir", "/backups/cache", "check", "--read-data", check=False)
+        assert check.returncode != 0 and pack.name in check.stdout + check.stderr
+        assert before <= _complete_runs(stack)  # nothing pruned
+    finally:
+        pack.write_bytes(original)
+        os.chmod(pack, 0o400)
+    healed = cli(stack, "backup", "--check-subset", "100%")
+    assert healed.returncode == 0, healed.stderr[-2000:]
+
+
+def test_disk_too_full_for_the_dump_fails_clearly_and_keeps_the_repository(stack, seeded):
+    """A 2 MB tmpfs repository; 4 MB of incompressible objects to back up."""
+    in_test_stack(stack)
+    volume = f"{stack.settings.project}-backup-full-test"
+    filler = f"{stack.settings.project}-filler-test"
+    s3 = stack.s3()
+    subprocess.run(["docker", "volume", "rm", "-f", volume], capture_output=True)
+    subprocess.run(["docker", "volume", "create", "--driver", "local", "--opt", "type=tmpfs", "--opt",
+                    "device=tmpfs", "--opt", "o=size=2m,uid=10001,gid=10001,mode=0700", volume],
+                   check=True, capture_output=True)
+    try:
+        if not s3.bucket_exists(filler):
+            s3.make_bucket(filler)
+        data = os.urandom(4 * 1024 * 1024)
+        s3.put_object(filler, "random.bin", io.BytesIO(data), len(data))
+        result = job(stack, "run", "--json", "--repository", "/spool/restic", extra=("-v", f"{volume}:/spool"),
+                     check=False)
+        assert result["_rc"] == 1 and result["ok"] is False
+        assert "no space left on device" in result["error"], result
+        # The partial repository holds no complete run, and the real one is untouched.
+        probe = job(stack, "probe", extra=("-v", f"{volume}:/spool"), check=False)
+        assert probe["ok"] is True
+        assert cli(stack, "backup", "--list").returncode == 0
+    finally:
+        for obj in s3.list_objects(filler, recursive=True):
+            s3.remove_object(filler, obj.object_name)
+        s3.remove_bucket(filler)
+        subprocess.run(["docker", "volume", "rm", "-f", volume], capture_output=True)
+
+
+@pytest.fixture
+def offsite(stack, tmp_path):
+    """A second SeaweedFS on the stack's data network, with its own keys, and a job
+    config naming it as the offsite repository (for one-off runs)."""
+    name = f"{stack.settings.project}-offsite-test"
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    access, secret = secrets.token_hex(10), secrets.token_hex(20)
+    (keys / "s3_access_key").write_text(access)
+    (keys / "s3_secret_key").write_text(secret)
+    for path in (keys, *keys.iterdir()):
+        os.chmod(path, 0o755 if path.is_dir() else 0o644)
+    subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+    subprocess.run(
+        ["docker", "run", "-d", "--name", name, "--network", stack.plan.networks["data"], "--user", "10001:10001",
+         "--tmpfs", "/data:uid=10001,gid=10001", "-v", f"{keys}:/run/secrets:ro", "--cap-drop", "ALL",
+         "--security-opt", "no-new-privileges", stack.plan.image("seaweedfs")],
+        check=True, capture_output=True)
+    wait_for(lambda: subprocess.run(["docker", "exec", name, "busybox", "wget", "-q", "-O", "/dev/null",
+                                     "http://127.0.0.1:8333/healthz"], capture_output=True).returncode == 0,
+             120, "the offsite SeaweedFS")
+    config = json.loads(Path(host_paths(stack.settings).config_file).read_text())
+    config["offsite"] = {"repository": f"s3:http://{name}:8333/offsite-test/{stack.settings.project}",
+                         "access_key_file": "/etc/offsite-test/keys/s3_access_key",
+                         "secret_key_file": "/etc/offsite-test/keys/s3_secret_key", "region": "us-east-1"}
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "backup.json").write_text(json.dumps(config))
+    shutil.copytree(keys, conf / "keys")
+    for path in (conf, *conf.rglob("*")):
+        os.chmod(path, 0o755 if path.is_dir() else 0o644)
+    yield {"name": name, "extra": ("-v", f"{conf}:/etc/offsite-test:ro"), "config": "/etc/offsite-test/backup.json"}
+    subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+
+
+def test_offsite_copy_then_offsite_down_fails_clearly_and_keeps_the_local_run(stack, seeded, offsite):
+    in_test_stack(stack)
+    first = job(stack, "--config", offsite["config"], "run", "--json", extra=offsite["extra"])
+    assert first["ok"] and first["offsite"].startswith("s3:http://")
+    copied = job(stack, "--config", offsite["config"], "runs", "--from", "offsite", extra=offsite["extra"])
+    assert any(r["run"] == first["run"] and r["complete"] for r in copied["runs"])
+    manifest = job(stack, "--config", offsite["config"], "manifest", first["run"], "--from", "offsite",
+                   extra=offsite["extra"])
+    assert manifest["manifest"]["components"]["postgres"]["tables"]  # readable from the offsite copy
+
+    subprocess.run(["docker", "stop", "-t", "5", offsite["name"]], check=True, capture_output=True)
+    second = job(stack, "--config", offsite["config"], "run", "--json", extra=offsite["extra"], check=False)
+    assert second["_rc"] == 1 and second["ok"] is False
+    assert second["step"] == "offsite" and "unreachable" in second["error"], second
+    assert offsite["name"] in second["error"]
+    # The local run itself completed and verified before the offsite step.
+    local = job(stack, "runs")
+    newest = max(r["run"] for r in local["runs"] if r["complete"])
+    assert newest > first["run"]

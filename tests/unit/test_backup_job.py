@@ -1,0 +1,416 @@
+"""The backup job's pure parts (templates/images/backup/govstack_backup), in seconds:
+manifest checksums and comparisons, run grouping and retention, the objects tar
+stream and the vectors JSONL round trip (against in-memory fakes), metrics,
+restic error classification, the config file and the crontab."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+JOB_DIR = Path(__file__).resolve().parents[2] / "templates" / "images" / "backup"
+if str(JOB_DIR) not in sys.path:
+    sys.path.insert(0, str(JOB_DIR))
+
+from govstack_backup import manifest, metrics, objects, vectors  # noqa: E402
+from govstack_backup.config import ConfigError, load, read_secret  # noqa: E402
+from govstack_backup.restic import classify  # noqa: E402
+
+
+# -- manifest ----------------------------------------------------------------------------------
+def test_table_checksum_folds_postgres_signed_sums_into_64_bits():
+    assert manifest.table_checksum(0) == "0000000000000000"
+    assert manifest.table_checksum(-1) == "ffffffffffffffff"
+    assert manifest.table_checksum(2**64 + 5) == "0000000000000005"
+    assert manifest.table_checksum("12345678901234567890123") == f"{12345678901234567890123 & (2**64 - 1):016x}"
+
+
+def test_bucket_digest_depends_on_every_key_hash_and_size_in_order():
+    entries = {"a": {"sha256": "1" * 64, "size": 3}, "b": {"sha256": "2" * 64, "size": 4}}
+    base = manifest.bucket_digest(entries)
+    assert base == manifest.bucket_digest(dict(reversed(list(entries.items()))))
+    assert base != manifest.bucket_digest({**entries, "b": {"sha256": "2" * 64, "size": 5}})
+    assert base != manifest.bucket_digest({**entries, "c": {"sha256": "3" * 64, "size": 1}})
+
+
+def test_collection_digest_is_order_independent_and_content_sensitive():
+    recs = [("a", [0.1, 0.2], {"k": 1}, "doc a"), ("b", [0.3, 0.4], None, None)]
+    one, two = manifest.CollectionDigest(), manifest.CollectionDigest()
+    for rec in recs:
+        one.add(*rec)
+    for rec in reversed(recs):
+        two.add(*rec)
+    assert one.hexdigest() == two.hexdigest() and one.count == 2
+    three = manifest.CollectionDigest()
+    three.add("a", [0.1, 0.2], {"k": 2}, "doc a")
+    three.add(*recs[1])
+    assert three.hexdigest() != one.hexdigest()
+    # Embedding values are compared with a tolerance elsewhere; their shape is in the digest.
+    four = manifest.CollectionDigest()
+    four.add("a", [0.1, 0.2000001], {"k": 1}, "doc a")
+    four.add(*recs[1])
+    assert four.hexdigest() == one.hexdigest()
+    five = manifest.CollectionDigest()
+    five.add("a", [0.1], {"k": 1}, "doc a")
+    five.add(*recs[1])
+    assert five.hexdigest() != one.hexdigest()
+
+
+def test_compare_tables_names_each_difference():
+    want = {"public.a": {"rows": 2, "checksum": "x"}, "public.b": {"rows": 1, "checksum": "y"},
+            "public.c": {"rows": 0, "checksum": "0"}}
+    got = {"public.a": {"rows": 3, "checksum": "x"}, "public.b": {"rows": 1, "checksum": "z"},
+           "public.d": {"rows": 1, "checksum": "w"}}
+    problems = manifest.compare_tables(want, got)
+    assert problems == [
+        "table public.a: 3 rows, snapshot has 2",
+        "table public.b: content checksum z != y",
+        "table public.c: missing after restore (snapshot has 0 rows)",
+        "table public.d: not in the snapshot (1 rows restored)",
+    ]
+    assert manifest.compare_tables(want, want) == []
+
+
+def test_compare_objects_counts_missing_mismatched_and_extra():
+    want = {"k1": {"sha256": "a", "size": 1}, "k2": {"sha256": "b", "size": 2}, "k3": {"sha256": "c", "size": 3}}
+    result = manifest.compare_objects(want, [("k1", "a", 1), ("k2", "B", 2), ("zz", "q", 9)])
+    assert result["missing"] == ["k3"] and result["mismatched"] == ["k2"] and result["extra_count"] == 1
+    assert result["verified"] == 1 and not result["ok"]
+    assert manifest.compare_objects(want, [("k1", "a", 1), ("k2", "b", 2), ("k3", "c", 3)])["ok"]
+
+
+def test_compare_collections_and_sequences():
+    want = {"db/c": {"count": 2, "digest": "d"}}
+    assert manifest.compare_collections(want, {"db/c": {"count": 2, "digest": "d"}}) == []
+    assert "missing" in manifest.compare_collections(want, {})[0]
+    assert "1 vectors" in manifest.compare_collections(want, {"db/c": {"count": 1, "digest": "d"}})[0]
+    assert manifest.compare_sequences({"s": "5"}, {"s": "4"}) == [
+        "sequence s: last_value '4', below the snapshot's '5'"]
+    assert manifest.compare_sequences({"s": "5", "t": ""}, {"s": "7", "t": ""}) == []  # read later by pg_dump
+    assert manifest.compare_sequences({"s": "5"}, {}) != []
+
+
+def _snap(sid, run, component, time="2026-01-01T00:00:00Z"):
+    return {"id": sid, "time": time, "tags": ["govstack", f"run:{run}", f"component:{component}"]}
+
+
+def test_runs_group_by_tag_and_only_manifested_runs_are_complete():
+    snaps = [_snap("a1", "R1", "postgres"), _snap("a2", "R1", "manifest"), _snap("b1", "R2", "postgres"),
+             {"id": "x", "tags": ["other"]}]
+    runs = manifest.group_runs(snaps)
+    assert list(runs) == ["R1", "R2"]
+    assert runs["R1"]["complete"] and not runs["R2"]["complete"]
+    assert manifest.resolve_run(runs, "latest") == "R1"
+    assert manifest.resolve_run(runs, "R1") == "R1"
+    assert manifest.resolve_run(runs, "R2") is None  # incomplete runs never restore
+    assert manifest.resolve_run({"R9": {"complete": True, "snapshots": {"postgres": "abcdef0123"}}},
+                                "abcdef01") == "R9"
+    assert manifest.resolve_run(runs, "deadbeef") is None
+
+
+def test_retention_args_follow_the_policy_and_refuse_keeping_nothing():
+    assert manifest.retention_args({"keep_daily": 7, "keep_weekly": 4, "keep_monthly": 0, "keep_last": 2}) == [
+        "--keep-last", "2", "--keep-daily", "7", "--keep-weekly", "4"]
+    with pytest.raises(ValueError, match="keeps nothing"):
+        manifest.retention_args({"keep_daily": 0})
+    with pytest.raises(ValueError, match="unknown retention key"):
+        manifest.retention_args({"keep_forever": 1})
+
+
+def test_runs_to_forget_takes_whole_runs_and_never_the_newest():
+    runs = manifest.group_runs([
+        _snap("o1", "R1", "postgres"), _snap("o2", "R1", "manifest"),
+        _snap("p1", "R2", "postgres"),  # an incomplete, failed run
+        _snap("n1", "R3", "postgres"), _snap("n2", "R3", "manifest"),
+        _snap("z1", "R4", "postgres"),  # incomplete but newer than the newest complete run: in progress
+    ])
+    plan = [{"keep": [_snap("n2", "R3", "manifest")], "remove": [_snap("o2", "R1", "manifest"),
+                                                                  _snap("n2", "R3", "manifest")]}]
+    assert sorted(manifest.runs_to_forget(plan, runs, newest="R3")) == ["o1", "o2", "p1"]
+
+
+# -- objects: the tar stream against an in-memory S3 --------------------------------------------
+class _Resp(io.BytesIO):
+    def __init__(self, data, headers):
+        super().__init__(data)
+        self.headers = headers
+
+    def release_conn(self):
+        pass
+
+    def stream(self, n):
+        while chunk := self.read(n):
+            yield chunk
+
+
+class _Obj:
+    def __init__(self, name):
+        self.object_name = name
+
+
+class _Bucket:
+    def __init__(self, name):
+        self.name = name
+
+
+class FakeMinio:
+    def __init__(self, buckets=None):
+        self.data = buckets or {}
+
+    def list_buckets(self):
+        return [_Bucket(name) for name in self.data]
+
+    def bucket_exists(self, bucket):
+        return bucket in self.data
+
+    def make_bucket(self, bucket):
+        self.data[bucket] = {}
+
+    def list_objects(self, bucket, recursive=True):
+        return [_Obj(key) for key in sorted(self.data.get(bucket, {}))]
+
+    def get_object(self, bucket, key):
+        body, ctype, meta = self.data[bucket][key]
+        headers = {"Content-Length": str(len(body)), "Content-Type": ctype,
+                   "Last-Modified": "Mon, 02 Jan 2026 03:04:05 GMT",
+                   **{f"x-amz-meta-{k}": v for k, v in meta.items()}}
+        return _Resp(body, headers)
+
+    def put_object(self, bucket, key, body, length, content_type=None, metadata=None, part_size=None):
+        data = body.read(length)
+        assert len(data) == length
+        self.data[bucket][key] = (data, content_type, dict(metadata or {}))
+
+
+def _store():
+    return FakeMinio({
+        "documents": {
+            "c1/aa": (b"hello", "text/plain", {"sha256": hashlib.sha256(b"hello").hexdigest(),
+                                                "original-filename": "h%C3%A9llo.txt"}),
+            "c1/bb": (b"\x00" * 70000, "application/pdf", {}),
+            "dir/with space/ü.bin": (b"x", "application/octet-stream", {}),
+            "folder/": (b"", "application/x-directory", {}),
+        },
+        "empty": {},
+    })
+
+
+def test_objects_round_trip_keeps_bytes_keys_types_and_metadata():
+    source = _store()
+    stream = io.BytesIO()
+    part = objects.export(source, objects.buckets(source), stream)
+    docs = part["buckets"]["documents"]
+    assert docs["count"] == 4 and docs["bytes"] == 5 + 70000 + 1
+    assert docs["objects"]["c1/aa"] == {"sha256": hashlib.sha256(b"hello").hexdigest(), "size": 5}
+    assert docs["digest"] == manifest.bucket_digest(docs["objects"])
+    assert part["buckets"]["empty"]["count"] == 0
+
+    target = FakeMinio()
+    stream.seek(0)
+    put = objects.restore(target, stream, part)
+    assert put == {"objects": 4, "bytes": 70006}
+    assert target.data["documents"] == source.data["documents"]
+    assert target.data["empty"] == {}  # empty buckets come back too
+    checks = objects.verify(target, part)
+    assert all(check["ok"] for check in checks.values())
+
+
+def test_objects_verify_catches_a_changed_and_a_missing_object():
+    source = _store()
+    stream = io.BytesIO()
+    part = objects.export(source, ["documents"], stream)
+    source.data["documents"]["c1/aa"] = (b"HELLO", "text/plain", {})
+    del source.data["documents"]["c1/bb"]
+    check = objects.verify(source, part)["documents"]
+    assert check["mismatched"] == ["c1/aa"] and check["missing"] == ["c1/bb"] and not check["ok"]
+    assert objects.non_empty(source, ["documents", "nope"]) == {"documents": 3}
+
+
+# -- vectors: JSONL against an in-memory Chroma -------------------------------------------------
+class FakeChroma(vectors.Chroma):
+    def __init__(self, collections=None):
+        self.tenant = "default_tenant"
+        self.cols = collections or {}
+        self.renamed = []
+
+    def version(self):
+        return "1.0.0"
+
+    def max_batch(self):
+        return 2
+
+    def databases(self):
+        return sorted({db for db, _ in self.cols} or ["default_database"])
+
+    def ensure_database(self, database):
+        pass
+
+    def collections(self, database):
+        return [{"id": f"{db}/{name}", "name": name, "metadata": col["metadata"],
+                 "configuration_json": col["configuration"], "dimension": 2}
+                for (db, name), col in sorted(self.cols.items()) if db == database]
+
+    def collection(self, database, name):
+        found = [c for c in self.collections(database) if c["name"] == name]
+        return found[0] if found else None
+
+    def count(self, database, cid):
+        return len(self.cols[tuple(cid.split("/", 1))]["records"])
+
+    def page(self, database, cid, offset, limit=vectors.PAGE):
+        recs = self.cols[tuple(cid.split("/", 1))]["records"][offset:offset + limit]
+        return {"ids": [r["id"] for r in recs], "embeddings": [r["embedding"] for r in recs],
+                "metadatas": [r["metadata"] for r in recs], "documents": [r["document"] for r in recs],
+                "uris": [None for _ in recs]}
+
+    def create_collection(self, database, name, metadata, configuration):
+        self.cols[(database, name)] = {"metadata": metadata, "configuration": configuration, "records": []}
+        return {"id": f"{database}/{name}"}
+
+    def rename_collection(self, database, cid, new_name):
+        self.cols[(database, new_name)] = self.cols.pop(tuple(cid.split("/", 1)))
+        self.renamed.append(new_name)
+
+    def delete_collection(self, database, name):
+        self.cols.pop((database, name), None)
+
+    def upsert(self, database, cid, batch):
+        self.cols[tuple(cid.split("/", 1))]["records"].extend(
+            {k: r[k] for k in ("id", "embedding", "metadata", "document", "uri")} for r in batch)
+
+
+def _chroma(n=1201):
+    records = [{"id": f"{i}:0", "embedding": [i / 7, -i / 3], "metadata": {"document_id": i}, "document": f"t{i}",
+                "uri": None} for i in range(n)]
+    return FakeChroma({("default_database", "govstack_a"): {"metadata": {"embedding_model": "m"},
+                                                           "configuration": {"hnsw": {"space": "cosine"}},
+                                                           "records": records}})
+
+
+def test_vectors_round_trip_pages_and_digests():
+    source = _chroma()
+    out = io.BytesIO()
+    part = vectors.export(source, out)
+    entry = part["collections"]["default_database/govstack_a"]
+    assert entry["count"] == 1201 and not entry["changed_during_export"]
+    lines = out.getvalue().splitlines()
+    assert json.loads(lines[0])["type"] == "export" and len(lines) == 1 + 1 + 1201
+
+    target = FakeChroma()
+    result = vectors.restore(target, io.BytesIO(out.getvalue()), force=False, aside_suffix="__old")
+    assert result["collections"] == {"default_database/govstack_a": 1201}
+    assert vectors.observe(target, ["default_database/govstack_a"])["default_database/govstack_a"] == {
+        "count": 1201, "digest": entry["digest"]}
+
+
+def test_vectors_restore_refuses_a_non_empty_collection_unless_forced_then_keeps_it_aside():
+    source = _chroma(3)
+    out = io.BytesIO()
+    vectors.export(source, out)
+    with pytest.raises(vectors.ChromaError, match="use --force"):
+        vectors.restore(_chroma(2), io.BytesIO(out.getvalue()), force=False, aside_suffix="__old")
+    target = _chroma(2)
+    result = vectors.restore(target, io.BytesIO(out.getvalue()), force=True, aside_suffix="__old")
+    assert result["set_aside"] == ["default_database/govstack_a__old"]
+    assert len(target.cols[("default_database", "govstack_a__old")]["records"]) == 2
+    assert len(target.cols[("default_database", "govstack_a")]["records"]) == 3
+
+
+def test_embeddings_compare_within_float32_tolerance_record_by_record():
+    source = _chroma(5)
+    out = io.BytesIO()
+    vectors.export(source, out)
+    records = source.cols[("default_database", "govstack_a")]["records"]
+    records[1]["embedding"] = [x + 3e-8 for x in records[1]["embedding"]]  # a re-normalisation's last bit
+    records[2], records[3] = records[3], records[2]  # out of order
+    check = vectors.compare_embeddings(source, io.BytesIO(out.getvalue()))["default_database/govstack_a"]
+    assert check["compared"] == 5 and check["missing"] == 0 and check["over_tolerance"] == 0
+    assert 0 < check["max_difference"] < manifest.EMBEDDING_TOLERANCE
+    records[4]["embedding"] = [x + 0.01 for x in records[4]["embedding"]]
+    del records[0]
+    check = vectors.compare_embeddings(source, io.BytesIO(out.getvalue()))["default_database/govstack_a"]
+    assert check["missing"] == 1 and check["over_tolerance"] == 1
+
+
+def test_an_empty_chroma_still_exports_a_non_empty_stream():
+    out = io.BytesIO()
+    part = vectors.export(FakeChroma(), out)
+    assert part["collections"] == {} and out.getvalue()  # restic refuses an empty stdin
+
+
+# -- metrics -------------------------------------------------------------------------------------
+def test_metrics_keep_the_last_success_across_a_failure_and_count_failures(tmp_path):
+    path = str(tmp_path / "backup.prom")
+    metrics.record(path, ok=True, finished_at=1000.0, duration_s=12.5, size_bytes=4096)
+    metrics.record(path, ok=False, finished_at=2000.0, duration_s=3, size_bytes=0)
+    values = metrics.record(path, ok=False, finished_at=3000.0, duration_s=3, size_bytes=0)
+    assert values["govstack_backup_last_success_timestamp_seconds"] == 1000
+    assert values["govstack_backup_last_duration_seconds"] == 12.5
+    assert values["govstack_backup_last_size_bytes"] == 4096
+    assert values["govstack_backup_failures_total"] == 2
+    assert values["govstack_backup_last_failure_timestamp_seconds"] == 3000
+    text = Path(path).read_text()
+    assert metrics.parse(text) == values
+    for name in ("govstack_backup_last_success_timestamp_seconds", "govstack_backup_last_duration_seconds",
+                 "govstack_backup_last_size_bytes", "govstack_backup_failures_total"):
+        assert f"# TYPE {name} " in text and f"\n{name} " in text
+    assert [p.name for p in tmp_path.iterdir()] == ["backup.prom"]  # no temp file left behind
+
+
+# -- restic errors, config, secrets ------------------------------------------------------------
+@pytest.mark.parametrize(("stderr", "kind"), [
+    ("Fatal: wrong password or no key found", "wrong-password"),
+    ("Fatal: unable to open config file: Stat: stat /backups/restic/config: no such file or directory\n"
+     "Is there a repository at the following location?", "no-repository"),
+    ("Fatal: unable to open config file: Stat: Get \"http://x:8333/b/?location=\": dial tcp 1.2.3.4:8333: "
+     "connect: connection refused\nIs there a repository at the following location?", "unreachable"),
+    ("Save(<data/1234>) returned error: write /backups/restic/data/12/1234: no space left on device", "disk-full"),
+    ("Fatal: no matching ID found for prefix \"deadbeef\"", "missing-snapshot"),
+    ("Fatal: repository contains errors", "corrupt"),
+    ("something else", "error"),
+])
+def test_restic_errors_are_classified(stderr, kind):
+    assert classify(stderr) == kind
+
+
+def test_config_load_and_secrets(tmp_path):
+    cfg = {"project": "p", "repository": "/r", "cache_dir": "/c", "password_file": "/pw", "pg": {}, "s3": {},
+           "chroma": {}, "retention": {"keep_daily": 1}, "check_read_data_subset": "5%", "readback": True,
+           "metrics_file": "/m", "schedule_file": "/s", "object_refs": None,
+           "offsite": {"repository": "s3:http://h:1/b/p", "access_key_file": "/a", "secret_key_file": "/s"}}
+    path = tmp_path / "backup.json"
+    path.write_text(json.dumps(cfg))
+    loaded = load(str(path))
+    assert loaded.offsite.repository == "s3:http://h:1/b/p" and loaded.host_tag == "p"
+    del cfg["repository"]
+    path.write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match="lacks repository"):
+        load(str(path))
+    secret = tmp_path / "secret"
+    secret.write_text("s3cr3t\n")
+    assert read_secret(str(secret)) == "s3cr3t"
+    secret.write_text("\n")
+    with pytest.raises(ConfigError, match="empty"):
+        read_secret(str(secret))
+
+
+# -- the crontab (croniter is in the image; the host tier may lack it) -------------------------
+def test_crontab_parsing_and_next_time():
+    pytest.importorskip("croniter")
+    from govstack_backup.schedule import CrontabError, next_fire, parse_crontab
+
+    entries = parse_crontab("# comment\n\n15 2 * * * govstack-backup run\n@hourly govstack-backup run --json\n")
+    assert [e.expression for e in entries] == ["15 2 * * *", "@hourly"]
+    assert entries[1].argv == ("govstack-backup", "run", "--json")
+    after = datetime(2026, 3, 1, 2, 20, tzinfo=UTC)
+    assert next_fire("15 2 * * *", after) == datetime(2026, 3, 2, 2, 15, tzinfo=UTC)
+    for bad, why in (("61 2 * * * govstack-backup run", "not a cron"), ("15 2 * * * rm -rf /", "must be"),
+                     ("# nothing", "no schedule")):
+        with pytest.raises(CrontabError, match=why):
+            parse_crontab(bad)

