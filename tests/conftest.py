@@ -123,6 +123,20 @@ class Stack:
         assert len(out) == 1, f"expected one {service} container in {project}, found {out}"
         return out[0]
 
+    def wait_healthy(self, service: str, timeout_s: float = 120) -> None:
+        """Until the service's container reports healthy (after a test stopped it)."""
+        import time
+
+        container = self.service_container(service)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            status = subprocess.run(["docker", "inspect", "--format", "{{.State.Health.Status}}", container],
+                                    capture_output=True, text=True).stdout.strip()
+            if status == "healthy":
+                return
+            assert time.monotonic() < deadline, f"{service} is {status} after {timeout_s} s"
+            time.sleep(1)
+
     def psql(self, sql: str) -> list[tuple[str, ...]]:
         """Rows of a query in the app's database (as the superuser, over the local socket)."""
         result = subprocess.run(

@@ -123,6 +123,7 @@ def test_postgres_down_reaches_the_webhook_and_so_does_its_resolution(stack, rec
         assert fired["labels"]["severity"] == stack.settings.monitoring.alerts.postgres_down.severity
     finally:
         stack.compose(project, "start", "postgres")
+        stack.wait_healthy("postgres")
     resolved = wait_for_notification("PostgresDown", "resolved", since, component="postgres")
     assert resolved["endsAt"] >= fired["startsAt"]
 

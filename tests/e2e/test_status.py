@@ -33,6 +33,7 @@ def test_status_fails_fast_and_names_prometheus_when_it_is_down(stack):
         elapsed = time.monotonic() - started
     finally:
         stack.compose(stack.settings.project, "start", "prometheus")
+        stack.wait_healthy("prometheus")
     assert result.returncode == 1
     assert result.stderr.strip().startswith("govstack: @local: Prometheus does not answer")
     # No retry loop: the CLI's own start-up dominates (bounded generously).
