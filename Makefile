@@ -9,7 +9,7 @@ TEST_INVENTORY ?= tests/inventories/test_local.py
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 PYTEST := $(BIN)/pytest -p no:cacheprovider
 
-.PHONY: venv up check test test-quick test-full test-multihost lint bench clean-test
+.PHONY: venv up check engine test test-quick test-full test-multihost lint bench clean-test
 
 $(VENV)/.installed: pyproject.toml app/requirements.txt app/requirements-test.txt
 	python3 -m venv $(VENV)
@@ -31,7 +31,12 @@ check: venv
 	$(BIN)/govstack check -i $(INVENTORY)
 
 ## Everything: quick tier, then deploy + host checks + drills.
-test: test-quick test-full
+test: engine test-quick test-full
+
+## The Docker engine alone (installed and started when missing): the quick
+## tier runs promtool/amtool in the offline Prometheus image.
+engine: venv
+	$(BIN)/pyinfra -y $(TEST_INVENTORY) deploys/engine_only.py
 
 ## Seconds: lint, settings, tuning, rendering of both lanes.
 test-quick: venv
