@@ -1,4 +1,4 @@
-# ruff: noqa: F811  (pytest fixtures are imported from test_backup_support and used as arguments)
+# ruff: noqa: F811  (pytest fixtures are imported from backup_support and used as arguments)
 """The backup service on the deployed stack, a backup run, and the disaster-recovery
 drill: real documents of every type, indexed, destroyed and restored, equal."""
 
@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from govstack.backup.plan import host_paths, render_crontab
-from tests.e2e.test_backup_support import (  # noqa: F401 - fixtures
+from tests.e2e.backup_support import (  # noqa: F401 - fixtures
     DRILL_QUERIES,
     admin,
     cli,

@@ -1,4 +1,4 @@
-# ruff: noqa: F811  (pytest fixtures are imported from test_backup_support and used as arguments)
+# ruff: noqa: F811  (pytest fixtures are imported from backup_support and used as arguments)
 """Bad paths of a backup run, each with a clear error, a non-zero exit, and nothing
 deleted: a corrupted pack file, a full disk, and an offsite target that is down
 (after a good copy to it)."""
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from govstack.backup.plan import host_paths
-from tests.e2e.test_backup_support import (  # noqa: F401 - fixtures
+from tests.e2e.backup_support import (  # noqa: F401 - fixtures
     admin,
     cause,
     cli,

@@ -1,4 +1,4 @@
-# ruff: noqa: F811  (pytest fixtures are imported from test_backup_support and used as arguments)
+# ruff: noqa: F811  (pytest fixtures are imported from backup_support and used as arguments)
 """`govstack restore`: refusals that touch nothing, and a backup taken during live
 uploads that restores a database and objects consistent with each other."""
 
@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from tests.e2e.test_app_support import samples, unique
-from tests.e2e.test_backup_support import (  # noqa: F401 - fixtures
+from tests.e2e.backup_support import (  # noqa: F401 - fixtures
     admin,
     cause,
     cli,
