@@ -9,7 +9,6 @@ import threading
 import time
 from pathlib import Path
 
-from tests.e2e.test_app_support import samples, unique
 from tests.e2e.backup_support import (  # noqa: F401 - fixtures
     admin,
     cause,
@@ -21,6 +20,7 @@ from tests.e2e.backup_support import (  # noqa: F401 - fixtures
     running_ids,
     seeded,
 )
+from tests.e2e.test_app_support import samples, unique
 
 UPLOAD_WINDOW_S = 120
 
