@@ -212,7 +212,34 @@ def compose_project_up(
         f">{log} 2>&1 || {{ "
         f"cause=$(grep -iE 'error|unhealthy|exited' {log} | tail -n 1); "
         f"echo \"govstack: compose project {project} did not become healthy: ${{cause:-see {log}}}\" >&2; "
-        f"docker compose {quoted} ps -a --format '{status_fmt}' | grep -v '(healthy)' >&2; exit 1; }}"
+        f"docker compose {quoted} ps -a --format '{status_fmt}' | grep -v '(healthy)' >&2; exit 1; }}; "
+        + _all_healthy_or_fail(project, wait_timeout_s)
+    )
+
+
+def _all_healthy_or_fail(project: str, timeout_s: int) -> str:
+    """
+    Shell that waits until every container of ``project`` runs and is healthy
+    (or has no healthcheck), else fails naming the ones that are not.
+
+    Checked by us after ``up --wait`` returned 0, because Compose once let a
+    release whose API never answered its healthcheck through (CI run of
+    2026-11-29: ``up --wait`` returned 0 with the API still "starting").
+    The serving color is switched only on this check.
+    """
+    fmt = "{{.Name}} {{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}healthy{{end}}"
+    listing = (
+        f"docker ps -aq --filter label=com.docker.compose.project={shlex.quote(project)} "
+        "--filter label=com.docker.compose.oneoff=False"
+    )
+    return (
+        f"deadline=$(( $(date +%s) + {int(timeout_s)} )); "
+        f"while :; do ids=$({listing}); "
+        f"bad=$([ -n \"$ids\" ] && docker inspect --format '{fmt}' $ids | grep -v ' running healthy$' | tr '\\n' ';'); "
+        f"[ -n \"$ids\" ] && [ -z \"$bad\" ] && break; "
+        f"[ $(date +%s) -ge $deadline ] && {{ echo \"govstack: compose project {project} did not become healthy: "
+        f"${{bad:-no containers}}\" >&2; exit 1; }}; "
+        "sleep 2; done"
     )
 
 
