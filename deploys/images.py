@@ -45,13 +45,18 @@ def build_offline_images(plan: StackPlan):
     wanted = images.offline_images(s)
     if s.monitoring.enabled:
         wanted += monitoring.offline_images()
+    if plan.split:
+        # Only what this host's part of the stack runs (the others were
+        # built once and shipped, or are built where they run).
+        wanted = [image for image in wanted if image.service in plan.services]
     for image in wanted:
         build_offline_image(plan, image, base_tag, base_hash)
-    if s.backup.enabled:
+    if s.backup.enabled and "backup" in plan.services:
         from govstack.backup.plan import backup_image
 
         build_offline_image(plan, backup_image(s), base_tag, base_hash)
-    build_app_image(plan, plan.release.version)
+    if plan.has_role("app"):
+        build_app_image(plan, plan.release.version)
 
 
 def build_app_image(plan: StackPlan, version: str):

@@ -4,13 +4,15 @@ Builds the host's settings (validated before any operation runs), reads the
 host's resources, and runs one small deploy per concern.
 """
 
-from pyinfra import host, logger
+from pyinfra import host, inventory, logger
 
 from deploys import app, engine, images, stack
 from govstack.backup import deploy as backup
 from govstack.facts import HostResourcesFact
 from govstack.plan import StackPlan
 from govstack.release import ReleaseState, release_path
+from govstack.role_operations import all_hosts_reached
+from govstack.roles import TopologyError, plan_fields
 from govstack.settings import SettingsError, settings_for_host
 
 try:
@@ -19,26 +21,43 @@ except SettingsError as error:
     logger.error(str(error))
     raise SystemExit(2) from None
 
+try:
+    role_fields = plan_fields(host, inventory, settings)
+except TopologyError as error:
+    logger.error(f"govstack: {error}")
+    raise SystemExit(2) from None
+
 plan = StackPlan(
     settings,
     host.get_fact(HostResourcesFact),
     recorded_release=host.get_fact(ReleaseState, path=release_path(settings)),
+    **role_fields,
 )
 
+# In a split inventory each host runs its groups' part (govstack/roles.py);
+# a host in no group runs all of it. Operations run in this order across
+# all hosts, so the data host is up before the app hosts start.
 engine.install_docker_engine(plan)
 if settings.images.lane == "offline":
     images.build_offline_images(plan)
 stack.create_stack_directories(plan)
 stack.ensure_secrets(plan)
-stack.ensure_edge_certificate(plan)
+if plan.has_role("edge"):
+    stack.ensure_edge_certificate(plan)
 stack.render_stack_files(plan)
-if settings.backup.enabled:
+if settings.backup.enabled and plan.has_role("data"):
     backup.prepare_backup(plan)
-stack.apply_edge_config(plan)
-stack.start_stack(plan)
-app.ensure_app_database(plan)
-if settings.backup.enabled:
-    backup.ensure_backup_role(plan)
-app.ensure_monitor_role(plan)
-app.start_app_color(plan, plan.release.color, plan.release.version)
+if plan.has_role("edge"):
+    stack.apply_edge_config(plan)
+if plan.services:
+    stack.start_stack(plan)
+if plan.has_role("data"):
+    app.ensure_app_database(plan)
+    if settings.backup.enabled:
+        backup.ensure_backup_role(plan)
+    app.ensure_monitor_role(plan)
+if plan.split:
+    all_hosts_reached(name="Data tier and edge up on their hosts", step="data tier and edge up")
+if plan.has_role("app"):
+    app.start_app_color(plan, plan.release.color, plan.release.version)
 app.record_first_release(plan)

@@ -19,6 +19,7 @@ from govstack.operations import (
 )
 from govstack.plan import GRPC_PREFIX, SERVICE_UIDS, StackPlan
 from govstack.render import nginx_candidate_path, nginx_live_path, rendered_files
+from govstack.roles import controller_secrets_dir, shared_secret_values
 from govstack.secrets import SECRET_SPECS, TLS_KEY_OWNER_UID, secret_path
 
 
@@ -40,6 +41,14 @@ def create_stack_directories(plan: StackPlan):
 @deploy("Secrets")
 def ensure_secrets(plan: StackPlan):
     s = plan.settings
+    # A split inventory's hosts must agree on every secret: generated once,
+    # on the controller, and uploaded (only when a host's copy differs).
+    shared = {}
+    if plan.split:
+        shared = shared_secret_values(
+            controller_secrets_dir(s, plan.topology),
+            {name: spec.length for name, spec in SECRET_SPECS.items() if spec.generated and name not in s.secrets},
+        )
     for name, spec in sorted(SECRET_SPECS.items()):
         if not spec.generated and name not in s.secrets:
             continue
@@ -48,7 +57,7 @@ def ensure_secrets(plan: StackPlan):
             path=secret_path(s, name),
             owner_uid=spec.owner_uid,
             length=spec.length,
-            value=s.secrets.get(name),
+            value=s.secrets.get(name, shared.get(name)),
         )
     if plan.upstream_seaweedfs:
         grpc_mtls_material(

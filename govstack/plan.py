@@ -11,6 +11,7 @@ from functools import cached_property
 
 from govstack import images, monitoring
 from govstack.release import Color, Release, first_release
+from govstack.roles import ALL_ROLES, APP_HOST_PORTS, Topology
 from govstack.secrets import SECRET_SPECS
 from govstack.settings import NGINX_UID, POSTGRES_UID, SERVICE_UID, Resources, Settings
 from govstack.tuning import HostResources, postgres_memory_budget_mb, postgres_tuning
@@ -64,6 +65,19 @@ class StackPlan:
     host: HostResources
     # The serving release; None before the first deploy (then: the first release).
     recorded_release: Release | None = field(default=None)
+    # This host's part of the stack and, in a split inventory, where the
+    # other parts run (govstack/roles.py). Defaults: all-in-one.
+    roles: frozenset[str] = field(default=ALL_ROLES)
+    topology: Topology | None = field(default=None)
+    address: str | None = field(default=None)
+
+    @property
+    def split(self) -> bool:
+        """Part of a split inventory: other hosts run some of the stack."""
+        return self.topology is not None
+
+    def has_role(self, role: str) -> bool:
+        return role in self.roles
 
     @cached_property
     def release(self) -> Release:
@@ -112,7 +126,7 @@ class StackPlan:
     @property
     def data_dirs(self) -> dict[str, int]:
         """Data directories this host needs, with their owners."""
-        wanted = set(self.data_services) | set(self.monitoring_services) | {monitoring.TEXTFILE_DIR}
+        wanted = set(self.services) | {monitoring.TEXTFILE_DIR}
         return {name: uid for name, uid in DATA_DIRS.items() if name in wanted}
 
     @cached_property
@@ -136,15 +150,72 @@ class StackPlan:
 
     @property
     def services(self) -> list[str]:
+        """The services of this host's main Compose project (its roles' part)."""
         backup = ["backup"] if self.settings.backup.enabled else []
-        return [*self.data_services, "nginx", *self.monitoring_services, *backup]
+        if not self.split:
+            return [*self.data_services, "nginx", *self.monitoring_services, *backup]
+        services = []
+        if self.has_role("data"):
+            services += [*self.data_services, *backup]
+        if self.has_role("edge"):
+            services.append("nginx")
+        if self.has_role("monitoring"):
+            # nginx-exporter reads nginx's stub_status over the local network.
+            services += [name for name in self.monitoring_services
+                         if name != "nginx-exporter" or self.has_role("edge")]
+        return services
+
+    # Where one part of the stack reaches another: Docker DNS names on one
+    # host, the data host's private address (published ports) when split.
+    def _data_host(self, service: str, port: str) -> str:
+        if self.split:
+            return f"{self.topology.data_address}:{INTERNAL_PORTS[port]}"
+        return f"{service}:{INTERNAL_PORTS[port]}"
+
+    @property
+    def postgres_host(self) -> str:
+        return self.topology.data_address if self.split else "postgres"
+
+    @property
+    def chroma_host(self) -> str:
+        return self.topology.data_address if self.split else "chroma"
 
     @property
     def s3_endpoint(self) -> str:
         store = self.settings.object_store
         if store.kind == "external":
             return store.endpoint or ""
-        return f"seaweedfs:{INTERNAL_PORTS['seaweedfs_s3']}"
+        return self._data_host("seaweedfs", "seaweedfs_s3")
+
+    @property
+    def published_data_ports(self) -> dict[str, int]:
+        """Split inventory, data host: service -> port published on its private address."""
+        if not (self.split and self.has_role("data")):
+            return {}
+        ports = {"postgres": INTERNAL_PORTS["postgres"], "chroma": INTERNAL_PORTS["chroma"]}
+        if "seaweedfs" in self.data_services:
+            ports["seaweedfs"] = INTERNAL_PORTS["seaweedfs_s3"]
+        return ports
+
+    @staticmethod
+    def app_host_port(color: Color) -> int:
+        """Split inventory: the port a color's API is published on, on each app host."""
+        return APP_HOST_PORTS[color]
+
+    @staticmethod
+    def app_upstream_name(color: Color) -> str:
+        return f"app_{color}"
+
+    def app_upstream_servers(self, color: Color) -> list[str]:
+        """Split inventory: address:port of the color's API on every app host."""
+        return [f"{address}:{self.app_host_port(color)}" for address in self.topology.app_addresses]
+
+    @property
+    def app_trusted_proxies(self) -> str:
+        """Where the app takes X-Forwarded-* from: the edge hosts when split."""
+        if self.split:
+            return ",".join(f"{address}/32" for address in self.topology.edge_addresses)
+        return self.settings.network.data_subnet
 
     @property
     def upstream_seaweedfs(self) -> bool:

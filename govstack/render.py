@@ -132,6 +132,8 @@ def rendered_files(plan: StackPlan) -> dict[str, str]:
     """Host path -> content of every rendered file of the stack."""
     s = plan.settings
     release = plan.release
+    if plan.split:
+        return _rendered_role_files(plan)
     monitoring_files = monitoring.monitoring_files(plan) if plan.settings.monitoring.enabled else {}
     return {
         **monitoring_files,
@@ -141,3 +143,39 @@ def rendered_files(plan: StackPlan) -> dict[str, str]:
         # Installed by nginx_config_applied only after `nginx -t` accepts it.
         nginx_candidate_path(plan): render_nginx_conf(plan),
     }
+
+
+def _rendered_role_files(plan: StackPlan) -> dict[str, str]:
+    """A host of a split inventory: only its roles' files."""
+    s = plan.settings
+    release = plan.release
+    files: dict[str, str] = {}
+    if plan.services:
+        files[s.compose_file] = render_compose(plan)
+    if plan.has_role("monitoring") and s.monitoring.enabled:
+        files.update(monitoring.monitoring_files(plan))
+        files.update({f"{s.config_dir}/prometheus/targets/{name}": text for name, text in
+                      render_app_target_files(plan, (release.color,), release.color).items()})
+    if plan.has_role("app"):
+        files[plan.app_compose_file(release.color)] = render_app_compose(plan, release.color, release.version)
+    if plan.has_role("data"):
+        files[f"{s.config_dir}/postgres/postgresql.conf"] = render_postgres_conf(plan)
+    if plan.has_role("edge"):
+        files[nginx_candidate_path(plan)] = render_nginx_conf(plan)
+    return files
+
+
+def render_app_target_files(plan: StackPlan, colors: tuple[str, ...], serving: str) -> dict[str, str]:
+    """Prometheus file_sd lists of the running app colors (cf. monitoring.render_app_targets).
+
+    Split inventory: each color's API on every app host, by private address;
+    the workers' metrics are not published off their host, so not scraped.
+    """
+    if not plan.split:
+        return monitoring.render_app_targets(colors, serving)
+    groups = [
+        {"targets": [f"{address}:{plan.app_host_port(color)}" for address in plan.topology.app_addresses],
+         "labels": {"color": color, "serving": str(color == serving).lower()}}
+        for color in colors
+    ]
+    return {"app.json": json.dumps(groups, indent=2) + "\n", "worker.json": "[]\n"}

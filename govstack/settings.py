@@ -258,6 +258,15 @@ class Settings(_Section):
     )
     # How long `compose up --wait` may take before the deploy fails.
     healthy_timeout_s: int = Field(300, ge=10, description="how long services may take to become healthy")
+    # Split inventories (hosts in groups edge/app/data/monitoring, govstack/roles.py).
+    address: str | None = Field(
+        None, description="private IP other hosts reach this one on (split inventories); null = ssh_hostname"
+    )
+    shared_secrets_dir: str | None = Field(
+        None,
+        description="controller directory of the secrets every host of a split inventory shares; "
+        "null = ~/.local/share/govstack/secrets/<project>-<first data host>",
+    )
 
     @field_validator("stack_root")
     @classmethod
@@ -266,6 +275,13 @@ class Settings(_Section):
         if not path.is_absolute() or path == PurePosixPath("/"):
             raise ValueError("must be an absolute path below /")
         return str(path)
+
+    @field_validator("address")
+    @classmethod
+    def _address_ip(cls, value: str | None) -> str | None:
+        if value is not None:
+            ipaddress.ip_address(value)
+        return value
 
     @field_validator("resources", mode="before")
     @classmethod

@@ -93,11 +93,15 @@ class Lane:
 # Shared settings of the test inventory. The edge's public name is its
 # address on mh-net (its certificate gets an IP SAN); the load tests send
 # everything from one client address, so the per-client limits are raised.
-def shared_settings(edge_ip: str) -> dict:
-    return {
+def shared_settings(edge_ip: str, workdir: Path | None = None) -> dict:
+    settings = {
         "edge": {"hostname": edge_ip, "api_rate_per_s": 200, "api_burst": 200},
         "healthy_timeout_s": 240,
     }
+    if workdir is not None:
+        # The run's own shared secrets (made on the controller by the deploy).
+        settings["shared_secrets_dir"] = str(workdir / "secrets")
+    return settings
 
 
 def _watchdog(harness: Harness) -> threading.Timer:
@@ -154,7 +158,7 @@ def lane(tmp_path_factory) -> Lane:
         # Each host's image list is host data that ship_images.py reads.
         inventory = harness.write_inventory(
             workdir / "multihost.py",
-            shared=shared_settings(edge.ip),
+            shared=shared_settings(edge.ip, workdir),
             host_data={name: {"multihost_images": all_in_one_images(settings, version) if SHIP_ALL
                               else images_for_groups(settings, host.groups, version)}
                        for name, host in hosts.items()},

@@ -5,8 +5,8 @@ from __future__ import annotations
 from govstack import images, monitoring
 from govstack.settings import Settings
 
-# Until the role-based deploy says which services a group runs: the images a
-# host of each group needs. The base image goes everywhere (app releases and
+# The images a host of each group needs (the services govstack.plan gives
+# each role in a split inventory). The base image goes everywhere (app releases and
 # any image the deploy still builds on the host start from it).
 GROUP_SERVICES = {
     "edge": ("nginx",),
@@ -32,6 +32,10 @@ def images_for_groups(settings: Settings, groups: tuple[str, ...], app_version: 
     tags = [images.base_image_tag(settings)]
     for group in groups:
         tags += [offline[service] for service in GROUP_SERVICES.get(group, ())]
+    if "data" in groups and settings.backup.enabled:
+        from govstack.backup.plan import backup_image
+
+        tags.append(backup_image(settings).tag)
     if "app" in groups:
         tags.append(images.app_image(settings, app_version).tag)
     return sorted(set(tags), key=tags.index)
