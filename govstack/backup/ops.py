@@ -160,7 +160,8 @@ def preflight(stack: StackHost, snapshot: str, components: tuple[str, ...], forc
     if "postgres" in components:
         tables = postgres_contents(stack, stack.settings.postgres.database)
         if tables:
-            busy["postgres"] = f"database {stack.settings.postgres.database} has rows in {', '.join(list(tables)[:5])}"
+            busy["postgres"] = (f"database {stack.settings.postgres.database} has rows in {len(tables)} tables: "
+                                f"{', '.join(tables)}")
     if "objects" in components and state.get("objects"):
         busy["objects"] = f"buckets hold objects: {state['objects']}"
     if "vectors" in components and state.get("vectors"):

@@ -38,9 +38,7 @@ class OffsiteSettings(_Section):
 
 
 class BackupSettings(_Section):
-    # Off by default until the backup e2e suite runs in CI against the deployed
-    # test stack (it passed on a separate stack only): see the README limits.
-    enabled: bool = Field(False, description="the backup service (restic) in the stack")
+    enabled: bool = Field(True, description="the backup service (restic) in the stack")
     schedule: str = Field(
         "15 2 * * *", description="cron expression (UTC; five fields or @hourly/@daily) of the backup runs"
     )

@@ -35,8 +35,7 @@ def plan_for(**layer) -> StackPlan:
 # -- settings ----------------------------------------------------------------------------------
 def test_defaults_back_up_daily_and_keep_a_sane_history():
     b = BackupSettings()
-    # Off by default until the backup e2e suite runs in CI (see BackupSettings.enabled).
-    assert b.schedule == "15 2 * * *" and not b.enabled and b.offsite is None
+    assert b.schedule == "15 2 * * *" and b.enabled and b.offsite is None
     assert b.retention == {"keep_last": 3, "keep_hourly": 24, "keep_daily": 7, "keep_weekly": 5, "keep_monthly": 12,
                            "keep_yearly": 0}
 
@@ -254,3 +253,16 @@ def test_restore_over_data_is_refused_with_reasons_and_touches_nothing():
     assert error.value.kind == "non-empty"
     assert "public.documents" in str(error.value) and "'documents': 3" in str(error.value)
     assert not any(re.search(r"docker (stop|compose .* stop)|pg_restore|restore-objects", c) for c in host.commands)
+
+
+def test_drill_compares_top_k_by_rank_exactly_and_scores_within_float32_noise():
+    from govstack.backup.drill import compare_topk
+
+    before = {"c | vector | q": [[1, 0, -0.0657], [2, 3, -0.07]], "d | vector | q": {"refused": 409}}
+    assert compare_topk(before, {"c | vector | q": [[1, 0, -0.06569], [2, 3, -0.07]],
+                                 "d | vector | q": {"refused": 409}}) == []
+    assert compare_topk(before, {"c | vector | q": [[2, 3, -0.07], [1, 0, -0.0657]],
+                                 "d | vector | q": {"refused": 409}}) == ["c | vector | q"]
+    assert compare_topk(before, {"c | vector | q": [[1, 0, -0.0757], [2, 3, -0.07]],
+                                 "d | vector | q": []}) == ["c | vector | q", "d | vector | q"]
+    assert compare_topk(before, {"c | vector | q": before["c | vector | q"]}) == ["d | vector | q"]
