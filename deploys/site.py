@@ -11,7 +11,7 @@ from govstack.backup import deploy as backup
 from govstack.facts import HostResourcesFact
 from govstack.plan import StackPlan
 from govstack.release import ReleaseState, release_path
-from govstack.role_operations import all_hosts_reached
+from govstack.role_operations import all_hosts_reached, published_ports_firewalled
 from govstack.roles import TopologyError, plan_fields
 from govstack.settings import SettingsError, settings_for_host
 
@@ -38,6 +38,12 @@ plan = StackPlan(
 # a host in no group runs all of it. Operations run in this order across
 # all hosts, so the data host is up before the app hosts start.
 engine.install_docker_engine(plan)
+if plan.split and settings.firewall and plan.firewall_openings:
+    published_ports_firewalled(
+        name="Published ports open only to the hosts that use them",
+        address=plan.address,
+        openings=plan.firewall_openings,
+    )
 if settings.images.lane == "offline":
     images.build_offline_images(plan)
 stack.create_stack_directories(plan)

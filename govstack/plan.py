@@ -211,6 +211,30 @@ class StackPlan:
         return [f"{address}:{self.app_host_port(color)}" for address in self.topology.app_addresses]
 
     @property
+    def firewall_openings(self) -> list[tuple[int, list[str]]]:
+        """Split inventory: (port published on this host's private address,
+        addresses of the hosts allowed to open connections to it)."""
+        if not self.split:
+            return []
+        topology = self.topology
+        app, edge, monitoring_ = (topology.addresses(role) for role in ("app", "edge", "monitoring"))
+        openings: dict[int, set[str]] = {}
+        clients = {
+            # postgres-exporter runs on the monitoring host.
+            "postgres": app + monitoring_,
+            # presigned downloads go through the edge's /s3/.
+            "seaweedfs": app + edge,
+            "chroma": app,
+        }
+        for service, port in self.published_data_ports.items():
+            openings.setdefault(port, set()).update(clients[service])
+        if self.has_role("app"):
+            for color in APP_HOST_PORTS:
+                # Prometheus scrapes the API's /metrics.
+                openings.setdefault(self.app_host_port(color), set()).update(edge + monitoring_)
+        return [(port, sorted(sources - {self.address})) for port, sources in sorted(openings.items())]
+
+    @property
     def app_trusted_proxies(self) -> str:
         """Where the app takes X-Forwarded-* from: the edge hosts when split."""
         if self.split:

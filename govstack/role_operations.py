@@ -5,10 +5,13 @@ govstack/operations.py; each prints a one-line ``govstack:`` cause on failure.
 
 from __future__ import annotations
 
+import hashlib
 import shlex
 
 from pyinfra import host
-from pyinfra.api import operation
+from pyinfra.api import FactBase, operation
+
+FIREWALL_CHAIN = "GOVSTACK"
 
 
 @operation()
@@ -59,3 +62,69 @@ def app_color_stopped(project: str, compose_file: str, stop_timeout_s: int = 40)
         f"docker compose {old} stop -t {stop_timeout_s} api worker >/dev/null 2>&1 "
         f"|| {{ echo 'govstack: could not stop the previous color {project}' >&2; exit 1; }}"
     )
+
+
+class FirewallState(FactBase):
+    """The digest govstack tagged its iptables chain with, and whether
+    Docker's DOCKER-USER chain jumps to it; None without iptables."""
+
+    def command(self, chain: str) -> str:
+        return (
+            # A first line always: pyinfra gives no output as None.
+            "command -v iptables >/dev/null || { echo none; exit 0; }; echo iptables; "
+            f"iptables -w -S {chain} 2>/dev/null | grep -o 'govstack:[0-9a-f]*' | head -n 1; "
+            f"iptables -w -C DOCKER-USER -j {chain} 2>/dev/null && echo jump; true"
+        )
+
+    def process(self, output):
+        lines = [line.strip() for line in output if line.strip()]
+        if lines == ["none"]:
+            return None
+        digest = next((line.split(":", 1)[1] for line in lines if line.startswith("govstack:")), None)
+        return {"digest": digest, "jump": "jump" in lines}
+
+
+def firewall_rules(chain: str, address: str, openings: list[tuple[int, list[str]]]) -> list[str]:
+    """iptables rules (arguments of -A) for the chain DOCKER-USER jumps to.
+
+    Docker publishes with DNAT, so the FORWARD chain sees the container's
+    address: the published address and port are matched on the connection's
+    original destination. Only new connections are filtered (replies and
+    established ones pass); connections from the host itself never cross
+    FORWARD.
+    """
+    rules = []
+    for port, sources in openings:
+        match = f"-p tcp -m conntrack --ctstate NEW --ctorigdst {address} --ctorigdstport {port}"
+        rules += [f"{chain} -s {source}/32 {match} -j RETURN" for source in sources]
+        rules.append(f"{chain} {match} -j DROP")
+    return rules
+
+
+@operation()
+def published_ports_firewalled(address: str, openings: list[tuple[int, list[str]]], chain: str = FIREWALL_CHAIN):
+    """
+    Only the listed hosts may connect to the ports published on ``address``.
+
+    + address: the host's private address the ports are published on
+    + openings: (port, [source addresses allowed]) pairs
+    + chain: govstack's own chain, jumped to from Docker's DOCKER-USER (rules
+      an operator keeps in DOCKER-USER are left alone)
+
+    The chain is rebuilt only when its rules differ from the wished ones (a
+    digest of them is carried in a rule comment).
+    """
+    rules = firewall_rules(chain, address, openings)
+    digest = hashlib.sha256("\n".join(rules).encode()).hexdigest()[:16]
+    state = host.get_fact(FirewallState, chain=chain)
+    if state is None:
+        host.noop("no iptables on this host: published ports are not firewalled")
+        return
+    if state["digest"] == digest and state["jump"]:
+        host.noop(f"{len(rules)} firewall rules in place")
+        return
+    tagged = [rule.replace(" -j DROP", f" -m comment --comment govstack:{digest} -j DROP") for rule in rules]
+    script = [f"iptables -w -N {chain} 2>/dev/null || true", f"iptables -w -F {chain}"]
+    script += [f"iptables -w -A {rule}" for rule in tagged]
+    script.append(f"iptables -w -C DOCKER-USER -j {chain} 2>/dev/null || iptables -w -I DOCKER-USER -j {chain}")
+    yield " && ".join(script)

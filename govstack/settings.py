@@ -262,6 +262,9 @@ class Settings(_Section):
     address: str | None = Field(
         None, description="private IP other hosts reach this one on (split inventories); null = ssh_hostname"
     )
+    firewall: bool = Field(
+        True, description="split inventories: iptables lets only the hosts that need them reach published ports"
+    )
     shared_secrets_dir: str | None = Field(
         None,
         description="controller directory of the secrets every host of a split inventory shares; "

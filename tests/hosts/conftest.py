@@ -28,10 +28,25 @@ def inventory_path() -> str:
 class Target:
     entry: InventoryHost
     host: object  # testinfra Host
+    # Every host of the inventory: a split inventory's topology (roles, addresses).
+    entries: tuple[InventoryHost, ...] = ()
 
     @property
     def settings(self):
         return self.entry.settings
+
+    @property
+    def role_fields(self) -> dict:
+        from govstack.roles import plan_fields_for_entry
+
+        return plan_fields_for_entry(self.entry, self.entries or (self.entry,))
+
+    def requires(self, role: str) -> None:
+        """Skip a check of a part of the stack this host does not run (split inventories)."""
+        from govstack.roles import ALL_ROLES
+
+        if role not in self.role_fields.get("roles", ALL_ROLES):
+            pytest.skip(f"{self.entry.name} is not in group {role!r}")
 
     def plan(self) -> StackPlan:
         from govstack.tuning import HostResources
@@ -44,7 +59,7 @@ class Target:
         limit_mb = int(limit) // 2**20 if limit.isdigit() and int(limit) < 2**60 else None
         if limit_mb is not None and limit_mb >= mem_kb // 1024:
             limit_mb = None
-        return StackPlan(self.settings, HostResources(mem_kb // 1024, cpus, limit_mb))
+        return StackPlan(self.settings, HostResources(mem_kb // 1024, cpus, limit_mb), **self.role_fields)
 
     def container(self, service: str, project: str | None = None) -> str:
         project = project or self.settings.project
@@ -57,9 +72,19 @@ class Target:
         return ids[0]
 
 
+_ENTRIES: dict[str, list[InventoryHost]] = {}
+
+
+def inventory_entries() -> list[InventoryHost]:
+    path = inventory_path()
+    if path not in _ENTRIES:
+        _ENTRIES[path] = load_inventory(path)
+    return _ENTRIES[path]
+
+
 def pytest_generate_tests(metafunc):
     if "target" in metafunc.fixturenames:
-        entries = load_inventory(inventory_path())
+        entries = inventory_entries()
         metafunc.parametrize("target", entries, ids=[entry.name for entry in entries], indirect=True)
 
 
@@ -72,5 +97,5 @@ def _targets():
 def target(request, _targets, deployed_stack) -> Target:
     entry: InventoryHost = request.param
     if entry.name not in _targets:
-        _targets[entry.name] = Target(entry, testinfra_host(entry.name, entry.data))
+        _targets[entry.name] = Target(entry, testinfra_host(entry.name, entry.data), tuple(inventory_entries()))
     return _targets[entry.name]

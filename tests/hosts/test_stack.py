@@ -35,20 +35,39 @@ def test_only_the_edge_ports_are_published(target):
     s = target.settings
     plan = target.plan()
     published = {}
+    host_ips = {}
     for service in plan.services:
         ports = _inspect(target, target.container(service))["NetworkSettings"]["Ports"] or {}
-        published[service] = sorted(
-            int(binding["HostPort"])
-            for bindings in ports.values()
-            if bindings
-            for binding in bindings
-            if binding["HostIp"] != "127.0.0.1"
-        )
-    # Beyond these, nginx publishes only Prometheus' read API, on loopback.
-    assert {k: v for k, v in published.items() if v} == {"nginx": sorted({s.edge.http_port, s.edge.https_port})}
-    listening = target.host.socket.get_listening_sockets()
-    for port in (s.edge.http_port, s.edge.https_port):
-        assert any(sock.endswith(f":{port}") for sock in listening), port
+        bindings = [binding for bound in ports.values() if bound for binding in bound
+                    if binding["HostIp"] != "127.0.0.1"]
+        published[service] = sorted(int(binding["HostPort"]) for binding in bindings)
+        host_ips[service] = {binding["HostIp"] for binding in bindings}
+    # Beyond these, nginx publishes only Prometheus' read API, on loopback;
+    # in a split inventory the data host publishes its services on its
+    # private address only, for the other hosts.
+    wanted = {service: [port] for service, port in plan.published_data_ports.items()}
+    if "nginx" in plan.services:
+        wanted["nginx"] = sorted({s.edge.http_port, s.edge.https_port})
+    assert {k: v for k, v in published.items() if v} == wanted
+    for service in plan.published_data_ports:
+        assert host_ips[service] == {plan.address}, service
+    if "nginx" in plan.services:
+        listening = target.host.socket.get_listening_sockets()
+        for port in (s.edge.http_port, s.edge.https_port):
+            assert any(sock.endswith(f":{port}") for sock in listening), port
+
+
+def test_app_colors_are_published_on_the_private_address_only(target):
+    target.requires("app")
+    plan = target.plan()
+    if not plan.split:
+        pytest.skip("all-in-one: the app is reached over the internal network")
+    release = json.loads(target.host.file(f"{target.settings.stack_root}/state/release.json").content_string)
+    api = target.container("api", project=plan.app_project(release["color"]))
+    ports = _inspect(target, api)["NetworkSettings"]["Ports"] or {}
+    bindings = [binding for bound in ports.values() if bound for binding in bound]
+    assert {(b["HostIp"], int(b["HostPort"])) for b in bindings} == {
+        (plan.address, plan.app_host_port(release["color"]))}
 
 
 def test_secret_files_belong_to_their_reader_only(target):
@@ -76,6 +95,7 @@ def test_no_secret_leaks_into_container_environment(target):
 
 
 def test_postgres_runs_the_rendered_tuning(target):
+    target.requires("data")
     plan = target.plan()
     names = ", ".join(f"'{name}'" for name in plan.postgres_conf)
     out = target.host.check_output(
@@ -105,6 +125,7 @@ def _in_netns_of(target, container: str, command: str):
 
 @pytest.mark.parametrize("keys_ok", [True, False], ids=["generated-keys", "wrong-keys"])
 def test_object_store_accepts_only_the_generated_keys(target, keys_ok):
+    target.requires("data")
     s = target.settings
     if s.object_store.kind != "seaweedfs":
         pytest.skip("the object store is an external endpoint, not part of this stack")
@@ -122,9 +143,20 @@ def test_object_store_accepts_only_the_generated_keys(target, keys_ok):
 
 
 def test_chroma_answers_inside_the_stack_only(target):
+    target.requires("data")
+    plan = target.plan()
     info = _inspect(target, target.container("chroma"))
     networks = info["NetworkSettings"]["Networks"]
-    data_network = target.plan().networks["data"]
+    data_network = plan.networks["data"]
+    if plan.split:
+        # Published for the app hosts on the private address, nowhere else.
+        bindings = [b for bound in (info["NetworkSettings"]["Ports"] or {}).values() if bound for b in bound]
+        assert {b["HostIp"] for b in bindings} == {plan.address}
+        answer = target.host.run(
+            f"curl -s -m 5 -o /dev/null -w '%{{http_code}}' http://{plan.address}:{plan.ports['chroma']}/api/v2/heartbeat"
+        )
+        assert answer.stdout == "200"
+        return
     assert list(networks) == [data_network]
     ip = networks[data_network]["IPAddress"]
     inside = _in_netns_of(
@@ -142,6 +174,7 @@ def test_chroma_answers_inside_the_stack_only(target):
 
 
 def test_edge_serves_health_on_both_ports_and_redirects(target):
+    target.requires("edge")
     s = target.settings
     http = target.host.run(f"curl -s -m 5 -w ' %{{http_code}}' http://127.0.0.1:{s.edge.http_port}/health")
     assert http.stdout.endswith(" 200")
@@ -158,6 +191,7 @@ def test_edge_serves_health_on_both_ports_and_redirects(target):
 
 
 def test_tls_key_is_private_to_nginx(target):
+    target.requires("edge")
     key = target.host.file(f"{target.settings.config_dir}/nginx/tls/tls.key")
     assert key.mode == 0o600 and key.uid == target.plan().uids["nginx"]
 
@@ -174,9 +208,31 @@ def test_serving_color_is_the_one_in_the_release_record_and_ledger(target):
         if done:
             assert done[-1]["serving"] == f"{release['color']} {release['version']}"
     plan = target.plan()
-    api = target.container("api", project=plan.app_project(release["color"]))
-    info = _inspect(target, api)
-    assert info["State"]["Health"]["Status"] == "healthy"
-    assert info["Config"]["Image"] == plan.app_image(release["version"])
-    nginx_conf = target.host.file(f"{s.config_dir}/nginx/nginx.conf").content_string
-    assert f'default "{plan.app_alias(release["color"])}:' in nginx_conf
+    if plan.has_role("app"):
+        api = target.container("api", project=plan.app_project(release["color"]))
+        info = _inspect(target, api)
+        assert info["State"]["Health"]["Status"] == "healthy"
+        assert info["Config"]["Image"] == plan.app_image(release["version"])
+    if plan.has_role("edge"):
+        nginx_conf = target.host.file(f"{s.config_dir}/nginx/nginx.conf").content_string
+        if plan.split:
+            # Every app host's API of the serving color, in the upstream nginx routes to.
+            assert f'default "{plan.app_upstream_name(release["color"])}";' in nginx_conf
+            for server in plan.app_upstream_servers(release["color"]):
+                assert f"server {server} max_fails=" in nginx_conf
+        else:
+            assert f'default "{plan.app_alias(release["color"])}:' in nginx_conf
+
+
+def test_published_ports_are_firewalled_to_the_hosts_that_use_them(target):
+    from govstack.role_operations import FIREWALL_CHAIN
+
+    plan = target.plan()
+    if not (plan.split and target.settings.firewall and plan.firewall_openings):
+        pytest.skip("no port published on a private address here")
+    assert target.host.run(f"iptables -w -C DOCKER-USER -j {FIREWALL_CHAIN}").rc == 0
+    rules = target.host.check_output(f"iptables -w -S {FIREWALL_CHAIN}")
+    for port, sources in plan.firewall_openings:
+        port_rules = [line for line in rules.splitlines() if f"--ctorigdstport {port} " in line]
+        assert port_rules and port_rules[-1].endswith("-j DROP"), (port, port_rules)
+        assert sorted(line.split("-s ", 1)[1].split("/", 1)[0] for line in port_rules[:-1]) == sorted(sources)

@@ -1,0 +1,66 @@
+"""A production site split over several hosts (an example: copy and edit).
+
+    govstack up -i inventories/production.py
+    govstack deploy --version 1.4.0 -i inventories/production.py
+    govstack check -i inventories/production.py
+
+Groups say what each host runs (govstack/roles.py); any group may share a
+host, and a host in none of them runs everything (like inventories/local.py):
+
+- ``edge``: nginx and TLS, the only public ports (80/443). Its upstream lists
+  every ``app`` host of the serving color; a dead app host is skipped
+  (passive health checks) and costs no failed requests.
+- ``app``: the app colors (API + indexing worker), each color's API
+  published on the host's private address (blue 8001, green 8002) for the
+  edge hosts only. `govstack deploy` starts the new color on every app host,
+  waits until all are ready, then switches the edge once; a failing host
+  stops the rollout before the switch.
+- ``data``: Postgres, SeaweedFS (S3 gateway) and Chroma, published on the
+  data host's private address only (5432, 8333, 8000). The first data host
+  runs them; docs/multihost.md shows how SeaweedFS volume servers on more
+  data hosts grow object storage.
+- ``monitoring``: Prometheus, Alertmanager and the exporters.
+
+Hosts reach each other by private address: ``govstack.address`` in host data,
+else ``ssh_hostname`` (both must be IP addresses, ports are bound to them).
+Keep that network private: the data ports carry no TLS.
+
+Secrets are generated once on the controller (the machine running govstack),
+in ``shared_secrets_dir`` (mode 0700, files 0600), and uploaded to every host
+that lacks or differs from them; back that directory up like the hosts.
+
+Images (offline lane) are built where the service runs, or built once on the
+controller and shipped with `docker save | docker load` over SSH
+(govstack/shipping.py), so no host needs internet access.
+
+Settings layers: ``all`` (second element of the tuple) <- group data <- host
+data <- GOVSTACK__* environment. Every key is in the README.
+"""
+
+_ssh = {"ssh_user": "root", "ssh_key": "~/.ssh/govstack_ed25519"}
+
+all = (
+    [
+        ("edge1", {**_ssh, "ssh_hostname": "10.20.0.10"}),
+        ("app1", {**_ssh, "ssh_hostname": "10.20.0.21"}),
+        ("app2", {**_ssh, "ssh_hostname": "10.20.0.22"}),
+        # SSH through a public name, other hosts over the private network.
+        ("data1", {**_ssh, "ssh_hostname": "data1.ops.example.gov", "govstack": {"address": "10.20.0.31"}}),
+    ],
+    {
+        "govstack": {
+            "stack_root": "/opt/govstack",
+            "project": "govstack",
+            "images": {"lane": "offline"},
+            "edge": {"hostname": "docs.example.gov"},
+            # On the controller; every host gets the same values.
+            "shared_secrets_dir": "/etc/govstack/secrets/production",
+        },
+    },
+)
+
+edge = (["edge1"], {"govstack": {"edge": {"api_rate_per_s": 20, "api_burst": 40}}})
+app = ["app1", "app2"]
+data = (["data1"], {"govstack": {"postgres": {"memory_share": 0.4, "storage": "ssd"}}})
+# Monitoring shares the edge host (nginx-exporter then reads the local nginx).
+monitoring = ["edge1"]

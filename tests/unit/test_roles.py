@@ -1,0 +1,122 @@
+"""Split inventories: which host renders which part, and how the parts find each other."""
+
+from __future__ import annotations
+
+import stat
+
+import pytest
+import yaml
+
+from govstack.plan import StackPlan
+from govstack.render import render_app_compose, render_compose, render_nginx_conf, rendered_files
+from govstack.roles import (
+    ALL_ROLES,
+    TopologyError,
+    build_topology,
+    roles_of,
+    shared_secret_values,
+)
+from govstack.settings import build_settings
+from govstack.tuning import HostResources
+
+HOSTS = {
+    "edge1": (("edge", "monitoring"), "10.0.0.10"),
+    "app1": (("app",), "10.0.0.21"),
+    "app2": (("app",), "10.0.0.22"),
+    "data1": (("data",), "10.0.0.31"),
+}
+
+
+def split_plans(**layer) -> dict[str, StackPlan]:
+    settings = build_settings([layer], environ={})
+    topology = build_topology(
+        (name, groups, {"ssh_hostname": address}, settings) for name, (groups, address) in HOSTS.items()
+    )
+    assert topology is not None
+    return {
+        name: StackPlan(settings, HostResources(4096, 2, None), roles=topology.member(name).roles,
+                        topology=topology, address=topology.member(name).address)
+        for name in HOSTS
+    }
+
+
+def test_a_host_in_no_role_group_is_all_in_one():
+    assert roles_of(()) == ALL_ROLES
+    assert roles_of(("all", "production")) == ALL_ROLES
+    assert roles_of(("app", "eu")) == {"app"}
+    settings = build_settings([], environ={})
+    assert build_topology([("@local", (), {}, settings)]) is None
+    assert build_topology([("a", (), {}, settings), ("b", ("edge", "app", "data", "monitoring"), {}, settings)]) is None
+
+
+def test_a_split_inventory_needs_every_role_and_ip_addresses():
+    settings = build_settings([], environ={})
+    with pytest.raises(TopologyError, match="'monitoring'"):
+        build_topology([("a", ("edge", "app"), {"ssh_hostname": "10.0.0.1"}, settings),
+                        ("b", ("data",), {"ssh_hostname": "10.0.0.2"}, settings)])
+    with pytest.raises(TopologyError, match="govstack.address"):
+        build_topology([("a", ("edge", "app", "monitoring"), {"ssh_hostname": "10.0.0.1"}, settings),
+                        ("b", ("data",), {"ssh_hostname": "db.example.gov"}, settings)])
+    with_address = build_settings([{"address": "10.0.0.2"}], environ={})
+    topology = build_topology([("a", ("edge", "app", "monitoring"), {"ssh_hostname": "10.0.0.1"}, settings),
+                               ("b", ("data",), {"ssh_hostname": "db.example.gov"}, with_address)])
+    assert topology.data_address == "10.0.0.2"
+
+
+def test_each_host_renders_only_its_part():
+    plans = split_plans()
+    assert plans["edge1"].services[0] == "nginx" and "postgres" not in plans["edge1"].services
+    assert "prometheus" in plans["edge1"].services
+    assert plans["app1"].services == []
+    assert {"postgres", "seaweedfs", "chroma"} <= set(plans["data1"].services)
+    assert "nginx" not in plans["data1"].services
+    files = {name: rendered_files(plan) for name, plan in plans.items()}
+    assert set(files["app1"]) == {"/opt/govstack/app/blue.yml"}
+    assert "/opt/govstack/config/nginx/nginx.conf.candidate" in files["edge1"]
+    assert "/opt/govstack/config/nginx/nginx.conf.candidate" not in files["data1"]
+    assert "/opt/govstack/config/postgres/postgresql.conf" in files["data1"]
+    edge_services = yaml.safe_load(render_compose(plans["edge1"]))["services"]
+    data_services = yaml.safe_load(render_compose(plans["data1"]))["services"]
+    assert set(edge_services) == set(plans["edge1"].services)
+    assert set(data_services) == set(plans["data1"].services)
+
+
+def test_data_ports_are_published_on_the_data_hosts_private_address_only():
+    services = yaml.safe_load(render_compose(split_plans()["data1"]))["services"]
+    assert services["postgres"]["ports"] == ["10.0.0.31:5432:5432"]
+    assert services["seaweedfs"]["ports"] == ["10.0.0.31:8333:8333"]
+    assert services["chroma"]["ports"] == ["10.0.0.31:8000:8000"]
+    assert "ports" not in services.get("backup", {})
+
+
+def test_app_hosts_reach_the_data_host_and_publish_each_color():
+    plan = split_plans()["app2"]
+    for color, port in (("blue", 8001), ("green", 8002)):
+        compose = yaml.safe_load(render_app_compose(plan, color, "v1"))
+        api = compose["services"]["api"]
+        assert api["ports"] == [f"10.0.0.22:{port}:8000"]
+        assert api["environment"]["GOVSTACK_DATABASE_HOST"] == "10.0.0.31"
+        assert api["environment"]["GOVSTACK_CHROMA_HOST"] == "10.0.0.31"
+        assert api["environment"]["GOVSTACK_S3_ENDPOINT"] == "10.0.0.31:8333"
+        assert api["environment"]["GOVSTACK_TRUSTED_PROXIES"] == "10.0.0.10/32"
+        assert "networks" not in compose
+
+
+def test_the_edge_upstream_lists_every_app_host_of_the_serving_color():
+    conf = render_nginx_conf(split_plans()["edge1"])
+    assert "upstream app_blue {" in conf
+    assert "server 10.0.0.21:8001 max_fails=1 fail_timeout=10s;" in conf
+    assert "server 10.0.0.22:8001 max_fails=1 fail_timeout=10s;" in conf
+    assert 'default "app_blue";' in conf
+    assert "proxy_next_upstream error timeout http_502 http_503 http_504;" in conf
+    assert "non_idempotent" not in conf.split("proxy_next_upstream ", 1)[1].split(";")[0]
+    assert 'set $s3_upstream "10.0.0.31:8333";' in conf
+
+
+def test_shared_secrets_are_made_once_private_and_stable(tmp_path):
+    directory = tmp_path / "secrets"
+    first = shared_secret_values(directory, {"postgres_password": 40, "s3_access_key": 20})
+    assert len(first["postgres_password"]) == 40 and len(first["s3_access_key"]) == 20
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    assert stat.S_IMODE((directory / "postgres_password").stat().st_mode) == 0o600
+    assert shared_secret_values(directory, {"postgres_password": 40, "s3_access_key": 20}) == first
