@@ -91,9 +91,10 @@ def firewall_rules(chain: str, address: str, openings: list[tuple[int, list[str]
     address: the published address and port are matched on the connection's
     original destination. Only new connections are filtered (replies and
     established ones pass); connections from the host itself never cross
-    FORWARD.
+    FORWARD, and those of its own containers (roles sharing the host) come
+    in through a Docker bridge and pass.
     """
-    rules = []
+    rules = [f"{chain} -i docker0 -j RETURN", f"{chain} -i br-+ -j RETURN"] if openings else []
     for port, sources in openings:
         match = f"-p tcp -m conntrack --ctstate NEW --ctorigdst {address} --ctorigdstport {port}"
         rules += [f"{chain} -s {source}/32 {match} -j RETURN" for source in sources]

@@ -120,3 +120,15 @@ def test_shared_secrets_are_made_once_private_and_stable(tmp_path):
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
     assert stat.S_IMODE((directory / "postgres_password").stat().st_mode) == 0o600
     assert shared_secret_values(directory, {"postgres_password": 40, "s3_access_key": 20}) == first
+
+
+def test_firewall_drops_other_hosts_but_not_the_hosts_own_containers():
+    from govstack.role_operations import firewall_rules
+
+    plan = split_plans()["data1"]
+    rules = firewall_rules("GOVSTACK", plan.address, plan.firewall_openings)
+    assert rules[:2] == ["GOVSTACK -i docker0 -j RETURN", "GOVSTACK -i br-+ -j RETURN"]
+    postgres = [rule for rule in rules if "--ctorigdstport 5432 " in rule]
+    assert [rule.split()[2] for rule in postgres[:-1]] == ["10.0.0.10/32", "10.0.0.21/32", "10.0.0.22/32"]
+    assert postgres[-1].endswith("--ctorigdst 10.0.0.31 --ctorigdstport 5432 -j DROP")
+    assert firewall_rules("GOVSTACK", "10.0.0.10", []) == []
