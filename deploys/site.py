@@ -14,6 +14,7 @@ from govstack.release import ReleaseState, release_path
 from govstack.role_operations import all_hosts_reached, published_ports_firewalled
 from govstack.roles import TopologyError, plan_fields
 from govstack.settings import SettingsError, settings_for_host
+from govstack.shipping import images_shipped
 
 try:
     settings = settings_for_host(host)
@@ -45,6 +46,10 @@ if plan.split and settings.firewall and plan.firewall_openings:
         openings=plan.firewall_openings,
     )
 if settings.images.lane == "offline":
+    if settings.images.ship_from_controller:
+        # Built once on the controller (deploys/build_images.py); a shipped
+        # image carries its context-hash label, so the builds below find it current.
+        images_shipped(name="Images from the controller's engine", images=plan.host_images)
     images.build_offline_images(plan)
 stack.create_stack_directories(plan)
 stack.ensure_secrets(plan)

@@ -124,6 +124,20 @@ class StackPlan:
         return services
 
     @property
+    def host_images(self) -> list[str]:
+        """Offline lane: every image this host's part of the stack runs (what
+        the controller ships it with images.ship_from_controller)."""
+        offline = {image.service: image.tag for image in images.offline_images(self.settings)}
+        offline.update({image.service: image.tag for image in monitoring.offline_images()})
+        tags = [images.base_image_tag(self.settings)]
+        tags += [offline[service] for service in self.services if service in offline]
+        if "backup" in self.services:
+            tags.append(self.backup.image)
+        if self.has_role("app"):
+            tags.append(self.app_image(self.release.version))
+        return tags
+
+    @property
     def data_dirs(self) -> dict[str, int]:
         """Data directories this host needs, with their owners."""
         wanted = set(self.services) | {monitoring.TEXTFILE_DIR}

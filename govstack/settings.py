@@ -112,6 +112,11 @@ class ImageSettings(_Section):
     seaweedfs_version: str = "4.48"
     chroma_version: str = "1.5.9"
     build_timeout_s: int = Field(1800, ge=60)
+    ship_from_controller: bool = Field(
+        False,
+        description="offline lane: load each host's images from the controller's engine over SSH "
+        "(docker save | docker load, when the id differs) before building; see deploys/build_images.py",
+    )
 
 
 class PostgresSettings(_Section):

@@ -29,9 +29,11 @@ Secrets are generated once on the controller (the machine running govstack),
 in ``shared_secrets_dir`` (mode 0700, files 0600), and uploaded to every host
 that lacks or differs from them; back that directory up like the hosts.
 
-Images (offline lane) are built where the service runs, or built once on the
-controller and shipped with `docker save | docker load` over SSH
-(govstack/shipping.py), so no host needs internet access.
+Images (offline lane): with ``images.ship_from_controller`` they are built
+once on the controller (deploys/build_images.py) and each host gets the ones
+its groups run with `docker save | docker load` over SSH, only when the image
+id differs (govstack/shipping.py): no host needs a mirror or internet access.
+Without it, each host builds its own.
 
 Settings layers: ``all`` (second element of the tuple) <- group data <- host
 data <- GOVSTACK__* environment. Every key is in the README.
@@ -51,7 +53,7 @@ all = (
         "govstack": {
             "stack_root": "/opt/govstack",
             "project": "govstack",
-            "images": {"lane": "offline"},
+            "images": {"lane": "offline", "ship_from_controller": True},
             "edge": {"hostname": "docs.example.gov"},
             # On the controller; every host gets the same values.
             "shared_secrets_dir": "/etc/govstack/secrets/production",

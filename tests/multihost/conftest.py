@@ -101,6 +101,9 @@ def shared_settings(edge_ip: str, workdir: Path | None = None) -> dict:
     settings = {
         "edge": {"hostname": edge_ip, "api_rate_per_s": 200, "api_burst": 200},
         "healthy_timeout_s": 240,
+        # The deploy ships each host its images (a no-op after ship_images,
+        # which the lane runs first to time it and to check the ids).
+        "images": {"ship_from_controller": True},
     }
     if workdir is not None:
         # The run's own shared secrets (made on the controller by the deploy).

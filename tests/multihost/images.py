@@ -5,16 +5,6 @@ from __future__ import annotations
 from govstack import images, monitoring
 from govstack.settings import Settings
 
-# The images a host of each group needs (the services govstack.plan gives
-# each role in a split inventory). The base image goes everywhere (app releases and
-# any image the deploy still builds on the host start from it).
-GROUP_SERVICES = {
-    "edge": ("nginx",),
-    "app": (),
-    "data": ("postgres", "seaweedfs", "chroma"),
-    "monitoring": tuple(monitoring.MONITORING_IMAGES),
-}
-
 
 def all_in_one_images(settings: Settings, app_version: str) -> list[str]:
     """Every offline image of the all-in-one stack (what deploys/images.py builds)."""
@@ -27,15 +17,14 @@ def all_in_one_images(settings: Settings, app_version: str) -> list[str]:
 
 
 def images_for_groups(settings: Settings, groups: tuple[str, ...], app_version: str) -> list[str]:
-    offline = {image.service: image.tag for image in images.offline_images(settings)}
-    offline.update({image.service: image.tag for image in monitoring.offline_images()})
-    tags = [images.base_image_tag(settings)]
-    for group in groups:
-        tags += [offline[service] for service in GROUP_SERVICES.get(group, ())]
-    if "data" in groups and settings.backup.enabled:
-        from govstack.backup.plan import backup_image
+    """What the deploy ships a host of these groups (StackPlan.host_images)."""
+    from govstack.plan import StackPlan
+    from govstack.release import Release
+    from govstack.roles import ROLES, Member, Topology, roles_of
+    from govstack.tuning import HostResources
 
-        tags.append(backup_image(settings).tag)
-    if "app" in groups:
-        tags.append(images.app_image(settings, app_version).tag)
-    return sorted(set(tags), key=tags.index)
+    # Any split topology: the images depend on this host's roles only.
+    topology = Topology(tuple(Member(role, frozenset({role}), "10.0.0.1") for role in ROLES))
+    plan = StackPlan(settings, HostResources(4096, 2, None), recorded_release=Release("blue", app_version),
+                     roles=roles_of(groups), topology=topology, address="10.0.0.1")
+    return plan.host_images

@@ -132,3 +132,15 @@ def test_firewall_drops_other_hosts_but_not_the_hosts_own_containers():
     assert [rule.split()[2] for rule in postgres[:-1]] == ["10.0.0.10/32", "10.0.0.21/32", "10.0.0.22/32"]
     assert postgres[-1].endswith("--ctorigdst 10.0.0.31 --ctorigdstport 5432 -j DROP")
     assert firewall_rules("GOVSTACK", "10.0.0.10", []) == []
+
+
+def test_each_host_is_shipped_only_the_images_its_part_runs():
+    plans = split_plans()
+    app = plans["app1"]
+    assert app.host_images == ["govstack/base:bookworm", app.app_image(app.release.version)]
+    data = plans["data1"].host_images
+    assert {"govstack/postgres:15", "govstack/chroma:1.5.9"} <= set(data)
+    assert not any(tag.startswith(("govstack/nginx:", "govstack/app:", "govstack/prometheus:")) for tag in data)
+    edge = plans["edge1"].host_images
+    assert "govstack/nginx:1.22" in edge and "govstack/prometheus:2.42" in edge
+    assert not any(tag.startswith(("govstack/postgres:", "govstack/app:")) for tag in edge)
