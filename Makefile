@@ -31,7 +31,7 @@ check: venv
 	$(BIN)/govstack check -i $(INVENTORY)
 
 ## Everything: quick tier, then deploy + host checks + drills.
-test: engine test-quick test-full
+test: engine test-quick test-full test-multihost
 
 ## The Docker engine alone (installed and started when missing): the quick
 ## tier runs promtool/amtool in the offline Prometheus image.
