@@ -236,3 +236,23 @@ def test_published_ports_are_firewalled_to_the_hosts_that_use_them(target):
         port_rules = [line for line in rules.splitlines() if f"--ctorigdstport {port} " in line]
         assert port_rules and port_rules[-1].endswith("-j DROP"), (port, port_rules)
         assert sorted(line.split("-s ", 1)[1].split("/", 1)[0] for line in port_rules[:-1]) == sorted(sources)
+
+
+def test_backup_service_runs_the_rendered_schedule_unprivileged(target):
+    """The schedule is what the settings say (the file the in-container
+    scheduler reads is the one rendered on the host), and the job runs as
+    its own uid with no capabilities."""
+    from govstack.backup.plan import host_paths, render_crontab
+
+    target.requires("data")
+    if not target.settings.backup.enabled:
+        pytest.skip("govstack.backup.enabled is false")
+    crontab = target.host.file(host_paths(target.settings).crontab)
+    assert crontab.exists and crontab.content_string == render_crontab(target.plan())
+    assert f"{target.settings.backup.schedule} govstack-backup run" in crontab.content_string
+    info = _inspect(target, target.container("backup"))
+    assert info["State"]["Health"]["Status"] == "healthy"
+    assert info["Config"]["User"] == f"{target.plan().uids['backup']}:{target.plan().uids['backup']}"
+    assert info["HostConfig"]["CapDrop"] == ["ALL"]
+    inside = target.host.check_output(f"docker exec {target.container('backup')} cat /etc/govstack-backup/crontab")
+    assert inside.strip() == crontab.content_string.strip()
