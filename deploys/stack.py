@@ -41,17 +41,19 @@ def create_stack_directories(plan: StackPlan):
 @deploy("Secrets")
 def ensure_secrets(plan: StackPlan):
     s = plan.settings
-    # A split inventory's hosts must agree on every secret: generated once,
-    # on the controller, and uploaded (only when a host's copy differs).
+    # Only the secrets this host's roles read (all of them on an all-in-one
+    # host). A split inventory's hosts must agree on each secret: generated
+    # once, on the controller, and uploaded (only when a host's copy differs).
+    names = plan.secret_names
     shared = {}
     if plan.split:
         shared = shared_secret_values(
             controller_secrets_dir(s, plan.topology),
-            {name: spec.length for name, spec in SECRET_SPECS.items() if spec.generated and name not in s.secrets},
+            {name: SECRET_SPECS[name].length for name in names
+             if SECRET_SPECS[name].generated and name not in s.secrets},
         )
-    for name, spec in sorted(SECRET_SPECS.items()):
-        if not spec.generated and name not in s.secrets:
-            continue
+    for name in names:
+        spec = SECRET_SPECS[name]
         secret_file(
             name=f"Secret {name}",
             path=secret_path(s, name),
@@ -66,6 +68,11 @@ def ensure_secrets(plan: StackPlan):
             prefix=GRPC_PREFIX,
             owner_uid=SERVICE_UIDS["seaweedfs"],
         )
+    # Least privilege on a host whose roles no longer read a secret (it held
+    # every secret before secrets followed roles, or its groups changed): the
+    # copy goes; the controller and the hosts that read it keep theirs.
+    for path in plan.stale_secret_files:
+        files.file(name=f"No stale secret {path.rsplit('/', 1)[1]}", path=path, present=False)
 
 
 @deploy("Edge TLS")

@@ -204,12 +204,25 @@ def secret(inventory: str, list_names: bool, host_name: str | None, name: str | 
     if name not in SECRET_SPECS:
         _fail(f"unknown secret {name!r}; `govstack secret --list` shows the names", 2)
     hosts = _hosts(inventory)
-    matches = [(h, s) for h, s in hosts if host_name in (None, h)]
+    matches = [entry for entry in hosts if host_name in (None, entry.name)]
     if len(matches) != 1:
         _fail("name one host with --host (the inventory has several)" if matches else f"no host {host_name!r}", 2)
     host, settings = matches[0]
     from govstack.remote import read_host_file
+    from govstack.roles import ALL_ROLES, TopologyError, plan_fields_for_entry
 
+    def holds(entry) -> bool:
+        try:
+            roles = plan_fields_for_entry(entry, hosts).get("roles", ALL_ROLES)
+        except TopologyError as error:
+            _fail(str(error), 2)
+        return bool(SECRET_SPECS[name].needed_by & roles)
+
+    if not holds(matches[0]):
+        # A split inventory's host holds only the secrets its roles read.
+        holders = [entry.name for entry in hosts if holds(entry)]
+        _fail(f"host {host} does not hold secret {name} (its roles do not read it)"
+              + (f"; it is on: {', '.join(holders)}" if holders else ""), 2)
     try:
         click.echo(read_host_file(inventory, host, secret_path(settings, name)))
     except FileNotFoundError:

@@ -12,7 +12,7 @@ from functools import cached_property
 from govstack import images, monitoring
 from govstack.release import Color, Release, first_release
 from govstack.roles import ALL_ROLES, APP_HOST_PORTS, Topology
-from govstack.secrets import SECRET_SPECS
+from govstack.secrets import SECRET_SPECS, host_secret_names
 from govstack.settings import NGINX_UID, POSTGRES_UID, SERVICE_UID, Resources, Settings
 from govstack.tuning import HostResources, postgres_memory_budget_mb, postgres_tuning
 
@@ -33,6 +33,7 @@ S3_PUBLIC_PATH = "/s3"
 
 # SeaweedFS gRPC mTLS files, made by the deploy for the upstream lane only.
 GRPC_PREFIX = "seaweedfs_grpc"
+GRPC_FILES = [f"{GRPC_PREFIX}_ca.crt", f"{GRPC_PREFIX}.crt", f"{GRPC_PREFIX}.key"]
 
 # Service -> uid it runs as; secret files and data dirs are owned to match.
 SERVICE_UIDS = {
@@ -257,15 +258,31 @@ class StackPlan:
 
     @property
     def upstream_seaweedfs(self) -> bool:
-        return self.settings.images.lane == "upstream" and "seaweedfs" in self.data_services
+        """Upstream lane, and this host runs SeaweedFS (it needs the gRPC mTLS material)."""
+        return (self.settings.images.lane == "upstream" and self.has_role("data")
+                and "seaweedfs" in self.data_services)
+
+    @property
+    def secret_names(self) -> list[str]:
+        """The secrets (govstack/secrets.py) this host holds: those its roles read."""
+        return host_secret_names(self.settings, self.roles)
 
     @property
     def compose_secrets(self) -> dict[str, str]:
-        """Compose secret name -> file on the host."""
-        names = sorted(name for name, spec in SECRET_SPECS.items() if spec.generated or name in self.settings.secrets)
+        """Compose secret name -> file on the host (every file the host holds)."""
+        names = list(self.secret_names)
         if self.upstream_seaweedfs:
-            names += [f"{GRPC_PREFIX}_ca.crt", f"{GRPC_PREFIX}.crt", f"{GRPC_PREFIX}.key"]
+            names += GRPC_FILES
         return {name: f"{self.settings.secrets_dir}/{name}" for name in names}
+
+    @property
+    def stale_secret_files(self) -> list[str]:
+        """Files of secrets this host's roles do not read (a host of a split
+        inventory, or one whose groups changed): the deploy removes them."""
+        names = [name for name in sorted(SECRET_SPECS) if not SECRET_SPECS[name].needed_by & self.roles]
+        if not self.has_role("data"):
+            names += GRPC_FILES
+        return [f"{self.settings.secrets_dir}/{name}" for name in names]
 
     @property
     def ports(self) -> dict[str, int]:

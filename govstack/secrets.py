@@ -5,12 +5,18 @@ deploys. Each is one file under ``<stack_root>/secrets`` (mode 0700), mode
 0600, owned by the single uid that reads it, and reaches containers as a
 Compose file secret (``/run/secrets/<name>``, the ``*_FILE`` convention),
 never as an environment variable that ``docker inspect`` would show.
+
+Each secret names the roles whose parts read it (``needed_by``): a host of a
+split inventory holds only its roles' secrets (least privilege), an
+all-in-one host (every role) holds them all.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
+from govstack.roles import ROLES
 from govstack.settings import NGINX_UID, POSTGRES_UID, SERVICE_UID, Settings
 
 
@@ -25,33 +31,72 @@ class SecretSpec:
     # False: only the operator can supply it (e.g. an SMTP password); the
     # file exists only when they did.
     generated: bool = True
+    # The roles (govstack/roles.py) whose services or deploy steps read it.
+    needed_by: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        unknown = set(self.needed_by) - set(ROLES)
+        if not self.needed_by or unknown:
+            raise ValueError(f"secret {self.name}: needed_by must name roles among {ROLES}, not {sorted(unknown)}")
+
+
+def _by(*roles: str) -> frozenset[str]:
+    return frozenset(roles)
+
+
+# Who reads what (keep in step with the templates and the deploy steps):
+# - data: Postgres (superuser), the SeaweedFS gateway (S3 keys), the backup
+#   service (restic, backup role, S3 and offsite keys), and the deploy steps
+#   that set the app's, the backup's and the exporter's role passwords (also
+#   after a restore, govstack/backup/ops.py);
+# - app: the API and worker (templates/compose/app.yml.j2, StackPlan.app_secrets);
+# - monitoring: postgres-exporter, Alertmanager's SMTP login, Grafana;
+# - edge: nothing but its TLS key (made by the deploy, not listed here).
 
 
 SECRET_SPECS: dict[str, SecretSpec] = {
     spec.name: spec
     for spec in (
-        SecretSpec("postgres_password", POSTGRES_UID, "Postgres superuser (initdb, backups)"),
-        SecretSpec("postgres_app_password", SERVICE_UID, "Postgres role the app connects as"),
-        SecretSpec("s3_access_key", SERVICE_UID, "object store access key id", length=20),
-        SecretSpec("s3_secret_key", SERVICE_UID, "object store secret key"),
-        SecretSpec("app_admin_api_key", SERVICE_UID, "bootstrap admin API key of the app"),
+        SecretSpec("postgres_password", POSTGRES_UID, "Postgres superuser (initdb, backups)",
+                   needed_by=_by("data")),
+        SecretSpec("postgres_app_password", SERVICE_UID, "Postgres role the app connects as",
+                   needed_by=_by("data", "app")),
+        SecretSpec("s3_access_key", SERVICE_UID, "object store access key id", length=20,
+                   needed_by=_by("data", "app")),
+        SecretSpec("s3_secret_key", SERVICE_UID, "object store secret key", needed_by=_by("data", "app")),
+        SecretSpec("app_admin_api_key", SERVICE_UID, "bootstrap admin API key of the app",
+                   needed_by=_by("app")),
         SecretSpec("restic_password", SERVICE_UID, "restic repository password (keep a copy off the host)",
-                   length=64),
-        SecretSpec("postgres_backup_password", SERVICE_UID, "Postgres role govstack_backup (pg_read_all_data)"),
+                   length=64, needed_by=_by("data")),
+        SecretSpec("postgres_backup_password", SERVICE_UID, "Postgres role govstack_backup (pg_read_all_data)",
+                   needed_by=_by("data")),
         SecretSpec("backup_offsite_access_key", SERVICE_UID, "offsite S3 access key (supplied, with backup.offsite)",
-                   length=20, generated=False),
+                   length=20, generated=False, needed_by=_by("data")),
         SecretSpec("backup_offsite_secret_key", SERVICE_UID, "offsite S3 secret key (supplied, with backup.offsite)",
-                   generated=False),
-        SecretSpec("postgres_monitor_password", SERVICE_UID, "Postgres role of postgres-exporter (pg_monitor)"),
-        SecretSpec("grafana_admin_password", SERVICE_UID, "Grafana admin (upstream lane)"),
+                   generated=False, needed_by=_by("data")),
+        SecretSpec("postgres_monitor_password", SERVICE_UID, "Postgres role of postgres-exporter (pg_monitor)",
+                   needed_by=_by("data", "monitoring")),
+        SecretSpec("grafana_admin_password", SERVICE_UID, "Grafana admin (upstream lane)",
+                   needed_by=_by("monitoring")),
         SecretSpec(
-            "alertmanager_smtp_password", SERVICE_UID, "SMTP login of the e-mail receiver (supplied)", generated=False
+            "alertmanager_smtp_password", SERVICE_UID, "SMTP login of the e-mail receiver (supplied)", generated=False,
+            needed_by=_by("monitoring"),
         ),
     )
 }
 
 # Not generated like the others but guarded the same way: the edge's TLS key.
 TLS_KEY_OWNER_UID = NGINX_UID
+
+
+def host_secret_names(settings: Settings, roles: Iterable[str]) -> list[str]:
+    """The secret files a host with these roles holds, sorted: generated ones
+    and those the operator supplied, that one of its roles reads."""
+    roles = frozenset(roles)
+    return sorted(
+        name for name, spec in SECRET_SPECS.items()
+        if spec.needed_by & roles and (spec.generated or name in settings.secrets)
+    )
 
 
 def secret_path(settings: Settings, name: str) -> str:

@@ -72,11 +72,11 @@ def test_app_colors_are_published_on_the_private_address_only(target):
 
 def test_secret_files_belong_to_their_reader_only(target):
     s = target.settings
+    plan = target.plan()
     directory = target.host.file(s.secrets_dir)
     assert directory.is_directory and directory.mode == 0o700 and directory.uid == 0
-    for name, spec in SECRET_SPECS.items():
-        if not spec.generated and name not in s.secrets:
-            continue
+    for name in plan.secret_names:
+        spec = SECRET_SPECS[name]
         secret = target.host.file(secret_path(s, name))
         assert secret.is_file, name
         assert secret.mode == 0o600, name
@@ -84,14 +84,39 @@ def test_secret_files_belong_to_their_reader_only(target):
         assert len(secret.content_string.strip()) >= 16, name
 
 
+def test_a_host_holds_only_the_secrets_its_roles_read(target):
+    """Least privilege: no secret file beyond this host's set (a split
+    inventory's edge holds none, its app hosts never the superuser's)."""
+    s = target.settings
+    plan = target.plan()
+    from govstack.plan import GRPC_FILES
+
+    held = set(target.host.check_output(f"ls -A {shlex.quote(s.secrets_dir)}").split())
+    assert set(plan.compose_secrets) <= held
+    # Beyond them, at most a supplied secret no longer supplied, or gRPC
+    # material of an earlier upstream-lane deploy: still read by these roles.
+    readable = {name for name, spec in SECRET_SPECS.items() if spec.needed_by & plan.roles}
+    if plan.has_role("data"):
+        readable |= set(GRPC_FILES)
+    assert held <= readable | set(plan.compose_secrets), (
+        f"{target.entry.name} holds secrets its roles do not read: {sorted(held - readable)}")
+
+
 def test_no_secret_leaks_into_container_environment(target):
     s = target.settings
-    values = [target.host.file(secret_path(s, name)).content_string.strip() for name, spec in SECRET_SPECS.items()
-              if spec.generated or name in s.secrets]
+    plan = target.plan()
+    values = [target.host.file(secret_path(s, name)).content_string.strip() for name in plan.secret_names]
     for service in target.plan().services:
         env = " ".join(_inspect(target, target.container(service))["Config"]["Env"] or [])
         for value in values:
             assert value not in env, f"a secret is visible in {service}'s environment"
+    if plan.has_role("app"):
+        release = json.loads(target.host.file(f"{s.stack_root}/state/release.json").content_string)
+        project = plan.app_project(release["color"])
+        for service in ("api", "worker"):
+            env = " ".join(_inspect(target, target.container(service, project=project))["Config"]["Env"] or [])
+            for value in values:
+                assert value not in env, f"a secret is visible in {service}'s environment"
 
 
 def test_postgres_runs_the_rendered_tuning(target):

@@ -16,6 +16,7 @@ from govstack.roles import (
     roles_of,
     shared_secret_values,
 )
+from govstack.secrets import SECRET_SPECS
 from govstack.settings import build_settings
 from govstack.tuning import HostResources
 
@@ -144,3 +145,96 @@ def test_each_host_is_shipped_only_the_images_its_part_runs():
     edge = plans["edge1"].host_images
     assert "govstack/nginx:1.22" in edge and "govstack/prometheus:2.42" in edge
     assert not any(tag.startswith(("govstack/postgres:", "govstack/app:")) for tag in edge)
+
+
+def _secret_files(plan: StackPlan) -> set[str]:
+    return set(plan.compose_secrets)
+
+
+def test_each_host_holds_only_the_secrets_its_roles_read():
+    email = {"to": ["ops@example.gov"], "sender": "alerts@example.gov", "smarthost": "smtp.example.gov:587",
+             "auth_username": "alerts"}
+    plans = split_plans(monitoring={"email": email}, secrets={"alertmanager_smtp_password": "s" * 20})
+    data = {"postgres_password", "postgres_app_password", "s3_access_key", "s3_secret_key", "restic_password",
+            "postgres_backup_password", "postgres_monitor_password"}
+    app = {"postgres_app_password", "s3_access_key", "s3_secret_key", "app_admin_api_key"}
+    monitoring = {"postgres_monitor_password", "grafana_admin_password", "alertmanager_smtp_password"}
+    assert _secret_files(plans["data1"]) == data
+    assert _secret_files(plans["app1"]) == _secret_files(plans["app2"]) == app
+    # edge1 is edge + monitoring: the edge itself reads none.
+    assert _secret_files(plans["edge1"]) == monitoring
+    for name, plan in plans.items():
+        stale = {path.rsplit("/", 1)[1] for path in plan.stale_secret_files}
+        assert not stale & _secret_files(plan), name
+        assert stale | _secret_files(plan) >= set(SECRET_SPECS) - {"backup_offsite_access_key",
+                                                                   "backup_offsite_secret_key"}, name
+    # What the containers mount is what the host holds.
+    assert set(plans["app1"].app_secrets) <= _secret_files(plans["app1"])
+    assert set(plans["data1"].backup.secrets) <= _secret_files(plans["data1"])
+    for name, plan in plans.items():
+        if not plan.services:
+            continue
+        compose = yaml.safe_load(render_compose(plan))
+        assert set(compose.get("secrets", {})) == _secret_files(plan), name
+        used = {secret for service in compose["services"].values() for secret in service.get("secrets", [])}
+        assert used <= _secret_files(plan), name
+    app_compose = yaml.safe_load(render_app_compose(plans["app1"], "blue", "v1"))
+    assert set(app_compose["secrets"]) == set(plans["app1"].app_secrets)
+
+
+def test_offsite_keys_and_grpc_material_stay_on_the_data_host():
+    plans = split_plans(images={"lane": "upstream"},
+                        backup={"offsite": {"endpoint": "https://s3.example.gov", "bucket": "offsite-backups"}},
+                        secrets={"backup_offsite_access_key": "a" * 20, "backup_offsite_secret_key": "b" * 40})
+    data = _secret_files(plans["data1"])
+    assert {"backup_offsite_access_key", "backup_offsite_secret_key", "seaweedfs_grpc.key"} <= data
+    for name in ("app1", "edge1"):
+        assert not {"backup_offsite_access_key", "seaweedfs_grpc.key", "postgres_password",
+                    "restic_password"} & _secret_files(plans[name]), name
+        assert f"{plans[name].settings.secrets_dir}/seaweedfs_grpc.key" in plans[name].stale_secret_files
+    compose = yaml.safe_load(render_compose(plans["data1"]))
+    assert set(compose["services"]["seaweedfs"]["secrets"]) <= data
+
+
+def test_an_all_in_one_host_holds_every_secret_as_before():
+    from govstack.secrets import host_secret_names
+
+    settings = build_settings([], environ={})
+    plan = StackPlan(settings, HostResources(4096, 2, None))
+    everything = sorted(name for name, spec in SECRET_SPECS.items() if spec.generated)
+    assert plan.secret_names == everything == host_secret_names(settings, ALL_ROLES)
+    assert list(plan.compose_secrets) == everything
+    assert plan.stale_secret_files == []
+    upstream = StackPlan(build_settings([{"images": {"lane": "upstream"}}], environ={}), HostResources(4096, 2, None))
+    assert list(upstream.compose_secrets)[-3:] == ["seaweedfs_grpc_ca.crt", "seaweedfs_grpc.crt", "seaweedfs_grpc.key"]
+
+
+def test_every_secret_names_the_roles_that_read_it():
+    from govstack.roles import ROLES
+    from govstack.secrets import SecretSpec
+
+    for spec in SECRET_SPECS.values():
+        assert spec.needed_by and spec.needed_by <= set(ROLES), spec.name
+    assert not any("edge" in spec.needed_by for spec in SECRET_SPECS.values())
+    with pytest.raises(ValueError, match="needed_by"):
+        SecretSpec("x", 0, "x")
+    with pytest.raises(ValueError, match="needed_by"):
+        SecretSpec("x", 0, "x", needed_by=frozenset({"web"}))
+
+
+def test_govstack_secret_names_the_hosts_that_hold_a_secret(tmp_path):
+    from click.testing import CliRunner
+
+    from govstack.cli import main
+
+    inventory = tmp_path / "split.py"
+    inventory.write_text(
+        'edge = [("e1", {"ssh_hostname": "10.0.0.10"})]\n'
+        'monitoring = [("e1", {"ssh_hostname": "10.0.0.10"})]\n'
+        'app = [("a1", {"ssh_hostname": "10.0.0.21"}), ("a2", {"ssh_hostname": "10.0.0.22"})]\n'
+        'data = [("d1", {"ssh_hostname": "10.0.0.31"})]\n'
+    )
+    result = CliRunner().invoke(main, ["secret", "postgres_password", "--host", "a1", "-i", str(inventory)])
+    assert result.exit_code == 2 and "it is on: d1" in result.output
+    result = CliRunner().invoke(main, ["secret", "app_admin_api_key", "--host", "e1", "-i", str(inventory)])
+    assert result.exit_code == 2 and "it is on: a1, a2" in result.output
