@@ -118,8 +118,7 @@ def healthy(stack) -> None:
 @pytest.mark.parametrize("name", selected())
 def test_runbook(stack, runbook_vars, name, capsys):
     missing = missing_commands(name)
-    if missing:
-        pytest.skip(f"the CLI has no `govstack {'`, `govstack '.join(missing)}` yet")
+    assert not missing, f"{name}.md uses `govstack {'`, `govstack '.join(missing)}`, which the CLI does not have"
     env = {**stack_environment(stack.inventory), **runbook_vars}
     if name in NEEDS_SNAPSHOT:
         env["SNAPSHOT"] = fresh_backup(stack)

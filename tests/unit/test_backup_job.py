@@ -400,9 +400,8 @@ def test_config_load_and_secrets(tmp_path):
         read_secret(str(secret))
 
 
-# -- the crontab (croniter is in the image; the host tier may lack it) -------------------------
+# -- the crontab (croniter: in the image, and a dev dependency of the bundle) -----------------------
 def test_crontab_parsing_and_next_time():
-    pytest.importorskip("croniter")
     from govstack_backup.schedule import CrontabError, next_fire, parse_crontab
 
     entries = parse_crontab("# comment\n\n15 2 * * * govstack-backup run\n@hourly govstack-backup run --json\n")

