@@ -534,12 +534,26 @@ def old_color_retired(edge_project: str, edge_compose_file: str, project: str, c
       the requests they had when the reload came) to exit
     + stop_timeout_s: SIGTERM grace for the API to finish in-flight requests
     """
+    yield f"{edge_drain_command(edge_project, edge_compose_file, drain_timeout_s)}; " + color_stop_command(
+        project, compose_file, stop_timeout_s
+    )
+
+
+def edge_drain_command(edge_project: str, edge_compose_file: str, drain_timeout_s: int) -> str:
+    """Shell that waits (bounded) until nginx's old workers, which finish the
+    requests they had when the reload came, have exited."""
     edge = f"-p {shlex.quote(edge_project)} -f {shlex.quote(edge_compose_file)}"
-    old = f"-p {shlex.quote(project)} -f {shlex.quote(compose_file)}"
-    yield (
+    return (
         f"i=0; while docker compose {edge} exec -T nginx sh -c "
         "'grep -l \"shutting down\" /proc/[0-9]*/cmdline' >/dev/null 2>&1; "
-        f"do i=$((i+1)); [ $i -ge {drain_timeout_s * 2} ] && break; sleep 0.5; done; "
+        f"do i=$((i+1)); [ $i -ge {drain_timeout_s * 2} ] && break; sleep 0.5; done"
+    )
+
+
+def color_stop_command(project: str, compose_file: str, stop_timeout_s: int) -> str:
+    """Shell that stops a color's API and worker, keeping the containers for a rollback."""
+    old = f"-p {shlex.quote(project)} -f {shlex.quote(compose_file)}"
+    return (
         f"docker compose {old} stop -t {stop_timeout_s} api worker >/dev/null 2>&1 "
         f"|| {{ echo 'govstack: could not stop the previous color {project}' >&2; exit 1; }}"
     )

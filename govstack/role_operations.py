@@ -6,10 +6,11 @@ govstack/operations.py; each prints a one-line ``govstack:`` cause on failure.
 from __future__ import annotations
 
 import hashlib
-import shlex
 
 from pyinfra import host
 from pyinfra.api import FactBase, operation
+
+from govstack.operations import color_stop_command, edge_drain_command
 
 FIREWALL_CHAIN = "GOVSTACK"
 
@@ -40,12 +41,7 @@ def edge_drained(project: str, compose_file: str, drain_timeout_s: int = 30):
     + project, compose_file: the project nginx runs in, on the edge host
     + drain_timeout_s: how long to wait at most
     """
-    edge = f"-p {shlex.quote(project)} -f {shlex.quote(compose_file)}"
-    yield (
-        f"i=0; while docker compose {edge} exec -T nginx sh -c "
-        "'grep -l \"shutting down\" /proc/[0-9]*/cmdline' >/dev/null 2>&1; "
-        f"do i=$((i+1)); [ $i -ge {drain_timeout_s * 2} ] && break; sleep 0.5; done"
-    )
+    yield edge_drain_command(project, compose_file, drain_timeout_s)
 
 
 @operation(is_idempotent=False)
@@ -57,11 +53,7 @@ def app_color_stopped(project: str, compose_file: str, stop_timeout_s: int = 40)
     + project, compose_file: the color's project
     + stop_timeout_s: SIGTERM grace for the API to finish in-flight requests
     """
-    old = f"-p {shlex.quote(project)} -f {shlex.quote(compose_file)}"
-    yield (
-        f"docker compose {old} stop -t {stop_timeout_s} api worker >/dev/null 2>&1 "
-        f"|| {{ echo 'govstack: could not stop the previous color {project}' >&2; exit 1; }}"
-    )
+    yield color_stop_command(project, compose_file, stop_timeout_s)
 
 
 class FirewallState(FactBase):
