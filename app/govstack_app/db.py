@@ -17,6 +17,9 @@ log = structlog.get_logger(__name__)
 MIGRATION_LOCK = 4_242_001  # pg_advisory_lock key: one migrator at a time
 BOOTSTRAP_KEY_NAME = "bootstrap-admin"
 AUDIT_MONTHS_AHEAD = 2
+# How long a request waits for a Postgres connection before it is answered 503: long enough to
+# ride out a Postgres restart, short enough that nginx (proxy_read_timeout) never gives up first.
+POOL_WAIT_S = 10.0
 
 
 def make_pool(settings: Settings, *, min_size: int = 1, max_size: int = 10, name: str = "app") -> ConnectionPool:
@@ -24,7 +27,7 @@ def make_pool(settings: Settings, *, min_size: int = 1, max_size: int = 10, name
         settings.conninfo(),
         min_size=min_size,
         max_size=max_size,
-        timeout=10.0,  # wait at most this long for a connection, then PoolTimeout (-> 503)
+        timeout=POOL_WAIT_S,  # then PoolTimeout (-> 503)
         check=ConnectionPool.check_connection,  # drop connections broken by a Postgres restart
         reconnect_timeout=30.0,
         name=name,

@@ -21,6 +21,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from . import metrics
 from .chroma import ChromaClient, ChromaError
 from .chunking import chunk_document
+from .db import POOL_WAIT_S
 from .embeddings import Embedder, EmbeddingError
 from .extract import ExtractionError, extract
 from .ranking import rrf
@@ -156,7 +157,7 @@ def is_connection_error(exc: BaseException) -> bool:
 class _conn:
     """pool.connection() with dict rows, mapping pool/connection failures to 503."""
 
-    def __init__(self, pool: ConnectionPool, timeout: float = 10.0) -> None:
+    def __init__(self, pool: ConnectionPool, timeout: float = POOL_WAIT_S) -> None:
         self.pool = pool
         self.timeout = timeout
         self._cm: Any = None
@@ -183,7 +184,7 @@ class _conn:
         return False
 
 
-def db(pool: ConnectionPool, timeout: float = 10.0) -> _conn:
+def db(pool: ConnectionPool, timeout: float = POOL_WAIT_S) -> _conn:
     return _conn(pool, timeout)
 
 
