@@ -391,6 +391,54 @@ def _context(plan: Any, monitoring: MonitoringSettings) -> dict[str, Any]:
     }
 
 
+def scrape_targets(plan: Any) -> dict[str, list[dict[str, Any]]]:
+    """Job -> static_configs groups of what Prometheus on this host scrapes or
+    probes beyond the app colors (those are file_sd lists).
+
+    One host: Docker DNS names on the data network. Split inventory: what runs
+    on this host by the same names, what runs on another host by that host's
+    private address and published port, labelled with the host's name.
+    """
+    from govstack.plan import INTERNAL_PORTS
+
+    s = plan.settings
+
+    def group(target: str, component: str, member: Any = None) -> dict[str, Any]:
+        labels = {"component": component}
+        if member is not None:
+            labels["host"] = member.name
+        return {"targets": [target], "labels": labels}
+
+    def on(members: list[Any], component: str, local: str, remote: Any) -> list[dict[str, Any]]:
+        if not plan.split:
+            return [group(local, component)]
+        return [group(local if plan.is_this_host(m) else remote(m.address), component, m) for m in members]
+
+    topology = plan.topology
+    every_host = list(topology.members) if plan.split else []
+    edge = topology.with_role("edge") if plan.split else []
+    # One data host runs the S3 gateway and Chroma (roles.Topology.data_address).
+    data = topology.with_role("data")[:1] if plan.split else []
+    s3, chroma, https = INTERNAL_PORTS["seaweedfs_s3"], INTERNAL_PORTS["chroma"], INTERNAL_PORTS["nginx_https"]
+    jobs = {
+        "node": on(every_host, "host", f"node-exporter:{PORTS['node-exporter']}",
+                   lambda address: f"{address}:{PORTS['node-exporter']}"),
+        "nginx": on(edge, "edge", f"nginx-exporter:{PORTS['nginx-exporter']}",
+                    lambda address: f"{address}:{PORTS['nginx-exporter']}"),
+        "chroma": on(data, "vector-store", f"http://chroma:{chroma}/api/v2/heartbeat",
+                     lambda address: f"http://{address}:{chroma}/api/v2/heartbeat"),
+        # The edge hosts publish HTTPS on edge.bind_address (default: every address).
+        "edge-tls": on(edge, "edge", f"https://nginx:{https}/health",
+                       lambda address: f"https://{address}:{s.edge.https_port}/health"),
+    }
+    if _has_seaweedfs(plan):
+        jobs["seaweedfs"] = on(data, "object-store", f"seaweedfs:{PORTS['seaweedfs_metrics']}",
+                               lambda address: f"{address}:{PORTS['seaweedfs_metrics']}")
+        jobs["s3"] = on(data, "object-store", f"http://seaweedfs:{s3}/healthz",
+                        lambda address: f"http://{address}:{s3}/healthz")
+    return jobs
+
+
 def _has_seaweedfs(plan: Any) -> bool:
     return plan.settings.object_store.kind == "seaweedfs"
 
@@ -429,7 +477,7 @@ def render_rule_tests(plan: Any, monitoring: MonitoringSettings | None = None) -
 
 
 def render_prometheus_config(plan: Any, monitoring: MonitoringSettings | None = None) -> str:
-    return _render("prometheus/prometheus.yml.j2", plan, _monitoring(plan, monitoring))
+    return _render("prometheus/prometheus.yml.j2", plan, _monitoring(plan, monitoring), jobs=scrape_targets(plan))
 
 
 def render_blackbox_config(plan: Any, monitoring: MonitoringSettings | None = None) -> str:

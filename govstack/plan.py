@@ -11,7 +11,7 @@ from functools import cached_property
 
 from govstack import images, monitoring
 from govstack.release import Color, Release, first_release
-from govstack.roles import ALL_ROLES, APP_HOST_PORTS, Topology
+from govstack.roles import ALL_ROLES, APP_HOST_PORTS, WORKER_METRICS_HOST_PORTS, Member, Topology
 from govstack.secrets import SECRET_SPECS, host_secret_names
 from govstack.settings import NGINX_UID, POSTGRES_UID, SERVICE_UID, Resources, Settings
 from govstack.tuning import HostResources, postgres_memory_budget_mb, postgres_tuning
@@ -46,6 +46,11 @@ SERVICE_UIDS = {
     "backup": SERVICE_UID,
     **{service: SERVICE_UID for service in (*monitoring.MONITORING_IMAGES, "grafana")},
 }
+
+# Exporters that run beside what they measure: node-exporter on every host of a
+# split inventory (the backup job's textfiles are on the data host), nginx-exporter
+# beside nginx (it reads stub_status over the local network).
+HOST_EXPORTERS = ("node-exporter", "nginx-exporter")
 
 # Data directories under <stack_root>/data, with their owners.
 DATA_DIRS = {
@@ -174,10 +179,9 @@ class StackPlan:
             services += [*self.data_services, *backup]
         if self.has_role("edge"):
             services.append("nginx")
-        if self.has_role("monitoring"):
-            # nginx-exporter reads nginx's stub_status over the local network.
-            services += [name for name in self.monitoring_services
-                         if name != "nginx-exporter" or self.has_role("edge")]
+        beside = {"node-exporter"} | ({"nginx-exporter"} if self.has_role("edge") else set())
+        services += [name for name in self.monitoring_services
+                     if name in beside or (self.has_role("monitoring") and name not in HOST_EXPORTERS)]
         return services
 
     # Where one part of the stack reaches another: Docker DNS names on one
@@ -212,6 +216,33 @@ class StackPlan:
             ports["seaweedfs"] = INTERNAL_PORTS["seaweedfs_s3"]
         return ports
 
+    @property
+    def published_metrics_ports(self) -> dict[str, int]:
+        """Split inventory: service -> metrics port published on this host's
+        private address, for Prometheus on the other monitoring hosts (one on
+        this host scrapes it over the local network)."""
+        if not (self.split and self.scraped_from):
+            return {}
+        ports = {name: monitoring.PORTS[name] for name in HOST_EXPORTERS if name in self.services}
+        if "seaweedfs" in self.services and self.settings.monitoring.enabled:
+            ports["seaweedfs"] = monitoring.PORTS["seaweedfs_metrics"]
+        return ports
+
+    @property
+    def scraped_from(self) -> list[str]:
+        """Split inventory: addresses of the monitoring hosts other than this one."""
+        if not (self.split and self.settings.monitoring.enabled):
+            return []
+        return sorted(set(self.topology.addresses("monitoring")) - {self.address})
+
+    def is_this_host(self, member: Member) -> bool:
+        return not self.split or member.address == self.address
+
+    @staticmethod
+    def worker_metrics_host_port(color: Color) -> int:
+        """Split inventory: the port a color's worker metrics are published on, on each app host."""
+        return WORKER_METRICS_HOST_PORTS[color]
+
     @staticmethod
     def app_host_port(color: Color) -> int:
         """Split inventory: the port a color's API is published on, on each app host."""
@@ -234,19 +265,25 @@ class StackPlan:
         topology = self.topology
         app, edge, monitoring_ = (topology.addresses(role) for role in ("app", "edge", "monitoring"))
         openings: dict[int, set[str]] = {}
+        scrapers = monitoring_ if self.settings.monitoring.enabled else []
         clients = {
             # postgres-exporter runs on the monitoring host.
             "postgres": app + monitoring_,
-            # presigned downloads go through the edge's /s3/.
-            "seaweedfs": app + edge,
-            "chroma": app,
+            # presigned downloads go through the edge's /s3/; blackbox probes
+            # the gateway and Chroma's heartbeat from the monitoring host.
+            "seaweedfs": app + edge + scrapers,
+            "chroma": app + scrapers,
         }
         for service, port in self.published_data_ports.items():
             openings.setdefault(port, set()).update(clients[service])
+        for port in self.published_metrics_ports.values():
+            openings.setdefault(port, set()).update(scrapers)
         if self.has_role("app"):
             for color in APP_HOST_PORTS:
                 # Prometheus scrapes the API's /metrics.
                 openings.setdefault(self.app_host_port(color), set()).update(edge + monitoring_)
+                if scrapers:
+                    openings.setdefault(self.worker_metrics_host_port(color), set()).update(scrapers)
         return [(port, sorted(sources - {self.address})) for port, sources in sorted(openings.items())]
 
     @property

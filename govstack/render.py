@@ -94,7 +94,8 @@ def _digest(text: str) -> str:
 
 
 def render_app_compose(plan: StackPlan, color: str, version: str) -> str:
-    return render("compose/app.yml.j2", plan, color=color, version=version)
+    return render("compose/app.yml.j2", plan, color=color, version=version,
+                  worker_metrics_port=monitoring.PORTS["worker_metrics"])
 
 
 def render_postgres_conf(plan: StackPlan) -> str:
@@ -168,14 +169,18 @@ def _rendered_role_files(plan: StackPlan) -> dict[str, str]:
 def render_app_target_files(plan: StackPlan, colors: tuple[str, ...], serving: str) -> dict[str, str]:
     """Prometheus file_sd lists of the running app colors (cf. monitoring.render_app_targets).
 
-    Split inventory: each color's API on every app host, by private address;
-    the workers' metrics are not published off their host, so not scraped.
+    Split inventory: each color's API and worker metrics on every app host,
+    by private address.
     """
     if not plan.split:
         return monitoring.render_app_targets(colors, serving)
-    groups = [
-        {"targets": [f"{address}:{plan.app_host_port(color)}" for address in plan.topology.app_addresses],
-         "labels": {"color": color, "serving": str(color == serving).lower()}}
-        for color in colors
-    ]
-    return {"app.json": json.dumps(groups, indent=2) + "\n", "worker.json": "[]\n"}
+
+    def targets(port) -> str:
+        groups = [
+            {"targets": [f"{address}:{port(color)}" for address in plan.topology.app_addresses],
+             "labels": {"color": color, "serving": str(color == serving).lower()}}
+            for color in colors
+        ]
+        return json.dumps(groups, indent=2) + "\n"
+
+    return {"app.json": targets(plan.app_host_port), "worker.json": targets(plan.worker_metrics_host_port)}

@@ -29,6 +29,8 @@ ALL_ROLES = frozenset(ROLES)
 # Ports published on a host's private address in a split inventory. The app
 # colors get one each, so blue and green can run side by side on one host.
 APP_HOST_PORTS = {"blue": 8001, "green": 8002}
+# The workers' metrics, likewise, for Prometheus on the monitoring hosts.
+WORKER_METRICS_HOST_PORTS = {"blue": 9201, "green": 9202}
 
 
 class TopologyError(ValueError):

@@ -43,13 +43,17 @@ def test_only_the_edge_ports_are_published(target):
         published[service] = sorted(int(binding["HostPort"]) for binding in bindings)
         host_ips[service] = {binding["HostIp"] for binding in bindings}
     # Beyond these, nginx publishes only Prometheus' read API, on loopback;
-    # in a split inventory the data host publishes its services on its
-    # private address only, for the other hosts.
-    wanted = {service: [port] for service, port in plan.published_data_ports.items()}
+    # in a split inventory the data host publishes its services, and every
+    # host the metrics of what it runs, on its private address only.
+    private: dict[str, list[int]] = {}
+    for ports in (plan.published_data_ports, plan.published_metrics_ports):
+        for service, port in ports.items():
+            private.setdefault(service, []).append(port)
+    wanted = {service: sorted(ports) for service, ports in private.items()}
     if "nginx" in plan.services:
         wanted["nginx"] = sorted({s.edge.http_port, s.edge.https_port})
     assert {k: v for k, v in published.items() if v} == wanted
-    for service in plan.published_data_ports:
+    for service in private:
         assert host_ips[service] == {plan.address}, service
     if "nginx" in plan.services:
         listening = target.host.socket.get_listening_sockets()
@@ -68,6 +72,13 @@ def test_app_colors_are_published_on_the_private_address_only(target):
     bindings = [binding for bound in ports.values() if bound for binding in bound]
     assert {(b["HostIp"], int(b["HostPort"])) for b in bindings} == {
         (plan.address, plan.app_host_port(release["color"]))}
+    worker = target.container("worker", project=plan.app_project(release["color"]))
+    ports = _inspect(target, worker)["NetworkSettings"]["Ports"] or {}
+    bindings = [binding for bound in ports.values() if bound for binding in bound]
+    # Its metrics, for Prometheus on the monitoring hosts.
+    wanted = {(plan.address, plan.worker_metrics_host_port(release["color"]))}
+    assert {(b["HostIp"], int(b["HostPort"])) for b in bindings} == (wanted if target.settings.monitoring.enabled
+                                                                     else set())
 
 
 def test_secret_files_belong_to_their_reader_only(target):

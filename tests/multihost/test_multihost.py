@@ -7,7 +7,9 @@ engine, and deploys the split inventory with `govstack up`:
 0. the lane itself: pyinfra and testinfra reach every host; shipped images
    carry the controller's ids;
 1. `govstack check` passes on every host (each host's groups' checks);
-   the data ports answer the app hosts and nobody else;
+   Prometheus on the monitoring host scrapes every host's exporters, the
+   workers and the data host's probes, all up (a backup run's freshness
+   included); the data ports answer the app hosts and nobody else;
 2. upload, index, search and download through the edge host;
 3. blue/green across the 2 app hosts under load, 0 failed requests; an app
    host that fails stops the rollout before the edge switches;
@@ -32,6 +34,7 @@ import sys
 import time
 import uuid
 from datetime import UTC, datetime
+from urllib.parse import quote
 
 import pytest
 import requests
@@ -178,6 +181,48 @@ def test_govstack_check_passes_on_every_host(deployed):
     unchecked = [name for name in deployed.hosts
                  if not re.search(rf"\[([^\]]*-)?{re.escape(name)}(-[^\]]*)?\] PASSED", result.stdout)]
     assert not unchecked, f"hosts without a passing check: {unchecked}"
+
+
+PROMETHEUS_UP_TIMEOUT_S = 180
+BACKUP_RUN_TIMEOUT_S = 600
+BACKUP_FRESHNESS = "govstack_backup_last_success_timestamp_seconds"
+
+
+def prometheus_api(lane: Lane, path: str) -> dict:
+    """GET Prometheus' HTTP API on the monitoring host, from inside its container."""
+    monitor = lane.group("monitoring")[0]
+    command = ("docker exec $(docker ps -q -f label=com.docker.compose.service=prometheus) "
+               f"busybox wget -q -O - {shlex.quote('http://127.0.0.1:9090' + path)}")
+    return json.loads(lane.ssh(monitor, command, timeout=60).stdout)
+
+
+def test_prometheus_scrapes_every_host_and_finds_every_target_up(deployed):
+    """Exporters run on the hosts they measure; the monitoring host scrapes
+    them, the workers and the data host's probes on private addresses: every
+    target is up, and the backup job's freshness (a textfile on the data
+    host) reaches Prometheus."""
+    data = deployed.group("data")[0]
+    backup = deployed.ssh(data, "docker exec $(docker ps -q -f label=com.docker.compose.service=backup) "
+                                "govstack-backup run", timeout=BACKUP_RUN_TIMEOUT_S, check=False)
+    assert backup.returncode == 0, tail(backup)
+
+    deadline = time.monotonic() + PROMETHEUS_UP_TIMEOUT_S
+    while True:
+        targets = prometheus_api(deployed, "/api/v1/targets?state=active")["data"]["activeTargets"]
+        down = [(t["labels"]["job"], t["scrapeUrl"], t["lastError"]) for t in targets if t["health"] != "up"]
+        fresh = prometheus_api(deployed, "/api/v1/query?query=" + quote(f"{BACKUP_FRESHNESS} > 0"))
+        backed_up = {r["metric"].get("host") for r in fresh["data"]["result"]}
+        if (not down and backed_up == {data.name}) or time.monotonic() > deadline:
+            break
+        time.sleep(5)
+    assert not down, f"targets down: {down}"
+    jobs = {t["labels"]["job"] for t in targets}
+    assert {"app", "worker", "node", "nginx", "postgres", "seaweedfs", "s3", "chroma", "edge-tls"} <= jobs, jobs
+    node_hosts = {t["labels"].get("host") for t in targets if t["labels"]["job"] == "node"}
+    assert node_hosts == set(deployed.hosts), node_hosts
+    workers = {t["labels"]["instance"].split(":")[0] for t in targets if t["labels"]["job"] == "worker"}
+    assert workers == {host.ip for host in deployed.group("app")}, workers
+    assert backed_up == {data.name}, fresh
 
 
 def test_data_ports_answer_only_the_hosts_that_use_them(deployed):

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import stat
 
 import pytest
 import yaml
 
+from govstack.monitoring import render_prometheus_config
 from govstack.plan import StackPlan
-from govstack.render import render_app_compose, render_compose, render_nginx_conf, rendered_files
+from govstack.render import (
+    render_app_compose,
+    render_app_target_files,
+    render_compose,
+    render_nginx_conf,
+    rendered_files,
+)
 from govstack.roles import (
     ALL_ROLES,
     TopologyError,
@@ -68,11 +76,13 @@ def test_each_host_renders_only_its_part():
     plans = split_plans()
     assert plans["edge1"].services[0] == "nginx" and "postgres" not in plans["edge1"].services
     assert "prometheus" in plans["edge1"].services
-    assert plans["app1"].services == []
+    # Every host runs node-exporter; app hosts nothing else in the main project.
+    assert plans["app1"].services == ["node-exporter"]
+    assert "nginx-exporter" in plans["edge1"].services and "nginx-exporter" not in plans["data1"].services
     assert {"postgres", "seaweedfs", "chroma"} <= set(plans["data1"].services)
     assert "nginx" not in plans["data1"].services
     files = {name: rendered_files(plan) for name, plan in plans.items()}
-    assert set(files["app1"]) == {"/opt/govstack/app/blue.yml"}
+    assert set(files["app1"]) == {"/opt/govstack/app/blue.yml", "/opt/govstack/docker-compose.yml"}
     assert "/opt/govstack/config/nginx/nginx.conf.candidate" in files["edge1"]
     assert "/opt/govstack/config/nginx/nginx.conf.candidate" not in files["data1"]
     assert "/opt/govstack/config/postgres/postgresql.conf" in files["data1"]
@@ -85,9 +95,43 @@ def test_each_host_renders_only_its_part():
 def test_data_ports_are_published_on_the_data_hosts_private_address_only():
     services = yaml.safe_load(render_compose(split_plans()["data1"]))["services"]
     assert services["postgres"]["ports"] == ["10.0.0.31:5432:5432"]
-    assert services["seaweedfs"]["ports"] == ["10.0.0.31:8333:8333"]
+    assert services["seaweedfs"]["ports"] == ["10.0.0.31:8333:8333", "10.0.0.31:9327:9327"]
     assert services["chroma"]["ports"] == ["10.0.0.31:8000:8000"]
     assert "ports" not in services.get("backup", {})
+
+
+def test_prometheus_scrapes_what_runs_on_other_hosts_on_their_private_addresses():
+    plans = split_plans()
+    monitor = plans["edge1"]
+    jobs = {job["job_name"]: job for job in yaml.safe_load(render_prometheus_config(monitor))["scrape_configs"]}
+
+    def targets(job: str) -> dict[str, list[str]]:
+        return {group["labels"]["host"]: group["targets"] for group in jobs[job]["static_configs"]}
+
+    # Its own host by Docker DNS name; every other host on its address.
+    assert targets("node") == {"edge1": ["node-exporter:9100"], "app1": ["10.0.0.21:9100"],
+                               "app2": ["10.0.0.22:9100"], "data1": ["10.0.0.31:9100"]}
+    assert targets("nginx") == {"edge1": ["nginx-exporter:9113"]}
+    assert targets("seaweedfs") == {"data1": ["10.0.0.31:9327"]}
+    assert targets("s3") == {"data1": ["http://10.0.0.31:8333/healthz"]}
+    assert targets("chroma") == {"data1": ["http://10.0.0.31:8000/api/v2/heartbeat"]}
+    assert targets("edge-tls") == {"edge1": ["https://nginx:8443/health"]}
+    workers = json.loads(render_app_target_files(monitor, ("blue",), "blue")["worker.json"])
+    assert workers[0]["targets"] == ["10.0.0.21:9201", "10.0.0.22:9201"]
+    # What is published for it answers the monitoring host only, on the private address only.
+    for name in ("app1", "data1"):
+        plan = plans[name]
+        compose = yaml.safe_load(render_compose(plan))["services"]
+        assert compose["node-exporter"]["ports"] == [f"{plan.address}:9100:9100"]
+        openings = dict(plan.firewall_openings)
+        assert openings[9100] == ["10.0.0.10"]
+    assert dict(plans["data1"].firewall_openings)[9327] == ["10.0.0.10"]
+    assert "10.0.0.10" in dict(plans["data1"].firewall_openings)[8000]  # Chroma's heartbeat probe
+    worker = yaml.safe_load(render_app_compose(plans["app2"], "green", "v1"))["services"]["worker"]
+    assert worker["ports"] == ["10.0.0.22:9202:9100"]
+    assert dict(plans["app2"].firewall_openings)[9202] == ["10.0.0.10"]
+    # The monitoring host publishes nothing for itself.
+    assert monitor.published_metrics_ports == {}
 
 
 def test_app_hosts_reach_the_data_host_and_publish_each_color():
@@ -138,7 +182,8 @@ def test_firewall_drops_other_hosts_but_not_the_hosts_own_containers():
 def test_each_host_is_shipped_only_the_images_its_part_runs():
     plans = split_plans()
     app = plans["app1"]
-    assert app.host_images == ["govstack/base:bookworm", app.app_image(app.release.version)]
+    assert app.host_images == ["govstack/base:bookworm", "govstack/node-exporter:1.5",
+                               app.app_image(app.release.version)]
     data = plans["data1"].host_images
     assert {"govstack/postgres:15", "govstack/chroma:1.5.9"} <= set(data)
     assert not any(tag.startswith(("govstack/nginx:", "govstack/app:", "govstack/prometheus:")) for tag in data)
