@@ -206,6 +206,22 @@ class StackPlan:
             return store.endpoint or ""
         return self._data_host("seaweedfs", "seaweedfs_s3")
 
+    def data_tier_host(self, service: str) -> str:
+        """Where a container on this host's data network (the backup job, the
+        exporters) reaches a data-tier service: by its name where this host
+        runs it (that network has no route to the host's own address), else
+        on the data host's private address."""
+        if self.split and not self.has_role("data"):
+            return self.topology.data_address
+        return service
+
+    @property
+    def s3_endpoint_on_data_network(self) -> str:
+        store = self.settings.object_store
+        if store.kind == "external":
+            return store.endpoint or ""
+        return f"{self.data_tier_host('seaweedfs')}:{INTERNAL_PORTS['seaweedfs_s3']}"
+
     @property
     def published_data_ports(self) -> dict[str, int]:
         """Split inventory, data host: service -> port published on its private address."""

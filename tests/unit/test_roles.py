@@ -134,6 +134,20 @@ def test_prometheus_scrapes_what_runs_on_other_hosts_on_their_private_addresses(
     assert monitor.published_metrics_ports == {}
 
 
+def test_containers_on_a_data_network_reach_local_services_by_name_and_others_by_address():
+    """The data network has no route to the host's own address: the data
+    host's backup job reaches Postgres, SeaweedFS and Chroma by name, and the
+    monitoring host's postgres-exporter the data host by address."""
+    from govstack.backup.plan import job_config
+
+    plans = split_plans()
+    config = job_config(plans["data1"])
+    assert (config["pg"]["host"], config["s3"]["endpoint"], config["chroma"]["url"]) == (
+        "postgres", "seaweedfs:8333", "http://chroma:8000")
+    exporter = yaml.safe_load(render_compose(plans["edge1"]))["services"]["postgres-exporter"]
+    assert exporter["environment"]["DATA_SOURCE_URI"].startswith("10.0.0.31:5432/")
+
+
 def test_app_hosts_reach_the_data_host_and_publish_each_color():
     plan = split_plans()["app2"]
     for color, port in (("blue", 8001), ("green", 8002)):
