@@ -186,41 +186,33 @@ class StackPlan:
 
     # Where one part of the stack reaches another: Docker DNS names on one
     # host, the data host's private address (published ports) when split.
-    def _data_host(self, service: str, port: str) -> str:
-        if self.split:
-            return f"{self.topology.data_address}:{INTERNAL_PORTS[port]}"
-        return f"{service}:{INTERNAL_PORTS[port]}"
+    # The app's containers are not on the data network when split, so they
+    # always use the address; a container on a data network (the backup job,
+    # the exporters) must use names for what runs on its own host, because
+    # that network has no route to the host's own address.
+    def data_tier_host(self, service: str, *, on_data_network: bool = False) -> str:
+        if not self.split or (on_data_network and self.has_role("data")):
+            return service
+        return self.topology.data_address
+
+    def s3_endpoint_from(self, *, on_data_network: bool) -> str:
+        store = self.settings.object_store
+        if store.kind == "external":
+            return store.endpoint or ""
+        host = self.data_tier_host("seaweedfs", on_data_network=on_data_network)
+        return f"{host}:{INTERNAL_PORTS['seaweedfs_s3']}"
 
     @property
     def postgres_host(self) -> str:
-        return self.topology.data_address if self.split else "postgres"
+        return self.data_tier_host("postgres")
 
     @property
     def chroma_host(self) -> str:
-        return self.topology.data_address if self.split else "chroma"
+        return self.data_tier_host("chroma")
 
     @property
     def s3_endpoint(self) -> str:
-        store = self.settings.object_store
-        if store.kind == "external":
-            return store.endpoint or ""
-        return self._data_host("seaweedfs", "seaweedfs_s3")
-
-    def data_tier_host(self, service: str) -> str:
-        """Where a container on this host's data network (the backup job, the
-        exporters) reaches a data-tier service: by its name where this host
-        runs it (that network has no route to the host's own address), else
-        on the data host's private address."""
-        if self.split and not self.has_role("data"):
-            return self.topology.data_address
-        return service
-
-    @property
-    def s3_endpoint_on_data_network(self) -> str:
-        store = self.settings.object_store
-        if store.kind == "external":
-            return store.endpoint or ""
-        return f"{self.data_tier_host('seaweedfs')}:{INTERNAL_PORTS['seaweedfs_s3']}"
+        return self.s3_endpoint_from(on_data_network=False)
 
     @property
     def published_data_ports(self) -> dict[str, int]:

@@ -115,22 +115,24 @@ def job_config(plan: StackPlan) -> dict[str, Any]:
         "cache_dir": c.cache,
         "password_file": f"/run/secrets/{PASSWORD_SECRET}",
         "pg": {
-            "host": plan.data_tier_host("postgres"),
+            "host": plan.data_tier_host("postgres", on_data_network=True),
             "port": plan.ports["postgres"],
             "database": s.postgres.database,
             "user": BACKUP_ROLE,
             "password_file": f"/run/secrets/{ROLE_SECRET}",
         },
         "s3": {
-            # The job runs beside SeaweedFS, on the data network.
-            "endpoint": plan.s3_endpoint_on_data_network,
+            "endpoint": plan.s3_endpoint_from(on_data_network=True),
             "secure": s.object_store.secure,
             "region": s.object_store.region,
             "access_key_file": "/run/secrets/s3_access_key",
             "secret_key_file": "/run/secrets/s3_secret_key",
             "buckets": None,  # every bucket
         },
-        "chroma": {"url": f"http://{plan.data_tier_host('chroma')}:{plan.ports['chroma']}", "tenant": "default_tenant"},
+        "chroma": {
+            "url": f"http://{plan.data_tier_host('chroma', on_data_network=True)}:{plan.ports['chroma']}",
+            "tenant": "default_tenant",
+        },
         "retention": b.retention,
         "check_read_data_subset": b.check_read_data_subset,
         "readback": b.readback,
