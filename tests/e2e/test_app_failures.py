@@ -225,7 +225,7 @@ def test_postgres_outage_during_upload_burst_leaves_no_half_present_document(
             if stop.is_set():
                 return
             data = f"Upload {i} of burst {collection}: road maintenance notice number {i}.\n".encode()
-            sent = time.monotonic()
+            sent = {"i": i, "sha": sha256(data), "sent": time.monotonic()}
             try:
                 r = writer.call(
                     "POST",
@@ -233,31 +233,15 @@ def test_postgres_outage_during_upload_burst_leaves_no_half_present_document(
                     files={"file": (f"notice-{i}.txt", data)},
                     retry_429=False,
                 )
+                json_body = r.headers.get("content-type", "").startswith("application/json")
                 results.append(
-                    {
-                        "i": i,
-                        "sha": sha256(data),
-                        "status": r.status_code,
-                        "sent": sent,
-                        "answered": time.monotonic(),
-                        "body": r.json()
-                        if r.headers.get("content-type", "").startswith("application/json")
-                        else r.text[:200],
-                    }
+                    {**sent, "status": r.status_code, "answered": time.monotonic(),
+                     "body": r.json() if json_body else r.text[:200]}
                 )
                 if r.status_code == 429:
                     time.sleep(1.1)
             except requests.RequestException as exc:
-                results.append(
-                    {
-                        "i": i,
-                        "sha": sha256(data),
-                        "status": None,
-                        "sent": sent,
-                        "answered": time.monotonic(),
-                        "body": repr(exc),
-                    }
-                )
+                results.append({**sent, "status": None, "answered": time.monotonic(), "body": repr(exc)})
             time.sleep(0.3)
 
     t = threading.Thread(target=burst, daemon=True)

@@ -15,6 +15,11 @@ def _inspect(target, container: str) -> dict:
     return json.loads(target.host.check_output(f"docker inspect {container}"))[0]
 
 
+def _bindings(info: dict) -> list[dict]:
+    """Every host binding of a container's published ports ({"HostIp", "HostPort"})."""
+    return [binding for bound in (info["NetworkSettings"]["Ports"] or {}).values() if bound for binding in bound]
+
+
 def test_every_service_runs_healthy_with_its_limits(target):
     plan = target.plan()
     for service in plan.services:
@@ -37,8 +42,7 @@ def test_only_the_edge_ports_are_published(target):
     published = {}
     host_ips = {}
     for service in plan.services:
-        ports = _inspect(target, target.container(service))["NetworkSettings"]["Ports"] or {}
-        bindings = [binding for bound in ports.values() if bound for binding in bound
+        bindings = [binding for binding in _bindings(_inspect(target, target.container(service)))
                     if binding["HostIp"] != "127.0.0.1"]
         published[service] = sorted(int(binding["HostPort"]) for binding in bindings)
         host_ips[service] = {binding["HostIp"] for binding in bindings}
@@ -67,18 +71,16 @@ def test_app_colors_are_published_on_the_private_address_only(target):
     if not plan.split:
         pytest.skip("all-in-one: the app is reached over the internal network")
     release = json.loads(target.host.file(f"{target.settings.stack_root}/state/release.json").content_string)
-    api = target.container("api", project=plan.app_project(release["color"]))
-    ports = _inspect(target, api)["NetworkSettings"]["Ports"] or {}
-    bindings = [binding for bound in ports.values() if bound for binding in bound]
-    assert {(b["HostIp"], int(b["HostPort"])) for b in bindings} == {
-        (plan.address, plan.app_host_port(release["color"]))}
-    worker = target.container("worker", project=plan.app_project(release["color"]))
-    ports = _inspect(target, worker)["NetworkSettings"]["Ports"] or {}
-    bindings = [binding for bound in ports.values() if bound for binding in bound]
-    # Its metrics, for Prometheus on the monitoring hosts.
+    project = plan.app_project(release["color"])
+
+    def published(service: str) -> set[tuple[str, int]]:
+        bindings = _bindings(_inspect(target, target.container(service, project=project)))
+        return {(binding["HostIp"], int(binding["HostPort"])) for binding in bindings}
+
+    assert published("api") == {(plan.address, plan.app_host_port(release["color"]))}
+    # The worker's metrics, for Prometheus on the monitoring hosts.
     wanted = {(plan.address, plan.worker_metrics_host_port(release["color"]))}
-    assert {(b["HostIp"], int(b["HostPort"])) for b in bindings} == (wanted if target.settings.monitoring.enabled
-                                                                     else set())
+    assert published("worker") == (wanted if target.settings.monitoring.enabled else set())
 
 
 def test_secret_files_belong_to_their_reader_only(target):
@@ -186,8 +188,7 @@ def test_chroma_answers_inside_the_stack_only(target):
     data_network = plan.networks["data"]
     if plan.split:
         # Published for the app hosts on the private address, nowhere else.
-        bindings = [b for bound in (info["NetworkSettings"]["Ports"] or {}).values() if bound for b in bound]
-        assert {b["HostIp"] for b in bindings} == {plan.address}
+        assert {b["HostIp"] for b in _bindings(info)} == {plan.address}
         answer = target.host.run(
             f"curl -s -m 5 -o /dev/null -w '%{{http_code}}' http://{plan.address}:{plan.ports['chroma']}/api/v2/heartbeat"
         )
