@@ -15,6 +15,10 @@ def _settings() -> Settings:
     return Settings()
 
 
+def to_json(obj: object) -> str:
+    return json.dumps(obj, default=str, sort_keys=True)
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     from .db import migrate
 
@@ -81,8 +85,8 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
-    from .api import build_services
-    from .service import cleanup_orphans, to_json
+    from .services.backends import build_services
+    from .services.maintenance import cleanup_orphans
 
     svc = build_services(_settings())
     try:
@@ -93,8 +97,8 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 
 
 def cmd_rebuild(args: argparse.Namespace) -> int:
-    from .api import build_services
-    from .service import rebuild_collection, to_json
+    from .services.backends import build_services
+    from .services.maintenance import rebuild_collection
 
     if not args.yes:
         print(

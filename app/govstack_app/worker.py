@@ -13,8 +13,11 @@ import psycopg
 import structlog
 from psycopg_pool import PoolTimeout
 
-from . import metrics, service
-from .service import Services
+from . import metrics
+from .services.backends import Services, build_services
+from .services.errors import Unavailable
+from .services.indexing import backlog, index_next
+from .services.maintenance import cleanup_orphans
 from .settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -66,7 +69,7 @@ class Worker:
             if self.stop.is_set():
                 break
             with self.svc.pool.connection(timeout=10.0) as conn:
-                row = service.index_next(self.svc, conn, heartbeat=touch_heartbeat)
+                row = index_next(self.svc, conn, heartbeat=touch_heartbeat)
             touch_heartbeat()
             if row is None:
                 break
@@ -76,7 +79,7 @@ class Worker:
     def maintenance(self, now: float) -> None:
         if now - self._last_backlog >= BACKLOG_EVERY_S:
             self._last_backlog = now
-            pending, failed = service.backlog(self.svc.pool)
+            pending, failed = backlog(self.svc.pool)
             metrics.UNINDEXED_BACKLOG.set(pending)
             metrics.FAILED_DOCUMENTS.set(failed)
         if now - self._last_maintenance >= MAINTENANCE_EVERY_S:
@@ -86,7 +89,7 @@ class Worker:
             with self.svc.pool.connection() as conn:
                 ensure_audit_partitions(conn)
             try:
-                service.cleanup_orphans(self.svc, min_age=timedelta(hours=1))
+                cleanup_orphans(self.svc, min_age=timedelta(hours=1))
             except Exception as exc:  # noqa: BLE001 - next hour then
                 log.warning("orphan cleanup failed", error=repr(exc))
             try:
@@ -109,7 +112,7 @@ class Worker:
                 self.maintenance(time.monotonic())
                 n = self.run_once()
                 backoff = 1.0
-            except (psycopg.OperationalError, PoolTimeout, service.Unavailable) as exc:
+            except (psycopg.OperationalError, PoolTimeout, Unavailable) as exc:
                 log.warning("postgres unavailable; backing off", error=str(exc).strip(), sleep_s=backoff)
                 self.stop.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
@@ -122,7 +125,6 @@ class Worker:
 def run_worker(settings: Settings) -> int:
     from prometheus_client import start_http_server
 
-    from .api import build_services
     from .db import migrate
 
     migrate(settings)

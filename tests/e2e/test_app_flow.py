@@ -243,44 +243,48 @@ os.environ.update({"GOVSTACK_EMBEDDING_PROVIDER": "openai-compatible",
                    "GOVSTACK_EMBEDDING_MODEL": "stand-in-embed-3"})
 os.environ.pop("GOVSTACK_EMBEDDING_API_KEY_FILE", None)
 
-from govstack_app import service
-from govstack_app.api import build_services
+from govstack_app.services.backends import build_services
+from govstack_app.services.documents import delete_document
+from govstack_app.services.errors import ModelMismatch
+from govstack_app.services.indexing import index_next
+from govstack_app.services.search import search
+from govstack_app.services.uploads import UploadRequest, upload_document
 from govstack_app.settings import Settings
 
 svc = build_services(Settings())
 result = {}
 
 def upload(coll, name, data):
-    return service.upload_document(svc, service.UploadRequest(
+    return upload_document(svc, UploadRequest(
         collection=coll, fileobj=io.BytesIO(data), size=len(data), sha256=hashlib.sha256(data).hexdigest(),
         content_type="text/plain", filename=name, api_key_name="e2e-openai", created_by="e2e-openai"))
 
 try:
     upload(existing, "other-model.txt", b"a document for a collection of another model")
     result["existing_upload"] = "accepted"
-except service.ModelMismatch as exc:
+except ModelMismatch as exc:
     result["existing_upload"] = exc.detail
 try:
-    service.search(svc, existing, "anything", 3, "vector")
+    search(svc, existing, "anything", 3, "vector")
     result["existing_search"] = "accepted"
-except service.ModelMismatch as exc:
+except ModelMismatch as exc:
     result["existing_search"] = exc.detail
-result["existing_keyword"] = len(service.search(svc, existing, "passport", 3, "keyword")["results"])
+result["existing_keyword"] = len(search(svc, existing, "passport", 3, "keyword")["results"])
 
 doc, created = upload(fresh, "permits.txt",
                       b"Borehole drilling permits for irrigation are issued by the water authority.")
 other, _ = upload(fresh, "roads.txt", b"Road maintenance schedules are published by the highways agency.")
 indexed = []
 with svc.pool.connection() as conn:
-    while (row := service.index_next(svc, conn)) is not None:
+    while (row := index_next(svc, conn)) is not None:
         indexed.append((row["id"], row["outcome"]))
-hits = service.search(svc, fresh, "borehole irrigation permits", 2, "vector")["results"]
+hits = search(svc, fresh, "borehole irrigation permits", 2, "vector")["results"]
 coll = svc.chroma.get_collection(f"govstack_{fresh}")
 with svc.pool.connection() as conn:
     conn.row_factory = psycopg.rows.tuple_row
     dim = conn.execute("SELECT embedding_model, embedding_dim FROM collections WHERE name = %s", (fresh,)).fetchone()
 for d in (doc, other):
-    service.delete_document(svc, fresh, d["id"], api_key_name="e2e-openai", request_id=None, client_ip=None)
+    delete_document(svc, fresh, d["id"], api_key_name="e2e-openai", request_id=None, client_ip=None)
 result.update(created=created, indexed=indexed, doc_id=doc["id"], top=[h["document_id"] for h in hits],
               chroma_metadata=coll["metadata"], collection_row=list(dim), calls=calls)
 svc.close()

@@ -6,6 +6,8 @@ import pytest
 from fastapi.testclient import TestClient
 from govstack_app import metrics
 from govstack_app.api import create_app
+from govstack_app.schemas import KeyCreate
+from govstack_app.security import ROLES
 from govstack_app.settings import Settings
 
 
@@ -34,6 +36,49 @@ EXPECTED = {
     ("GET", "/ready"): {200, 503},
     ("GET", "/metrics"): {200},
 }
+
+
+# Operation ids name the generated clients' methods: the routers must keep the handler names.
+OPERATIONS = {
+    ("GET", "/health"): ("health_health_get", "ops"),
+    ("GET", "/ready"): ("ready_ready_get", "ops"),
+    ("GET", "/metrics"): ("prom_metrics_get", "ops"),
+    ("POST", "/api/v1/collections/{collection}/documents"): (
+        "upload_api_v1_collections__collection__documents_post",
+        "documents",
+    ),
+    ("GET", "/api/v1/collections/{collection}/documents"): (
+        "list_docs_api_v1_collections__collection__documents_get",
+        "documents",
+    ),
+    ("GET", "/api/v1/collections/{collection}/documents/{document_id}"): (
+        "get_doc_api_v1_collections__collection__documents__document_id__get",
+        "documents",
+    ),
+    ("DELETE", "/api/v1/collections/{collection}/documents/{document_id}"): (
+        "delete_doc_api_v1_collections__collection__documents__document_id__delete",
+        "documents",
+    ),
+    ("GET", "/api/v1/collections/{collection}/documents/{document_id}/download"): (
+        "download_api_v1_collections__collection__documents__document_id__download_get",
+        "documents",
+    ),
+    ("GET", "/api/v1/collections"): ("collections_api_v1_collections_get", "documents"),
+    ("POST", "/api/v1/search"): ("search_api_v1_search_post", "search"),
+    ("GET", "/api/v1/keys"): ("list_keys_api_v1_keys_get", "keys"),
+    ("POST", "/api/v1/keys"): ("create_key_api_v1_keys_post", "keys"),
+    ("DELETE", "/api/v1/keys/{name}"): ("revoke_key_api_v1_keys__name__delete", "keys"),
+}
+
+
+def test_route_table_is_stable(app) -> None:  # noqa: ANN001
+    ops = operations(app.openapi())
+    assert {key: (op["operationId"], *op["tags"]) for key, op in ops.items()} == OPERATIONS
+    assert list(app.openapi()["paths"]) == list(dict.fromkeys(path for _, path in OPERATIONS))
+
+
+def test_key_roles_are_the_security_roles() -> None:
+    assert set(KeyCreate.model_json_schema()["properties"]["role"]["enum"]) == set(ROLES)
 
 
 def test_openapi_declares_every_status(app) -> None:  # noqa: ANN001

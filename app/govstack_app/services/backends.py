@@ -1,0 +1,86 @@
+"""The backends every service call uses (Postgres pool, object store, Chroma, embedder), and
+``db()``: a pooled connection whose connection failures surface as 503 ``Unavailable``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from ..chroma import ChromaClient
+from ..db import POOL_WAIT_S, make_pool
+from ..embeddings import Embedder, make_embedder
+from ..settings import Settings
+from ..storage import ObjectStore
+from .errors import Unavailable
+
+
+@dataclass
+class Services:
+    settings: Settings
+    pool: ConnectionPool
+    store: ObjectStore
+    chroma: ChromaClient
+    embedder: Embedder
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def close(self) -> None:
+        self.pool.close()
+        self.chroma.close()
+
+
+def build_services(settings: Settings, *, pool_max: int = 10) -> Services:
+    return Services(
+        settings=settings,
+        pool=make_pool(settings, max_size=pool_max, name="api" if pool_max > 3 else "worker"),
+        store=ObjectStore(settings),
+        chroma=ChromaClient(settings.chroma_host, settings.chroma_port),
+        embedder=make_embedder(settings),
+    )
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """Postgres unreachable or going away, as opposed to an error of the statement itself."""
+    if isinstance(exc, PoolTimeout):
+        return True
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    state = getattr(exc, "sqlstate", None)
+    return state is None or state.startswith("08") or state in ("57P01", "57P02", "57P03")
+
+
+class _conn:
+    """pool.connection() with dict rows, mapping pool/connection failures to 503."""
+
+    def __init__(self, pool: ConnectionPool, timeout: float = POOL_WAIT_S) -> None:
+        self.pool = pool
+        self.timeout = timeout
+        self._cm: Any = None
+
+    def __enter__(self) -> psycopg.Connection:
+        try:
+            self._cm = self.pool.connection(timeout=self.timeout)
+            conn = self._cm.__enter__()
+        except (PoolTimeout, psycopg.OperationalError) as exc:
+            raise Unavailable("postgres", f"postgres is unavailable: {exc}") from exc
+        conn.row_factory = dict_row
+        return conn
+
+    def __exit__(self, et: Any, ev: Any, tb: Any) -> bool:
+        try:
+            self._cm.__exit__(et, ev, tb)
+        except psycopg.OperationalError as exc:
+            if et is None and is_connection_error(exc):
+                raise Unavailable("postgres", f"postgres is unavailable: {exc}") from exc
+            if et is None:
+                raise
+        if ev is not None and is_connection_error(ev):
+            raise Unavailable("postgres", f"postgres is unavailable: {ev}") from ev
+        return False
+
+
+def db(pool: ConnectionPool, timeout: float = POOL_WAIT_S) -> _conn:
+    return _conn(pool, timeout)
