@@ -9,7 +9,7 @@ TEST_INVENTORY ?= tests/inventories/test_local.py
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 PYTEST := $(BIN)/pytest -p no:cacheprovider
 
-.PHONY: venv up check engine test test-quick test-full test-multihost lint bench clean-test
+.PHONY: venv up check engine test test-quick test-full test-multihost lint bench clean-test golden
 
 $(VENV)/.installed: pyproject.toml app/requirements.txt app/requirements-test.txt
 	python3 -m venv $(VENV)
@@ -51,6 +51,11 @@ test-full: venv
 ## deployed and proved (about 6 min warm; see tests/multihost/test_multihost.py).
 test-multihost: venv
 	$(PYTEST) -v --durations=0 tests/multihost/test_multihost.py
+
+## Regenerate tests/unit/golden/ (every host's rendered files, both lanes):
+## only in a commit that means to change what hosts get.
+golden: venv
+	$(BIN)/python -m tests.unit.golden
 
 lint: venv
 	$(BIN)/ruff check govstack deploys inventories tests bench app
