@@ -27,7 +27,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import click
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from govstack.settings.compliance import ComplianceSettings  # noqa: F401 - re-exported
 
 DEFAULT_INVENTORY = "inventories/local.py"
 # Restores and drills keep what they replace, under these names (govstack/backup).
@@ -35,39 +36,6 @@ PRE_RESTORE_DATABASE = "{database}_pre_restore_%"
 SCRATCH_DATABASE = "{database}_restore"
 PRE_RESTORE_COLLECTION = "__pre_restore_"
 DRILL_ASIDE = ".drill-aside"
-
-
-class ComplianceSettings(BaseModel):
-    """The ``govstack.compliance`` settings section (``Settings.compliance``)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    audit_retention_months: int = Field(
-        24, ge=1, le=1200,
-        description="audit_logs months kept; older monthly partitions are dropped (worker, hourly)",
-    )
-    audit_retention_floor_months: int = Field(
-        12, ge=1, le=1200, description="a shorter retention is refused, here and by the app"
-    )
-    location: str = Field(
-        "unspecified", min_length=1, max_length=200,
-        description="where this host's data physically is (country, region, provider), for the residency report",
-    )
-    disk_encrypted: bool | None = Field(
-        None, description="the host's data disk is encrypted at rest (e.g. a provider volume); null = detect dm-crypt",
-    )
-    reports_dir: str | None = Field(
-        None, description="where reports are written on the host; null = <stack_root>/reports"
-    )
-
-    @model_validator(mode="after")
-    def _retention_above_floor(self) -> ComplianceSettings:
-        if self.audit_retention_months < self.audit_retention_floor_months:
-            raise ValueError(
-                f"audit_retention_months ({self.audit_retention_months}) is below "
-                f"audit_retention_floor_months ({self.audit_retention_floor_months})"
-            )
-        return self
 
 
 def compliance_settings(settings: Any) -> ComplianceSettings:

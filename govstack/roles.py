@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROLES = ("edge", "app", "data", "monitoring")
-ALL_ROLES = frozenset(ROLES)
+# The roles themselves are a fact settings validate against.
+from govstack.settings.catalog import ALL_ROLES, ROLES
 
 # Ports published on a host's private address in a split inventory. The app
 # colors get one each, so blue and green can run side by side on one host.

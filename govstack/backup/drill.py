@@ -29,8 +29,8 @@ from govstack.backup import evidence as evidence_mod
 from govstack.backup.ops import backup_now, find_run, restore
 from govstack.backup.plan import backup_settings
 from govstack.backup.remote import BackupError, StackHost, q
-from govstack.backup.schedule import max_gap_seconds
 from govstack.plan import DATA_DIRS
+from govstack.settings.cron import max_gap_seconds
 
 MODES = ("vector", "keyword", "hybrid")
 

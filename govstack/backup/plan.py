@@ -13,8 +13,8 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from govstack import images
-from govstack.backup.settings import BackupSettings
 from govstack.settings import SERVICE_UID, Settings
+from govstack.settings.backup import BackupSettings
 
 if TYPE_CHECKING:  # pragma: no cover
     from govstack.plan import StackPlan

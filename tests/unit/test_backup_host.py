@@ -11,14 +11,15 @@ from datetime import datetime
 import pytest
 import yaml
 
-from govstack.backup import evidence, schedule
+from govstack.backup import evidence
 from govstack.backup import plan as backup_plan
 from govstack.backup.deploy import backup_role_sql
 from govstack.backup.remote import BackupError, StackHost
-from govstack.backup.settings import BackupSettings
 from govstack.plan import StackPlan
 from govstack.render import render_compose
 from govstack.settings import SettingsError, build_settings
+from govstack.settings import cron as schedule
+from govstack.settings.backup import BackupSettings
 from govstack.tuning import HostResources
 from tests.conftest import compose_config
 

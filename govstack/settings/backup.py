@@ -5,16 +5,13 @@ from __future__ import annotations
 import re
 from pathlib import PurePosixPath
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from govstack.backup.schedule import CronError, parse
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from govstack.settings.base import Section
+from govstack.settings.cron import CronError, parse
 
 
-class OffsiteSettings(_Section):
+class OffsiteSettings(Section):
     """A second restic repository on any S3 endpoint. Its keys are the secrets
     ``backup_offsite_access_key`` / ``backup_offsite_secret_key``, supplied by the
     operator (``govstack.secrets`` or ``GOVSTACK__SECRETS__…``)."""
@@ -37,7 +34,7 @@ class OffsiteSettings(_Section):
         return f"s3:{self.endpoint}/{self.bucket}/{self.prefix.strip('/')}"
 
 
-class BackupSettings(_Section):
+class BackupSettings(Section):
     enabled: bool = Field(True, description="the backup service (restic) in the stack")
     schedule: str = Field(
         "15 2 * * *", description="cron expression (UTC; five fields or @hourly/@daily) of the backup runs"

@@ -1,0 +1,24 @@
+"""``govstack.app``: the document app's first version and its limits."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from govstack.settings.base import Section
+
+
+class AppSettings(Section):
+    version: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        description="first release's image tag; null = src-<hash of app/>. Later: govstack deploy --version",
+    )
+    max_upload_mb: int = Field(50, ge=1, le=4096, description="app limit; nginx client_max_body_size matches")
+    max_unpacked_mb: int = Field(200, ge=1, description="zip-bomb limit: unpacked DOCX / extracted text")
+    embedding_provider: Literal["minilm-local", "openai-compatible"] = "minilm-local"
+    embedding_url: str | None = None
+    embedding_model: str = "all-MiniLM-L6-v2"
+    worker_batch_size: int = Field(16, ge=1, le=1000)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -1,0 +1,168 @@
+"""The one typed settings model of a govstack host (``Settings``): every
+section, the host-level keys, and the checks that span sections."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+from collections.abc import Mapping
+from pathlib import PurePosixPath
+from typing import Any
+
+from pydantic import Field, field_validator, model_validator
+
+from govstack.settings.app import AppSettings
+from govstack.settings.backup import BackupSettings
+from govstack.settings.base import Section
+from govstack.settings.catalog import SECRET_SPECS
+from govstack.settings.compliance import ComplianceSettings
+from govstack.settings.cost import CostSettings
+from govstack.settings.edge import EdgeSettings
+from govstack.settings.engine import EngineSettings
+from govstack.settings.images import ImageSettings
+from govstack.settings.monitoring import MonitoringSettings
+from govstack.settings.network import NetworkSettings
+from govstack.settings.object_store import ObjectStoreSettings
+from govstack.settings.paths import StackPaths
+from govstack.settings.postgres import PostgresSettings
+from govstack.settings.resources import Resources, default_resources
+
+
+class Settings(Section):
+    """Everything one host needs. Built by :func:`build_settings`."""
+
+    stack_root: str = Field("/opt/govstack", description="everything on the host lives below it")
+    # Compose project name of the data tier and edge; app colors are
+    # `<project>-blue` / `<project>-green`.
+    project: str = Field(
+        "govstack",
+        pattern=r"^[a-z][a-z0-9-]{1,30}$",
+        description="Compose project; app colors are <project>-blue/-green",
+    )
+    engine: EngineSettings = EngineSettings()
+    images: ImageSettings = ImageSettings()
+    postgres: PostgresSettings = PostgresSettings()
+    object_store: ObjectStoreSettings = ObjectStoreSettings()
+    edge: EdgeSettings = EdgeSettings()
+    app: AppSettings = AppSettings()
+    network: NetworkSettings = NetworkSettings()
+    backup: BackupSettings = BackupSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
+    cost: CostSettings = CostSettings()
+    compliance: ComplianceSettings = ComplianceSettings()
+    resources: dict[str, Resources] = Field(
+        default_factory=default_resources, description="per-service memory_mb/cpus limits"
+    )
+    # Secret values supplied by the operator instead of generated ones.
+    # Never rendered into anything but the secret files themselves.
+    secrets: dict[str, str] = Field(
+        default_factory=dict, repr=False, description="operator-supplied secret values instead of generated ones"
+    )
+    # How long `compose up --wait` may take before the deploy fails.
+    healthy_timeout_s: int = Field(300, ge=10, description="how long services may take to become healthy")
+    # Split inventories (hosts in groups edge/app/data/monitoring, govstack/roles.py).
+    address: str | None = Field(
+        None, description="private IP other hosts reach this one on (split inventories); null = ssh_hostname"
+    )
+    firewall: bool = Field(
+        True, description="split inventories: iptables lets only the hosts that need them reach published ports"
+    )
+    shared_secrets_dir: str | None = Field(
+        None,
+        description="controller directory of the secrets every host of a split inventory shares; "
+        "null = ~/.local/share/govstack/secrets/<project>-<first data host>",
+    )
+
+    @field_validator("stack_root")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        path = PurePosixPath(value)
+        if not path.is_absolute() or path == PurePosixPath("/"):
+            raise ValueError("must be an absolute path below /")
+        return str(path)
+
+    @field_validator("address")
+    @classmethod
+    def _address_ip(cls, value: str | None) -> str | None:
+        if value is not None:
+            ipaddress.ip_address(value)
+        return value
+
+    @field_validator("resources", mode="before")
+    @classmethod
+    def _known_services(cls, value: Any) -> Any:
+        if not isinstance(value, Mapping):
+            return value
+        defaults = default_resources()
+        unknown = set(value) - set(defaults)
+        if unknown:
+            raise ValueError(
+                f"unknown service {sorted(unknown)[0]!r}; allowed: {', '.join(sorted(defaults))}"
+            )
+        merged = {name: res.model_dump() for name, res in defaults.items()}
+        for name, res in value.items():
+            merged[name] = {**merged[name], **(res.model_dump() if isinstance(res, Resources) else res)}
+        return merged
+
+    @model_validator(mode="after")
+    def _smtp_password_supplied(self) -> Settings:
+        email = self.monitoring.email
+        if email and email.auth_username and "alertmanager_smtp_password" not in self.secrets:
+            raise ValueError("monitoring.email.auth_username needs secrets.alertmanager_smtp_password")
+        return self
+
+    @model_validator(mode="after")
+    def _offsite_keys_supplied(self) -> Settings:
+        missing = [name for name in ("backup_offsite_access_key", "backup_offsite_secret_key")
+                   if name not in self.secrets]
+        if self.backup.offsite is not None and missing:
+            raise ValueError(f"backup.offsite needs secrets.{missing[0]} (the offsite store's key)")
+        return self
+
+    @field_validator("secrets")
+    @classmethod
+    def _known_secrets(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, secret in value.items():
+            if name not in SECRET_SPECS:
+                raise ValueError(
+                    f"unknown secret {name!r}; allowed: {', '.join(sorted(SECRET_SPECS))}"
+                )
+            if len(secret) < 16 or not secret.isprintable() or " " in secret:
+                raise ValueError(f"secret {name!r} must be 16+ printable characters without spaces")
+        return value
+
+    # Paths on the host: one place (StackPaths); the common ones by name.
+    @property
+    def paths(self) -> StackPaths:
+        return StackPaths(self.stack_root, self.backup.root, self.compliance.reports_dir)
+
+    @property
+    def secrets_dir(self) -> str:
+        return self.paths.secrets_dir
+
+    @property
+    def config_dir(self) -> str:
+        return self.paths.config_dir
+
+    @property
+    def data_dir(self) -> str:
+        return self.paths.data_dir
+
+    @property
+    def build_dir(self) -> str:
+        return self.paths.build_dir
+
+    @property
+    def compose_file(self) -> str:
+        return self.paths.compose_file
+
+    @property
+    def public_url(self) -> str:
+        port = "" if self.edge.https_port == 443 else f":{self.edge.https_port}"
+        return f"https://{self.edge.hostname}{port}"
+
+    def config_hash(self) -> str:
+        """A short stable hash of the settings, secrets excluded (for the ledger)."""
+        data = self.model_dump(mode="json", exclude={"secrets"})
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

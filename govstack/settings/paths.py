@@ -1,0 +1,90 @@
+"""Every path on a host that derives from the stack root: one place per path.
+
+``Settings.paths`` builds this from ``stack_root`` and the two settings that
+move a directory elsewhere (``backup.root``, ``compliance.reports_dir``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class StackPaths:
+    root: str
+    backup_root: str | None = None
+    reports_root: str | None = None
+
+    @property
+    def secrets_dir(self) -> str:
+        return f"{self.root}/secrets"
+
+    @property
+    def config_dir(self) -> str:
+        return f"{self.root}/config"
+
+    @property
+    def data_dir(self) -> str:
+        return f"{self.root}/data"
+
+    def data_path(self, name: str) -> str:
+        return f"{self.data_dir}/{name}"
+
+    @property
+    def build_dir(self) -> str:
+        return f"{self.root}/build"
+
+    @property
+    def compose_file(self) -> str:
+        """The data tier's and the edge's Compose file."""
+        return f"{self.root}/docker-compose.yml"
+
+    @property
+    def app_dir(self) -> str:
+        """The app colors' Compose files."""
+        return f"{self.root}/app"
+
+    def app_compose_file(self, color: str) -> str:
+        return f"{self.app_dir}/{color}.yml"
+
+    @property
+    def state_dir(self) -> str:
+        """The release record, the ledger and the deploy lock."""
+        return f"{self.root}/state"
+
+    @property
+    def release_file(self) -> str:
+        return f"{self.state_dir}/release.json"
+
+    @property
+    def ledger_file(self) -> str:
+        return f"{self.state_dir}/ledger.jsonl"
+
+    @property
+    def deploy_lock(self) -> str:
+        return f"{self.state_dir}/deploy.lock"
+
+    @property
+    def backups_dir(self) -> str:
+        """The backup root: the restic repository, its cache, drill evidence."""
+        return self.backup_root or f"{self.root}/backups"
+
+    @property
+    def pre_deploy_dumps(self) -> str:
+        """pg_dump files made before each release's migrations (under the stack root
+        whatever ``backup.root`` says)."""
+        return f"{self.root}/backups/pre-deploy"
+
+    @property
+    def reports_dir(self) -> str:
+        return self.reports_root or f"{self.root}/reports"
+
+    @property
+    def metrics_dir(self) -> str:
+        """node-exporter's textfile directory (the backup job writes its freshness there)."""
+        return self.data_path("metrics")
+
+    @property
+    def drill_aside(self) -> str:
+        """Where a drill moves data directories: the data's own filesystem (a rename)."""
+        return self.data_path(".drill-aside")
