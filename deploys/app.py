@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from io import StringIO
+
 from pyinfra.api import deploy
 from pyinfra.operations import files
 
-from govstack import monitoring
-from govstack.operations import compose_project_up, path_owned, postgres_monitor_role, postgres_role_with_database
+from govstack.operations import compose_project_up, path_owned, postgres_role_with_database
 from govstack.plan import StackPlan
 from govstack.release import Color, release_path
 from govstack.secrets import secret_path
@@ -25,21 +26,6 @@ def ensure_app_database(plan: StackPlan):
     )
 
 
-@deploy("Monitoring database role")
-def ensure_monitor_role(plan: StackPlan):
-    s = plan.settings
-    if not s.monitoring.enabled:
-        return
-    postgres_monitor_role(
-        name=f"Postgres role {monitoring.MONITOR_ROLE} (pg_monitor)",
-        project=s.project,
-        compose_file=s.compose_file,
-        role=monitoring.MONITOR_ROLE,
-        database=s.postgres.database,
-        password_file=secret_path(s, monitoring.MONITOR_SECRET),
-    )
-
-
 @deploy("App color")
 def start_app_color(plan: StackPlan, color: Color, version: str):
     compose_project_up(
@@ -55,10 +41,8 @@ def start_app_color(plan: StackPlan, color: Color, version: str):
 def record_first_release(plan: StackPlan):
     """Written once; blue/green deploys and rollbacks own it afterwards."""
     s = plan.settings
-    path_owned(name="State directory", path=f"{s.stack_root}/state", uid=0, gid=0, mode="700")
+    path_owned(name="State directory", path=s.paths.state_dir, uid=0, gid=0, mode="700")
     if plan.recorded_release is None:
-        from io import StringIO
-
         files.put(
             name=f"First release: {plan.release.color} {plan.release.version}",
             src=StringIO(plan.release.to_json()),

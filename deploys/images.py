@@ -6,7 +6,9 @@ from __future__ import annotations
 from pyinfra.api import deploy
 from pyinfra.operations import files
 
-from govstack import images, monitoring
+from govstack import images
+from govstack.backup.plan import backup_image
+from govstack.monitoring import catalog as monitoring_catalog
 from govstack.operations import base_image_built, files_mirrored, image_built
 from govstack.plan import StackPlan
 
@@ -44,7 +46,7 @@ def build_offline_images(plan: StackPlan):
 
     wanted = images.offline_images(s)
     if s.monitoring.enabled:
-        wanted += monitoring.offline_images()
+        wanted += monitoring_catalog.offline_images()
     if plan.split:
         # Only what this host's part of the stack runs (the others were
         # built once and shipped, or are built where they run).
@@ -52,8 +54,6 @@ def build_offline_images(plan: StackPlan):
     for image in wanted:
         build_offline_image(plan, image, base_tag, base_hash)
     if s.backup.enabled and "backup" in plan.services:
-        from govstack.backup.plan import backup_image
-
         build_offline_image(plan, backup_image(s), base_tag, base_hash)
     if plan.has_role("app"):
         build_app_image(plan, plan.release.version)

@@ -9,6 +9,7 @@ from pyinfra import host, inventory, logger
 from deploys import app, engine, images, stack
 from govstack.backup import deploy as backup
 from govstack.facts import HostResourcesFact
+from govstack.monitoring import deploy as monitoring
 from govstack.plan import StackPlan
 from govstack.release import ReleaseState, release_path
 from govstack.role_operations import all_hosts_reached, published_ports_firewalled
@@ -66,7 +67,7 @@ if plan.has_role("data"):
     app.ensure_app_database(plan)
     if settings.backup.enabled:
         backup.ensure_backup_role(plan)
-    app.ensure_monitor_role(plan)
+    monitoring.ensure_monitor_role(plan)
 if plan.split:
     all_hosts_reached(name="Data tier and edge up on their hosts", step="data tier and edge up")
 if plan.has_role("app"):

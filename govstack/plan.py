@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from govstack import images, monitoring
+from govstack import images
+from govstack.backup.plan import BackupPlan
+from govstack.monitoring import catalog as monitoring_catalog
 from govstack.release import Color, Release, first_release
 from govstack.roles import ALL_ROLES, APP_HOST_PORTS, WORKER_METRICS_HOST_PORTS, Member, Topology
 from govstack.secrets import SECRET_SPECS, host_secret_names
@@ -44,7 +46,7 @@ SERVICE_UIDS = {
     "app": SERVICE_UID,
     "worker": SERVICE_UID,
     "backup": SERVICE_UID,
-    **{service: SERVICE_UID for service in (*monitoring.MONITORING_IMAGES, "grafana")},
+    **{service: SERVICE_UID for service in (*monitoring_catalog.MONITORING_IMAGES, "grafana")},
 }
 
 # Exporters that run beside what they measure: node-exporter on every host of a
@@ -61,7 +63,7 @@ DATA_DIRS = {
     "alertmanager": SERVICE_UID,
     "grafana": SERVICE_UID,
     # Textfiles for node-exporter (the backup job writes its freshness here).
-    monitoring.TEXTFILE_DIR: SERVICE_UID,
+    monitoring_catalog.TEXTFILE_DIR: SERVICE_UID,
 }
 
 
@@ -116,7 +118,7 @@ class StackPlan:
         if service == "backup":
             return self.backup.image
         if service in self.monitoring_services:
-            return monitoring.image(self.settings, service)
+            return monitoring_catalog.image(self.settings, service)
         return images.service_image(self.settings, service)
 
     @property
@@ -124,7 +126,7 @@ class StackPlan:
         m = self.settings.monitoring
         if not m.enabled:
             return []
-        services = list(monitoring.MONITORING_IMAGES)
+        services = list(monitoring_catalog.MONITORING_IMAGES)
         if self.settings.images.lane == "upstream" and m.grafana:
             services.append("grafana")
         return services
@@ -134,7 +136,7 @@ class StackPlan:
         """Offline lane: every image this host's part of the stack runs (what
         the controller ships it with images.ship_from_controller)."""
         offline = {image.service: image.tag for image in images.offline_images(self.settings)}
-        offline.update({image.service: image.tag for image in monitoring.offline_images()})
+        offline.update({image.service: image.tag for image in monitoring_catalog.offline_images()})
         tags = [images.base_image_tag(self.settings)]
         tags += [offline[service] for service in self.services if service in offline]
         if "backup" in self.services:
@@ -146,15 +148,13 @@ class StackPlan:
     @property
     def data_dirs(self) -> dict[str, int]:
         """Data directories this host needs, with their owners."""
-        wanted = set(self.services) | {monitoring.TEXTFILE_DIR}
+        wanted = set(self.services) | {monitoring_catalog.TEXTFILE_DIR}
         return {name: uid for name, uid in DATA_DIRS.items() if name in wanted}
 
     @cached_property
-    def backup(self):
+    def backup(self) -> BackupPlan:
         """The backup service's paths, image and secrets (govstack/backup/plan.py)."""
-        from govstack.backup.plan import BackupPlan
-
-        return BackupPlan(self)
+        return BackupPlan(self.settings)
 
     @property
     def networks(self) -> dict[str, str]:
@@ -231,9 +231,9 @@ class StackPlan:
         this host scrapes it over the local network)."""
         if not (self.split and self.scraped_from):
             return {}
-        ports = {name: monitoring.PORTS[name] for name in HOST_EXPORTERS if name in self.services}
+        ports = {name: monitoring_catalog.PORTS[name] for name in HOST_EXPORTERS if name in self.services}
         if "seaweedfs" in self.services and self.settings.monitoring.enabled:
-            ports["seaweedfs"] = monitoring.PORTS["seaweedfs_metrics"]
+            ports["seaweedfs"] = monitoring_catalog.PORTS["seaweedfs_metrics"]
         return ports
 
     @property

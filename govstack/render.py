@@ -4,32 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
-
-from govstack import monitoring
+from govstack.monitoring.catalog import MONITOR_ROLE, PORTS
+from govstack.monitoring.render import monitoring_files, render_app_targets
 from govstack.plan import StackPlan
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-TEMPLATE_DIRS = [REPO_ROOT, REPO_ROOT / "templates"]
-MANAGED_BANNER = "Managed by govstack-deploy: edit the inventory and redeploy, not this file."
+from govstack.templating import MANAGED_BANNER, environment
 
 # Services that fork children they must reap (Python servers, weed) get an init.
 _NEEDS_INIT = {"seaweedfs", "chroma", "app", "worker"}
-
-
-def _environment() -> Environment:
-    env = Environment(
-        loader=FileSystemLoader([str(path) for path in TEMPLATE_DIRS]),
-        undefined=StrictUndefined,
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        # Config files (YAML, nginx, postgresql.conf), not HTML: escaping would corrupt them.
-        autoescape=False,  # noqa: S701
-    )
-    return env
 
 
 def _hardening(plan: StackPlan):
@@ -58,7 +40,7 @@ def _hardening(plan: StackPlan):
 
 
 def render(template: str, plan: StackPlan, **extra) -> str:
-    env = _environment()
+    env = environment()
     context = {
         "s": plan.settings,
         "plan": plan,
@@ -79,14 +61,14 @@ def render_compose(plan: StackPlan) -> str:
         # Prometheus, Alertmanager and the blackbox exporter are recreated when
         # their config changes; the app target lists (file_sd) are re-read live.
         conf = plan.settings.config_dir
-        files = monitoring.monitoring_files(plan)
+        files = monitoring_files(plan)
         digests["prometheus"] = _digest(
             "".join(text for path, text in sorted(files.items()) if path.startswith(f"{conf}/prometheus/")
                     and "/targets/" not in path)
         )
         digests["alertmanager"] = _digest(files[f"{conf}/alertmanager/alertmanager.yml"])
         digests["blackbox"] = _digest(files[f"{conf}/blackbox/config.yml"])
-    return render("docker-compose.yml.j2", plan, config_digests=digests, monitor_role=monitoring.MONITOR_ROLE)
+    return render("docker-compose.yml.j2", plan, config_digests=digests, monitor_role=MONITOR_ROLE)
 
 
 def _digest(text: str) -> str:
@@ -95,7 +77,7 @@ def _digest(text: str) -> str:
 
 def render_app_compose(plan: StackPlan, color: str, version: str) -> str:
     return render("compose/app.yml.j2", plan, color=color, version=version,
-                  worker_metrics_port=monitoring.PORTS["worker_metrics"])
+                  worker_metrics_port=PORTS["worker_metrics"])
 
 
 def render_postgres_conf(plan: StackPlan) -> str:
@@ -135,9 +117,9 @@ def rendered_files(plan: StackPlan) -> dict[str, str]:
     release = plan.release
     if plan.split:
         return _rendered_role_files(plan)
-    monitoring_files = monitoring.monitoring_files(plan) if plan.settings.monitoring.enabled else {}
+    monitoring = monitoring_files(plan) if plan.settings.monitoring.enabled else {}
     return {
-        **monitoring_files,
+        **monitoring,
         s.compose_file: render_compose(plan),
         plan.app_compose_file(release.color): render_app_compose(plan, release.color, release.version),
         f"{s.config_dir}/postgres/postgresql.conf": render_postgres_conf(plan),
@@ -154,7 +136,7 @@ def _rendered_role_files(plan: StackPlan) -> dict[str, str]:
     if plan.services:
         files[s.compose_file] = render_compose(plan)
     if plan.has_role("monitoring") and s.monitoring.enabled:
-        files.update(monitoring.monitoring_files(plan))
+        files.update(monitoring_files(plan))
         files.update({f"{s.config_dir}/prometheus/targets/{name}": text for name, text in
                       render_app_target_files(plan, (release.color,), release.color).items()})
     if plan.has_role("app"):
@@ -167,13 +149,13 @@ def _rendered_role_files(plan: StackPlan) -> dict[str, str]:
 
 
 def render_app_target_files(plan: StackPlan, colors: tuple[str, ...], serving: str) -> dict[str, str]:
-    """Prometheus file_sd lists of the running app colors (cf. monitoring.render_app_targets).
+    """Prometheus file_sd lists of the running app colors (cf. govstack.monitoring.render.render_app_targets).
 
     Split inventory: each color's API and worker metrics on every app host,
     by private address.
     """
     if not plan.split:
-        return monitoring.render_app_targets(colors, serving)
+        return render_app_targets(colors, serving)
 
     def targets(port) -> str:
         groups = [

@@ -14,7 +14,8 @@ from pyinfra import host
 from pyinfra.api import FactBase, deploy, operation
 from pyinfra.operations import files
 
-from govstack.backup.plan import BACKUP_ROLE, BACKUP_UID, ROLE_SECRET, backup_files, host_paths
+from govstack.backup.plan import BACKUP_ROLE, BACKUP_UID, ROLE_SECRET, host_paths
+from govstack.backup.render import backup_files
 from govstack.operations import path_owned
 from govstack.secrets import secret_path
 

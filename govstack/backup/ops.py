@@ -26,6 +26,7 @@ from typing import Any
 from govstack.backup.deploy import backup_role_sql
 from govstack.backup.plan import BACKUP_ROLE, ROLE_SECRET
 from govstack.backup.remote import BackupError, StackHost, last_json, q
+from govstack.monitoring.catalog import MONITOR_ROLE, MONITOR_SECRET
 from govstack.secrets import secret_path
 
 COMPONENTS = ("postgres", "objects", "vectors")
@@ -77,12 +78,7 @@ def role_secrets(stack: StackHost) -> dict[str, str]:
     (the dump of the roles carries no passwords)."""
     s = stack.settings
     roles = {s.postgres.app_user: secret_path(s, "postgres_app_password"), BACKUP_ROLE: secret_path(s, ROLE_SECRET)}
-    try:  # the monitoring tier's exporter role, when that tier is deployed
-        from govstack.monitoring import MONITOR_ROLE, MONITOR_SECRET
-
-        roles[MONITOR_ROLE] = f"{s.secrets_dir}/{MONITOR_SECRET}"
-    except ImportError:
-        pass
+    roles[MONITOR_ROLE] = secret_path(s, MONITOR_SECRET)
     return roles
 
 

@@ -1,23 +1,18 @@
-"""What the backup service gets on a host: paths, image, secrets, and the two
-files rendered for it (the job's config and its crontab). One place per path.
+"""What the backup service gets on a host: paths, image and secrets (the
+files rendered for it are govstack/backup/render.py). One place per path.
 
-``BackupPlan(stack_plan)`` is what templates read (``plan.backup`` in the
+``BackupPlan(settings)`` is what templates read (``plan.backup`` in the
 compose template); the functions below are pure.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
 
 from govstack import images
 from govstack.settings import SERVICE_UID, Settings
 from govstack.settings.backup import BackupSettings
-
-if TYPE_CHECKING:  # pragma: no cover
-    from govstack.plan import StackPlan
 
 SERVICE = "backup"
 BACKUP_UID = SERVICE_UID  # reads the S3 keys, which the app's uid owns
@@ -56,12 +51,13 @@ class ContainerPaths:
 
 
 def backup_settings(settings: Settings) -> BackupSettings:
-    return settings.backup  # type: ignore[attr-defined]
+    return settings.backup
 
 
 def host_paths(settings: Settings) -> HostPaths:
-    root = backup_settings(settings).root or f"{settings.stack_root}/backups"
-    metrics = f"{settings.data_dir}/metrics"
+    stack = settings.paths
+    root = stack.backups_dir
+    metrics = stack.metrics_dir
     return HostPaths(
         root=root,
         repository=f"{root}/restic",
@@ -72,8 +68,7 @@ def host_paths(settings: Settings) -> HostPaths:
         crontab=f"{settings.config_dir}/backup/crontab",
         metrics_dir=metrics,
         metrics_file=f"{metrics}/backup.prom",
-        # Data directories a drill moves aside: same filesystem as the data (a rename).
-        drill_aside=f"{settings.data_dir}/.drill-aside",
+        drill_aside=stack.drill_aside,
     )
 
 
@@ -104,75 +99,12 @@ def secrets(settings: Settings) -> list[str]:
     return names
 
 
-def job_config(plan: StackPlan) -> dict[str, Any]:
-    """The job's backup.json: everything it needs, secrets as paths only."""
-    s = plan.settings
-    b = backup_settings(s)
-    c = ContainerPaths()
-    config: dict[str, Any] = {
-        "project": s.project,
-        "repository": c.repository,
-        "cache_dir": c.cache,
-        "password_file": f"/run/secrets/{PASSWORD_SECRET}",
-        "pg": {
-            "host": plan.data_tier_host("postgres", on_data_network=True),
-            "port": plan.ports["postgres"],
-            "database": s.postgres.database,
-            "user": BACKUP_ROLE,
-            "password_file": f"/run/secrets/{ROLE_SECRET}",
-        },
-        "s3": {
-            "endpoint": plan.s3_endpoint_from(on_data_network=True),
-            "secure": s.object_store.secure,
-            "region": s.object_store.region,
-            "access_key_file": "/run/secrets/s3_access_key",
-            "secret_key_file": "/run/secrets/s3_secret_key",
-            "buckets": None,  # every bucket
-        },
-        "chroma": {
-            "url": f"http://{plan.data_tier_host('chroma', on_data_network=True)}:{plan.ports['chroma']}",
-            "tenant": "default_tenant",
-        },
-        "retention": b.retention,
-        "check_read_data_subset": b.check_read_data_subset,
-        "readback": b.readback,
-        "metrics_file": c.metrics_file,
-        "schedule_file": c.crontab,
-        "object_refs": b.object_refs,
-        "offsite": None,
-    }
-    if b.offsite is not None:
-        config["offsite"] = {
-            "repository": b.offsite.repository,
-            "access_key_file": f"/run/secrets/{OFFSITE_SECRETS[0]}",
-            "secret_key_file": f"/run/secrets/{OFFSITE_SECRETS[1]}",
-            "region": b.offsite.region,
-        }
-    return config
-
-
-def render_job_config(plan: StackPlan) -> str:
-    return json.dumps(job_config(plan), indent=2, sort_keys=True) + "\n"
-
-
-def render_crontab(plan: StackPlan) -> str:
-    from govstack.render import render
-
-    return render("backup/crontab.j2", plan, schedule=backup_settings(plan.settings).schedule)
-
-
-def backup_files(plan: StackPlan) -> dict[str, str]:
-    """Host path -> content of the files the backup service reads."""
-    paths = host_paths(plan.settings)
-    return {paths.config_file: render_job_config(plan), paths.crontab: render_crontab(plan)}
-
-
 class BackupPlan:
     """What the compose template reads as ``plan.backup``."""
 
-    def __init__(self, plan: StackPlan) -> None:
-        self.plan = plan
-        self.settings = backup_settings(plan.settings)
+    def __init__(self, settings: Settings) -> None:
+        self.stack_settings = settings
+        self.settings = settings.backup
 
     @property
     def enabled(self) -> bool:
@@ -180,7 +112,7 @@ class BackupPlan:
 
     @cached_property
     def image(self) -> str:
-        return backup_image(self.plan.settings).tag
+        return backup_image(self.stack_settings).tag
 
     @property
     def uid(self) -> int:
@@ -188,7 +120,7 @@ class BackupPlan:
 
     @cached_property
     def paths(self) -> HostPaths:
-        return host_paths(self.plan.settings)
+        return host_paths(self.stack_settings)
 
     @property
     def container(self) -> ContainerPaths:
@@ -196,7 +128,7 @@ class BackupPlan:
 
     @property
     def secrets(self) -> list[str]:
-        return secrets(self.plan.settings)
+        return secrets(self.stack_settings)
 
     @property
     def offsite(self) -> bool:

@@ -9,7 +9,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from govstack.backup.plan import host_paths, render_crontab
+from govstack.backup.plan import host_paths
+from govstack.backup.render import render_crontab
 from tests.e2e.backup_support import (  # noqa: F401 - fixtures
     DRILL_QUERIES,
     admin,

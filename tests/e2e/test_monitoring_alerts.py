@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from govstack import monitoring
+from govstack.monitoring.promtool import ensure_tool_image
 from govstack.plan import StackPlan
 
 pytestmark = pytest.mark.full
@@ -99,7 +100,7 @@ def receiver(stack, tmp_path_factory):
         pytest.fail(
             f"the test stack must be deployed with monitoring.TEST_PROFILE (webhook {monitoring.TEST_WEBHOOK_URL})"
         )
-    image = monitoring.ensure_tool_image(settings, "prometheus")
+    image = ensure_tool_image(settings, "prometheus")
     network = StackPlan(settings, None).networks["data"]
     start_receiver(network, tmp_path_factory.mktemp("alert-receiver"), image)
     yield

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from govstack import monitoring
+from govstack.monitoring import render as monitoring
 
 pytestmark = pytest.mark.full
 

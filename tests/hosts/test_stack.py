@@ -279,7 +279,8 @@ def test_backup_service_runs_the_rendered_schedule_unprivileged(target):
     """The schedule is what the settings say (the file the in-container
     scheduler reads is the one rendered on the host), and the job runs as
     its own uid with no capabilities."""
-    from govstack.backup.plan import host_paths, render_crontab
+    from govstack.backup.plan import host_paths
+    from govstack.backup.render import render_crontab
 
     target.requires("data")
     if not target.settings.backup.enabled:

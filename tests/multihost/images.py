@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from govstack import images, monitoring
+from govstack import images
+from govstack.monitoring import catalog as monitoring_catalog
 from govstack.settings import Settings
 
 
@@ -11,7 +12,7 @@ def all_in_one_images(settings: Settings, app_version: str) -> list[str]:
     tags = [images.base_image_tag(settings)]
     tags += [image.tag for image in images.offline_images(settings)]
     if settings.monitoring.enabled:
-        tags += [image.tag for image in monitoring.offline_images()]
+        tags += [image.tag for image in monitoring_catalog.offline_images()]
     tags.append(images.app_image(settings, app_version).tag)
     return tags
 

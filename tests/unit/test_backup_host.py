@@ -13,6 +13,7 @@ import yaml
 
 from govstack.backup import evidence
 from govstack.backup import plan as backup_plan
+from govstack.backup import render as backup_render
 from govstack.backup.deploy import backup_role_sql
 from govstack.backup.remote import BackupError, StackHost
 from govstack.plan import StackPlan
@@ -89,7 +90,7 @@ def test_paths_live_under_the_backup_root():
 
 def test_job_config_names_secrets_by_path_only():
     plan = plan_for(backup={"offsite": OFFSITE}, secrets=OFFSITE_KEYS)
-    text = backup_plan.render_job_config(plan)
+    text = backup_render.render_job_config(plan)
     config = json.loads(text)
     assert config["offsite"]["repository"] == "s3:https://s3.example.org:9000/gov-backups/site-a"
     assert config["pg"]["user"] == "govstack_backup" and config["pg"]["password_file"].startswith("/run/secrets/")
@@ -99,7 +100,7 @@ def test_job_config_names_secrets_by_path_only():
 
 
 def test_crontab_is_rendered_from_the_schedule():
-    text = backup_plan.render_crontab(plan_for(backup={"schedule": "@hourly"}))
+    text = backup_render.render_crontab(plan_for(backup={"schedule": "@hourly"}))
     lines = [line for line in text.splitlines() if line and not line.startswith("#")]
     assert lines == ["@hourly govstack-backup run"]
 

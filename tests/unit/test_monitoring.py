@@ -14,10 +14,12 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from govstack import monitoring
-from govstack.monitoring import MonitoringSettings
+from govstack.monitoring import promtool
+from govstack.monitoring import render as monitoring
 from govstack.plan import StackPlan
 from govstack.settings import build_settings
+from govstack.settings import monitoring as monitoring_settings
+from govstack.settings.monitoring import MonitoringSettings
 from govstack.tuning import HostResources
 
 HOST = HostResources(memory_mb=8 * 1024, cpus=2)
@@ -29,7 +31,7 @@ ALERTS = {
 }
 PROFILES = {
     "defaults": MonitoringSettings(),
-    "test-profile": MonitoringSettings.model_validate(monitoring.TEST_PROFILE),
+    "test-profile": MonitoringSettings.model_validate(monitoring_settings.TEST_PROFILE),
 }
 
 
@@ -61,9 +63,9 @@ def all_rules(plan, m=None) -> list[dict]:
 def test_defaults_validate_and_durations_parse():
     m = MonitoringSettings()
     assert m.alerts.target_down.duration == "2m" and m.alerts.target_down.seconds == 120
-    assert monitoring.duration_seconds("1h30m") == 5400
+    assert monitoring_settings.duration_seconds("1h30m") == 5400
     with pytest.raises(ValueError):
-        monitoring.duration_seconds("5 minutes")
+        monitoring_settings.duration_seconds("5 minutes")
 
 
 def test_a_partial_override_keeps_the_alerts_other_defaults():
@@ -77,7 +79,7 @@ def test_test_profile_only_shortens_the_availability_alerts():
     m = PROFILES["test-profile"]
     assert m.alerts.postgres_down.seconds <= 15 and m.alerts.target_down.seconds <= 15
     assert m.alerts.postgres_down.severity == "critical"
-    assert monitoring.TEST_WEBHOOK_URL in m.webhook_urls
+    assert monitoring_settings.TEST_WEBHOOK_URL in m.webhook_urls
 
 
 @pytest.mark.parametrize(
@@ -96,14 +98,6 @@ def test_test_profile_only_shortens_the_availability_alerts():
 def test_bad_monitoring_settings_are_refused(data, message):
     with pytest.raises(ValidationError, match=re.escape(message)):
         MonitoringSettings.model_validate(data)
-
-
-def test_monitor_role_sql_takes_only_generated_style_passwords():
-    sql = monitoring.monitor_role_sql("A" * 20)
-    assert f"GRANT pg_monitor TO {monitoring.MONITOR_ROLE};" in sql
-    for bad in ("short", "with space inside 123456", "quote'quote'quote'1234"):
-        with pytest.raises(ValueError):
-            monitoring.monitor_role_sql(bad)
 
 
 # --- rendered files -------------------------------------------------------------------------
@@ -250,9 +244,9 @@ def test_dashboards_are_valid_json_with_queries_on_the_provisioned_datasource():
 @pytest.fixture(scope="module")
 def tools():
     try:
-        monitoring.ensure_tool_image(None, "prometheus")
-        monitoring.ensure_tool_image(None, "alertmanager")
-    except monitoring.ToolImageUnavailable as error:
+        promtool.ensure_tool_image(None, "prometheus")
+        promtool.ensure_tool_image(None, "alertmanager")
+    except promtool.ToolImageUnavailable as error:
         pytest.skip(f"promtool/amtool images unavailable: {error}")
 
 
@@ -269,7 +263,7 @@ def _ok(result) -> str:
 def test_promtool_checks_config_rules_and_unit_tests(tools, profile, kind):
     layer = {"object_store": {"kind": "external", "endpoint": "s3.example.gov:9000"}} if kind == "external" else {}
     plan = plan_for(**layer)
-    results = monitoring.check_prometheus(plan, PROFILES[profile])
+    results = promtool.check_prometheus(plan, PROFILES[profile])
     _ok(results["check config"])
     checked = _ok(results["check rules"])
     rule_count = sum(int(n) for n in re.findall(r"SUCCESS: (\d+) rules found", checked))
@@ -283,7 +277,7 @@ def test_promtool_catches_a_rule_that_no_longer_matches_its_tests(tools):
     # The tests assume the default thresholds: a changed one must fail them,
     # which proves the tests really evaluate the rules.
     m = MonitoringSettings.model_validate({"alerts": {"host_memory_high": {"threshold": 0.99}}})
-    result = monitoring.check_prometheus(plan_for(), m)["test rules"]
+    result = promtool.check_prometheus(plan_for(), m)["test rules"]
     assert result.returncode != 0
     assert "HostMemoryHigh" in result.stdout + result.stderr
 
@@ -310,5 +304,5 @@ def test_every_alert_has_a_firing_and_a_quiet_unit_test():
     ids=["no-receivers", "webhooks-and-email"],
 )
 def test_amtool_accepts_the_alertmanager_config(tools, layer):
-    result = monitoring.check_alertmanager(plan_for(), MonitoringSettings.model_validate(layer))
+    result = promtool.check_alertmanager(plan_for(), MonitoringSettings.model_validate(layer))
     assert "SUCCESS" in _ok(result)

@@ -8,7 +8,7 @@ import stat
 import pytest
 import yaml
 
-from govstack.monitoring import render_prometheus_config
+from govstack.monitoring.render import render_prometheus_config
 from govstack.plan import StackPlan
 from govstack.render import (
     render_app_compose,
@@ -138,7 +138,7 @@ def test_containers_on_a_data_network_reach_local_services_by_name_and_others_by
     """The data network has no route to the host's own address: the data
     host's backup job reaches Postgres, SeaweedFS and Chroma by name, and the
     monitoring host's postgres-exporter the data host by address."""
-    from govstack.backup.plan import job_config
+    from govstack.backup.render import job_config
 
     plans = split_plans()
     config = job_config(plans["data1"])
