@@ -32,7 +32,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from govstack.backup.remote import StackHost, q  # noqa: E402
+from govstack.backup.remote import BackupHost  # noqa: E402
+from govstack.commands import q  # noqa: E402
 from govstack.inventory import load_inventory  # noqa: E402
 from govstack.plan import StackPlan  # noqa: E402
 from govstack.remote import testinfra_host  # noqa: E402
@@ -42,6 +43,8 @@ INVENTORY = REPO / "bench" / "inventories" / "bench_local.py"
 BUCKET = "bench-backup"
 TABLE = "bench_backup_rows"
 OBJECT_MB = 4
+# The job image's interpreter (its venv: minio, psycopg), for one-off measurements.
+JOB_PYTHON = "/opt/backup/bin/python3"
 
 # Runs in a one-off backup container (it has the S3 keys and the SDK).
 _SEED_OBJECTS = r"""
@@ -94,7 +97,7 @@ class Bench:
         entry = load_inventory(inventory)[0]
         self.settings = entry.settings
         plan = StackPlan(entry.settings, HostResources(memory_mb=1024, cpus=1))  # paths and names only
-        self.stack = StackHost(testinfra_host(entry.name, entry.data), plan)
+        self.stack = BackupHost(testinfra_host(entry.name, entry.data), plan)
         self.results: dict[str, tuple[float, float]] = {}  # name -> (seconds, MB)
 
     def sh(self, command: str, timeout: int = 7200) -> str:
@@ -115,8 +118,8 @@ class Bench:
         return result.stdout
 
     def python_oneoff(self, script: str, *args: str) -> str:
-        return self.sh(f"{self.stack.compose} run --rm --no-deps -T --entrypoint /opt/backup/bin/python3 backup "
-                       f"-c {q(script)} {' '.join(q(a) for a in args)}")
+        return self.sh(self.stack.compose("run", "--rm", "--no-deps", "-T", "--entrypoint", JOB_PYTHON, "backup",
+                                          "-c", script, *args))
 
     def psql(self, sql: str, database: str | None = None) -> str:
         return self.stack.psql(sql, database or self.settings.postgres.database, timeout=3600)
@@ -160,8 +163,8 @@ def main() -> None:
         print("    phases: " + "; ".join(phases), flush=True)
         b.timed("govstack backup (again, unchanged: deduplicated)", stack.job("run", "--json"), total_mb)
         b.timed("plain S3 read of every object (no hash, no store)",
-                f"{stack.compose} run --rm --no-deps -T --entrypoint /opt/backup/bin/python3 backup -c "
-                f"{q(_READ_ALL)}", objects_mb)
+                stack.compose("run", "--rm", "--no-deps", "-T", "--entrypoint", JOB_PYTHON, "backup", "-c", _READ_ALL),
+                objects_mb)
         b.timed("plain pg_dump -Fc to a file", f"docker exec {q(pg)} pg_dump -U postgres -Fc {q(db)} "
                                               f"> {q(tmp + '/plain.dump')}", db_mb)
         b.timed("plain cp -a of the object data", f"cp -a {q(stack.plan.data_path('seaweedfs'))} "

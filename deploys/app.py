@@ -7,7 +7,7 @@ from io import StringIO
 from pyinfra.api import deploy
 from pyinfra.operations import files
 
-from govstack.operations import compose_project_up, path_owned, postgres_role_with_database
+from govstack.operations import compose_project_up, path_owned, postgres_login_role
 from govstack.plan import StackPlan
 from govstack.release import Color, release_path
 from govstack.secrets import secret_path
@@ -16,13 +16,14 @@ from govstack.secrets import secret_path
 @deploy("App database")
 def ensure_app_database(plan: StackPlan):
     s = plan.settings
-    postgres_role_with_database(
+    postgres_login_role(
         name=f"Postgres role {s.postgres.app_user} owning database {s.postgres.database}",
         project=s.project,
         compose_file=s.compose_file,
         role=s.postgres.app_user,
         database=s.postgres.database,
         password_file=secret_path(s, "postgres_app_password"),
+        owns_database=True,
     )
 
 

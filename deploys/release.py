@@ -94,7 +94,7 @@ if is_data:
         project=s.project,
         compose_file=s.compose_file,
         database=s.postgres.database,
-        dest_dir=f"{s.stack_root}/backups/pre-deploy",
+        dest_dir=s.paths.pre_deploy_dumps,
         label=version,
     )
 step("pre-deploy backup")

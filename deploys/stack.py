@@ -32,7 +32,7 @@ def create_stack_directories(plan: StackPlan):
     path_owned(name="Data directory", path=s.data_dir, uid=0, gid=0, mode="755")
     for name, uid in plan.data_dirs.items():
         path_owned(name=f"Data of {name}", path=plan.data_path(name), uid=uid, gid=uid, mode="700")
-    path_owned(name="App compose directory", path=f"{s.stack_root}/app", uid=0, gid=0, mode="755")
+    path_owned(name="App compose directory", path=s.paths.app_dir, uid=0, gid=0, mode="755")
     for sub in ("postgres", "nginx", "seaweedfs"):
         path_owned(name=f"Config of {sub}", path=f"{s.config_dir}/{sub}", uid=0, gid=0, mode="755")
     path_owned(name="TLS directory", path=f"{s.config_dir}/nginx/tls", uid=0, gid=0, mode="755")

@@ -15,7 +15,10 @@ from pathlib import Path
 
 import click
 
+from govstack.backup.cli import backup, drill, restore
+from govstack.compliance.cli import register as register_compliance
 from govstack.inventory import InventoryError, load_inventory
+from govstack.runbook import register as register_runbook
 from govstack.secrets import SECRET_SPECS, secret_path
 from govstack.settings import SettingsError
 
@@ -280,18 +283,9 @@ def cost(inventory: str, window_s: float, as_json: bool) -> None:
         click.echo(f"  total {total:.4f} {prices.currency}/hour, {total * 24 * 30:.2f} per 30 days")
 
 
-def _register_subcommands() -> None:
-    from govstack import compliance, runbook
-
-    compliance.register(main)
-    runbook.register(main)
-
-
-_register_subcommands()
-
-
-from govstack.backup.cli import backup, drill, restore  # noqa: E402 - after main, which they join
-
+# The feature packages' commands join the main group.
+register_compliance(main)
+register_runbook(main)
 main.add_command(backup)
 main.add_command(restore)
 main.add_command(drill)

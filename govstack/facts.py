@@ -7,10 +7,10 @@ that "absent" is a value (None, empty) rather than a failed deploy.
 from __future__ import annotations
 
 import json
-import shlex
 
 from pyinfra.api import FactBase
 
+from govstack.commands import compose, compose_exec, login_probe, q
 from govstack.tuning import HostResources
 
 
@@ -78,7 +78,7 @@ class ImageLabel(FactBase):
     def command(self, image: str, label: str) -> str:
         fmt = "{{index .Config.Labels " + json.dumps(label) + "}}"
         return (
-            f"docker image inspect --format {shlex.quote(fmt)} {shlex.quote(image)} 2>/dev/null "
+            f"docker image inspect --format {q(fmt)} {q(image)} 2>/dev/null "
             "|| echo __absent__"
         )
 
@@ -94,8 +94,8 @@ class ImageIds(FactBase):
 
     def command(self, images: tuple[str, ...]) -> str:
         parts = [
-            f"printf '%s ' {shlex.quote(image)}; "
-            f"docker image inspect --format '{{{{.Id}}}}' {shlex.quote(image)} 2>/dev/null || echo -"
+            f"printf '%s ' {q(image)}; "
+            f"docker image inspect --format '{{{{.Id}}}}' {q(image)} 2>/dev/null || echo -"
             for image in images
         ]
         return "; ".join(parts) or "true"
@@ -119,18 +119,17 @@ class ComposeProject(FactBase):
     """
 
     def command(self, project: str, compose_file: str) -> str:
-        quoted_file = shlex.quote(compose_file)
         fmt = (
             '{{.Label "com.docker.compose.service"}}\t{{.State}}\t{{.Status}}\t'
             '{{.Label "com.docker.compose.config-hash"}}\t{{.Image}}\t{{.ID}}'
         )
         return (
             f"echo '#desired'; "
-            f"docker compose -p {shlex.quote(project)} -f {quoted_file} config --hash '*' 2>/dev/null "
+            f"{compose(project, 'config', '--hash', '*', files=compose_file)} 2>/dev/null "
             "|| echo __invalid__; "
             "echo '#containers'; "
-            f"docker ps -a --no-trunc --filter label=com.docker.compose.project={shlex.quote(project)} "
-            f"--format {shlex.quote(fmt)} 2>/dev/null || true"
+            f"docker ps -a --no-trunc --filter label=com.docker.compose.project={q(project)} "
+            f"--format {q(fmt)} 2>/dev/null || true"
         )
 
     def process(self, output) -> dict:
@@ -176,7 +175,7 @@ class ContainerImageIds(FactBase):
     def command(self, container_ids: tuple[str, ...]) -> str:
         if not container_ids:
             return "true"
-        ids = " ".join(shlex.quote(cid) for cid in container_ids)
+        ids = " ".join(q(cid) for cid in container_ids)
         return f"docker inspect --format '{{{{.Id}}}} {{{{.Image}}}}' {ids} 2>/dev/null || true"
 
     def process(self, output) -> dict:
@@ -196,7 +195,7 @@ class SecretFile(FactBase):
     """
 
     def command(self, path: str) -> str:
-        quoted = shlex.quote(path)
+        quoted = q(path)
         return (
             f"if [ -f {quoted} ]; then stat -c '%a %u' {quoted}; "
             f"sha256sum {quoted} | cut -d' ' -f1; else echo __absent__; fi"
@@ -235,7 +234,7 @@ class PathState(FactBase):
     """
 
     def command(self, path: str) -> str:
-        quoted = shlex.quote(path)
+        quoted = q(path)
         return f"stat -c '%F|%u|%g|%a' {quoted} 2>/dev/null || echo __absent__"
 
     def process(self, output):
@@ -251,7 +250,7 @@ class CertificateState(FactBase):
     valid for ``min_days``; None when the file is absent or unreadable."""
 
     def command(self, path: str, min_days: int = 30) -> str:
-        quoted = shlex.quote(path)
+        quoted = q(path)
         return (
             f"if [ -f {quoted} ]; then "
             f"openssl x509 -in {quoted} -noout -checkend {min_days * 86400} >/dev/null 2>&1 "
@@ -275,12 +274,14 @@ class CertificateState(FactBase):
 
 class PostgresLogin(FactBase):
     """True when ``role`` can log in to ``database`` over TCP with the password
-    in ``password_file`` (read on the host, passed on stdin, never in argv)."""
+    in ``password_file`` (read on the host, passed on stdin, never in argv) and
+    is a member of every role in ``member_of``."""
 
-    def command(self, project: str, compose_file: str, role: str, database: str, password_file: str) -> str:
-        exec_ = f"docker compose -p {shlex.quote(project)} -f {shlex.quote(compose_file)} exec -T postgres"
-        probe = f"PGPASSWORD=$(cat) psql -h 127.0.0.1 -U {role} -d {database} -tAc 'select 1'"
-        return f"{exec_} sh -c {shlex.quote(probe)} < {shlex.quote(password_file)} 2>/dev/null || true"
+    def command(self, project: str, compose_file: str, role: str, database: str, password_file: str,
+                member_of: tuple[str, ...] = ()) -> str:
+        probe = login_probe(role, database, member_of=member_of)
+        in_postgres = compose_exec(project, compose_file, "postgres", "sh", "-c", probe)
+        return f"{in_postgres} < {q(password_file)} 2>/dev/null || true"
 
     def process(self, output) -> bool:
-        return "".join(output).strip() == "1"
+        return "".join(output).strip() == "t"

@@ -35,11 +35,11 @@ def operator() -> str:
 
 
 def state_dir(entry: InventoryHost) -> str:
-    return f"{entry.settings.stack_root}/state"
+    return entry.settings.paths.state_dir
 
 
 def ledger_path(entry: InventoryHost) -> str:
-    return f"{state_dir(entry)}/ledger.jsonl"
+    return entry.settings.paths.ledger_file
 
 
 def _now() -> str:
@@ -54,7 +54,7 @@ def deploy_lock(entries: list[InventoryHost], purpose: str, wait_s: float = 0) -
     try:
         for entry in entries:
             target = testinfra_host(entry.name, entry.data)
-            lock = f"{state_dir(entry)}/deploy.lock"
+            lock = entry.settings.paths.deploy_lock
             deadline = time.monotonic() + wait_s
             while True:
                 got = target.run(

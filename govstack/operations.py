@@ -5,13 +5,23 @@ read a fact, compare it with the wish, yield commands only for the difference.
 from __future__ import annotations
 
 import hashlib
-import shlex
 from io import StringIO
 
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, OperationError, StringCommand, operation
 from pyinfra.facts.files import Directory
 
+from govstack.commands import (
+    SUPERUSER,
+    compose,
+    compose_containers,
+    compose_exec,
+    compose_run,
+    login_role_sql,
+    printf_lines,
+    q,
+)
+from govstack.commands import psql as psql_argv
 from govstack.facts import (
     CertificateState,
     ComposeProject,
@@ -100,15 +110,15 @@ def image_built(
         host.noop(f"image {tag} is present")
         return
     args = " ".join(
-        f"--build-arg {shlex.quote(f'{key}={value}')}" for key, value in sorted((build_args or {}).items())
+        f"--build-arg {q(f'{key}={value}')}" for key, value in sorted((build_args or {}).items())
     )
     log = f"{context_dir}.build.log"
     yield (
         f"timeout {timeout_s} docker build -q --label {CONTEXT_HASH_LABEL}={context_hash} "
-        f"-t {shlex.quote(tag)} -f {shlex.quote(context_dir + '/' + dockerfile)} {args} "
-        f"{shlex.quote(context_dir)} >{shlex.quote(log)} 2>&1 "
+        f"-t {q(tag)} -f {q(context_dir + '/' + dockerfile)} {args} "
+        f"{q(context_dir)} >{q(log)} 2>&1 "
         f'|| {{ echo "govstack: image build of {tag} failed; last lines of {log}:" >&2; '
-        f"tail -n 15 {shlex.quote(log)} >&2; exit 1; }}"
+        f"tail -n 15 {q(log)} >&2; exit 1; }}"
     )
 
 
@@ -133,7 +143,7 @@ def secret_file(path: str, owner_uid: int, length: int = 40, value: str | None =
             # the content under --diff. The 0700 directory hides the moment
             # before chmod.
             yield FileUploadCommand(StringIO(value), path, remote_temp_filename=host.get_temp_filename(path))
-            yield f"chmod 600 {shlex.quote(path)}"
+            yield f"chmod 600 {q(path)}"
             # The upload replaces the file (a new inode, owned by the
             # connecting user): the owner is set below, always.
             state = {"mode": "600", "uid": -1, "sha256": wanted}
@@ -141,9 +151,9 @@ def secret_file(path: str, owner_uid: int, length: int = 40, value: str | None =
         yield generate_secret_command(path, length)
         state = {"mode": "600", "uid": 0}
     if state["mode"] != "600":
-        yield f"chmod 600 {shlex.quote(path)}"
+        yield f"chmod 600 {q(path)}"
     if state["uid"] != owner_uid:
-        yield f"chown {owner_uid}:{owner_uid} {shlex.quote(path)}"
+        yield f"chown {owner_uid}:{owner_uid} {q(path)}"
 
 
 @operation()
@@ -201,18 +211,19 @@ def compose_project_up(
         host.noop(f"compose project {project} is up to date and healthy")
         return
 
-    quoted = f"-p {shlex.quote(project)} -f {shlex.quote(compose_file)}"
     log = f"/tmp/govstack-compose-{project}.log"
     status_fmt = "{{.Service}}: {{.Status}}"
+    up = compose(project, "up", "-d", "--remove-orphans", "--wait", "--wait-timeout", wait_timeout_s,
+                 files=compose_file)
     # On failure: one "govstack:" line with the most specific cause Compose
     # gave (unhealthy service, port in use, missing image…), then the states.
     yield StringCommand(
         f"echo 'govstack: compose {project}: {'; '.join(reasons)}' >&2; "
-        f"docker compose {quoted} up -d --remove-orphans --wait --wait-timeout {wait_timeout_s} "
-        f">{log} 2>&1 || {{ "
+        f"{up} >{log} 2>&1 || {{ "
         f"cause=$(grep -iE 'error|unhealthy|exited' {log} | tail -n 1); "
         f"echo \"govstack: compose project {project} did not become healthy: ${{cause:-see {log}}}\" >&2; "
-        f"docker compose {quoted} ps -a --format '{status_fmt}' | grep -v '(healthy)' >&2; exit 1; }}; "
+        f"{compose(project, 'ps', '-a', '--format', status_fmt, files=compose_file)} | grep -v '(healthy)' >&2; "
+        "exit 1; }; "
         + _all_healthy_or_fail(project, wait_timeout_s)
     )
 
@@ -228,10 +239,7 @@ def _all_healthy_or_fail(project: str, timeout_s: int) -> str:
     The serving color is switched only on this check.
     """
     fmt = "{{.Name}} {{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}healthy{{end}}"
-    listing = (
-        f"docker ps -aq --filter label=com.docker.compose.project={shlex.quote(project)} "
-        "--filter label=com.docker.compose.oneoff=False"
-    )
+    listing = compose_containers(project, running_only=False)
     return (
         f"deadline=$(( $(date +%s) + {int(timeout_s)} )); "
         f"while :; do ids=$({listing}); "
@@ -254,12 +262,12 @@ def files_mirrored(source_pattern: str, dest_dir: str):
     Used to put the host's extra CA certificates into build contexts.
     """
     wanted = host.get_fact(FilesDigest, pattern=source_pattern)
-    current = host.get_fact(FilesDigest, pattern=f"{shlex.quote(dest_dir)}/*")
+    current = host.get_fact(FilesDigest, pattern=f"{q(dest_dir)}/*")
     if wanted == current and host.get_fact(Directory, path=dest_dir):
         host.noop(f"{dest_dir} is up to date")
         return
-    yield f"rm -rf {shlex.quote(dest_dir)} && mkdir -p {shlex.quote(dest_dir)}"
-    yield f"for f in {source_pattern}; do [ -f \"$f\" ] && cp \"$f\" {shlex.quote(dest_dir)}/; done; true"
+    yield f"rm -rf {q(dest_dir)} && mkdir -p {q(dest_dir)}"
+    yield f"for f in {source_pattern}; do [ -f \"$f\" ] && cp \"$f\" {q(dest_dir)}/; done; true"
 
 
 @operation()
@@ -277,8 +285,8 @@ def base_image_built(tag: str, context_hash: str, script: str, suite: str, mirro
         return
     log = f"{script}.log"
     yield (
-        f"timeout {timeout_s} sh {shlex.quote(script)} {shlex.quote(suite)} {shlex.quote(mirror)} "
-        f"{shlex.quote(tag)} {context_hash} >{log} 2>&1 "
+        f"timeout {timeout_s} sh {q(script)} {q(suite)} {q(mirror)} "
+        f"{q(tag)} {context_hash} >{log} 2>&1 "
         f'|| {{ echo "govstack: building the base image {tag} failed; last lines of {log}:" >&2; '
         f"tail -n 15 {log} >&2; exit 1; }}"
     )
@@ -297,7 +305,7 @@ def path_owned(path: str, uid: int, gid: int, mode: str, directory: bool = True)
     Never removes or empties anything: data directories survive every deploy.
     """
     state = host.get_fact(PathState, path=path)
-    quoted = shlex.quote(path)
+    quoted = q(path)
     if state is None:
         if not directory:
             raise OperationError(f"{path} does not exist")
@@ -328,10 +336,10 @@ def self_signed_certificate(cert_path: str, key_path: str, hostname: str, key_ow
     san = ",".join(name.replace("IP Address:", "IP:") for name in wanted)
     yield (
         f"umask 077 && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
-        f"-days 397 -subj /CN={shlex.quote(hostname)} -addext {shlex.quote('subjectAltName=' + san)} "
-        f"-keyout {shlex.quote(key_path)} -out {shlex.quote(cert_path)} 2>/dev/null"
+        f"-days 397 -subj /CN={q(hostname)} -addext {q('subjectAltName=' + san)} "
+        f"-keyout {q(key_path)} -out {q(cert_path)} 2>/dev/null"
     )
-    yield f"chmod 644 {shlex.quote(cert_path)} && chown {key_owner_uid}:{key_owner_uid} {shlex.quote(key_path)}"
+    yield f"chmod 644 {q(cert_path)} && chown {key_owner_uid}:{key_owner_uid} {q(key_path)}"
 
 
 def sans_for(hostname: str) -> list[str]:
@@ -358,14 +366,14 @@ def file_installed(src: str, dest: str, uid: int, mode: str):
     """
     if host.get_fact(PathState, path=src) is None:
         raise OperationError(f"{src} does not exist on the host")
-    same = host.get_fact(FilesDigest, pattern=shlex.quote(src), names=False) == host.get_fact(
-        FilesDigest, pattern=shlex.quote(dest), names=False
+    same = host.get_fact(FilesDigest, pattern=q(src), names=False) == host.get_fact(
+        FilesDigest, pattern=q(dest), names=False
     )
     state = host.get_fact(PathState, path=dest)
     if same and state and (state["uid"], state["gid"], state["mode"]) == (uid, uid, mode.lstrip("0")):
         host.noop(f"{dest} is up to date")
         return
-    yield f"install -o {uid} -g {uid} -m {mode} {shlex.quote(src)} {shlex.quote(dest)}"
+    yield f"install -o {uid} -g {uid} -m {mode} {q(src)} {q(dest)}"
 
 
 @operation()
@@ -384,8 +392,8 @@ def grpc_mtls_material(directory: str, prefix: str, owner_uid: int):
     if all(host.get_fact(PathState, path=name) for name in names):
         host.noop(f"{prefix} mTLS material exists")
         return
-    ca, crt, key = (shlex.quote(name) for name in names)
-    ca_key = shlex.quote(f"{directory}/{prefix}_ca.key")
+    ca, crt, key = (q(name) for name in names)
+    ca_key = q(f"{directory}/{prefix}_ca.key")
     curve = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 36500"
     yield (
         f"umask 077 && openssl req -x509 {curve} -subj /CN={prefix}-ca -keyout {ca_key} -out {ca} 2>/dev/null && "
@@ -408,57 +416,62 @@ def nginx_config_applied(project: str, compose_file: str, candidate: str, live: 
     fails the deploy and leaves the live config, and traffic, as they were.
     When nginx is not running yet, the candidate is simply installed.
     """
-    if host.get_fact(FilesDigest, pattern=shlex.quote(candidate), names=False) == host.get_fact(
-        FilesDigest, pattern=shlex.quote(live), names=False
+    if host.get_fact(FilesDigest, pattern=q(candidate), names=False) == host.get_fact(
+        FilesDigest, pattern=q(live), names=False
     ):
         host.noop("nginx runs the rendered config")
         return
-    quoted = f"-p {shlex.quote(project)} -f {shlex.quote(compose_file)}"
     inside = NGINX_CONF.rsplit("/", 1)[0] + "/" + candidate.rsplit("/", 1)[1]
     log = f"/tmp/govstack-nginx-test-{project}.log"
+    running = compose(project, "ps", "-q", "--status", "running", service, files=compose_file)
     yield (
-        f"if [ -n \"$(docker compose {quoted} ps -q --status running {service} 2>/dev/null)\" ]; then "
-        f"docker compose {quoted} exec -T {service} nginx -t -q -c {inside} >{log} 2>&1 "
+        f"if [ -n \"$({running} 2>/dev/null)\" ]; then "
+        f"{compose_exec(project, compose_file, service, 'nginx', '-t', '-q', '-c', inside)} >{log} 2>&1 "
         f"|| {{ echo \"govstack: nginx rejected the new config, still serving the previous one: "
         f"$(grep -m1 emerg {log} || tail -n 1 {log})\" >&2; exit 1; }}; "
-        f"cp {shlex.quote(candidate)} {shlex.quote(live)} && "
-        f"docker compose {quoted} exec -T {service} nginx -s reload -c {NGINX_CONF}; "
-        f"else cp {shlex.quote(candidate)} {shlex.quote(live)}; fi"
+        f"cp {q(candidate)} {q(live)} && "
+        f"{compose_exec(project, compose_file, service, 'nginx', '-s', 'reload', '-c', NGINX_CONF)}; "
+        f"else cp {q(candidate)} {q(live)}; fi"
     )
 
 
 @operation()
-def postgres_role_with_database(project: str, compose_file: str, role: str, database: str, password_file: str):
+def postgres_login_role(
+    project: str,
+    compose_file: str,
+    role: str,
+    database: str,
+    password_file: str,
+    attributes: tuple[str, ...] = (),
+    member_of: tuple[str, ...] = (),
+    connect: bool = False,
+    owns_database: bool = False,
+):
     """
-    A login role whose password is the secret file's, owning its own database.
+    A login role whose password is the secret file's, with its attributes and memberships.
 
     + project, compose_file: the Compose project Postgres runs in
-    + role: role name (also the database owner)
-    + database: database name
+    + role: role name
+    + database: the database it logs in to (and connects to, or owns)
     + password_file: the role's secret on the host
+    + attributes: ALTER ROLE attributes besides LOGIN, e.g. ``("NOSUPERUSER", "BYPASSRLS")``
+    + member_of: roles it is granted, e.g. ``("pg_monitor",)``
+    + connect: GRANT CONNECT on ``database``
+    + owns_database: create ``database`` owned by the role (PUBLIC loses its rights)
 
-    Checked by logging in with that password; when that fails the role is
-    created or its password set, and the database created. The password goes
-    to psql on stdin, never on a command line.
+    Checked by logging in with that password (and the memberships); when that
+    fails the role is created or updated (commands.login_role_sql). The
+    password goes to psql on stdin, never on a command line.
     """
     if host.get_fact(
         PostgresLogin, project=project, compose_file=compose_file, role=role, database=database,
-        password_file=password_file,
+        password_file=password_file, member_of=tuple(member_of),
     ):
         host.noop(f"role {role} logs in to {database}")
         return
-    exec_ = f"docker compose -p {shlex.quote(project)} -f {shlex.quote(compose_file)} exec -T postgres"
-    # Role and database names are validated identifiers (settings patterns);
-    # the password is generated [A-Za-z0-9] and goes through stdin.
-    sql = (
-        f"printf \"SELECT 'CREATE ROLE {role} LOGIN' WHERE NOT EXISTS "  # noqa: S608
-        f"(SELECT FROM pg_roles WHERE rolname = '{role}')\\\\gexec\\n\"; "
-        f"printf \"ALTER ROLE {role} WITH LOGIN PASSWORD '%s';\\n\" \"$(cat {shlex.quote(password_file)})\"; "
-        f"printf \"SELECT 'CREATE DATABASE {database} OWNER {role}' WHERE NOT EXISTS "
-        f"(SELECT FROM pg_database WHERE datname = '{database}')\\\\gexec\\n\"; "
-        f"printf \"REVOKE ALL ON DATABASE {database} FROM PUBLIC;\\n\""
-    )
-    yield f"{{ {sql}; }} | {exec_} psql -v ON_ERROR_STOP=1 -q -U postgres -d postgres"
+    sql = login_role_sql(role, password_file, attributes=attributes, member_of=member_of,
+                         connect=database if connect else None, owns_database=database if owns_database else None)
+    yield f"{{ {sql}; }} | {compose_exec(project, compose_file, 'postgres', *psql_argv('postgres'))}"
 
 
 # Release steps (blue/green). Each runs once per release: not idempotent by
@@ -476,12 +489,12 @@ def postgres_dumped(project: str, compose_file: str, database: str, dest_dir: st
     + dest_dir: directory on the host (created 0700)
     + label: part of the file name, e.g. the version about to be deployed
     """
-    exec_ = f"docker compose -p {shlex.quote(project)} -f {shlex.quote(compose_file)} exec -T postgres"
-    dest = shlex.quote(dest_dir)
+    dump = compose_exec(project, compose_file, "postgres", "pg_dump", "-Fc", "-U", SUPERUSER, "-d", database)
+    dest = q(dest_dir)
     name = f"$(date -u +%Y%m%dT%H%M%SZ)-{label}.dump"
     yield (
         f"mkdir -p {dest} && chmod 700 {dest} && f={dest}/{name} && "
-        f"{{ {exec_} pg_dump -Fc -U postgres -d {database} > \"$f.partial\" "
+        f"{{ {dump} > \"$f.partial\" "
         f"|| {{ rm -f \"$f.partial\"; echo 'govstack: pre-deploy Postgres backup failed' >&2; exit 1; }}; }} && "
         f"chmod 600 \"$f.partial\" && mv \"$f.partial\" \"$f\" && "
         f"ls -1t {dest}/*.dump | tail -n +{keep + 1} | xargs -r rm -f"
@@ -495,10 +508,9 @@ def app_migrated(project: str, compose_file: str, timeout_s: int = 300):
 
     + project, compose_file: the new color's Compose project
     """
-    quoted = f"-p {shlex.quote(project)} -f {shlex.quote(compose_file)}"
     log = f"/tmp/govstack-migrate-{project}.log"
     yield (
-        f"timeout {timeout_s} docker compose {quoted} run --rm --no-deps -T api migrate >{log} 2>&1 "
+        f"timeout {timeout_s} {compose_run(project, compose_file, 'api', 'migrate')} >{log} 2>&1 "
         f"|| {{ echo \"govstack: migrations of the new version failed: $(tail -n 1 {log})\" >&2; exit 1; }}"
     )
 
@@ -513,12 +525,11 @@ def indexing_color_set(project: str, compose_file: str, database: str, color: st
     """
     if color not in ("blue", "green"):
         raise OperationError(f"color must be blue or green, not {color!r}")
-    exec_ = f"docker compose -p {shlex.quote(project)} -f {shlex.quote(compose_file)} exec -T postgres"
     sql = (
         "INSERT INTO app_state (key, value) VALUES ('indexing_color', '" + color + "') "  # noqa: S608 - checked above
         "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = now()"
     )
-    yield f"{exec_} psql -v ON_ERROR_STOP=1 -q -U postgres -d {database} -c {shlex.quote(sql)}"
+    yield f"{printf_lines(sql)} | {compose_exec(project, compose_file, 'postgres', *psql_argv(database))}"
 
 
 @operation(is_idempotent=False)
@@ -542,46 +553,17 @@ def old_color_retired(edge_project: str, edge_compose_file: str, project: str, c
 def edge_drain_command(edge_project: str, edge_compose_file: str, drain_timeout_s: int) -> str:
     """Shell that waits (bounded) until nginx's old workers, which finish the
     requests they had when the reload came, have exited."""
-    edge = f"-p {shlex.quote(edge_project)} -f {shlex.quote(edge_compose_file)}"
+    workers = compose_exec(edge_project, edge_compose_file, "nginx", "sh", "-c",
+                           'grep -l "shutting down" /proc/[0-9]*/cmdline')
     return (
-        f"i=0; while docker compose {edge} exec -T nginx sh -c "
-        "'grep -l \"shutting down\" /proc/[0-9]*/cmdline' >/dev/null 2>&1; "
+        f"i=0; while {workers} >/dev/null 2>&1; "
         f"do i=$((i+1)); [ $i -ge {drain_timeout_s * 2} ] && break; sleep 0.5; done"
     )
 
 
 def color_stop_command(project: str, compose_file: str, stop_timeout_s: int) -> str:
     """Shell that stops a color's API and worker, keeping the containers for a rollback."""
-    old = f"-p {shlex.quote(project)} -f {shlex.quote(compose_file)}"
     return (
-        f"docker compose {old} stop -t {stop_timeout_s} api worker >/dev/null 2>&1 "
+        f"{compose(project, 'stop', '-t', stop_timeout_s, 'api', 'worker', files=compose_file)} >/dev/null 2>&1 "
         f"|| {{ echo 'govstack: could not stop the previous color {project}' >&2; exit 1; }}"
     )
-
-
-@operation()
-def postgres_monitor_role(project: str, compose_file: str, role: str, database: str, password_file: str):
-    """
-    The exporter's login role: member of pg_monitor, allowed to connect to
-    ``database``, password from the secret file (stdin only, never argv).
-
-    + project, compose_file: the Compose project Postgres runs in
-    + role: the monitor role's name
-    + database: the database the exporter connects to
-    + password_file: the role's secret on the host
-    """
-    if host.get_fact(
-        PostgresLogin, project=project, compose_file=compose_file, role=role, database=database,
-        password_file=password_file,
-    ):
-        host.noop(f"role {role} logs in to {database}")
-        return
-    exec_ = f"docker compose -p {shlex.quote(project)} -f {shlex.quote(compose_file)} exec -T postgres"
-    sql = (
-        f"printf \"SELECT 'CREATE ROLE {role} LOGIN' WHERE NOT EXISTS "  # noqa: S608 - validated names
-        f"(SELECT FROM pg_roles WHERE rolname = '{role}')\\\\gexec\\n\"; "
-        f"printf \"ALTER ROLE {role} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE CONNECTION LIMIT 5 "
-        f"PASSWORD '%s';\\n\" \"$(cat {shlex.quote(password_file)})\"; "
-        f"printf \"GRANT pg_monitor TO {role};\\nGRANT CONNECT ON DATABASE {database} TO {role};\\n\""
-    )
-    yield f"{{ {sql}; }} | {exec_} psql -v ON_ERROR_STOP=1 -q -U postgres -d postgres"

@@ -16,6 +16,7 @@ from govstack.release import Color, Release, first_release
 from govstack.roles import ALL_ROLES, APP_HOST_PORTS, WORKER_METRICS_HOST_PORTS, Member, Topology
 from govstack.secrets import SECRET_SPECS, host_secret_names
 from govstack.settings import NGINX_UID, POSTGRES_UID, SERVICE_UID, Resources, Settings
+from govstack.settings.paths import TEXTFILE_DIR
 from govstack.tuning import HostResources, postgres_memory_budget_mb, postgres_tuning
 
 # Ports inside the stack's networks; only nginx publishes anything.
@@ -63,7 +64,7 @@ DATA_DIRS = {
     "alertmanager": SERVICE_UID,
     "grafana": SERVICE_UID,
     # Textfiles for node-exporter (the backup job writes its freshness here).
-    monitoring_catalog.TEXTFILE_DIR: SERVICE_UID,
+    TEXTFILE_DIR: SERVICE_UID,
 }
 
 
@@ -148,7 +149,7 @@ class StackPlan:
     @property
     def data_dirs(self) -> dict[str, int]:
         """Data directories this host needs, with their owners."""
-        wanted = set(self.services) | {monitoring_catalog.TEXTFILE_DIR}
+        wanted = set(self.services) | {TEXTFILE_DIR}
         return {name: uid for name, uid in DATA_DIRS.items() if name in wanted}
 
     @cached_property
@@ -338,14 +339,14 @@ class StackPlan:
         return SERVICE_UIDS
 
     def data_path(self, service: str) -> str:
-        return f"{self.settings.data_dir}/{service}"
+        return self.settings.paths.data_path(service)
 
     # The app: one Compose project per color, on the stack's networks.
     def app_project(self, color: Color) -> str:
         return f"{self.settings.project}-{color}"
 
     def app_compose_file(self, color: Color) -> str:
-        return f"{self.settings.stack_root}/app/{color}.yml"
+        return self.settings.paths.app_compose_file(color)
 
     @staticmethod
     def app_alias(color: Color) -> str:

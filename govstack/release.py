@@ -57,7 +57,7 @@ def first_release(settings: Settings) -> Release:
 
 
 def release_path(settings: Settings) -> str:
-    return f"{settings.stack_root}/state/release.json"
+    return settings.paths.release_file
 
 
 class ReleaseState(FactBase):

@@ -39,6 +39,8 @@ from pathlib import Path
 
 import click
 
+from govstack.inventory import load_inventory
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_INVENTORY = "inventories/local.py"
 SHELL_LANGUAGES = frozenset({"sh", "bash", "shell", "console"})
@@ -204,17 +206,12 @@ def stack_environment(inventory: str, host: str | None = None) -> dict[str, str]
     Runbooks use these instead of literal paths, so the same text runs
     against production (inventories/local.py) and the test stack in CI.
     """
-    from govstack.inventory import load_inventory
-
     hosts = load_inventory(inventory)
     matches = [h for h in hosts if host in (None, h.name)]
     if not matches:
         raise RunbookError(f"no host {host!r} in {inventory}")
     entry = matches[0]
     s = entry.settings
-    backup = getattr(s, "backup", None)
-    backup_root = (getattr(backup, "root", None) or f"{s.stack_root}/backups") if backup is not None else (
-        f"{s.stack_root}/backups")
     inventory_path = Path(inventory)
     if not inventory_path.is_absolute():
         inventory_path = (Path.cwd() / inventory_path).resolve()
@@ -232,7 +229,7 @@ def stack_environment(inventory: str, host: str | None = None) -> dict[str, str]
         "SECRETS_DIR": s.secrets_dir,
         "CONFIG_DIR": s.config_dir,
         "STACK_COMPOSE_FILE": s.compose_file,
-        "BACKUP_ROOT": backup_root,
+        "BACKUP_ROOT": s.paths.backups_dir,
         "PUBLIC_URL": s.public_url,
         # curl from the host reaches its own edge by loopback, whatever the public name resolves to.
         "EDGE_RESOLVE": f"{s.edge.hostname}:{s.edge.https_port}:127.0.0.1",

@@ -10,7 +10,14 @@ import sys
 
 import click
 
-from govstack.backup.remote import BackupError
+from govstack.backup.drill import drill as run_drill
+from govstack.backup.ops import backup_now
+from govstack.backup.ops import list_runs as runs_of
+from govstack.backup.ops import restore as run_restore
+from govstack.backup.remote import BackupError, BackupHost
+from govstack.inventory import InventoryError, load_inventory
+from govstack.remote import stack_plan, testinfra_host
+from govstack.settings import SettingsError
 
 DEFAULT_INVENTORY = "inventories/local.py"
 
@@ -24,15 +31,8 @@ def _fail(message: str, code: int = 1) -> None:
     raise SystemExit(code)
 
 
-def stack_for(inventory: str, host_name: str | None):
-    """The StackHost of one inventory host, reached as testinfra reaches it."""
-    from govstack.backup.remote import StackHost
-    from govstack.inventory import InventoryError, load_inventory
-    from govstack.plan import StackPlan
-    from govstack.remote import testinfra_host
-    from govstack.settings import SettingsError
-    from govstack.tuning import HostResources
-
+def stack_for(inventory: str, host_name: str | None) -> BackupHost:
+    """The BackupHost of one inventory host, reached as testinfra reaches it."""
     try:
         hosts = load_inventory(inventory)
     except (InventoryError, SettingsError) as error:
@@ -43,10 +43,7 @@ def stack_for(inventory: str, host_name: str | None):
     entry = matches[0]
     if not entry.settings.backup.enabled:
         _fail(f"{entry.name}: backups are disabled (govstack.backup.enabled)", 2)
-    # These commands use paths, ports and names only; no tuning, so the host's
-    # real resources do not matter here.
-    plan = StackPlan(entry.settings, HostResources(memory_mb=1024, cpus=1))
-    return StackHost(testinfra_host(entry.name, entry.data), plan)
+    return BackupHost(testinfra_host(entry.name, entry.data), stack_plan(entry.settings))
 
 
 def _echo_json(data) -> None:
@@ -64,9 +61,6 @@ def _echo_json(data) -> None:
 def backup(inventory: str, host_name: str | None, list_runs: bool, source: str, check_subset: str | None,
            as_json: bool) -> None:
     """Run a backup now (the service's schedule runs them too), or list the runs."""
-    from govstack.backup.ops import backup_now
-    from govstack.backup.ops import list_runs as runs_of
-
     stack = stack_for(inventory, host_name)
     try:
         if list_runs:
@@ -103,8 +97,6 @@ def backup(inventory: str, host_name: str | None, list_runs: bool, source: str, 
 def restore(inventory: str, host_name: str | None, snapshot: str, component: str, force: bool, source: str,
             as_json: bool) -> None:
     """Stop the app, restore a backup run, verify it against its manifest, restart the app."""
-    from govstack.backup.ops import restore as run_restore
-
     stack = stack_for(inventory, host_name)
     try:
         report = run_restore(stack, snapshot, component, force, source)
@@ -126,8 +118,6 @@ def restore(inventory: str, host_name: str | None, snapshot: str, component: str
 @click.option("--json", "as_json", is_flag=True, help="print the evidence as JSON")
 def drill(inventory: str, host_name: str | None, as_json: bool) -> None:
     """Disaster-recovery drill: back up, destroy the data, restore, prove equality, write evidence."""
-    from govstack.backup.drill import drill as run_drill
-
     stack = stack_for(inventory, host_name)
     try:
         evidence = run_drill(stack)

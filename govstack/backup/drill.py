@@ -28,7 +28,8 @@ from typing import Any
 from govstack.backup import evidence as evidence_mod
 from govstack.backup.ops import backup_now, find_run, restore
 from govstack.backup.plan import backup_settings
-from govstack.backup.remote import BackupError, StackHost, q
+from govstack.backup.remote import BackupError, BackupHost
+from govstack.commands import docker_exec, q
 from govstack.plan import DATA_DIRS
 from govstack.settings.cron import max_gap_seconds
 
@@ -70,7 +71,7 @@ def now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def topk(stack: StackHost, queries: tuple[str, ...], k: int) -> dict[str, list]:
+def topk(stack: BackupHost, queries: tuple[str, ...], k: int) -> dict[str, list]:
     api = None
     for color in ("blue", "green"):
         ids = stack.containers(stack.plan.app_project(color), "api")
@@ -79,7 +80,7 @@ def topk(stack: StackHost, queries: tuple[str, ...], k: int) -> dict[str, list]:
             break
     if api is None:
         raise BackupError("no api container is running: the drill compares the app's search answers", "not-running")
-    result = stack.sh(f"docker exec {q(api)} python3 -c {q(_TOPK_SCRIPT)} {q(json.dumps(list(queries)))} {k}",
+    result = stack.sh(docker_exec(api, "python3", "-c", _TOPK_SCRIPT, json.dumps(list(queries)), k),
                       timeout=900)
     if not result.ok:
         raise BackupError(f"searching through the app failed: {result.tail()}")
@@ -106,10 +107,10 @@ def compare_topk(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
             if key not in before or key not in after or not _same_answer(before[key], after[key])]
 
 
-def _destroy(stack: StackHost, aside: str) -> list[str]:
+def _destroy(stack: BackupHost, aside: str) -> list[str]:
     """Stop the data services and move their data directories to ``aside``."""
     services = stack.plan.data_services
-    stack.sh(f"{stack.compose} stop -t 60 {' '.join(services)}", timeout=300, check=True)
+    stack.sh(stack.compose("stop", "-t", 60, *services), timeout=300, check=True)
     stack.sh(f"mkdir -p {q(aside)} && chmod 700 {q(aside)}", check=True)
     for service in services:
         uid = DATA_DIRS[service]
@@ -119,14 +120,14 @@ def _destroy(stack: StackHost, aside: str) -> list[str]:
     return services
 
 
-def _start_data(stack: StackHost, services: list[str]) -> None:
-    stack.sh(f"{stack.compose} start {' '.join(services)}", timeout=300, check=True)
+def _start_data(stack: BackupHost, services: list[str]) -> None:
+    stack.sh(stack.compose("start", *services), timeout=300, check=True)
     stack.wait_healthy([stack.containers(stack.settings.project, s, running_only=False)[0] for s in services])
 
 
-def _rollback(stack: StackHost, aside: str, services: list[str]) -> None:
+def _rollback(stack: BackupHost, aside: str, services: list[str]) -> None:
     """Put the original data back: the failed restore's directories go aside too."""
-    stack.sh(f"{stack.compose} stop -t 60 {' '.join(services)}", timeout=300)
+    stack.sh(stack.compose("stop", "-t", 60, *services), timeout=300)
     for service in services:
         data = stack.plan.data_path(service)
         stack.sh(f"mv {q(data)} {q(aside + '/failed-restore-' + service)} && mv {q(aside + '/' + service)} {q(data)}",
@@ -134,7 +135,7 @@ def _rollback(stack: StackHost, aside: str, services: list[str]) -> None:
     _start_data(stack, services)
 
 
-def drill(stack: StackHost, queries: tuple[str, ...] | None = None, k: int | None = None,
+def drill(stack: BackupHost, queries: tuple[str, ...] | None = None, k: int | None = None,
           write_evidence: bool = True) -> dict[str, Any]:
     settings = backup_settings(stack.settings)
     queries = tuple(queries or settings.drill_queries)
@@ -159,7 +160,7 @@ def drill(stack: StackHost, queries: tuple[str, ...] | None = None, k: int | Non
     workers = [c for c in writers if c not in apis]
     t_stop = time.monotonic()
     stack.stop(writers)
-    stack.sh(f"{stack.compose} stop -t 60 backup", timeout=180, check=True)
+    stack.sh(stack.compose("stop", "-t", 60, "backup"), timeout=180, check=True)
     aside = f"{stack.paths.drill_aside}/{drill_id}"
     t_destroy = time.monotonic()
     destroyed_at = datetime.now(UTC)
@@ -184,7 +185,7 @@ def drill(stack: StackHost, queries: tuple[str, ...] | None = None, k: int | Non
         timeline.append((f"FAILED: {exc}; putting the original data back", now()))
         try:
             _rollback(stack, aside, services)
-            stack.sh(f"{stack.compose} start backup", timeout=180)
+            stack.sh(stack.compose("start", "backup"), timeout=180)
             stack.start(writers)
             stack.wait_healthy(writers)
         except BackupError as rollback_error:
@@ -212,7 +213,7 @@ def drill(stack: StackHost, queries: tuple[str, ...] | None = None, k: int | Non
     return evidence
 
 
-def _service_ids(stack: StackHost, service: str) -> list[str]:
+def _service_ids(stack: BackupHost, service: str) -> list[str]:
     ids = []
     for color in ("blue", "green"):
         ids += stack.containers(stack.plan.app_project(color), service)
@@ -223,7 +224,7 @@ def _parse_time(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-def build_evidence(stack: StackHost, *, drill_id: str, summary: dict, entry: dict, manifest: dict, report: dict,
+def build_evidence(stack: BackupHost, *, drill_id: str, summary: dict, entry: dict, manifest: dict, report: dict,
                    topk_before: dict, differences: list[str], k: int, timeline: list, aside: str,
                    timings: dict, destroyed_at: datetime) -> dict[str, Any]:
     comps = report["components"]

@@ -23,16 +23,16 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from govstack.backup.deploy import backup_role_sql
-from govstack.backup.plan import BACKUP_ROLE, ROLE_SECRET
-from govstack.backup.remote import BackupError, StackHost, last_json, q
+from govstack.backup.plan import BACKUP_ROLE, BACKUP_ROLE_ATTRIBUTES, BACKUP_ROLE_GROUPS, ROLE_SECRET
+from govstack.backup.remote import BackupError, BackupHost
+from govstack.commands import SUPERUSER, docker_exec, last_json, login_role_sql, psql, q
 from govstack.monitoring.catalog import MONITOR_ROLE, MONITOR_SECRET
 from govstack.secrets import secret_path
 
 COMPONENTS = ("postgres", "objects", "vectors")
 
 
-def backup_now(stack: StackHost, check_subset: str | None = None) -> dict[str, Any]:
+def backup_now(stack: BackupHost, check_subset: str | None = None) -> dict[str, Any]:
     """One backup run in the running backup service; its summary."""
     stack.require_service("backup")
     args = ["run", "--json"] + (["--check-subset", check_subset] if check_subset else [])
@@ -44,18 +44,18 @@ def backup_now(stack: StackHost, check_subset: str | None = None) -> dict[str, A
     return summary
 
 
-def list_runs(stack: StackHost, source: str = "local") -> list[dict[str, Any]]:
+def list_runs(stack: BackupHost, source: str = "local") -> list[dict[str, Any]]:
     stack.require_service("backup")
     return stack.job_json("runs", "--from", source, timeout=600)["runs"]
 
 
-def find_run(stack: StackHost, snapshot: str, source: str = "local", oneoff: bool = False) -> dict[str, Any]:
+def find_run(stack: BackupHost, snapshot: str, source: str = "local", oneoff: bool = False) -> dict[str, Any]:
     """The run (with manifest) that ``snapshot`` names: latest, a run id or a snapshot id."""
     return stack.job_json("manifest", snapshot, "--from", source, oneoff=oneoff, timeout=600)
 
 
 # -- postgres ------------------------------------------------------------------------------------
-def postgres_contents(stack: StackHost, database: str) -> dict[str, int] | None:
+def postgres_contents(stack: BackupHost, database: str) -> dict[str, int] | None:
     """Tables with rows in ``database`` (name -> 1), {} when it exists but holds no row,
     None when it does not exist."""
     exists = stack.psql(f"SELECT 1 FROM pg_database WHERE datname = '{database}'").strip()  # noqa: S608
@@ -73,7 +73,7 @@ def postgres_contents(stack: StackHost, database: str) -> dict[str, int] | None:
     return {line.strip(): 1 for line in rows.splitlines() if line.strip()}
 
 
-def role_secrets(stack: StackHost) -> dict[str, str]:
+def role_secrets(stack: BackupHost) -> dict[str, str]:
     """Login roles whose passwords the host holds: set again after a restore
     (the dump of the roles carries no passwords)."""
     s = stack.settings
@@ -82,30 +82,27 @@ def role_secrets(stack: StackHost) -> dict[str, str]:
     return roles
 
 
-def _restore_roles(stack: StackHost, run: str, source: str) -> None:
+def _restore_roles(stack: BackupHost, run: str, source: str) -> None:
     """Roles and memberships from the run, then the passwords from the host's secrets."""
     pg = stack.require_service("postgres")
     # Existing roles make CREATE ROLE fail harmlessly: no ON_ERROR_STOP here.
     stack.sh(
         f"{stack.job('dump', run, 'postgres_globals', '--from', source, oneoff=True)} "
         f"| grep -v -E '^(CREATE|ALTER) ROLE postgres( |;)' "
-        f"| docker exec -i {q(pg)} psql -X -q -U postgres -d postgres >/dev/null 2>&1; true",
+        f"| {docker_exec(pg, *psql(SUPERUSER, on_error_stop=False))} >/dev/null 2>&1; true",
     )
     for role, path in role_secrets(stack).items():
         exists = stack.sh(f"test -s {q(path)}").ok
         if not exists:
             continue
         if role == BACKUP_ROLE:
-            stack.psql_script(backup_role_sql(role, "postgres", f"$(cat {q(path)})"))
+            stack.psql_script(login_role_sql(role, path, attributes=BACKUP_ROLE_ATTRIBUTES,
+                                             member_of=BACKUP_ROLE_GROUPS, connect="postgres"))
             continue
-        stack.psql_script(
-            f"printf \"SELECT 'CREATE ROLE {role} LOGIN' WHERE NOT EXISTS "  # noqa: S608
-            f"(SELECT FROM pg_roles WHERE rolname = '{role}')\\\\gexec\\n\"; "
-            f"printf \"ALTER ROLE {role} WITH LOGIN PASSWORD '%s';\\n\" \"$(cat {q(path)})\""
-        )
+        stack.psql_script(login_role_sql(role, path))
 
 
-def restore_postgres(stack: StackHost, entry: dict[str, Any], source: str, stamp: str) -> dict[str, Any]:
+def restore_postgres(stack: BackupHost, entry: dict[str, Any], source: str, stamp: str) -> dict[str, Any]:
     """Restore into a scratch database, verify it there, then swap it in by rename."""
     s = stack.settings
     db, app_user = s.postgres.database, s.postgres.app_user
@@ -121,7 +118,7 @@ def restore_postgres(stack: StackHost, entry: dict[str, Any], source: str, stamp
     # --single-transaction: all of it or none of it (implies --exit-on-error).
     result = stack.sh(
         f"{stack.job('dump', entry['run'], 'postgres', '--from', source, oneoff=True)} "
-        f"| docker exec -i {q(pg)} pg_restore -U postgres -d {q(scratch)} --single-transaction --no-password",
+        f"| {docker_exec(pg, 'pg_restore', '-U', SUPERUSER, '-d', scratch, '--single-transaction', '--no-password')}",
     )
     if not result.ok:
         stack.psql(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)', check=False)
@@ -143,7 +140,7 @@ def restore_postgres(stack: StackHost, entry: dict[str, Any], source: str, stamp
 
 
 # -- the whole restore ----------------------------------------------------------------------------
-def preflight(stack: StackHost, snapshot: str, components: tuple[str, ...], force: bool,
+def preflight(stack: BackupHost, snapshot: str, components: tuple[str, ...], force: bool,
               source: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """Everything checked before anything is stopped: the run and what the targets hold."""
     for service in stack.plan.data_services:
@@ -171,7 +168,7 @@ def preflight(stack: StackHost, snapshot: str, components: tuple[str, ...], forc
     return entry, busy
 
 
-def restore(stack: StackHost, snapshot: str = "latest", component: str = "all", force: bool = False,
+def restore(stack: BackupHost, snapshot: str = "latest", component: str = "all", force: bool = False,
             source: str = "local", restart_app: bool = True) -> dict[str, Any]:
     """Stop writers, restore, verify against the run's manifest, restart the app.
     Returns a report; raises BackupError (the stack untouched when it fails in preflight)."""
@@ -189,7 +186,7 @@ def restore(stack: StackHost, snapshot: str = "latest", component: str = "all", 
     writers = stack.app_containers()
     t_stop = time.monotonic()
     stack.stop(writers)
-    stack.sh(f"{stack.compose} stop -t 60 backup", timeout=180, check=True)
+    stack.sh(stack.compose("stop", "-t", 60, "backup"), timeout=180, check=True)
     report["writers_stopped"] = len(writers)
     changed = False
     ok = False
@@ -223,7 +220,7 @@ def restore(stack: StackHost, snapshot: str = "latest", component: str = "all", 
                               exc.kind) from exc
         raise
     finally:
-        stack.sh(f"{stack.compose} start backup", timeout=180)
+        stack.sh(stack.compose("start", "backup"), timeout=180)
         stack.wait_healthy(stack.containers(stack.settings.project, "backup"), timeout_s=120)
         if restart_app and (ok or not changed):
             stack.start(writers)

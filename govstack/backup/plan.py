@@ -17,6 +17,9 @@ from govstack.settings.backup import BackupSettings
 SERVICE = "backup"
 BACKUP_UID = SERVICE_UID  # reads the S3 keys, which the app's uid owns
 BACKUP_ROLE = "govstack_backup"
+# Reads every table, writes nothing. BYPASSRLS: pg_dump refuses tables with row security otherwise.
+BACKUP_ROLE_ATTRIBUTES = ("NOSUPERUSER", "NOCREATEDB", "NOCREATEROLE", "BYPASSRLS")
+BACKUP_ROLE_GROUPS = ("pg_read_all_data",)
 PASSWORD_SECRET = "restic_password"  # noqa: S105 - a secret's name
 ROLE_SECRET = "postgres_backup_password"  # noqa: S105
 OFFSITE_SECRETS = ("backup_offsite_access_key", "backup_offsite_secret_key")

@@ -72,6 +72,8 @@ PORTS = {
 # holding its password (generated [A-Za-z0-9]: 0.11 rejects spaces).
 MONITOR_ROLE = "govstack_monitor"
 MONITOR_SECRET = "postgres_monitor_password"  # noqa: S105 - a secret's name
+MONITOR_ROLE_ATTRIBUTES = ("NOSUPERUSER", "NOCREATEDB", "NOCREATEROLE", "CONNECTION LIMIT 5")
+MONITOR_ROLE_GROUPS = ("pg_monitor",)
 
 # What the backup job writes for node-exporter's textfile collector, as
 # <stack_root>/data/metrics/backup.prom (write a temp file, then rename).
@@ -83,7 +85,6 @@ BACKUP_METRICS = {
     "govstack_backup_last_size_bytes": "gauge: size of the last successful backup",
     "govstack_backup_failures_total": "counter: failed backup runs since the metrics file was created",
 }
-TEXTFILE_DIR = "metrics"  # under Settings.data_dir
 
 
 def offline_images() -> list[OfflineImage]:

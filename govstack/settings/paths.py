@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# node-exporter's textfile directory, under the data directory.
+TEXTFILE_DIR = "metrics"
+
 
 @dataclass(frozen=True)
 class StackPaths:
@@ -82,7 +85,7 @@ class StackPaths:
     @property
     def metrics_dir(self) -> str:
         """node-exporter's textfile directory (the backup job writes its freshness there)."""
-        return self.data_path("metrics")
+        return self.data_path(TEXTFILE_DIR)
 
     @property
     def drill_aside(self) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from govstack.backup.plan import host_paths
-from govstack.backup.remote import StackHost
+from govstack.backup.remote import BackupHost
 from govstack.remote import testinfra_host
 from tests.conftest import run_govstack
 from tests.e2e.test_app_support import Api, samples, unique, wait_indexed
@@ -106,9 +106,9 @@ def admin(stack: Any) -> Api:
 
 
 @pytest.fixture(scope="module")
-def stack_host(stack: Any) -> StackHost:
+def stack_host(stack: Any) -> BackupHost:
     """The orchestration's own view of the test stack (testinfra, local)."""
-    return StackHost(testinfra_host("@local", {}), stack.plan)
+    return BackupHost(testinfra_host("@local", {}), stack.plan)
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,7 @@ import yaml
 from govstack.backup import evidence
 from govstack.backup import plan as backup_plan
 from govstack.backup import render as backup_render
-from govstack.backup.deploy import backup_role_sql
-from govstack.backup.remote import BackupError, StackHost
+from govstack.backup.remote import BackupError, BackupHost
 from govstack.plan import StackPlan
 from govstack.render import render_compose
 from govstack.settings import SettingsError, build_settings
@@ -163,14 +162,6 @@ def test_disabled_backups_render_no_service():
     assert "  backup:" not in render_compose(plan) and "backup" not in plan.services
 
 
-# -- the database role ----------------------------------------------------------------------------
-def test_role_sql_reads_the_password_on_the_host_never_inline():
-    sql = backup_role_sql("govstack_backup", "govstack", "$(cat '/srv/gs/secrets/postgres_backup_password')")
-    assert "GRANT pg_read_all_data TO govstack_backup" in sql and "BYPASSRLS" in sql
-    assert "GRANT CONNECT ON DATABASE govstack TO govstack_backup" in sql
-    assert "PASSWORD '%s'" in sql and "\"$(cat '/srv/gs/secrets/postgres_backup_password')\"" in sql
-
-
 # -- evidence --------------------------------------------------------------------------------------
 def _evidence(ok=True):
     return {
@@ -249,7 +240,7 @@ def test_restore_over_data_is_refused_with_reasons_and_touches_nothing():
         r"FROM pg_database": (0, "1\n"),
         r"query_to_xml": (0, "public.documents\n"),
     })
-    stack = StackHost(host, plan_for())
+    stack = BackupHost(host, plan_for())
     with pytest.raises(BackupError) as error:
         restore(stack, "latest")
     assert error.value.kind == "non-empty"

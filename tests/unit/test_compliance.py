@@ -5,22 +5,16 @@ The jobs themselves run against a deployed stack in tests/e2e/test_compliance.py
 
 from __future__ import annotations
 
-import sys
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
+from govstack_app import retention
 from pydantic import ValidationError
 
-from govstack import compliance
-from govstack.compliance import ComplianceSettings
-from govstack.settings import build_settings
-
-APP_DIR = Path(__file__).resolve().parents[2] / "app"
-if str(APP_DIR) not in sys.path:
-    sys.path.insert(0, str(APP_DIR))
-
-from govstack_app import retention  # noqa: E402
+from govstack.commands import last_json
+from govstack.compliance import cli
+from govstack.compliance import ops as compliance
+from govstack.settings import ComplianceSettings, build_settings
 
 
 def utc(*args: int) -> datetime:
@@ -42,8 +36,10 @@ def test_a_retention_below_the_floor_is_refused_by_the_settings():
 
 def test_settings_without_the_section_get_the_defaults():
     settings = build_settings([{}], environ={})
-    assert compliance.compliance_settings(settings) == getattr(settings, "compliance", ComplianceSettings())
-    assert compliance.reports_dir(settings) == "/opt/govstack/reports"
+    assert settings.compliance == ComplianceSettings()
+    assert settings.paths.reports_dir == "/opt/govstack/reports"
+    moved = build_settings([{"compliance": {"reports_dir": "/srv/reports"}}], environ={})
+    assert moved.paths.reports_dir == "/srv/reports"
 
 
 # -- retention rules (app/govstack_app/retention.py) -------------------------------------------
@@ -168,14 +164,14 @@ def test_storage_report_renders_orphans_and_leftovers():
 
 
 def test_last_json_skips_log_lines():
-    assert compliance.last_json('{"event": "log"}\nnot json\n{"ok": true}\n') == {"ok": True}
-    assert compliance.last_json("nothing") is None
+    assert last_json('{"event": "log"}\nnot json\n{"ok": true}\n') == {"ok": True}
+    assert last_json("nothing") is None
 
 
 def test_register_adds_the_commands():
     import click
 
     group = click.Group()
-    compliance.register(group)
+    cli.register(group)
     assert set(group.commands) == {"audit-retention", "access-review", "report"}
     assert set(group.commands["report"].commands) == {"residency", "storage", "counts"}

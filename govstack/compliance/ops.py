@@ -1,36 +1,31 @@
-"""Compliance jobs and operator reports:
+"""Compliance jobs and operator reports, as functions of a StackHost (local or
+over SSH alike; the data stays on that host and only the answers travel):
 
-- ``govstack audit-retention``: drop monthly audit_logs partitions older than
+- audit retention: drop monthly audit_logs partitions older than
   ``compliance.audit_retention_months`` (never below the floor), by running
-  ``govstack-app purge-audit-partitions`` in the serving color's API container.
-  The worker runs the same function hourly (app/govstack_app/retention.py).
-- ``govstack access-review``: the API keys as CSV (name, role, created by,
-  created, last used, active, revoked), 0600 under ``<stack_root>/reports``.
-- ``govstack report residency``: where each kind of data lives and what is
-  encrypted at rest, from the settings plus the few facts only the host knows.
-- ``govstack report storage [--apply]``: table and index sizes, audit
-  partitions and when the retention drops them, orphan objects and vectors,
-  leftovers of restores and drills; changes nothing without ``--apply``.
-
-Every command works against any inventory host, local or over SSH (through
-testinfra, as `govstack check` does); the data stays on that host and only
-the answers travel. This module imports nothing of govstack at import time,
-so that govstack/settings.py can import ComplianceSettings from it.
+  ``govstack-app purge-audit-partitions`` with the serving color's
+  configuration. The worker runs the same function hourly
+  (app/govstack_app/retention.py).
+- access review: the API keys as CSV (name, role, created by, created, last
+  used, active, revoked), 0600 under the reports directory.
+- residency: where each kind of data lives and what is encrypted at rest,
+  from the settings plus the few facts only the host knows.
+- storage: table and index sizes, audit partitions and when the retention
+  drops them, orphan objects and vectors, leftovers of restores and drills.
+- counts: rows, objects and vectors, to compare two copies of the data.
 """
 
 from __future__ import annotations
 
-import json
-import shlex
-import sys
+import calendar
 from datetime import UTC, datetime
 from typing import Any
 
-import click
+from govstack.commands import SUPERUSER, docker_exec, last_json, printf_lines, psql, q
+from govstack.inventory import InventoryHost
+from govstack.remote import RemoteError, StackHost, stack_plan, testinfra_host
+from govstack.settings import Settings
 
-from govstack.settings.compliance import ComplianceSettings  # noqa: F401 - re-exported
-
-DEFAULT_INVENTORY = "inventories/local.py"
 # Restores and drills keep what they replace, under these names (govstack/backup).
 PRE_RESTORE_DATABASE = "{database}_pre_restore_%"
 SCRATCH_DATABASE = "{database}_restore"
@@ -38,132 +33,18 @@ PRE_RESTORE_COLLECTION = "__pre_restore_"
 DRILL_ASIDE = ".drill-aside"
 
 
-def compliance_settings(settings: Any) -> ComplianceSettings:
-    # Until Settings has the section, the defaults apply.
-    return getattr(settings, "compliance", None) or ComplianceSettings()
-
-
-def reports_dir(settings: Any) -> str:
-    return compliance_settings(settings).reports_dir or f"{settings.stack_root}/reports"
-
-
-class ComplianceError(RuntimeError):
+class ComplianceError(RemoteError):
     """A step failed; the message is for the operator."""
 
 
-def q(value: Any) -> str:
-    return shlex.quote(str(value))
+class ComplianceHost(StackHost):
+    """The stack on one inventory host, as the compliance commands reach it."""
 
+    error_class = ComplianceError
 
-def last_json(text: str) -> Any:
-    """The last line of ``text`` that parses as JSON (the app's answers end with one)."""
-    for line in reversed(text.strip().splitlines()):
-        line = line.strip()
-        if line.startswith(("{", "[")):
-            try:
-                return json.loads(line)
-            except ValueError:
-                continue
-    return None
-
-
-class StackShell:
-    """Commands on one inventory host, each bounded by coreutils' timeout.
-
-    testinfra's run() has neither stdin nor a timeout, so SQL travels as a
-    printf argument and every command is wrapped in ``timeout``.
-    """
-
-    def __init__(self, entry: Any) -> None:
-        from govstack.remote import testinfra_host
-
+    def __init__(self, entry: InventoryHost) -> None:
         self.entry = entry
-        self.settings = entry.settings
-        self.host = testinfra_host(entry.name, entry.data)
-
-    def sh(self, command: str, timeout: int = 600, check: bool = True) -> str:
-        out = self.host.run(f"timeout --kill-after=10 {timeout} bash -o pipefail -c {q(command)}")
-        if out.rc == 124:
-            raise ComplianceError(f"{self.entry.name}: timed out after {timeout} s: {command[:120]}")
-        if check and out.rc != 0:
-            tail = " | ".join((out.stderr or out.stdout).strip().splitlines()[-3:])
-            raise ComplianceError(f"{self.entry.name}: command failed ({out.rc}): {tail}")
-        return out.stdout
-
-    def container(self, project: str, service: str) -> str:
-        ids = self.sh(
-            f"docker ps -q --filter label=com.docker.compose.project={q(project)} "
-            f"--filter label=com.docker.compose.service={q(service)} "
-            "--filter label=com.docker.compose.oneoff=False --filter status=running", timeout=60,
-        ).split()
-        if not ids:
-            raise ComplianceError(f"{self.entry.name}: no running {service} container in {project} "
-                                  "(`govstack up` starts the stack)")
-        return ids[0]
-
-    def serving_color(self) -> str:
-        raw = self.sh(f"cat {q(self.settings.stack_root)}/state/release.json", timeout=30, check=False).strip()
-        if not raw:
-            raise ComplianceError(f"{self.entry.name}: no release yet; run `govstack up` first")
-        return json.loads(raw)["color"]
-
-    def serving_project(self) -> str:
-        return f"{self.settings.project}-{self.serving_color()}"
-
-    def psql(self, sql: str, database: str | None = None, *, csv: bool = False, timeout: int = 600) -> str:
-        """Rows of SQL run by the superuser over the server's local socket (tab-separated, or CSV with a header)."""
-        pg = self.container(self.settings.project, "postgres")
-        fmt = "--csv" if csv else "-tA -F '\t'"
-        return self.sh(
-            f"printf '%s\\n' {q(sql)} | docker exec -i {q(pg)} psql -X -q -v ON_ERROR_STOP=1 -U postgres "
-            f"-d {q(database or self.settings.postgres.database)} {fmt}",
-            timeout=timeout,
-        )
-
-    def _in_app(self, entrypoint: str) -> str:
-        """The command prefix that runs ``entrypoint`` with the serving color's configuration: in its
-        running API container, or, while the app is stopped (a maintenance window), in a one-off
-        container of the same Compose service (same image, environment, secrets and networks)."""
-        color = self.serving_color()
-        project = f"{self.settings.project}-{color}"
-        ids = self.sh(
-            f"docker ps -q --filter label=com.docker.compose.project={q(project)} "
-            "--filter label=com.docker.compose.service=api --filter label=com.docker.compose.oneoff=False "
-            "--filter status=running", timeout=60,
-        ).split()
-        if ids:
-            return f"docker exec -i {q(ids[0])} {entrypoint}"
-        compose_file = f"{self.settings.stack_root}/app/{color}.yml"
-        return (f"docker compose -p {q(project)} -f {q(compose_file)} run --rm --no-deps -T "
-                f"--entrypoint {entrypoint} api")
-
-    def app(self, *args: str, timeout: int = 900) -> str:
-        """``govstack-app ARGS`` with the serving color's configuration; its stdout."""
-        return self.sh(f"{self._in_app('govstack-app')} {' '.join(q(a) for a in args)}", timeout=timeout)
-
-    def app_python(self, script: str, *args: str, timeout: int = 300) -> Any:
-        """A Python snippet with the serving color's settings, clients and network; its JSON answer."""
-        out = self.sh(f"{self._in_app('python3')} -c {q(script)} {' '.join(q(a) for a in args)}", timeout=timeout)
-        return last_json(out)
-
-
-def _hosts(inventory: str, host_name: str | None) -> list[Any]:
-    from govstack.inventory import InventoryError, load_inventory
-    from govstack.settings import SettingsError
-
-    try:
-        hosts = load_inventory(inventory)
-    except (InventoryError, SettingsError) as error:
-        _fail(str(error), 2)
-    chosen = [h for h in hosts if host_name in (None, h.name)]
-    if not chosen:
-        _fail(f"no host {host_name!r} in {inventory}", 2)
-    return chosen
-
-
-def _fail(message: str, code: int = 1) -> None:
-    click.echo(f"govstack: {message}", err=True)
-    raise SystemExit(code)
+        super().__init__(testinfra_host(entry.name, entry.data), stack_plan(entry.settings), name=entry.name)
 
 
 def _now() -> datetime:
@@ -171,9 +52,9 @@ def _now() -> datetime:
 
 
 # == audit retention ============================================================================
-def run_audit_retention(shell: StackShell, months: int | None = None, dry_run: bool = False,
+def run_audit_retention(shell: ComplianceHost, months: int | None = None, dry_run: bool = False,
                         actor: str = "operator") -> dict[str, Any]:
-    policy = compliance_settings(shell.settings)
+    policy = shell.settings.compliance
     months = policy.audit_retention_months if months is None else months
     floor = policy.audit_retention_floor_months
     if months < floor:
@@ -202,22 +83,22 @@ ACCESS_REVIEW_SQL = (
 )
 
 
-def access_review_path(settings: Any, when: datetime | None = None) -> str:
-    return f"{reports_dir(settings)}/access-review-{(when or _now()).strftime('%Y-%m-%d')}.csv"
+def access_review_path(settings: Settings, when: datetime | None = None) -> str:
+    return f"{settings.paths.reports_dir}/access-review-{(when or _now()).strftime('%Y-%m-%d')}.csv"
 
 
-def write_access_review(shell: StackShell, path: str) -> int:
+def write_access_review(shell: ComplianceHost, path: str) -> int:
     """Write the CSV on the host (the key list never leaves it); the number of keys."""
-    pg = shell.container(shell.settings.project, "postgres")
+    pg = shell.require_service("postgres")
     directory = path.rsplit("/", 1)[0] or "/"
-    shell.sh(
+    export = f"{printf_lines(ACCESS_REVIEW_SQL)} | {docker_exec(pg, *psql(shell.settings.postgres.database, csv=True))}"
+    shell.out(
         f"umask 077 && mkdir -p {q(directory)} && chmod 700 {q(directory)} && "
-        f"printf '%s\\n' {q(ACCESS_REVIEW_SQL)} | docker exec -i {q(pg)} psql -X -q -v ON_ERROR_STOP=1 "
-        f"-U postgres -d {q(shell.settings.postgres.database)} --csv > {q(path + '.partial')} && "
+        f"{export} > {q(path + '.partial')} && "
         f"chmod 600 {q(path + '.partial')} && mv {q(path + '.partial')} {q(path)}",
         timeout=300,
     )
-    lines = shell.sh(f"wc -l < {q(path)}", timeout=30).strip()
+    lines = shell.out(f"wc -l < {q(path)}", timeout=30).strip()
     return max(int(lines or 1) - 1, 0)
 
 
@@ -242,19 +123,19 @@ print(json.dumps({"bucket": store.bucket, "sse": cfg.rule.sse_algorithm if cfg e
 """
 
 
-def disk_encryption_fact(shell: StackShell, path: str) -> dict[str, Any]:
+def disk_encryption_fact(shell: ComplianceHost, path: str) -> dict[str, Any]:
     """Whether a dm-crypt (LUKS) device lies under the filesystem that holds ``path``."""
     out = shell.sh(
         f"src=$(findmnt -n -o SOURCE --target {q(path)} | head -n 1); echo \"source=$src\"; "
-        "lsblk -n -s -o TYPE \"$src\" 2>/dev/null | tr -d ' ' | sort -u | tr '\\n' ' '", timeout=30, check=False,
-    )
+        "lsblk -n -s -o TYPE \"$src\" 2>/dev/null | tr -d ' ' | sort -u | tr '\\n' ' '", timeout=30,
+    ).stdout
     lines = out.strip().splitlines()
     source = lines[0].removeprefix("source=") if lines else ""
     types = lines[1].split() if len(lines) > 1 else []
     return {"source": source, "crypt": "crypt" in types, "types": types}
 
 
-def residency_facts(shell: StackShell) -> dict[str, Any]:
+def residency_facts(shell: ComplianceHost) -> dict[str, Any]:
     """What only the host knows: disk encryption under the data directory, the bucket's default SSE."""
     facts: dict[str, Any] = {}
     try:
@@ -281,18 +162,15 @@ def _disk(declared: bool | None, facts: dict[str, Any]) -> tuple[str, str]:
     return "unknown", f"the host could not be asked ({facts.get('disk_error', 'no answer')})"
 
 
-def residency_report(entry: Any, facts: dict[str, Any]) -> dict[str, Any]:
+def residency_report(entry: InventoryHost, facts: dict[str, Any]) -> dict[str, Any]:
     """Where each kind of data lives on one host and what is encrypted at rest. Pure: settings + facts."""
-    from govstack.plan import StackPlan
-    from govstack.tuning import HostResources
-
     s = entry.settings
-    policy = compliance_settings(s)
-    plan = StackPlan(s, HostResources(memory_mb=1024, cpus=1))
+    policy = s.compliance
+    plan = stack_plan(s)
     disk_state, disk_how = _disk(policy.disk_encrypted, facts)
     disk = f"{disk_state} (host disk)"
-    backup = getattr(s, "backup", None)
-    backup_root = (getattr(backup, "root", None) or f"{s.stack_root}/backups")
+    backup = s.backup
+    backup_root = s.paths.backups_dir
     items: list[dict[str, str]] = [
         {"data": "document records, API keys (hashed), audit log, text chunks", "store": "PostgreSQL",
          "where": plan.data_path("postgres"), "encrypted_at_rest": disk,
@@ -318,12 +196,12 @@ def residency_report(entry: Any, facts: dict[str, Any]) -> dict[str, Any]:
         {"data": "embeddings and chunk text", "store": f"Chroma {s.images.chroma_version}",
          "where": plan.data_path("chroma"), "encrypted_at_rest": disk, "note": "SQLite and HNSW files"},
     ]
-    if backup is None or getattr(backup, "enabled", True):
+    if backup.enabled:
         items.append({"data": "backups: database dump, every object, every vector", "store": "restic repository",
                       "where": f"{backup_root}/restic", "encrypted_at_rest": "yes, always: restic encrypts every "
                       "blob (AES-256-CTR + Poly1305-AES)",
                       "note": "its key is the secret restic_password on the same host: keep a copy off the host"})
-        offsite = getattr(backup, "offsite", None) if backup is not None else None
+        offsite = backup.offsite
         if offsite is not None:
             items.append({"data": "offsite copy of the backups", "store": "restic repository on S3",
                           "where": f"{offsite.endpoint}/{offsite.bucket}/{offsite.prefix}",
@@ -332,11 +210,11 @@ def residency_report(entry: Any, facts: dict[str, Any]) -> dict[str, Any]:
                       "where": f"{backup_root}/evidence", "encrypted_at_rest": disk, "note": ""})
     items += [
         {"data": "pre-deploy database dumps (last 5)", "store": "pg_dump files, mode 0600",
-         "where": f"{s.stack_root}/backups/pre-deploy", "encrypted_at_rest": disk,
+         "where": s.paths.pre_deploy_dumps, "encrypted_at_rest": disk,
          "note": "plain pg_dump: not encrypted by the stack"},
         {"data": "secrets (passwords, keys)", "store": "files, mode 0600", "where": s.secrets_dir,
          "encrypted_at_rest": disk, "note": "readable by root on the host"},
-        {"data": "access reviews", "store": "CSV files, mode 0600", "where": reports_dir(s),
+        {"data": "access reviews", "store": "CSV files, mode 0600", "where": s.paths.reports_dir,
          "encrypted_at_rest": disk, "note": ""},
         {"data": "container logs (request ids, client addresses, no document content)", "store": "json-file",
          "where": "/var/lib/docker/containers", "encrypted_at_rest": disk,
@@ -348,7 +226,7 @@ def residency_report(entry: Any, facts: dict[str, Any]) -> dict[str, Any]:
                       "note": f"kept {s.monitoring.retention_time}"})
     return {
         "host": entry.name,
-        "groups": list(getattr(entry, "groups", ())),
+        "groups": list(entry.groups),
         "location": policy.location,
         "project": s.project,
         "host_disk_encrypted": disk_state,
@@ -434,8 +312,6 @@ def _rows(text: str) -> list[list[str]]:
 
 
 def add_months(moment: datetime, months: int) -> datetime:
-    import calendar
-
     index = moment.year * 12 + (moment.month - 1) + months
     year, month = divmod(index, 12)
     return moment.replace(year=year, month=month + 1, day=min(moment.day, calendar.monthrange(year, month + 1)[1]))
@@ -460,35 +336,35 @@ def _ts(text: str) -> datetime | None:
     return datetime.fromisoformat(text.replace(" ", "T")).astimezone(UTC) if text else None
 
 
-def collect_storage(shell: StackShell, min_age_s: float) -> dict[str, Any]:
+def collect_storage(shell: ComplianceHost, min_age_s: float) -> dict[str, Any]:
     s = shell.settings
-    policy = compliance_settings(s)
+    policy = s.compliance
     db = s.postgres.database
     tables = [{"name": r[0], "kind": r[1], "rows_estimate": int(r[2]), "table_bytes": int(r[3]),
-               "index_bytes": int(r[4]), "total_bytes": int(r[5])} for r in _rows(shell.psql(STORAGE_TABLES_SQL))]
+               "index_bytes": int(r[4]), "total_bytes": int(r[5])} for r in _rows(shell.psql(STORAGE_TABLES_SQL, db))]
     indexes = [{"name": r[0], "table": r[1], "bytes": int(r[2]), "scans": int(r[3])}
-               for r in _rows(shell.psql(STORAGE_INDEXES_SQL))]
+               for r in _rows(shell.psql(STORAGE_INDEXES_SQL, db))]
     now = _now()
     partitions = partition_status(
         [{"name": r[0], "from": _ts(r[1]), "to": _ts(r[2]), "rows_estimate": int(r[3]), "bytes": int(r[4])}
-         for r in _rows(shell.psql(PARTITIONS_SQL))], now, policy.audit_retention_months)
-    database_bytes = int(shell.psql(f"SELECT pg_database_size('{db}')").strip() or 0)  # noqa: S608 - validated name
+         for r in _rows(shell.psql(PARTITIONS_SQL, db))], now, policy.audit_retention_months)
+    database_bytes = int(shell.psql(f"SELECT pg_database_size('{db}')", db).strip() or 0)  # noqa: S608 - validated name
     orphans = last_json(shell.app("cleanup", "--dry-run", "--min-age", str(min_age_s)))
     if not isinstance(orphans, dict):
         raise ComplianceError("govstack-app cleanup --dry-run gave no answer")
-    known = {r[0] for r in _rows(shell.psql("SELECT chroma_name FROM collections"))}
+    known = {r[0] for r in _rows(shell.psql("SELECT chroma_name FROM collections", db))}
     collections = shell.app_python(_CHROMA_SCRIPT, "list") or []
     leftover_dbs = [{"name": r[0], "bytes": int(r[1])} for r in _rows(shell.psql(
         "SELECT datname, pg_database_size(datname) FROM pg_database "  # noqa: S608 - validated name
         f"WHERE datname LIKE '{PRE_RESTORE_DATABASE.format(database=db)}' "
-        f"OR datname = '{SCRATCH_DATABASE.format(database=db)}' ORDER BY 1", "postgres"))]
+        f"OR datname = '{SCRATCH_DATABASE.format(database=db)}' ORDER BY 1", SUPERUSER))]
     aside = f"{s.data_dir}/{DRILL_ASIDE}"
-    drill_dirs = [{"path": r[1], "bytes": int(r[0])} for r in _rows(shell.sh(
+    drill_dirs = [{"path": r[1], "bytes": int(r[0])} for r in _rows(shell.out(
         f"[ -d {q(aside)} ] && du -sb {q(aside)}/* 2>/dev/null | tr -s ' \\t' '\\t' || true", timeout=300))]
-    data_dirs = {r[1].rsplit("/", 1)[-1]: int(r[0]) for r in _rows(shell.sh(
+    data_dirs = {r[1].rsplit("/", 1)[-1]: int(r[0]) for r in _rows(shell.out(
         f"du -sb {q(s.data_dir)}/*/ 2>/dev/null | sed 's#/$##' | tr -s ' \\t' '\\t' || true", timeout=300))}
     return {
-        "host": shell.entry.name,
+        "host": shell.name,
         "min_age_s": min_age_s,
         "database_bytes": database_bytes,
         "tables": tables,
@@ -507,7 +383,7 @@ def collect_storage(shell: StackShell, min_age_s: float) -> dict[str, Any]:
     }
 
 
-def apply_storage(shell: StackShell, report: dict[str, Any], drop_leftovers: bool) -> dict[str, Any]:
+def apply_storage(shell: ComplianceHost, report: dict[str, Any], drop_leftovers: bool) -> dict[str, Any]:
     """Remove the orphans (the app's own cleanup) and, when asked, the restore and drill leftovers."""
     done: dict[str, Any] = {}
     cleaned = last_json(shell.app("cleanup", "--min-age", str(report["min_age_s"])))
@@ -517,7 +393,7 @@ def apply_storage(shell: StackShell, report: dict[str, Any], drop_leftovers: boo
     if drop_leftovers:
         left = report["leftovers"]
         for database in left["databases"]:
-            shell.psql(f'DROP DATABASE IF EXISTS "{database["name"]}" WITH (FORCE)', "postgres")
+            shell.psql(f'DROP DATABASE IF EXISTS "{database["name"]}" WITH (FORCE)', SUPERUSER)
         names = [c["name"] for c in left["collections"]]
         if names:
             shell.app_python(_CHROMA_SCRIPT, "delete", *names)
@@ -525,7 +401,7 @@ def apply_storage(shell: StackShell, report: dict[str, Any], drop_leftovers: boo
         for entry in left["drill_aside"]:
             if not entry["path"].startswith(aside) or "/../" in entry["path"]:
                 raise ComplianceError(f"refusing to remove {entry['path']}: not under {aside}")
-            shell.sh(f"rm -rf --one-file-system {q(entry['path'])}", timeout=1800)
+            shell.out(f"rm -rf --one-file-system {q(entry['path'])}", timeout=1800)
         done["leftovers_removed"] = {"databases": [d["name"] for d in left["databases"]], "collections": names,
                                      "drill_aside": [d["path"] for d in left["drill_aside"]]}
     return done
@@ -602,156 +478,15 @@ COUNT_TABLES_SQL = (
 )
 
 
-def collect_counts(shell: StackShell) -> dict[str, Any]:
+def collect_counts(shell: ComplianceHost) -> dict[str, Any]:
     """Exact rows per table, objects and bytes per bucket, vectors per collection: what two copies
     of the same data must agree on (host migration, restores)."""
-    statements = [line.strip() for line in shell.psql(COUNT_TABLES_SQL).splitlines() if line.strip()]
-    rows = {r[0]: int(r[1]) for r in _rows(shell.psql(";\n".join(statements) + ";"))} if statements else {}
+    db = shell.settings.postgres.database
+    statements = [line.strip() for line in shell.psql(COUNT_TABLES_SQL, db).splitlines() if line.strip()]
+    rows = {r[0]: int(r[1]) for r in _rows(shell.psql(";\n".join(statements) + ";", db))} if statements else {}
     collections = shell.app_python(_CHROMA_SCRIPT, "list") or []
     return {
         "rows": rows,
         "objects": shell.app_python(_OBJECT_COUNT_SCRIPT) or {},
         "vectors": {c["name"]: c["count"] for c in collections},
     }
-
-
-# == the CLI ====================================================================================
-inventory_option = click.option("-i", "--inventory", default=DEFAULT_INVENTORY, show_default=True,
-                                help="pyinfra inventory file")
-host_option = click.option("--host", "host_name", default=None, help="one inventory host (default: every host)")
-
-
-def _shells(inventory: str, host_name: str | None) -> list[StackShell]:
-    return [StackShell(entry) for entry in _hosts(inventory, host_name)]
-
-
-@click.command("audit-retention")
-@inventory_option
-@host_option
-@click.option("--months", type=int, default=None,
-              help="retention for this run (default: compliance.audit_retention_months)")
-@click.option("--dry-run", is_flag=True, help="list what would be dropped, drop nothing")
-@click.option("--json", "as_json", is_flag=True)
-def audit_retention(inventory: str, host_name: str | None, months: int | None, dry_run: bool, as_json: bool) -> None:
-    """Drop audit_logs partitions older than the retention (never below the floor)."""
-    from govstack.ledger import operator
-
-    for shell in _shells(inventory, host_name):
-        try:
-            report = run_audit_retention(shell, months, dry_run, actor=f"operator:{operator()}")
-        except ComplianceError as error:
-            _fail(str(error), 2 if "refusing" in str(error) else 1)
-        if as_json:
-            click.echo(json.dumps({"host": shell.entry.name, **report}, sort_keys=True))
-            continue
-        verb = "would drop" if dry_run else "dropped"
-        dropped = ", ".join(f"{d['name']} ({d['rows']} rows)" for d in report.get("dropped", [])) or "nothing"
-        click.echo(f"{shell.entry.name}: retention {report.get('retention_months')} months (floor "
-                   f"{report.get('floor_months')}), cutoff {str(report.get('cutoff', ''))[:19]}: {verb} {dropped}; "
-                   f"kept {len(report.get('kept', []))} partitions")
-
-
-@click.command("access-review")
-@inventory_option
-@host_option
-@click.option("-o", "--output", default=None,
-              help="file on the host (default <reports_dir>/access-review-<date>.csv), or - for stdout")
-def access_review(inventory: str, host_name: str | None, output: str | None) -> None:
-    """The API keys as CSV: name, role, created by, created, last used, active, revoked."""
-    for shell in _shells(inventory, host_name):
-        try:
-            if output == "-":
-                click.echo(shell.psql(ACCESS_REVIEW_SQL, csv=True), nl=False)
-                continue
-            path = output or access_review_path(shell.settings)
-            count = write_access_review(shell, path)
-        except ComplianceError as error:
-            _fail(str(error))
-        click.echo(f"{shell.entry.name}: {count} API keys written to {path} (mode 0600, on the host)")
-
-
-@click.group("report")
-def report_group() -> None:
-    """Operator reports: residency, storage, counts."""
-
-
-@report_group.command("residency")
-@inventory_option
-@host_option
-@click.option("--json", "as_json", is_flag=True)
-def report_residency(inventory: str, host_name: str | None, as_json: bool) -> None:
-    """Where each kind of data lives and what is encrypted at rest."""
-    reports = []
-    for entry in _hosts(inventory, host_name):
-        try:
-            facts = residency_facts(StackShell(entry))
-        except Exception as error:  # noqa: BLE001 - an unreachable host still gets its settings-based report
-            facts = {"disk_error": str(error), "bucket_sse_error": str(error)}
-        reports.append(residency_report(entry, facts))
-    click.echo(json.dumps(reports, indent=2) if as_json else render_residency(reports))
-
-
-@report_group.command("storage")
-@inventory_option
-@host_option
-@click.option("--apply", is_flag=True, help="remove orphan objects and vectors (nothing changes without it)")
-@click.option("--drop-leftovers", is_flag=True,
-              help="with --apply: also drop databases, collections and directories kept by restores and drills")
-@click.option("--min-age", type=float, default=3600, show_default=True,
-              help="only objects older than this many seconds count as orphans (in-flight uploads are younger)")
-@click.option("--json", "as_json", is_flag=True)
-def report_storage(inventory: str, host_name: str | None, apply: bool, drop_leftovers: bool, min_age: float,
-                   as_json: bool) -> None:
-    """Table and index sizes, audit partitions, orphans and leftovers; --apply removes orphans."""
-    if drop_leftovers and not apply:
-        _fail("--drop-leftovers needs --apply", 2)
-    for shell in _shells(inventory, host_name):
-        try:
-            report = collect_storage(shell, min_age)
-            if apply:
-                report["applied"] = apply_storage(shell, report, drop_leftovers)
-                report["after"] = collect_storage(shell, min_age)
-        except ComplianceError as error:
-            _fail(str(error))
-        if as_json:
-            click.echo(json.dumps(report, indent=2, sort_keys=True, default=str))
-            continue
-        click.echo(render_storage(report))
-        if apply:
-            done = report["applied"]
-            click.echo(f"applied: {done['orphan_objects_removed']} orphan objects and the vectors of "
-                       f"{done['orphan_vector_documents_removed']} missing documents removed"
-                       + (f"; leftovers removed: {json.dumps(done['leftovers_removed'])}"
-                          if "leftovers_removed" in done else ""))
-
-
-@report_group.command("counts")
-@inventory_option
-@host_option
-def report_counts(inventory: str, host_name: str | None) -> None:
-    """Rows per table, objects per bucket, vectors per collection (JSON), to compare two copies."""
-    out = {}
-    for shell in _shells(inventory, host_name):
-        try:
-            out[shell.entry.name] = collect_counts(shell)
-        except ComplianceError as error:
-            _fail(str(error))
-    click.echo(json.dumps(out if len(out) != 1 else next(iter(out.values())), indent=2, sort_keys=True))
-
-
-def register(main_group: click.Group) -> None:
-    """Add audit-retention, access-review and report (residency, storage) to the main CLI."""
-    main_group.add_command(audit_retention)
-    main_group.add_command(access_review)
-    main_group.add_command(report_group)
-
-
-@click.group()
-def _standalone() -> None:
-    """The compliance commands alone (the main CLI registers them too)."""
-
-
-register(_standalone)
-
-if __name__ == "__main__":
-    _standalone(prog_name=f"{sys.executable} -m govstack.compliance")

@@ -1,0 +1,146 @@
+"""The one command layer: every shell command govstack runs on a host, built
+by small pure functions, in the spirit of pyinfra's ``make_psql_command``.
+
+The pyinfra operations and facts (deploys) and the CLI's remote jobs
+(govstack/remote.py: backup, restore, drill, compliance reports) build their
+commands here, so quoting, Compose invocations, psql flags and the Postgres
+role SQL each exist once. Every function returns a shell string; every value
+that is not a fixed word of ours is quoted with :func:`q`.
+
+Passwords never reach an argv: role SQL reads them on the host with
+``$(cat FILE)`` inside ``printf`` (a shell builtin) and psql reads the SQL on
+stdin.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+
+def q(value: Any) -> str:
+    """One shell word."""
+    return shlex.quote(str(value))
+
+
+def words(*args: Any) -> str:
+    """Shell words, each quoted."""
+    return " ".join(q(arg) for arg in args)
+
+
+def last_json(text: str) -> Any:
+    """The last line of ``text`` that parses as a JSON object or array (the
+    jobs' and the app's answers end with one); None when there is none."""
+    for line in reversed(text.strip().splitlines()):
+        line = line.strip()
+        if line.startswith(("{", "[")):
+            try:
+                return json.loads(line)
+            except ValueError:
+                continue
+    return None
+
+
+# -- docker and compose ---------------------------------------------------------------------------
+
+def compose(project: str, *args: Any, files: str | Sequence[str]) -> str:
+    """``docker compose -p PROJECT -f FILE… ARGS…``."""
+    paths = [files] if isinstance(files, str) else list(files)
+    return " ".join(["docker compose", "-p", q(project), *(f"-f {q(path)}" for path in paths), words(*args)]).rstrip()
+
+
+def compose_exec(project: str, files: str | Sequence[str], service: str, *command: Any) -> str:
+    """``COMMAND`` in the running container of a Compose service, without a TTY (stdin passes)."""
+    return compose(project, "exec", "-T", service, *command, files=files)
+
+
+def compose_run(project: str, files: str | Sequence[str], service: str, *command: Any,
+                entrypoint: str | None = None) -> str:
+    """``COMMAND`` in a one-off container of a Compose service (same image, environment,
+    secrets and networks), removed afterwards; its dependencies are not started."""
+    extra = ["--entrypoint", entrypoint] if entrypoint else []
+    return compose(project, "run", "--rm", "--no-deps", "-T", *extra, service, *command, files=files)
+
+
+def compose_containers(project: str, service: str | None = None, *, running_only: bool = True) -> str:
+    """``docker ps -q`` of a Compose project's (or one service's) containers; one-off
+    containers (``compose run``) are never listed."""
+    filters = [f"--filter label=com.docker.compose.project={q(project)}"]
+    if service is not None:
+        filters.append(f"--filter label=com.docker.compose.service={q(service)}")
+    filters.append("--filter label=com.docker.compose.oneoff=False")
+    if running_only:
+        filters.append("--filter status=running")
+    return " ".join(["docker ps -q" if running_only else "docker ps -aq", *filters])
+
+
+def docker_exec(container: str, *command: Any) -> str:
+    """``COMMAND`` in a running container, stdin attached."""
+    return f"docker exec -i {q(container)} {words(*command)}"
+
+
+# -- postgres --------------------------------------------------------------------------------------
+
+SUPERUSER = "postgres"
+
+
+def psql(database: str, *, user: str = SUPERUSER, rows: bool = False, csv: bool = False,
+         on_error_stop: bool = True, host: str | None = None) -> list[str]:
+    """The argv of ``psql`` reading SQL on stdin: no psqlrc, quiet; ``rows``: unaligned
+    tab-separated rows without headers; ``csv``: CSV with a header; ``host``: TCP instead of
+    the socket. Run it with :func:`compose_exec` or :func:`docker_exec`."""
+    flags = ["psql", "-X", "-q"]
+    if on_error_stop:
+        flags += ["-v", "ON_ERROR_STOP=1"]
+    if host:
+        flags += ["-h", host]
+    flags += ["-U", user, "-d", database]
+    if rows:
+        flags += ["-tA", "-F", "\t"]
+    if csv:
+        flags.append("--csv")
+    return flags
+
+
+def printf_lines(*lines: str) -> str:
+    """Shell that prints ``lines`` (for psql on stdin), the statements kept out of any argv
+    but printf's, a shell builtin."""
+    return f"printf '%s\\n' {words(*lines)}"
+
+
+def login_role_sql(role: str, password_file: str, *, attributes: Iterable[str] = (),
+                   member_of: Iterable[str] = (), connect: str | None = None,
+                   owns_database: str | None = None) -> str:
+    """Shell printing the idempotent SQL that makes ``role`` a login role with the password
+    in ``password_file`` (read on the host inside ``printf``'s argument; never in an argv
+    or this process), then its attributes, memberships, the right to connect to ``connect`` and
+    the database it owns. The one place the stack's roles are written; names are
+    validated identifiers (settings patterns, fixed role names)."""
+    alter = " ".join(["LOGIN", *attributes])
+    lines = [
+        f"printf \"SELECT 'CREATE ROLE {role} LOGIN' WHERE NOT EXISTS "  # noqa: S608 - validated names
+        f"(SELECT FROM pg_roles WHERE rolname = '{role}')\\\\gexec\\n\"",
+        # Quotes doubled: an operator-supplied password may hold one (a SQL string literal).
+        f"printf \"ALTER ROLE {role} WITH {alter} PASSWORD '%s';\\n\" \"$(sed \"s/'/''/g\" {q(password_file)})\"",
+    ]
+    lines += [f"printf \"GRANT {group} TO {role};\\n\"" for group in member_of]
+    if connect:
+        lines.append(f"printf \"GRANT CONNECT ON DATABASE {connect} TO {role};\\n\"")
+    if owns_database:
+        lines.append(
+            f"printf \"SELECT 'CREATE DATABASE {owns_database} OWNER {role}' WHERE NOT EXISTS "  # noqa: S608
+            f"(SELECT FROM pg_database WHERE datname = '{owns_database}')\\\\gexec\\n\""
+        )
+        lines.append(f"printf \"REVOKE ALL ON DATABASE {owns_database} FROM PUBLIC;\\n\"")
+    return "; ".join(lines)
+
+
+def login_probe(role: str, database: str, *, member_of: Iterable[str] = ()) -> str:
+    """Shell for the postgres container's ``sh -c``, the password file on its stdin: prints
+    ``t`` when ``role`` logs in to ``database`` over TCP with that password and is a member
+    of every role in ``member_of``."""
+    check = "select " + (" and ".join(f"pg_has_role('{group}', 'member')" for group in member_of) or "true")
+    login = psql(database, user=role, host="127.0.0.1", on_error_stop=False)
+    return f"PGPASSWORD=$(cat) {words(*login, '-tAc', check)}"

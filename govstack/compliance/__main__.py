@@ -1,0 +1,5 @@
+"""``python -m govstack.compliance``: the compliance commands alone."""
+
+from govstack.compliance.cli import standalone
+
+standalone()

@@ -1,0 +1,187 @@
+"""`govstack audit-retention`, `govstack access-review`, `govstack report
+residency|storage|counts` (registered on the main CLI by govstack/cli.py;
+``python -m govstack.compliance`` runs them alone). Every command works
+against any inventory host, local or over SSH."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from govstack.compliance.ops import (
+    ACCESS_REVIEW_SQL,
+    ComplianceError,
+    ComplianceHost,
+    access_review_path,
+    apply_storage,
+    collect_counts,
+    collect_storage,
+    render_residency,
+    render_storage,
+    residency_facts,
+    residency_report,
+    run_audit_retention,
+    write_access_review,
+)
+from govstack.inventory import InventoryError, InventoryHost, load_inventory
+from govstack.ledger import operator
+from govstack.settings import SettingsError
+
+DEFAULT_INVENTORY = "inventories/local.py"
+
+
+def _hosts(inventory: str, host_name: str | None) -> list[InventoryHost]:
+    try:
+        hosts = load_inventory(inventory)
+    except (InventoryError, SettingsError) as error:
+        _fail(str(error), 2)
+    chosen = [h for h in hosts if host_name in (None, h.name)]
+    if not chosen:
+        _fail(f"no host {host_name!r} in {inventory}", 2)
+    return chosen
+
+
+def _fail(message: str, code: int = 1) -> None:
+    click.echo(f"govstack: {message}", err=True)
+    raise SystemExit(code)
+
+
+inventory_option = click.option("-i", "--inventory", default=DEFAULT_INVENTORY, show_default=True,
+                                help="pyinfra inventory file")
+host_option = click.option("--host", "host_name", default=None, help="one inventory host (default: every host)")
+
+
+def _shells(inventory: str, host_name: str | None) -> list[ComplianceHost]:
+    return [ComplianceHost(entry) for entry in _hosts(inventory, host_name)]
+
+
+@click.command("audit-retention")
+@inventory_option
+@host_option
+@click.option("--months", type=int, default=None,
+              help="retention for this run (default: compliance.audit_retention_months)")
+@click.option("--dry-run", is_flag=True, help="list what would be dropped, drop nothing")
+@click.option("--json", "as_json", is_flag=True)
+def audit_retention(inventory: str, host_name: str | None, months: int | None, dry_run: bool, as_json: bool) -> None:
+    """Drop audit_logs partitions older than the retention (never below the floor)."""
+    for shell in _shells(inventory, host_name):
+        try:
+            report = run_audit_retention(shell, months, dry_run, actor=f"operator:{operator()}")
+        except ComplianceError as error:
+            _fail(str(error), 2 if "refusing" in str(error) else 1)
+        if as_json:
+            click.echo(json.dumps({"host": shell.name, **report}, sort_keys=True))
+            continue
+        verb = "would drop" if dry_run else "dropped"
+        dropped = ", ".join(f"{d['name']} ({d['rows']} rows)" for d in report.get("dropped", [])) or "nothing"
+        click.echo(f"{shell.name}: retention {report.get('retention_months')} months (floor "
+                   f"{report.get('floor_months')}), cutoff {str(report.get('cutoff', ''))[:19]}: {verb} {dropped}; "
+                   f"kept {len(report.get('kept', []))} partitions")
+
+
+@click.command("access-review")
+@inventory_option
+@host_option
+@click.option("-o", "--output", default=None,
+              help="file on the host (default <reports_dir>/access-review-<date>.csv), or - for stdout")
+def access_review(inventory: str, host_name: str | None, output: str | None) -> None:
+    """The API keys as CSV: name, role, created by, created, last used, active, revoked."""
+    for shell in _shells(inventory, host_name):
+        try:
+            if output == "-":
+                click.echo(shell.psql(ACCESS_REVIEW_SQL, shell.settings.postgres.database, csv=True), nl=False)
+                continue
+            path = output or access_review_path(shell.settings)
+            count = write_access_review(shell, path)
+        except ComplianceError as error:
+            _fail(str(error))
+        click.echo(f"{shell.name}: {count} API keys written to {path} (mode 0600, on the host)")
+
+
+@click.group("report")
+def report_group() -> None:
+    """Operator reports: residency, storage, counts."""
+
+
+@report_group.command("residency")
+@inventory_option
+@host_option
+@click.option("--json", "as_json", is_flag=True)
+def report_residency(inventory: str, host_name: str | None, as_json: bool) -> None:
+    """Where each kind of data lives and what is encrypted at rest."""
+    reports = []
+    for entry in _hosts(inventory, host_name):
+        try:
+            facts = residency_facts(ComplianceHost(entry))
+        except Exception as error:  # noqa: BLE001 - an unreachable host still gets its settings-based report
+            facts = {"disk_error": str(error), "bucket_sse_error": str(error)}
+        reports.append(residency_report(entry, facts))
+    click.echo(json.dumps(reports, indent=2) if as_json else render_residency(reports))
+
+
+@report_group.command("storage")
+@inventory_option
+@host_option
+@click.option("--apply", is_flag=True, help="remove orphan objects and vectors (nothing changes without it)")
+@click.option("--drop-leftovers", is_flag=True,
+              help="with --apply: also drop databases, collections and directories kept by restores and drills")
+@click.option("--min-age", type=float, default=3600, show_default=True,
+              help="only objects older than this many seconds count as orphans (in-flight uploads are younger)")
+@click.option("--json", "as_json", is_flag=True)
+def report_storage(inventory: str, host_name: str | None, apply: bool, drop_leftovers: bool, min_age: float,
+                   as_json: bool) -> None:
+    """Table and index sizes, audit partitions, orphans and leftovers; --apply removes orphans."""
+    if drop_leftovers and not apply:
+        _fail("--drop-leftovers needs --apply", 2)
+    for shell in _shells(inventory, host_name):
+        try:
+            report = collect_storage(shell, min_age)
+            if apply:
+                report["applied"] = apply_storage(shell, report, drop_leftovers)
+                report["after"] = collect_storage(shell, min_age)
+        except ComplianceError as error:
+            _fail(str(error))
+        if as_json:
+            click.echo(json.dumps(report, indent=2, sort_keys=True, default=str))
+            continue
+        click.echo(render_storage(report))
+        if apply:
+            done = report["applied"]
+            click.echo(f"applied: {done['orphan_objects_removed']} orphan objects and the vectors of "
+                       f"{done['orphan_vector_documents_removed']} missing documents removed"
+                       + (f"; leftovers removed: {json.dumps(done['leftovers_removed'])}"
+                          if "leftovers_removed" in done else ""))
+
+
+@report_group.command("counts")
+@inventory_option
+@host_option
+def report_counts(inventory: str, host_name: str | None) -> None:
+    """Rows per table, objects per bucket, vectors per collection (JSON), to compare two copies."""
+    out = {}
+    for shell in _shells(inventory, host_name):
+        try:
+            out[shell.name] = collect_counts(shell)
+        except ComplianceError as error:
+            _fail(str(error))
+    click.echo(json.dumps(out if len(out) != 1 else next(iter(out.values())), indent=2, sort_keys=True))
+
+
+def register(main_group: click.Group) -> None:
+    """Add audit-retention, access-review and report (residency, storage) to the main CLI."""
+    main_group.add_command(audit_retention)
+    main_group.add_command(access_review)
+    main_group.add_command(report_group)
+
+
+@click.group()
+def _standalone() -> None:
+    """The compliance commands alone (the main CLI registers them too)."""
+
+
+register(_standalone)
+
+def standalone() -> None:
+    _standalone(prog_name=f"{sys.executable} -m govstack.compliance")
