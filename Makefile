@@ -11,13 +11,15 @@ PYTEST := $(BIN)/pytest -p no:cacheprovider
 
 .PHONY: venv up check engine test test-quick test-full test-multihost lint bench clean-test golden
 
-$(VENV)/.installed: pyproject.toml app/requirements.txt app/requirements-test.txt
+$(VENV)/.installed: pyproject.toml app/pyproject.toml app/requirements.txt app/requirements-test.txt jobs/backup/pyproject.toml
 	python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
 	# The app's own lock, for its unit tests (--no-deps: see the file's header).
 	$(BIN)/pip install --quiet --no-deps -r app/requirements-test.txt
 	$(BIN)/pip install --quiet --no-deps -e app/
+	# The backup job (its image's package), for its unit tests; its deps come with .[dev].
+	$(BIN)/pip install --quiet --no-deps -e jobs/backup/
 	touch $@
 
 venv: $(VENV)/.installed
@@ -40,7 +42,7 @@ engine: venv
 
 ## Seconds: lint, settings, tuning, rendering of both lanes.
 test-quick: venv
-	$(BIN)/ruff check govstack deploys inventories tests bench app
+	$(BIN)/ruff check govstack deploys inventories tests bench app jobs
 	$(PYTEST) -q tests/unit
 
 ## Minutes: deploys the test stack (own root, project and ports), checks it.
@@ -58,7 +60,7 @@ golden: venv
 	$(BIN)/python -m tests.unit.golden
 
 lint: venv
-	$(BIN)/ruff check govstack deploys inventories tests bench app
+	$(BIN)/ruff check govstack deploys inventories tests bench app jobs
 
 bench: venv
 	$(BIN)/python bench/deploy_times.py

@@ -6,5 +6,6 @@
 - ``remote``/``ops``/``drill``: `govstack backup|restore|drill` over a testinfra host
 - ``evidence``: the drill's report
 
-The job itself runs in the backup container: templates/images/backup/govstack_backup.
+The job itself runs in the backup container: the package jobs/backup (govstack_backup),
+built into its image from there.
 """

@@ -23,7 +23,8 @@ BACKUP_ROLE_GROUPS = ("pg_read_all_data",)
 PASSWORD_SECRET = "restic_password"  # noqa: S105 - a secret's name
 ROLE_SECRET = "postgres_backup_password"  # noqa: S105
 OFFSITE_SECRETS = ("backup_offsite_access_key", "backup_offsite_secret_key")
-IMAGE_CONTEXT = images.IMAGE_TEMPLATES / "backup"
+# The job is a package of its own (jobs/backup, beside app/); its image is built from there.
+IMAGE_CONTEXT = images.REPO_ROOT / "jobs" / "backup"
 # The Postgres image the job's pg_dump comes from, per lane (same major as the server).
 POSTGRES_PARENT = {"offline": ("govstack/postgres:15", "15"), "upstream": ("postgres:17.6-bookworm", "17")}
 

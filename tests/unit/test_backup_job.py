@@ -1,4 +1,4 @@
-"""The backup job's pure parts (templates/images/backup/govstack_backup), in seconds:
+"""The backup job's pure parts (jobs/backup: govstack_backup), in seconds:
 manifest checksums and comparisons, run grouping and retention, the objects tar
 stream and the vectors JSONL round trip (against in-memory fakes), metrics,
 restic error classification, the config file and the crontab."""
@@ -8,19 +8,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-
-JOB_DIR = Path(__file__).resolve().parents[2] / "templates" / "images" / "backup"
-if str(JOB_DIR) not in sys.path:
-    sys.path.insert(0, str(JOB_DIR))
-
-from govstack_backup import manifest, metrics, objects, vectors  # noqa: E402
-from govstack_backup.config import ConfigError, load, read_secret  # noqa: E402
-from govstack_backup.restic import classify  # noqa: E402
+from govstack_backup import manifest, metrics, objects, vectors
+from govstack_backup.config import ConfigError, load, read_secret
+from govstack_backup.restic import classify
 
 
 # -- manifest ----------------------------------------------------------------------------------
