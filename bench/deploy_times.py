@@ -45,7 +45,7 @@ def image_build_seconds(settings) -> float:
             if image.needs_ca_certs:
                 for cert in Path("/usr/local/share/ca-certificates").glob("*.crt"):
                     shutil.copy(cert, certs)
-            args = [f"--build-arg=BASE_IMAGE={base}"] + [f"--build-arg={k}={v}" for k, v in image.build_args.items()]
+            args = [f"--build-arg={k}={v}" for k, v in image.docker_build_args(base).items()]
             total += timed(["docker", "build", "--no-cache", "-q", "-t", f"govstack-bench/{image.service}:nocache",
                             *args, ctx])
     return total

@@ -95,14 +95,13 @@ def build_offline_image(
         source_pattern=_ca_cert_pattern(plan) if image.needs_ca_certs else "/nonexistent/*",
         dest_dir=f"{context}/certs",
     )
-    build_args = {"BASE_IMAGE": base_tag, **image.build_args}
     image_built(
         name=f"Image {image.tag}",
         tag=image.tag,
         context_dir=context,
         context_hash=images.context_hash(image.context, image.build_args, base_hash),
         dockerfile=image.dockerfile,
-        build_args=build_args,
+        build_args=image.docker_build_args(base_tag),
         timeout_s=s.images.build_timeout_s,
         only_if_missing=only_if_missing,
     )

@@ -9,6 +9,7 @@ from pyinfra import host, inventory, logger
 from deploys import app, engine, images, stack
 from govstack.backup import deploy as backup
 from govstack.facts import HostResourcesFact
+from govstack.images import require_wheel_locks
 from govstack.monitoring import deploy as monitoring
 from govstack.plan import StackPlan
 from govstack.release import ReleaseState, release_path
@@ -19,6 +20,7 @@ from govstack.shipping import images_shipped
 
 try:
     settings = settings_for_host(host)
+    require_wheel_locks(settings)
 except SettingsError as error:
     logger.error(str(error))
     raise SystemExit(2) from None

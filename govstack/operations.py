@@ -35,9 +35,9 @@ from govstack.facts import (
     SecretFile,
     SystemdIsInit,
 )
+from govstack.images import CONTEXT_HASH_LABEL
 from govstack.secrets import generate_secret_command
 
-CONTEXT_HASH_LABEL = "org.govstack.context-hash"
 # Where the edge container sees its rendered config (a directory mount).
 NGINX_CONF = "/etc/nginx/govstack/nginx.conf"
 

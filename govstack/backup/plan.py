@@ -25,8 +25,6 @@ ROLE_SECRET = "postgres_backup_password"  # noqa: S105
 OFFSITE_SECRETS = ("backup_offsite_access_key", "backup_offsite_secret_key")
 # The job is a package of its own (jobs/backup, beside app/); its image is built from there.
 IMAGE_CONTEXT = images.REPO_ROOT / "jobs" / "backup"
-# The Postgres image the job's pg_dump comes from, per lane (same major as the server).
-POSTGRES_PARENT = {"offline": ("govstack/postgres:15", "15"), "upstream": ("postgres:17.6-bookworm", "17")}
 
 
 @dataclass(frozen=True)
@@ -79,20 +77,24 @@ def host_paths(settings: Settings) -> HostPaths:
 def backup_image(settings: Settings) -> images.OfflineImage:
     """The job's image: built on the host in both lanes (there is no official one)."""
     lane = settings.images.lane
-    parent, major = POSTGRES_PARENT[lane]
+    # pg_dump comes from the very image the server runs: its major is the server's.
+    parent = images.service_image(settings, "postgres")
     build_args = {"POSTGRES_IMAGE": parent}
     if lane == "offline":
         # The parent is our own image: its inputs are this image's inputs too.
         postgres = next(i for i in images.offline_images(settings) if i.service == "postgres")
         build_args["POSTGRES_CONTEXT_HASH"] = images.context_hash(
             postgres.context, postgres.build_args, images.base_context_hash(settings))
-    return images.OfflineImage(
+    return images.versioned(
         SERVICE,
-        f"govstack/backup:{major}",
+        "backup",
+        images.postgres_major(parent),
         IMAGE_CONTEXT,
+        "POSTGRES_VERSION",
         dockerfile="Dockerfile" if lane == "offline" else "Dockerfile.upstream",
         build_args=build_args,
         needs_ca_certs=True,
+        from_base=lane == "offline",
     )
 
 

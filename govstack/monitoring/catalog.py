@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from govstack.images import IMAGE_TEMPLATES, OfflineImage
+from govstack.images import IMAGE_TEMPLATES, OfflineImage, versioned
 from govstack.settings import Settings
 
 
@@ -25,10 +25,13 @@ class MonitoringImage:
         return IMAGE_TEMPLATES / self.service
 
     @property
-    def build_args(self) -> dict[str, str]:
+    def offline(self) -> OfflineImage:
+        """What the offline lane builds: a Debian package on the base image."""
+        name, version = self.offline_tag.removeprefix("govstack/").split(":")
         if self.service.endswith("-exporter"):
-            return {"PACKAGE": f"prometheus-{self.service}"}
-        return {}
+            return versioned(self.service, name, version, self.context, "EXPORTER_VERSION",
+                             build_args={"PACKAGE": f"prometheus-{self.service}"})
+        return versioned(self.service, name, version, self.context, f"{self.service.upper()}_VERSION")
 
 
 # Offline: Debian bookworm packages on the debootstrap base. Upstream: pinned
@@ -90,8 +93,7 @@ BACKUP_METRICS = {
 def offline_images() -> list[OfflineImage]:
     """The monitoring images the offline lane builds (cf. images.offline_images)."""
     return [
-        OfflineImage(entry.service, entry.offline_tag, entry.context, build_args=entry.build_args)
-        for entry in MONITORING_IMAGES.values()
+        entry.offline for entry in MONITORING_IMAGES.values()
     ]
 
 

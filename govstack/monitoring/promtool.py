@@ -50,14 +50,14 @@ def ensure_tool_image(settings: Settings | None = None, service: str = "promethe
     settings = settings or Settings()
     if not docker_available():
         raise ToolImageUnavailable("no Docker engine answers (docker version failed)")
-    spec = MONITORING_IMAGES[service]
+    spec = MONITORING_IMAGES[service].offline
     base_tag = images.base_image_tag(settings)
     base_hash = images.base_context_hash(settings)
-    wanted = images.context_hash(spec.context, {}, base_hash)
-    label = "org.govstack.context-hash"
-    current = _docker("image", "inspect", "--format", f'{{{{index .Config.Labels "{label}"}}}}', spec.offline_tag)
+    wanted = images.context_hash(spec.context, spec.build_args, base_hash)
+    label = images.CONTEXT_HASH_LABEL
+    current = _docker("image", "inspect", "--format", f'{{{{index .Config.Labels "{label}"}}}}', spec.tag)
     if current.returncode == 0 and current.stdout.strip() == wanted:
-        return spec.offline_tag
+        return spec.tag
     if _docker("image", "inspect", base_tag).returncode != 0:
         script = images.IMAGE_TEMPLATES / "base" / "build-rootfs.sh"
         if shutil.which("debootstrap") is None:
@@ -68,13 +68,14 @@ def ensure_tool_image(settings: Settings | None = None, service: str = "promethe
         )
         if built.returncode != 0:
             raise ToolImageUnavailable(f"building {base_tag} failed: {built.stderr.strip()[-500:]}")
+    build_args = [f"--build-arg={key}={value}" for key, value in sorted(spec.docker_build_args(base_tag).items())]
     built = _docker(
-        "build", "-q", "--label", f"{label}={wanted}", "--build-arg", f"BASE_IMAGE={base_tag}",
-        "-t", spec.offline_tag, str(spec.context), timeout=timeout_s,
+        "build", "-q", "--label", f"{label}={wanted}", *build_args, "-t", spec.tag, str(spec.context),
+        timeout=timeout_s,
     )
     if built.returncode != 0:
-        raise ToolImageUnavailable(f"building {spec.offline_tag} failed: {built.stderr.strip()[-500:]}")
-    return spec.offline_tag
+        raise ToolImageUnavailable(f"building {spec.tag} failed: {built.stderr.strip()[-500:]}")
+    return spec.tag
 
 
 def run_tool(image_tag: str, tool: str, workdir: Path, mount: str, *args: str) -> subprocess.CompletedProcess:
