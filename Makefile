@@ -43,6 +43,7 @@ engine: venv
 ## Seconds: lint, settings, tuning, rendering of both lanes.
 test-quick: venv
 	$(BIN)/ruff check govstack deploys inventories tests bench app jobs
+	$(BIN)/lint-imports --no-cache
 	$(PYTEST) -q tests/unit
 
 ## Minutes: deploys the test stack (own root, project and ports), checks it.
@@ -61,6 +62,7 @@ golden: venv
 
 lint: venv
 	$(BIN)/ruff check govstack deploys inventories tests bench app jobs
+	$(BIN)/lint-imports --no-cache
 
 bench: venv
 	$(BIN)/python bench/deploy_times.py
