@@ -11,7 +11,7 @@ PYTEST := $(BIN)/pytest -p no:cacheprovider
 
 .PHONY: venv up check engine test test-quick test-full test-multihost lint bench clean-test golden
 
-$(VENV)/.installed: pyproject.toml app/pyproject.toml app/requirements.txt app/requirements-test.txt jobs/backup/pyproject.toml
+$(VENV)/.installed: pyproject.toml app/pyproject.toml app/requirements.txt app/requirements-build.txt app/requirements-test.txt jobs/backup/pyproject.toml
 	python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'

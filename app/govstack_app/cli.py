@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import urllib.request
 from datetime import timedelta
@@ -128,7 +129,17 @@ def cmd_purge_audit(args: argparse.Namespace) -> int:
     return 0 if report["ok"] else 1
 
 
+def limit_blas_threads_to_cpu_quota() -> None:
+    """numpy's OpenBLAS sizes its thread pool from the host's cores when numpy is first imported;
+    in a container with a smaller CPU quota the extra threads only get throttled. An operator's
+    OPENBLAS_NUM_THREADS wins."""
+    from .cpulimit import thread_budget
+
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", str(thread_budget()))
+
+
 def main(argv: list[str] | None = None) -> int:
+    limit_blas_threads_to_cpu_quota()
     parser = argparse.ArgumentParser(prog="govstack-app")
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("migrate", help="apply database migrations (idempotent)")

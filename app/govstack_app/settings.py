@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     embedding_url: str = ""
     embedding_model: str = ""
     embedding_api_key_file: Path | None = None
+    # minilm-local only: ONNX Runtime (fused kernels, threads = the container's CPU quota) or the
+    # numpy forward pass (no onnxruntime needed). Both give the golden vectors.
+    embedding_backend: Literal["onnx", "numpy"] = "onnx"
 
     trusted_proxies: str = "127.0.0.1/32"
 

@@ -20,5 +20,9 @@ class AppSettings(Section):
     embedding_provider: Literal["minilm-local", "openai-compatible"] = "minilm-local"
     embedding_url: str | None = None
     embedding_model: str = "all-MiniLM-L6-v2"
+    embedding_backend: Literal["onnx", "numpy"] = Field(
+        "onnx",
+        description="minilm-local: onnx (ONNX Runtime, threads = the CPU quota) or the numpy fallback; same vectors",
+    )
     worker_batch_size: int = Field(16, ge=1, le=1000)
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -24,6 +24,10 @@ class Embedder(Protocol):
 
 def make_embedder(settings: Settings) -> Embedder:
     if settings.embedding_provider == "minilm-local":
+        if settings.embedding_backend == "onnx":
+            from .minilm_onnx import MiniLMOnnx
+
+            return MiniLMOnnx.from_installed_package()
         from .minilm import MiniLM
 
         return MiniLM.from_installed_package()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,42 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def verify_weights(weights_path: Path) -> None:
+    digest = sha256_file(weights_path)
+    if digest != MODEL_SHA256:
+        raise ModelIntegrityError(f"{weights_path}: sha256 {digest} does not match the pinned {MODEL_SHA256}")
+
+
+def read_config(model_dir: Path) -> dict:
+    return json.loads((model_dir / "config.json").read_text())
+
+
+def load_tokenizer(model_dir: Path):  # noqa: ANN201 - tokenizers.Tokenizer, imported lazily
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    # The shipped tokenizer.json truncates and pads to a fixed 128: override both.
+    tok.enable_truncation(max_length=MAX_SEQ_LENGTH)
+    tok.enable_padding(pad_id=0, pad_token="[PAD]")  # noqa: S106 - a token, not a password  # pad to the longest text of the batch
+    return tok
+
+
+def embed_in_length_order(
+    texts: list[str], batch_size: int, dimension: int, encode_batch: Callable[[list[str]], np.ndarray]
+) -> np.ndarray:
+    """Encode in batches of texts of similar length (each batch pads to its longest text, so
+    sorting wastes little on padding); rows come back in the order of `texts`."""
+    if not texts:
+        return np.zeros((0, dimension), dtype=np.float32)
+    lengths = [len(t) for t in texts]
+    order = sorted(range(len(texts)), key=lambda i: lengths[i])
+    out = np.empty((len(texts), dimension), dtype=np.float32)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        out[idx] = encode_batch([texts[i] for i in idx])
+    return out
 
 
 def _erf(x: np.ndarray) -> np.ndarray:
@@ -88,14 +125,11 @@ class MiniLM:
 
     def __init__(self, model_dir: Path, *, verify: bool = True, batch_size: int = 16) -> None:
         from safetensors.numpy import load_file
-        from tokenizers import Tokenizer
 
         weights_path = model_dir / "model.safetensors"
         if verify:
-            digest = sha256_file(weights_path)
-            if digest != MODEL_SHA256:
-                raise ModelIntegrityError(f"{weights_path}: sha256 {digest} does not match the pinned {MODEL_SHA256}")
-        config = json.loads((model_dir / "config.json").read_text())
+            verify_weights(weights_path)
+        config = read_config(model_dir)
         self.num_heads = int(config["num_attention_heads"])
         self.num_layers = int(config["num_hidden_layers"])
         self.eps = float(config["layer_norm_eps"])
@@ -108,12 +142,7 @@ class MiniLM:
         for k in list(self._w):
             if k.endswith(".weight") and "dense" in k or k.endswith(("query.weight", "key.weight", "value.weight")):
                 self._w[k] = np.ascontiguousarray(self._w[k].T)
-
-        tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-        # The shipped tokenizer.json truncates and pads to a fixed 128: override both.
-        tok.enable_truncation(max_length=MAX_SEQ_LENGTH)
-        tok.enable_padding(pad_id=0, pad_token="[PAD]")  # noqa: S106 - a token, not a password  # pad to the longest text of the batch
-        self.tokenizer = tok
+        self.tokenizer = load_tokenizer(model_dir)
 
     @classmethod
     def from_installed_package(cls, **kw: object) -> MiniLM:
@@ -182,13 +211,4 @@ class MiniLM:
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """Normalized float32 vectors, one row per text (same order)."""
-        if not texts:
-            return np.zeros((0, self.hidden), dtype=np.float32)
-        # Sort by length so each batch pads little; restore the order at the end.
-        lengths = [len(t) for t in texts]
-        order = sorted(range(len(texts)), key=lambda i: lengths[i])
-        out = np.empty((len(texts), self.hidden), dtype=np.float32)
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            out[idx] = self._encode_batch([texts[i] for i in idx])
-        return out
+        return embed_in_length_order(texts, self.batch_size, self.hidden, self._encode_batch)
