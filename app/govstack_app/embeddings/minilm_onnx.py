@@ -23,9 +23,11 @@ from .minilm import (
 )
 from .onnx_graph import OUTPUT, WEIGHTS_FILENAME, default_graph_path, graph_bytes
 
-# Texts per Run. Measured with bench/app_ingest_search.py --embeddings-only on the reference host
-# (one thread, 1000-character chunks of ~150 tokens): see BATCH_SIZE's note in the bench output.
-BATCH_SIZE = 8
+# Texts per Run, measured with bench/app_ingest_search.py (one thread, the worker's quota; chunks
+# of ~180 tokens) in chunks per CPU-second: batch 1: 47, 2: 51, 4: 49, 8: 44, 16: 40, 32: 37
+# (numpy: 15), peak RSS 195 MB at 1 rising to 540 MB at 32. Small batches keep a layer's
+# activations in cache; length-sorted batching keeps their padding small.
+BATCH_SIZE = 2
 
 
 class MiniLMOnnx:
