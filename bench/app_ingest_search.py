@@ -110,17 +110,18 @@ def bench_embeddings() -> None:
     from govstack_app.embeddings.minilm_onnx import BATCH_SIZE
 
     print("== embeddings in-process (bench chunks, one thread; best of 3) ==")
+    def line(label: str, r: dict) -> str:
+        return (f"{label}: {r['chunks_per_s']:6.1f} chunks/s, {r['chunks_per_cpu_s']:6.1f} chunks/CPU-s,"
+                f" peak RSS {r['max_rss_mb']:.0f} MB")
+
     numpy = run_embed_child("numpy", 16, 1)
-    print(f"numpy     batch 16: {numpy['chunks_per_s']:6.1f} chunks/s, {numpy['chunks_per_cpu_s']:6.1f} chunks/CPU-s,"
-          f" peak RSS {numpy['max_rss_mb']:.0f} MB ({numpy['chunks']} chunks)")
+    print(line("numpy batch 16", numpy) + f" ({numpy['chunks']} chunks)")
     results = {}
     for batch in ORT_BATCH_SIZES:
         r = results[batch] = run_embed_child("onnx", batch, 1)
-        print(f"onnx      batch {batch:2d}: {r['chunks_per_s']:6.1f} chunks/s, {r['chunks_per_cpu_s']:6.1f} chunks/CPU-s,"
-              f" peak RSS {r['max_rss_mb']:.0f} MB  = {r['chunks_per_cpu_s'] / numpy['chunks_per_cpu_s']:.1f} x numpy")
-    two = run_embed_child("onnx", BATCH_SIZE, 2)
-    print(f"onnx 2 threads, batch {BATCH_SIZE}: {two['chunks_per_s']:6.1f} chunks/s,"
-          f" {two['chunks_per_cpu_s']:6.1f} chunks/CPU-s")
+        ratio = r["chunks_per_cpu_s"] / numpy["chunks_per_cpu_s"]
+        print(line(f"onnx  batch {batch:2d}", r) + f" = {ratio:.1f} x numpy")
+    print(line(f"onnx  batch {BATCH_SIZE:2d}, 2 threads", run_embed_child("onnx", BATCH_SIZE, 2)))
     best = max(results, key=lambda b: results[b]["chunks_per_cpu_s"])
     print(f"best batch size per CPU-second: {best} (the backend uses BATCH_SIZE = {BATCH_SIZE})")
     print(f"ratio onnx/numpy at BATCH_SIZE: {results[BATCH_SIZE]['chunks_per_cpu_s'] / numpy['chunks_per_cpu_s']:.1f} x"
@@ -211,6 +212,8 @@ def server_timing(header: str) -> dict[str, float]:
 def bench_search(stack, api, collection: str, queries: int) -> None:
     from govstack_app.embeddings.minilm_onnx import MiniLMOnnx
 
+    from tests.e2e.test_search_paths import connections
+
     print(f"== search: {queries} distinct queries, then the same again; collection {collection} ==")
     model = MiniLMOnnx.from_installed_package(threads=1)
     chroma = stack.chroma().get_collection(f"govstack_{collection}")
@@ -218,6 +221,9 @@ def bench_search(stack, api, collection: str, queries: int) -> None:
              for i in range(queries)]
     rows: dict[str, list[dict[str, float]]] = {"first": [], "repeat": []}
     direct, embed_here = [], []
+    ports = {"postgres": stack.plan.ports["postgres"], "chroma": stack.plan.ports["chroma"]}
+    api.call("POST", "/api/v1/search", json={"query": "warm-up", "collection": collection, "k": 5, "mode": "vector"})
+    sockets_before = {name: connections(stack, port) for name, port in ports.items()}
     for phase in ("first", "repeat"):
         for query in texts:
             t0 = time.perf_counter()
@@ -235,6 +241,9 @@ def bench_search(stack, api, collection: str, queries: int) -> None:
                 chroma.query(query_embeddings=[list(map(float, vector))], n_results=5)
                 direct.append((time.perf_counter() - t0) * 1000)
             time.sleep(0.15)  # under the edge's api rate limit
+    opened = {name: len(connections(stack, port) - sockets_before[name]) for name, port in ports.items()}
+    print(f"connections the API opened during {2 * queries} searches: postgres {opened['postgres']},"
+          f" chroma {opened['chroma']} (pooled; one per search would be {2 * queries})")
     d50, d95 = percentiles(direct)
     e50, e95 = percentiles(embed_here)
     print(f"direct Chroma query (via the test forwarder): p50 {d50:.1f} ms, p95 {d95:.1f} ms")

@@ -27,5 +27,8 @@ UNINDEXED_BACKLOG = Gauge("govstack_unindexed_documents", "Documents waiting to 
 FAILED_DOCUMENTS = Gauge("govstack_failed_documents", "Documents whose indexing gave up")
 UPLOADS = Counter("govstack_documents_uploaded_total", "Uploads accepted", ["result"])
 INDEXED = Counter("govstack_documents_indexed_total", "Documents indexed by the worker", ["outcome"])
+QUERY_EMBEDDING_CACHE = Counter(
+    "govstack_query_embedding_cache_total", "Search query embeddings answered by the LRU cache or the model", ["result"]
+)
 CHUNKS = Counter("govstack_chunks_indexed_total", "Chunks embedded and stored by the worker")
 APP_INFO = Info("govstack_app", "Version and colour of this app instance")

@@ -1,5 +1,6 @@
 """ASGI middleware: request id (kept from X-Request-ID when sane), the serving color header,
-request metrics, one access log line per request, and an early 413 for oversized bodies."""
+Server-Timing (where the request's time went), request metrics, one access log line per request
+with the same timings, and an early 413 for oversized bodies."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 
 import structlog
 
-from . import metrics
+from . import metrics, timing
 from .http_errors import error_response
 
 log = structlog.get_logger(__name__)
@@ -41,6 +42,7 @@ class RequestContextMiddleware:
         start = time.perf_counter()
         status_holder = {"status": 500, "started": False}
         method = scope["method"]
+        timings, timings_token = timing.open_record()
 
         async def send_wrapper(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
@@ -48,8 +50,14 @@ class RequestContextMiddleware:
                 status_holder["started"] = True
                 message.setdefault("headers", [])
                 # The serving color tells operators (and the blue/green tests)
-                # which release answered.
-                message["headers"] = [*message["headers"], (b"x-request-id", rid.encode()), self.color_header]
+                # which release answered; Server-Timing where the time went.
+                server_timing = timing.header_value(timings, time.perf_counter() - start)
+                message["headers"] = [
+                    *message["headers"],
+                    (b"x-request-id", rid.encode()),
+                    self.color_header,
+                    (b"server-timing", server_timing.encode()),
+                ]
             await send(message)
 
         limit = self.max_body if method in ("POST", "PUT", "PATCH") else None
@@ -94,5 +102,7 @@ class RequestContextMiddleware:
                     status=status,
                     duration_ms=round(elapsed * 1000, 2),
                     client=(scope.get("client") or [None])[0],
+                    **timing.log_fields(timings),
                 )
+            timing.close_record(timings_token)
             structlog.contextvars.unbind_contextvars("request_id", "api_key_name")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,9 +11,11 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from .. import timing
 from ..chroma import ChromaClient
 from ..db import POOL_WAIT_S, make_pool
 from ..embeddings import Embedder, make_embedder
+from ..embeddings.query_cache import QueryEmbeddingCache
 from ..settings import Settings
 from ..storage import ObjectStore
 from .errors import Unavailable
@@ -26,6 +29,10 @@ class Services:
     chroma: ChromaClient
     embedder: Embedder
     extras: dict[str, Any] = field(default_factory=dict)
+    queries: QueryEmbeddingCache = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.queries = QueryEmbeddingCache(self.embedder)
 
     def close(self) -> None:
         self.pool.close()
@@ -59,12 +66,16 @@ class _conn:
         self.pool = pool
         self.timeout = timeout
         self._cm: Any = None
+        self._start = 0.0
 
     def __enter__(self) -> psycopg.Connection:
+        # The pool wait and the statements: the request's Postgres share (Server-Timing).
+        self._start = time.perf_counter()
         try:
             self._cm = self.pool.connection(timeout=self.timeout)
             conn = self._cm.__enter__()
         except (PoolTimeout, psycopg.OperationalError) as exc:
+            timing.add("postgres", time.perf_counter() - self._start)
             raise Unavailable("postgres", f"postgres is unavailable: {exc}") from exc
         conn.row_factory = dict_row
         return conn
@@ -77,6 +88,8 @@ class _conn:
                 raise Unavailable("postgres", f"postgres is unavailable: {exc}") from exc
             if et is None:
                 raise
+        finally:
+            timing.add("postgres", time.perf_counter() - self._start)
         if ev is not None and is_connection_error(ev):
             raise Unavailable("postgres", f"postgres is unavailable: {ev}") from ev
         return False

@@ -8,7 +8,7 @@ from typing import Any
 
 import psycopg
 
-from .. import metrics
+from .. import metrics, timing
 from ..chroma import ChromaError
 from ..embeddings import EmbeddingError
 from ..ranking import rrf
@@ -20,16 +20,19 @@ from .errors import ModelMismatch, Unavailable
 def _vector_hits(svc: Services, coll: dict[str, Any], query: str, n: int) -> list[dict[str, Any]]:
     start = time.perf_counter()
     try:
-        vec = svc.embedder.embed([query])[0]
+        with timing.timed("embed"):
+            vec, cached = svc.queries.embed_query(query)
     except EmbeddingError as exc:
         raise Unavailable("embeddings", str(exc)) from exc
+    timing.note("cache", "hit" if cached else "miss")
     if coll.get("embedding_dim") and len(vec) != coll["embedding_dim"]:
         raise ModelMismatch(
             f"query embedding has {len(vec)} dimensions but collection {coll['name']!r} holds "
             f"{coll['embedding_dim']}-dimensional vectors; rebuild the collection"
         )
     try:
-        hits = svc.chroma.query(coll["chroma_name"], vec.tolist(), n)
+        with timing.timed("chroma"):
+            hits = svc.chroma.query(coll["chroma_name"], vec.tolist(), n)
     except ChromaError as exc:
         raise Unavailable("chroma", str(exc)) from exc
     finally:
