@@ -65,7 +65,10 @@ def test_empty_input_list(model: MiniLM) -> None:
     assert model.embed([]).shape == (0, 384)
 
 
-def test_weights_are_verified(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["numpy", "onnx"])
+def test_weights_are_verified(tmp_path: Path, backend: str) -> None:
+    from govstack_app.embeddings.minilm_onnx import MiniLMOnnx
+
     src = find_model_dir()
     for name in ("config.json", "tokenizer.json"):
         (tmp_path / name).write_bytes((src / name).read_bytes())
@@ -73,7 +76,7 @@ def test_weights_are_verified(tmp_path: Path) -> None:
     data[-1] ^= 0xFF
     (tmp_path / "model.safetensors").write_bytes(bytes(data))
     with pytest.raises(ModelIntegrityError, match="does not match"):
-        MiniLM(tmp_path)
+        MiniLM(tmp_path) if backend == "numpy" else MiniLMOnnx(tmp_path)
 
 
 def test_erf_matches_math_erf() -> None:
