@@ -22,4 +22,18 @@ class NetworkSettings(Section):
         network = ipaddress.ip_network(value)
         if network.version != 4 or network.num_addresses < 16:
             raise ValueError("must be an IPv4 network of at least 16 addresses")
+        for pool in _DOCKER_DEFAULT_POOLS:
+            if network.overlaps(pool):
+                # Measured: with a few stacks on one engine, Docker hands
+                # 172.29.0.0/16 to an unnamed network and the next deploy
+                # fails with "Pool overlaps with other one on this address space".
+                raise ValueError(
+                    f"{network} overlaps Docker's default address pool {pool}, which the engine hands to "
+                    "other networks; choose a subnet outside 172.17.0.0/16-172.31.0.0/16 and 192.168.0.0/16"
+                )
         return str(network)
+
+
+_DOCKER_DEFAULT_POOLS = tuple(ipaddress.ip_network(f"172.{n}.0.0/16") for n in range(17, 32)) + (
+    ipaddress.ip_network("192.168.0.0/16"),
+)

@@ -43,7 +43,7 @@ MOVE_TARGET = {
     # Below the kernel's ephemeral port range (32768+), where a client socket may hold a port.
     "edge": {"hostname": "localhost", "http_port": 29080, "https_port": 29443},
     "healthy_timeout_s": 240,
-    "network": {"data_subnet": "172.29.41.0/24"},
+    "network": {"data_subnet": "10.253.41.0/24"},
     "monitoring": {"enabled": False},
 }
 RESULTS: list[RunbookResult] = []

@@ -16,7 +16,7 @@ test_local = [
                 "images": {"lane": "offline"},
                 "edge": {"hostname": "localhost", "http_port": 38080, "https_port": 38443},
                 "healthy_timeout_s": 240,
-                "network": {"data_subnet": "172.29.10.0/24"},
+                "network": {"data_subnet": "10.253.10.0/24"},
                 # Short `for:` durations and the test's webhook receiver.
                 "monitoring": {**TEST_PROFILE, "query_port": 39090},
             },

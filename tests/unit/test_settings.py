@@ -38,6 +38,8 @@ def test_layers_deep_merge_in_order_and_environment_wins():
         ({"edge": {"tls_cert_path": "/etc/ssl/a.pem"}}, "tls_cert_path and tls_key_path must be set together"),
         ({"postgres": {"overrides": {"shared buffers": "1GB"}}}, "is not a postgresql.conf parameter name"),
         ({"project": "Bad_Name"}, "govstack.project: String should match pattern"),
+        ({"network": {"data_subnet": "172.29.10.0/24"}}, "overlaps Docker's default address pool 172.29.0.0/16"),
+        ({"network": {"data_subnet": "192.168.5.0/24"}}, "overlaps Docker's default address pool 192.168.0.0/16"),
     ],
 )
 def test_bad_settings_name_the_key_and_the_reason(layer, message):
