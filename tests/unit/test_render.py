@@ -73,8 +73,36 @@ def test_every_service_is_hardened_limited_and_checked(rendered, compose_binary)
         assert svc["logging"]["options"]["max-size"] == plan.settings.engine.log_max_size, name
         limits = svc["deploy"]["resources"]["limits"]
         assert limits["memory"] and float(limits["cpus"]) > 0, name
+        assert limits["pids"] == plan.resources(name.replace("-", "_")).pids > 0, name
+        assert svc["read_only"] is True, name
         assert svc["user"].split(":")[0] == str(plan.uids[name]), name
         assert str(plan.uids[name]) != "0"
+
+
+@pytest.mark.parametrize("apparmor", [True, False])
+def test_every_container_names_the_apparmor_profile_exactly_when_the_host_has_apparmor(
+        tmp_path, compose_binary, apparmor):
+    from govstack.render import render_app_compose
+
+    plan = StackPlan(plan_for().settings.model_copy(update={"stack_root": str(tmp_path)}), HOST, apparmor=apparmor)
+    (tmp_path / "secrets").mkdir()
+    for name in plan.compose_secrets:
+        (tmp_path / "secrets" / name).write_text("x" * 20)
+    (tmp_path / "stack.yml").write_text(render_compose(plan))
+    (tmp_path / "app.yml").write_text(render_app_compose(plan, "blue", "v1"))
+    for file in ("stack.yml", "app.yml"):
+        config = yaml.safe_load(compose_config(compose_binary, tmp_path / file, "--format", "yaml").stdout)
+        for name, svc in config["services"].items():
+            wanted = ["no-new-privileges:true", *(["apparmor=docker-default"] if apparmor else [])]
+            assert svc["security_opt"] == wanted, (file, name)
+            assert svc["read_only"] is True and svc["deploy"]["resources"]["limits"]["pids"] > 0, (file, name)
+
+
+def test_postgres_pids_follow_its_connections():
+    small, big = plan_for(postgres={"max_connections": 50}), plan_for(postgres={"max_connections": 500})
+    assert small.resources("postgres").pids > 50
+    assert big.resources("postgres").pids - small.resources("postgres").pids == 450
+    assert plan_for(resources={"postgres": {"pids": 64}}).resources("postgres").pids == 64
 
 
 def test_secrets_are_files_never_environment(rendered, compose_binary):
