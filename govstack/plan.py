@@ -320,6 +320,27 @@ class StackPlan:
                     openings.setdefault(self.worker_metrics_host_port(color), set()).update(scrapers)
         return [(port, sorted(sources - {self.address})) for port, sources in sorted(openings.items())]
 
+    def edge_in_stack_port(self, scheme: str) -> int:
+        """nginx's port for clients inside the stack (its healthcheck, the TLS
+        probe): the published one, unless that speaks the PROXY protocol."""
+        proxy_protocol = self.settings.edge.real_ip_header == "proxy_protocol"
+        return INTERNAL_PORTS[f"nginx_{scheme}{'_in_stack' if proxy_protocol else ''}"]
+
+    @property
+    def edge_error_details(self) -> dict[int, str]:
+        """Status -> detail of the errors nginx answers itself, in the app's
+        JSON shape (the app's OpenAPI documents them as ErrorResponse)."""
+        return {
+            400: "bad request",
+            403: "forbidden",
+            404: "not found",
+            413: f"request body larger than {self.settings.app.max_upload_mb} MB",
+            414: "request URI too long",
+            429: "rate limit exceeded",
+            500: "internal error",
+            503: "service unavailable",
+        }
+
     @property
     def app_trusted_proxies(self) -> str:
         """Where the app takes X-Forwarded-* from: the edge hosts when split."""

@@ -8,7 +8,7 @@ import json
 from govstack.monitoring.catalog import MONITOR_ROLE, PORTS
 from govstack.monitoring.render import monitoring_files, render_app_targets
 from govstack.plan import StackPlan
-from govstack.templating import MANAGED_BANNER, environment
+from govstack.templating import MANAGED_BANNER, TEMPLATES_DIR, environment
 
 # The profile Docker generates and loads itself wherever AppArmor is enabled.
 APPARMOR_PROFILE = "docker-default"
@@ -140,6 +140,7 @@ def rendered_files(plan: StackPlan) -> dict[str, str]:
         f"{s.config_dir}/postgres/postgresql.conf": render_postgres_conf(plan),
         # Installed by nginx_config_applied only after `nginx -t` accepts it.
         nginx_candidate_path(plan): render_nginx_conf(plan),
+        **edge_script_files(plan),
     }
 
 
@@ -160,7 +161,17 @@ def _rendered_role_files(plan: StackPlan) -> dict[str, str]:
         files[f"{s.config_dir}/postgres/postgresql.conf"] = render_postgres_conf(plan)
     if plan.has_role("edge"):
         files[nginx_candidate_path(plan)] = render_nginx_conf(plan)
+        files.update(edge_script_files(plan))
     return files
+
+
+def edge_script_files(plan: StackPlan) -> dict[str, str]:
+    """Upstream lane: the njs module nginx.conf imports (the offline image
+    hashes API keys with set-misc instead)."""
+    if plan.settings.images.lane != "upstream":
+        return {}
+    script = (TEMPLATES_DIR / "nginx" / "api_key.js").read_text()
+    return {f"{plan.settings.config_dir}/nginx/api_key.js": script}
 
 
 def render_app_target_files(plan: StackPlan, colors: tuple[str, ...], serving: str) -> dict[str, str]:

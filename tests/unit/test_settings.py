@@ -38,6 +38,12 @@ def test_layers_deep_merge_in_order_and_environment_wins():
         ({"edge": {"tls_cert_path": "/etc/ssl/a.pem"}}, "tls_cert_path and tls_key_path must be set together"),
         ({"postgres": {"overrides": {"shared buffers": "1GB"}}}, "is not a postgresql.conf parameter name"),
         ({"project": "Bad_Name"}, "govstack.project: String should match pattern"),
+        ({"edge": {"trusted_proxies": ["10.0.0.1/8"]}}, "govstack.edge.trusted_proxies: '10.0.0.1/8' is not a CIDR"),
+        ({"edge": {"trusted_proxies": ["lb.example.gov"]}}, "'lb.example.gov' is not a CIDR"),
+        ({"edge": {"trusted_proxies": ["0.0.0.0/0"]}}, "would let any client choose its own address"),
+        ({"edge": {"real_ip_header": "proxy_protocol"}}, "real_ip_header proxy_protocol needs trusted_proxies"),
+        ({"edge": {"real_ip_header": "X-Real-IP"}}, "govstack.edge.real_ip_header: Input should be"),
+        ({"resources": {"app": {"pids": 4}}}, "govstack.resources.app.pids: Input should be greater than or equal"),
     ],
 )
 def test_bad_settings_name_the_key_and_the_reason(layer, message):
