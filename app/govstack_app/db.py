@@ -9,13 +9,15 @@ import psycopg
 import structlog
 from psycopg_pool import ConnectionPool
 
-from .security import hash_api_key, key_prefix
+from .security import hash_api_key
 from .settings import Settings
 
 log = structlog.get_logger(__name__)
 
 MIGRATION_LOCK = 4_242_001  # pg_advisory_lock key: one migrator at a time
 BOOTSTRAP_KEY_NAME = "bootstrap-admin"
+# app_state key: the hash of the secret file's key the bootstrap key was last set from.
+BOOTSTRAP_SEED_STATE = "bootstrap_admin_seed"
 AUDIT_MONTHS_AHEAD = 2
 # How long a request waits for a Postgres connection before it is answered 503: long enough to
 # ride out a Postgres restart, short enough that nginx (proxy_read_timeout) never gives up first.
@@ -63,18 +65,29 @@ def ensure_audit_partitions(conn: psycopg.Connection, months_ahead: int = AUDIT_
             conn.execute("SELECT govstack_ensure_audit_partition(now() + make_interval(months => %s))", (m,))
 
 
-def upsert_bootstrap_key(conn: psycopg.Connection, key: str) -> None:
+def seed_bootstrap_key(conn: psycopg.Connection, key: str) -> bool:
+    """The deploy's secret file (app_admin_api_key) seeds the bootstrap admin key. After that the
+    database is the truth: a rotation or revocation through the API sticks across restarts, and a
+    secret file that changed since it was last applied (the operator replaced it:
+    `govstack admin-key rotate`, or an inventory-supplied value) is applied once. True if applied."""
+    from .services.keys import set_admin_key
+
+    seed = hash_api_key(key)
     with conn.transaction():
-        conn.execute(
-            """
-            INSERT INTO api_keys (name, key_hash, key_prefix, role, created_by)
-            VALUES (%s, %s, %s, 'admin', 'migrate')
-            ON CONFLICT (name) DO UPDATE
-               SET key_hash = EXCLUDED.key_hash, key_prefix = EXCLUDED.key_prefix,
-                   role = 'admin', is_active = true, revoked_at = NULL
-            """,
-            (BOOTSTRAP_KEY_NAME, hash_api_key(key), key_prefix(key)),
-        )
+        row = conn.execute("SELECT value FROM app_state WHERE key = %s", (BOOTSTRAP_SEED_STATE,)).fetchone()
+        if row is not None and row[0] == seed:
+            return False
+        set_admin_key(conn, BOOTSTRAP_KEY_NAME, key, actor="deploy secret")
+        record_bootstrap_seed(conn, key)
+    return True
+
+
+def record_bootstrap_seed(conn: psycopg.Connection, key: str) -> None:
+    conn.execute(
+        "INSERT INTO app_state (key, value) VALUES (%s, %s)"
+        " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = now()",
+        (BOOTSTRAP_SEED_STATE, hash_api_key(key)),
+    )
 
 
 def migrate(settings: Settings, *, wait_s: float = 60.0) -> list[str]:
@@ -98,7 +111,8 @@ def migrate(settings: Settings, *, wait_s: float = 60.0) -> list[str]:
                 log.info("migration applied", version=version)
             ensure_audit_partitions(conn)
             if settings.admin_api_key_file is not None:
-                upsert_bootstrap_key(conn, settings.admin_api_key())
+                if seed_bootstrap_key(conn, settings.admin_api_key()):
+                    log.info("bootstrap admin key set from the secret file")
             else:
                 log.warning("GOVSTACK_ADMIN_API_KEY_FILE not set: no bootstrap admin key")
         finally:
