@@ -127,6 +127,7 @@ if is_edge:
         compose_file=s.compose_file,
         candidate=nginx_candidate_path(after),
         live=nginx_live_path(after),
+        test_in_running=True,
     )
 
 step(f"edge switched to {new.color}")

@@ -168,6 +168,8 @@ AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
 
 # What the edge (nginx) answers itself, in the same JSON shape, on the routes it proxies.
 EDGE_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: error_doc("Malformed request: a body that cannot be parsed (the app), or a request line or header "
+                   "the edge refuses"),
     413: error_doc("Request body over the upload limit (the edge's client_max_body_size, the app's own)"),
     429: error_doc("Rate limit exceeded, per client address or per API key (the edge; Retry-After: 1)"),
 }

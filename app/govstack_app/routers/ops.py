@@ -33,6 +33,7 @@ def health(request: Request) -> dict[str, Any]:
     response_model=ReadyResponse,
     summary="Readiness: postgres, object store and chroma",
     responses={
+        400: EDGE_ERRORS[400],
         429: EDGE_ERRORS[429],
         503: {
             "description": "A dependency is broken (`failed` names it), or the edge has no app to ask",

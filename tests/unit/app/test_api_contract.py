@@ -21,24 +21,24 @@ def operations(spec: dict) -> dict[tuple[str, str], dict]:
     return {(m.upper(), p): op for p, item in spec["paths"].items() for m, op in item.items()}
 
 
-# Every route the edge proxies may also answer the edge's own 413 and 429 (same JSON shape).
+# Every route the edge proxies may also answer the edge's own 400, 413 and 429 (same JSON shape).
 EXPECTED = {
-    ("POST", "/api/v1/collections/{collection}/documents"): {200, 201, 401, 403, 409, 413, 415, 422, 429, 503},
-    ("GET", "/api/v1/collections/{collection}/documents"): {200, 401, 403, 404, 413, 422, 429, 503},
-    ("GET", "/api/v1/collections/{collection}/documents/{document_id}"): {200, 401, 403, 404, 413, 422, 429, 503},
+    ("POST", "/api/v1/collections/{collection}/documents"): {200, 201, 400, 401, 403, 409, 413, 415, 422, 429, 503},
+    ("GET", "/api/v1/collections/{collection}/documents"): {200, 400, 401, 403, 404, 413, 422, 429, 503},
+    ("GET", "/api/v1/collections/{collection}/documents/{document_id}"): {200, 400, 401, 403, 404, 413, 422, 429, 503},
     ("GET", "/api/v1/collections/{collection}/documents/{document_id}/download"): {
-        200, 401, 403, 404, 413, 422, 429, 503},
+        200, 400, 401, 403, 404, 413, 422, 429, 503},
     ("DELETE", "/api/v1/collections/{collection}/documents/{document_id}"): {
-        204, 401, 403, 404, 409, 413, 422, 429, 503},
-    ("GET", "/api/v1/collections"): {200, 401, 403, 413, 429, 503},
-    ("POST", "/api/v1/collections"): {201, 401, 403, 409, 413, 422, 429, 503},
-    ("POST", "/api/v1/search"): {200, 401, 403, 404, 409, 413, 422, 429, 503},
-    ("POST", "/api/v1/keys"): {201, 401, 403, 409, 413, 422, 429, 503},
-    ("GET", "/api/v1/keys"): {200, 401, 403, 413, 429, 503},
-    ("POST", "/api/v1/keys/{name}/rotate"): {200, 401, 403, 404, 413, 422, 429, 503},
-    ("DELETE", "/api/v1/keys/{name}"): {204, 401, 403, 404, 409, 413, 422, 429, 503},
+        204, 400, 401, 403, 404, 409, 413, 422, 429, 503},
+    ("GET", "/api/v1/collections"): {200, 400, 401, 403, 413, 429, 503},
+    ("POST", "/api/v1/collections"): {201, 400, 401, 403, 409, 413, 422, 429, 503},
+    ("POST", "/api/v1/search"): {200, 400, 401, 403, 404, 409, 413, 422, 429, 503},
+    ("POST", "/api/v1/keys"): {201, 400, 401, 403, 409, 413, 422, 429, 503},
+    ("GET", "/api/v1/keys"): {200, 400, 401, 403, 413, 429, 503},
+    ("POST", "/api/v1/keys/{name}/rotate"): {200, 400, 401, 403, 404, 413, 422, 429, 503},
+    ("DELETE", "/api/v1/keys/{name}"): {204, 400, 401, 403, 404, 409, 413, 422, 429, 503},
     ("GET", "/health"): {200},
-    ("GET", "/ready"): {200, 429, 503},
+    ("GET", "/ready"): {200, 400, 429, 503},
 }
 
 
