@@ -16,8 +16,6 @@ log = structlog.get_logger(__name__)
 
 MIGRATION_LOCK = 4_242_001  # pg_advisory_lock key: one migrator at a time
 BOOTSTRAP_KEY_NAME = "bootstrap-admin"
-# app_state key: the hash of the secret file's key the bootstrap key was last set from.
-BOOTSTRAP_SEED_STATE = "bootstrap_admin_seed"
 AUDIT_MONTHS_AHEAD = 2
 # How long a request waits for a Postgres connection before it is answered 503: long enough to
 # ride out a Postgres restart, short enough that nginx (proxy_read_timeout) never gives up first.
@@ -68,14 +66,13 @@ def ensure_audit_partitions(conn: psycopg.Connection, months_ahead: int = AUDIT_
 def seed_bootstrap_key(conn: psycopg.Connection, key: str) -> bool:
     """The deploy's secret file (app_admin_api_key) seeds the bootstrap admin key. After that the
     database is the truth: a rotation or revocation through the API sticks across restarts, and a
-    secret file that changed since it was last applied (the operator replaced it:
-    `govstack admin-key rotate`, or an inventory-supplied value) is applied once. True if applied."""
+    secret file value is applied once, the first time the app sees it (the operator replaced the
+    file: `govstack admin-key rotate`, an inventory-supplied value, the rotate-secrets runbook).
+    True if applied."""
     from .services.keys import set_admin_key
 
-    seed = hash_api_key(key)
     with conn.transaction():
-        row = conn.execute("SELECT value FROM app_state WHERE key = %s", (BOOTSTRAP_SEED_STATE,)).fetchone()
-        if row is not None and row[0] == seed:
+        if conn.execute("SELECT 1 FROM bootstrap_key_seeds WHERE key_hash = %s", (hash_api_key(key),)).fetchone():
             return False
         set_admin_key(conn, BOOTSTRAP_KEY_NAME, key, actor="deploy secret")
         record_bootstrap_seed(conn, key)
@@ -83,11 +80,7 @@ def seed_bootstrap_key(conn: psycopg.Connection, key: str) -> bool:
 
 
 def record_bootstrap_seed(conn: psycopg.Connection, key: str) -> None:
-    conn.execute(
-        "INSERT INTO app_state (key, value) VALUES (%s, %s)"
-        " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = now()",
-        (BOOTSTRAP_SEED_STATE, hash_api_key(key)),
-    )
+    conn.execute("INSERT INTO bootstrap_key_seeds (key_hash) VALUES (%s) ON CONFLICT DO NOTHING", (hash_api_key(key),))
 
 
 def migrate(settings: Settings, *, wait_s: float = 60.0) -> list[str]:

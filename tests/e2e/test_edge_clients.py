@@ -95,6 +95,10 @@ def _bound(rate: int, burst: int) -> int:
     return 3 * (rate + burst) + 30
 
 
+# Connections a burst uses at once: however slow the machine, the offered rate beats the refill.
+PARALLEL = 8
+
+
 def _refill(rate: int, burst: int) -> None:
     """Wait until a drained bucket is full again, so the next test starts fresh."""
     time.sleep(burst / rate + 1)
@@ -112,10 +116,11 @@ def test_a_client_over_its_address_limit_gets_429_and_another_address_does_not(s
     edge = stack.settings.edge
     statuses, bodies = edge_client.run(
         # No key: the app answers 401 at once, so only the address limit counts.
-        {"via": "edge", "path": COLLECTIONS, "count": _bound(edge.api_rate_per_s, edge.api_burst), "until": 429},
+        {"via": "edge", "path": COLLECTIONS, "count": _bound(edge.api_rate_per_s, edge.api_burst), "until": 429,
+         "parallel": PARALLEL},
         {"via": "data", "path": COLLECTIONS, "count": 3},
     )
-    assert statuses[0][-1] == 429, f"no 429 after {len(statuses[0])} requests"
+    assert 429 in statuses[0], f"no 429 after {len(statuses[0])} requests"
     assert len(statuses[0]) > edge.api_burst, statuses[0]
     _assert_json_429(bodies[0])
     assert statuses[1] == [401, 401, 401]
@@ -127,13 +132,13 @@ def test_a_key_over_its_limit_gets_429_at_every_address_and_another_key_does_not
     first, second = two_keys
     statuses, bodies = edge_client.run(
         {"via": "edge", "path": COLLECTIONS, "headers": {"X-API-Key": first},
-         "count": _bound(edge.api_key_rate_per_s, edge.api_key_burst), "until": 429},
-        # The same key from another address: the bucket follows the key. At
-        # most one token refills while these few go out, so most are refused.
-        {"via": "data", "path": COLLECTIONS, "headers": {"X-API-Key": first}, "count": 4},
+         "count": _bound(edge.api_key_rate_per_s, edge.api_key_burst), "until": 429, "parallel": PARALLEL},
+        # The same key from another address: the bucket follows the key. These
+        # go out at once, so at most one token refills meanwhile: most are refused.
+        {"via": "data", "path": COLLECTIONS, "headers": {"X-API-Key": first}, "count": 4, "parallel": 4},
         {"via": "data", "path": COLLECTIONS, "headers": {"X-API-Key": second}, "count": 3},
     )
-    assert statuses[0][-1] == 429, f"no 429 after {len(statuses[0])} requests"
+    assert 429 in statuses[0], f"no 429 after {len(statuses[0])} requests"
     assert len(statuses[0]) > edge.api_key_burst, statuses[0]
     _assert_json_429(bodies[0])
     assert statuses[1].count(429) >= 3, statuses[1]
@@ -152,16 +157,18 @@ def test_only_a_trusted_proxy_chooses_the_client_address(stack, edge_client):
 
     statuses, _ = edge_client.run(
         # Through the trusted proxy, each forwarded address is a client of its own.
-        {"via": "data", "path": COLLECTIONS, "headers": forwarded("198.51.100.1"), "count": bound, "until": 429},
+        {"via": "data", "path": COLLECTIONS, "headers": forwarded("198.51.100.1"), "count": bound, "until": 429,
+         "parallel": PARALLEL},
         {"via": "data", "path": COLLECTIONS, "headers": forwarded("198.51.100.2"), "count": 3},
         # From an untrusted address the header is ignored: it drains its own bucket…
-        {"via": "edge", "path": COLLECTIONS, "headers": forwarded("198.51.100.3"), "count": bound, "until": 429},
+        {"via": "edge", "path": COLLECTIONS, "headers": forwarded("198.51.100.3"), "count": bound, "until": 429,
+         "parallel": PARALLEL},
         # …and not the one of the address it named.
         {"via": "data", "path": COLLECTIONS, "headers": forwarded("198.51.100.3"), "count": 3},
     )
-    assert statuses[0][-1] == 429, f"no 429 after {len(statuses[0])} requests"
+    assert 429 in statuses[0], f"no 429 after {len(statuses[0])} requests"
     assert statuses[1] == [401, 401, 401]
-    assert statuses[2][-1] == 429, f"no 429 after {len(statuses[2])} requests"
+    assert 429 in statuses[2], f"no 429 after {len(statuses[2])} requests"
     assert statuses[3] == [401, 401, 401]
     _refill(edge.api_rate_per_s, edge.api_burst)
 

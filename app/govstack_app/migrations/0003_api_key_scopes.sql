@@ -17,3 +17,12 @@ ALTER TABLE api_keys ADD CONSTRAINT api_keys_role_check
 -- stops working (401) instead of reaching every collection.
 ALTER TABLE api_keys ADD CONSTRAINT api_keys_scope_hash_check
     CHECK ((collections IS NULL) = (key_hash NOT LIKE 'scoped:%'));
+
+-- Every secret-file key the bootstrap admin key was ever set from (by hash): a
+-- file value is applied once, so neither a restart nor a container that still
+-- sees the file as it was when it was created (a bind mount keeps the replaced
+-- inode) brings back a key that was rotated or revoked since.
+CREATE TABLE IF NOT EXISTS bootstrap_key_seeds (
+    key_hash   text PRIMARY KEY,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
