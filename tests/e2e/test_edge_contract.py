@@ -17,7 +17,7 @@ import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.test_app_support import Api, sql_literal, unique
+from tests.e2e.test_app_support import Api, app_exec, sql_literal, unique
 
 # Per operation in the fuzzing phase; the coverage phase adds its own deterministic cases
 # (boundaries, missing and wrong-typed fields, unexpected methods), about 400 requests in all.
@@ -103,3 +103,18 @@ def test_the_published_openapi_is_what_clients_get_through_the_edge(stack, tmp_p
     operations = sum(len(item) for item in spec["paths"].values())
     assert len(cases) == operations, summary[-3000:]
     assert not failed and result.returncode == 0, f"{failed}\n{summary[-6000:]}\n{result.stderr[-2000:]}"
+
+
+def test_health_is_the_same_answer_at_the_edge_and_in_the_app(stack):
+    edge = Api(stack, None).call("GET", "/health")
+    fetch = ("import urllib.request; "
+             "print(urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=10).read().decode())")
+    app = json.loads(app_exec(stack, "python3", "-c", fetch).stdout)
+    assert edge.status_code == 200 and edge.headers["Content-Type"] == "application/json"
+    assert edge.json() == app == {"status": "ok", "version": stack.current_release().version,
+                                  "color": stack.current_release().color}
+    # Methods: the edge answers /health itself, and refuses others as the app would (405, Allow).
+    refused = Api(stack, None).call("POST", "/health")
+    assert refused.status_code == 405 and refused.headers["Allow"] == "GET"
+    assert refused.json()["detail"] == "method POST not allowed" and refused.json()["request_id"]
+
