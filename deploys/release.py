@@ -20,7 +20,7 @@ from pyinfra import host, inventory, logger
 from pyinfra.operations import files
 
 from deploys import app, images
-from govstack.facts import HostResourcesFact
+from govstack.facts import DockerAppArmor, HostResourcesFact
 from govstack.operations import (
     app_migrated,
     indexing_color_set,
@@ -60,8 +60,9 @@ try:
 except TopologyError as error:
     logger.error(f"govstack: {error}")
     raise SystemExit(2) from None
-before = StackPlan(settings, resources, recorded_release=current, **role_fields)
-after = StackPlan(settings, resources, recorded_release=new, **role_fields)
+apparmor = host.get_fact(DockerAppArmor)
+before = StackPlan(settings, resources, recorded_release=current, apparmor=apparmor, **role_fields)
+after = StackPlan(settings, resources, recorded_release=new, apparmor=apparmor, **role_fields)
 s = settings
 # In a split inventory each step runs on the hosts of its role; pyinfra runs
 # each operation on every host before the next (and --fail-percent 0 stops
@@ -126,6 +127,7 @@ if is_edge:
         compose_file=s.compose_file,
         candidate=nginx_candidate_path(after),
         live=nginx_live_path(after),
+        test_in_running=True,
     )
 
 step(f"edge switched to {new.color}")

@@ -8,7 +8,7 @@ from pyinfra import host, inventory, logger
 
 from deploys import app, engine, images, stack
 from govstack.backup import deploy as backup
-from govstack.facts import HostResourcesFact
+from govstack.facts import DockerAppArmor, HostResourcesFact
 from govstack.images import require_wheel_locks
 from govstack.monitoring import deploy as monitoring
 from govstack.plan import StackPlan
@@ -35,6 +35,7 @@ plan = StackPlan(
     settings,
     host.get_fact(HostResourcesFact),
     recorded_release=host.get_fact(ReleaseState, path=release_path(settings)),
+    apparmor=host.get_fact(DockerAppArmor),
     **role_fields,
 )
 

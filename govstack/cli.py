@@ -15,6 +15,7 @@ from pathlib import Path
 
 import click
 
+from govstack.admin_key import register as register_admin_key
 from govstack.backup.cli import backup, drill, restore
 from govstack.compliance.cli import register as register_compliance
 from govstack.inventory import InventoryError, load_inventory
@@ -285,6 +286,7 @@ def cost(inventory: str, window_s: float, as_json: bool) -> None:
 
 # The feature packages' commands join the main group.
 register_compliance(main)
+register_admin_key(main)
 register_runbook(main)
 main.add_command(backup)
 main.add_command(restore)

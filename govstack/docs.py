@@ -30,7 +30,8 @@ def _rows(model: type[BaseModel], instance: BaseModel, prefix: str):
             shown = "{} (generated on the host)"
         elif name == "resources":
             shown = ", ".join(
-                f"{svc}: {res.memory_mb or 'derived'} MB/{res.cpus} CPU" for svc, res in value.items()
+                f"{svc}: {res.memory_mb or 'derived'} MB/{res.cpus} CPU/{res.pids or 'derived'} pids"
+                for svc, res in value.items()
             )
         else:
             shown = json.dumps(value) if not isinstance(value, str) else value

@@ -61,6 +61,23 @@ class DockerEngine(FactBase):
         return version or None
 
 
+class DockerAppArmor(FactBase):
+    """True when the engine confines containers with AppArmor (``docker info``
+    lists ``name=apparmor`` among its security options: the kernel has it
+    enabled and the engine was built with it). Naming the profile on a host
+    without AppArmor would make every container fail to start."""
+
+    def command(self) -> str:
+        return "docker info --format '{{json .SecurityOptions}}' 2>/dev/null || echo '[]'"
+
+    def process(self, output) -> bool:
+        try:
+            options = json.loads("".join(output).strip() or "[]")
+        except ValueError:
+            return False
+        return any(str(option).split(",")[0] == "name=apparmor" for option in options or [])
+
+
 class ComposePlugin(FactBase):
     """The version of the Compose v2 CLI plugin, else None."""
 

@@ -403,18 +403,26 @@ def grpc_mtls_material(directory: str, prefix: str, owner_uid: int):
 
 
 @operation()
-def nginx_config_applied(project: str, compose_file: str, candidate: str, live: str, service: str = "nginx"):
+def nginx_config_applied(
+    project: str, compose_file: str, candidate: str, live: str, service: str = "nginx", test_in_running: bool = False
+):
     """
     Make the candidate nginx config the live one, only if nginx accepts it.
 
     + project, compose_file: the Compose project nginx runs in
     + candidate: the freshly rendered config on the host (kept, so re-runs compare)
     + live: the config nginx runs with (inside the container: ``NGINX_CONF``)
+    + test_in_running: test in the running nginx (a release switch reloads
+      that very process), not in the service's image
 
-    While nginx runs: ``nginx -t`` on the candidate, then copy and reload
-    gracefully (old workers finish their requests). A rejected candidate
-    fails the deploy and leaves the live config, and traffic, as they were.
-    When nginx is not running yet, the candidate is simply installed.
+    ``nginx -t`` on the candidate in a one-off container of the Compose
+    service, i.e. in the image that will run it (a deploy that rebuilds the
+    image with new modules tests the new config against the new image, not
+    the running one), or in the running nginx; then, while nginx runs, copy and reload gracefully
+    (old workers finish their requests). A rejected candidate fails the
+    deploy and leaves the live config, and traffic, as they were. A running
+    nginx of an older image that cannot load the new config keeps serving
+    the old one until Compose recreates it.
     """
     if host.get_fact(FilesDigest, pattern=q(candidate), names=False) == host.get_fact(
         FilesDigest, pattern=q(live), names=False
@@ -424,14 +432,17 @@ def nginx_config_applied(project: str, compose_file: str, candidate: str, live: 
     inside = NGINX_CONF.rsplit("/", 1)[0] + "/" + candidate.rsplit("/", 1)[1]
     log = f"/tmp/govstack-nginx-test-{project}.log"
     running = compose(project, "ps", "-q", "--status", "running", service, files=compose_file)
+    test = (compose_exec(project, compose_file, service, "nginx", "-t", "-q", "-c", inside) if test_in_running
+            else compose_run(project, compose_file, service, "-t", "-q", "-c", inside, entrypoint="nginx"))
     yield (
-        f"if [ -n \"$({running} 2>/dev/null)\" ]; then "
-        f"{compose_exec(project, compose_file, service, 'nginx', '-t', '-q', '-c', inside)} >{log} 2>&1 "
+        f"{test} >{log} 2>&1 "
         f"|| {{ echo \"govstack: nginx rejected the new config, still serving the previous one: "
         f"$(grep -m1 emerg {log} || tail -n 1 {log})\" >&2; exit 1; }}; "
         f"cp {q(candidate)} {q(live)} && "
-        f"{compose_exec(project, compose_file, service, 'nginx', '-s', 'reload', '-c', NGINX_CONF)}; "
-        f"else cp {q(candidate)} {q(live)}; fi"
+        # SIGHUP to the master, not `nginx -s reload`, which parses the new
+        # config first and so fails in a container of an older image.
+        f"if [ -n \"$({running} 2>/dev/null)\" ]; then "
+        f"{compose(project, 'kill', '-s', 'HUP', service, files=compose_file)}; fi"
     )
 
 

@@ -27,9 +27,20 @@ INTERNAL_PORTS = {
     "app": 8000,
     "nginx_http": 8080,
     "nginx_https": 8443,
+    # With edge.real_ip_header proxy_protocol the two above accept PROXY-protocol
+    # connections only; in-stack clients (healthcheck, TLS probe) use these.
+    "nginx_http_in_stack": 8079,
+    "nginx_https_in_stack": 8444,
     "nginx_status": 8081,
     "nginx_ops": 8082,
 }
+
+# Postgres' own processes beside connections and background workers: its
+# helpers (postmaster, checkpointer, background writer, walwriter, the
+# autovacuum and logical replication launchers: 6), autovacuum workers (3)
+# and WAL senders (10) at their defaults, and docker exec sessions
+# (pg_isready, psql) with room to spare.
+POSTGRES_FIXED_PROCESSES = 32
 
 # Where the edge serves presigned object downloads (proxied to the S3 gateway).
 S3_PUBLIC_PATH = "/s3"
@@ -79,6 +90,9 @@ class StackPlan:
     roles: frozenset[str] = field(default=ALL_ROLES)
     topology: Topology | None = field(default=None)
     address: str | None = field(default=None)
+    # The host's engine confines containers with AppArmor (facts.DockerAppArmor):
+    # every container then names the docker-default profile (CIS Docker 5.1).
+    apparmor: bool = field(default=False)
 
     @property
     def split(self) -> bool:
@@ -112,8 +126,19 @@ class StackPlan:
     def resources(self, service: str) -> Resources:
         res = self.settings.resources[service]
         if service == "postgres":
-            return res.model_copy(update={"memory_mb": self.postgres_memory_mb})
+            return res.model_copy(update={"memory_mb": self.postgres_memory_mb,
+                                          "pids": res.pids or self.postgres_pids})
         return res
+
+    @property
+    def postgres_pids(self) -> int:
+        """Postgres runs a process per connection: every allowed connection,
+        the background and parallel workers it may start, and its fixed
+        helpers (postmaster, checkpointer, walwriter, ...), with headroom for
+        the healthcheck's and operators' `docker exec` sessions."""
+        conf = self.postgres_conf
+        workers = int(conf.get("max_worker_processes", 8))
+        return self.settings.postgres.max_connections + workers + POSTGRES_FIXED_PROCESSES
 
     def image(self, service: str) -> str:
         if service == "backup":
@@ -294,6 +319,27 @@ class StackPlan:
                 if scrapers:
                     openings.setdefault(self.worker_metrics_host_port(color), set()).update(scrapers)
         return [(port, sorted(sources - {self.address})) for port, sources in sorted(openings.items())]
+
+    def edge_in_stack_port(self, scheme: str) -> int:
+        """nginx's port for clients inside the stack (its healthcheck, the TLS
+        probe): the published one, unless that speaks the PROXY protocol."""
+        proxy_protocol = self.settings.edge.real_ip_header == "proxy_protocol"
+        return INTERNAL_PORTS[f"nginx_{scheme}{'_in_stack' if proxy_protocol else ''}"]
+
+    @property
+    def edge_error_details(self) -> dict[int, str]:
+        """Status -> detail of the errors nginx answers itself, in the app's
+        JSON shape (the app's OpenAPI documents them as ErrorResponse)."""
+        return {
+            400: "bad request",
+            403: "forbidden",
+            404: "not found",
+            413: f"request body larger than {self.settings.app.max_upload_mb} MB",
+            414: "request URI too long",
+            429: "rate limit exceeded",
+            500: "internal error",
+            503: "service unavailable",
+        }
 
     @property
     def app_trusted_proxies(self) -> str:

@@ -8,14 +8,18 @@ import json
 from govstack.monitoring.catalog import MONITOR_ROLE, PORTS
 from govstack.monitoring.render import monitoring_files, render_app_targets
 from govstack.plan import StackPlan
-from govstack.templating import MANAGED_BANNER, environment
+from govstack.templating import MANAGED_BANNER, TEMPLATES_DIR, environment
+
+# The profile Docker generates and loads itself wherever AppArmor is enabled.
+APPARMOR_PROFILE = "docker-default"
 
 # Services that fork children they must reap (Python servers, weed) get an init.
 _NEEDS_INIT = {"seaweedfs", "chroma", "app", "worker"}
 
 
 def _hardening(plan: StackPlan):
-    """The block every service gets: restart policy, limits, least privilege, log rotation."""
+    """The block every service gets: restart policy, limits, least privilege,
+    log rotation (the CIS Docker Benchmark's runtime section, README)."""
 
     def block(service: str, indent: int = 4) -> str:
         # Resource keys are identifiers; Compose service names may have dashes.
@@ -23,7 +27,7 @@ def _hardening(plan: StackPlan):
         pad = " " * indent
         lines = [
             "restart: unless-stopped",
-            "security_opt: [\"no-new-privileges:true\"]",
+            f"security_opt: {json.dumps(security_options(plan))}",
             "cap_drop: [ALL]",
             "logging: *logging",
             "deploy:",
@@ -31,12 +35,23 @@ def _hardening(plan: StackPlan):
             "    limits:",
             f"      memory: {res.memory_mb}m",
             f"      cpus: \"{res.cpus}\"",
+            f"      pids: {res.pids}",
         ]
         if service in _NEEDS_INIT:
             lines.insert(1, "init: true")
         return "\n".join(pad + line for line in lines)
 
     return block
+
+
+def security_options(plan: StackPlan) -> list[str]:
+    """Compose security_opt of every container: no privilege gain through
+    setuid binaries, and the engine's AppArmor profile where the host has
+    AppArmor (naming it elsewhere would fail every container start)."""
+    options = ["no-new-privileges:true"]
+    if plan.apparmor:
+        options.append(f"apparmor={APPARMOR_PROFILE}")
+    return options
 
 
 def render(template: str, plan: StackPlan, **extra) -> str:
@@ -125,6 +140,7 @@ def rendered_files(plan: StackPlan) -> dict[str, str]:
         f"{s.config_dir}/postgres/postgresql.conf": render_postgres_conf(plan),
         # Installed by nginx_config_applied only after `nginx -t` accepts it.
         nginx_candidate_path(plan): render_nginx_conf(plan),
+        **edge_script_files(plan),
     }
 
 
@@ -145,7 +161,17 @@ def _rendered_role_files(plan: StackPlan) -> dict[str, str]:
         files[f"{s.config_dir}/postgres/postgresql.conf"] = render_postgres_conf(plan)
     if plan.has_role("edge"):
         files[nginx_candidate_path(plan)] = render_nginx_conf(plan)
+        files.update(edge_script_files(plan))
     return files
+
+
+def edge_script_files(plan: StackPlan) -> dict[str, str]:
+    """Upstream lane: the njs module nginx.conf imports (the offline image
+    hashes API keys with set-misc instead)."""
+    if plan.settings.images.lane != "upstream":
+        return {}
+    script = (TEMPLATES_DIR / "nginx" / "api_key.js").read_text()
+    return {f"{plan.settings.config_dir}/nginx/api_key.js": script}
 
 
 def render_app_target_files(plan: StackPlan, colors: tuple[str, ...], serving: str) -> dict[str, str]:

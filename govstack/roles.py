@@ -86,11 +86,18 @@ def host_address(name: str, data: Mapping[str, Any], settings: Any) -> str:
 def build_topology(hosts: Iterable[tuple[str, Iterable[str], Mapping[str, Any], Any]]) -> Topology | None:
     """(name, groups, host data, settings) of every inventory host -> the
     topology of a split inventory, or None when every host runs every role."""
+    hosts = list(hosts)
     members = tuple(
         Member(name, roles_of(groups), host_address(name, data, settings)) for name, groups, data, settings in hosts
     )
     if all(member.roles == ALL_ROLES for member in members):
         return None
+    for name, _, _, settings in hosts:
+        if settings.edge.real_ip_header == "proxy_protocol":
+            # The monitoring hosts probe each edge host's published HTTPS
+            # port, which would then accept PROXY-protocol connections only.
+            raise TopologyError(f"{name}: edge.real_ip_header proxy_protocol is for all-in-one hosts: in a split "
+                                "inventory the monitoring hosts' probe of the edge cannot speak the PROXY protocol")
     topology = Topology(members)
     for role in ROLES:
         if not topology.with_role(role):

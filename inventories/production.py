@@ -61,7 +61,10 @@ all = (
     },
 )
 
-edge = (["edge1"], {"govstack": {"edge": {"api_rate_per_s": 20, "api_burst": 40}}})
+# Behind the site's load balancers: nginx takes the client address from their
+# X-Forwarded-For only, so the per-address limit sees each client.
+edge = (["edge1"], {"govstack": {"edge": {"api_key_rate_per_s": 20, "api_key_burst": 40,
+                                          "trusted_proxies": ["10.0.1.0/28"]}}})
 app = ["app1", "app2"]
 data = (["data1"], {"govstack": {"postgres": {"memory_share": 0.4, "storage": "ssd"}}})
 # Monitoring shares the edge host (nginx-exporter then reads the local nginx).

@@ -1,4 +1,5 @@
-"""`govstack-app` console entry point: migrate | api | worker | healthcheck | cleanup | rebuild-collection."""
+"""`govstack-app` console entry point: migrate | api | worker | healthcheck | cleanup | rebuild-collection |
+set-admin-key | purge-audit-partitions."""
 
 from __future__ import annotations
 
@@ -138,6 +139,27 @@ def limit_blas_threads_to_cpu_quota() -> None:
     os.environ.setdefault("OPENBLAS_NUM_THREADS", str(thread_budget()))
 
 
+def cmd_set_admin_key(args: argparse.Namespace) -> int:
+    """The operator's way in that needs no API key (`govstack admin-key rotate` runs it in the
+    serving API container): the key read from stdin becomes the secret of admin key NAME,
+    active and reaching every collection. Prints the key's name and prefix, never the key."""
+    from .db import BOOTSTRAP_KEY_NAME, connect_with_retry, record_bootstrap_seed
+    from .security import key_prefix
+    from .services.keys import set_admin_key
+
+    key = sys.stdin.readline().strip()
+    if len(key) < 32 or not key.isprintable() or " " in key:
+        print("govstack-app: the key on stdin must be 32+ printable characters without spaces", file=sys.stderr)
+        return 2
+    with connect_with_retry(_settings(), 30.0) as conn, conn.transaction():
+        set_admin_key(conn, args.name, key, actor=args.actor)
+        if args.name == BOOTSTRAP_KEY_NAME:
+            # This is the secret file's key now: a restart must not apply it again.
+            record_bootstrap_seed(conn, key)
+    print(json.dumps({"name": args.name, "key_prefix": key_prefix(key)}))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     limit_blas_threads_to_cpu_quota()
     parser = argparse.ArgumentParser(prog="govstack-app")
@@ -167,6 +189,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("collection")
     p.add_argument("--yes", action="store_true")
     p.set_defaults(fn=cmd_rebuild)
+    p = sub.add_parser("set-admin-key", help="set an admin key's secret from stdin (no API key needed)")
+    p.add_argument("--name", default="bootstrap-admin", help="admin key name (created when missing)")
+    p.add_argument("--actor", default="operator", help="who sets it, for the audit record")
+    p.set_defaults(fn=cmd_set_admin_key)
     p = sub.add_parser("purge-audit-partitions", help="drop monthly audit_logs partitions older than the retention")
     p.add_argument("--months", type=int, required=True, help="retention: keep at least this many months")
     p.add_argument("--floor", type=int, required=True, help="refuse a retention shorter than this (months)")

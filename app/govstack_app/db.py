@@ -9,7 +9,7 @@ import psycopg
 import structlog
 from psycopg_pool import ConnectionPool
 
-from .security import hash_api_key, key_prefix
+from .security import hash_api_key
 from .settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -63,18 +63,24 @@ def ensure_audit_partitions(conn: psycopg.Connection, months_ahead: int = AUDIT_
             conn.execute("SELECT govstack_ensure_audit_partition(now() + make_interval(months => %s))", (m,))
 
 
-def upsert_bootstrap_key(conn: psycopg.Connection, key: str) -> None:
+def seed_bootstrap_key(conn: psycopg.Connection, key: str) -> bool:
+    """The deploy's secret file (app_admin_api_key) seeds the bootstrap admin key. After that the
+    database is the truth: a rotation or revocation through the API sticks across restarts, and a
+    secret file value is applied once, the first time the app sees it (the operator replaced the
+    file: `govstack admin-key rotate`, an inventory-supplied value, the rotate-secrets runbook).
+    True if applied."""
+    from .services.keys import set_admin_key
+
     with conn.transaction():
-        conn.execute(
-            """
-            INSERT INTO api_keys (name, key_hash, key_prefix, role, created_by)
-            VALUES (%s, %s, %s, 'admin', 'migrate')
-            ON CONFLICT (name) DO UPDATE
-               SET key_hash = EXCLUDED.key_hash, key_prefix = EXCLUDED.key_prefix,
-                   role = 'admin', is_active = true, revoked_at = NULL
-            """,
-            (BOOTSTRAP_KEY_NAME, hash_api_key(key), key_prefix(key)),
-        )
+        if conn.execute("SELECT 1 FROM bootstrap_key_seeds WHERE key_hash = %s", (hash_api_key(key),)).fetchone():
+            return False
+        set_admin_key(conn, BOOTSTRAP_KEY_NAME, key, actor="deploy secret")
+        record_bootstrap_seed(conn, key)
+    return True
+
+
+def record_bootstrap_seed(conn: psycopg.Connection, key: str) -> None:
+    conn.execute("INSERT INTO bootstrap_key_seeds (key_hash) VALUES (%s) ON CONFLICT DO NOTHING", (hash_api_key(key),))
 
 
 def migrate(settings: Settings, *, wait_s: float = 60.0) -> list[str]:
@@ -98,7 +104,8 @@ def migrate(settings: Settings, *, wait_s: float = 60.0) -> list[str]:
                 log.info("migration applied", version=version)
             ensure_audit_partitions(conn)
             if settings.admin_api_key_file is not None:
-                upsert_bootstrap_key(conn, settings.admin_api_key())
+                if seed_bootstrap_key(conn, settings.admin_api_key()):
+                    log.info("bootstrap admin key set from the secret file")
             else:
                 log.warning("GOVSTACK_ADMIN_API_KEY_FILE not set: no bootstrap admin key")
         finally:

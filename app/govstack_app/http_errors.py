@@ -10,6 +10,8 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from .services.backends import is_connection_error
 from .services.errors import AppError, Unavailable
@@ -44,6 +46,36 @@ async def _invalid(request: Request, exc: RequestValidationError) -> JSONRespons
     return JSONResponse({"detail": jsonable_encoder(exc.errors()), "request_id": current_request_id()}, status_code=422)
 
 
+# Methods a route may declare; each is probed against the router (below).
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path (Starlette's own 405 names only the first
+    route that matched the path, e.g. GET but not DELETE). Probed through the router's public
+    ``matches``, which sees into included routers too."""
+    return [
+        method for method in _METHODS
+        if any(route.matches({**request.scope, "method": method})[0] == Match.FULL
+               for route in request.app.router.routes)
+    ]
+
+
+async def _starlette_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """Routing's own errors (404 for an unknown path, 405 for a method a path does not serve) in
+    the API's JSON shape; a 405 names every method the path allows (RFC 9110). The edge sends
+    the methods it refuses itself (TRACE, anything but GET on /health) here as OPTIONS."""
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = ", ".join(allowed_methods(request))
+        refused = request.method
+        if refused == "OPTIONS":  # the edge asking on behalf of the method it refused
+            refused = request.headers.get("x-original-method", refused)[:16]
+        detail = f"method {refused} not allowed"
+        return error_response(405, detail, headers)
+    return error_response(exc.status_code, str(exc.detail), headers or None)
+
+
 async def _pg_down(request: Request, exc: psycopg.OperationalError) -> JSONResponse:
     log.warning("postgres error", error=str(exc), sqlstate=getattr(exc, "sqlstate", None))
     if is_connection_error(exc):
@@ -56,6 +88,7 @@ async def _pg_down(request: Request, exc: psycopg.OperationalError) -> JSONRespo
 
 def install_exception_handlers(app: FastAPI) -> None:
     app.add_exception_handler(HTTPError, _http_error)
+    app.add_exception_handler(StarletteHTTPException, _starlette_http)
     app.add_exception_handler(AppError, _app_error)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(psycopg.OperationalError, _pg_down)

@@ -11,6 +11,9 @@ from pydantic import BaseModel, Field
 
 COLLECTION_RE = r"^[a-z0-9][a-z0-9_-]{0,61}[a-z0-9]$"
 CollectionPath = Annotated[str, Path(pattern=COLLECTION_RE, description="Collection name")]
+CollectionName = Annotated[str, Field(pattern=COLLECTION_RE)]
+KEY_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._@-]*$"
+Role = Literal["admin", "curator", "writer", "reader"]
 
 
 class ErrorResponse(BaseModel):
@@ -22,7 +25,8 @@ class ErrorResponse(BaseModel):
 
 class ReadyResponse(BaseModel):
     status: Literal["ready", "unavailable"]
-    checks: dict[str, str]
+    # Which check failed, never why (that is in the app's log, with the request id).
+    checks: dict[str, Literal["ok", "error"]]
     failed: list[str] = []
 
 
@@ -116,14 +120,24 @@ class SearchResponse(BaseModel):
     results: list[SearchResult]
 
 
+class CollectionCreate(BaseModel):
+    name: CollectionName
+
+
+_SCOPE = "The collections the key may touch (existing or not yet); null: every collection"
+
+
 class KeyCreate(BaseModel):
-    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]*$")
-    role: Literal["admin", "writer", "reader"]
+    name: str = Field(min_length=1, max_length=100, pattern=KEY_NAME_RE)
+    role: Role = Field(description="reader: read, download, search; writer: + upload and delete; "
+                       "curator: + create collections; admin: + API keys")
+    collections: list[CollectionName] | None = Field(None, min_length=1, max_length=1000, description=_SCOPE)
 
 
 class KeyCreated(BaseModel):
     name: str
     role: str
+    collections: list[str] | None = Field(description=_SCOPE)
     api_key: str = Field(description="The key itself. Shown once; only its hash is stored.")
     key_prefix: str
     created_at: datetime
@@ -132,6 +146,7 @@ class KeyCreated(BaseModel):
 class KeyInfo(BaseModel):
     name: str
     role: str
+    collections: list[str] | None = Field(description=_SCOPE)
     key_prefix: str
     is_active: bool
     created_at: datetime
@@ -146,6 +161,15 @@ def error_doc(description: str) -> dict[str, Any]:
 
 AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     401: error_doc("Missing or unknown API key (header X-API-Key)"),
-    403: error_doc("The API key's role does not allow this call"),
-    503: error_doc("A backing service (postgres, object store, chroma, embeddings) is unavailable"),
+    403: error_doc("The API key's role, or its collections, do not allow this call"),
+    503: error_doc("A backing service (postgres, object store, chroma, embeddings) is unavailable, "
+                   "or the edge has no app to send the request to"),
+}
+
+# What the edge (nginx) answers itself, in the same JSON shape, on the routes it proxies.
+EDGE_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: error_doc("Malformed request: a body that cannot be parsed (the app), or a request line or header "
+                   "the edge refuses"),
+    413: error_doc("Request body over the upload limit (the edge's client_max_body_size, the app's own)"),
+    429: error_doc("Rate limit exceeded, per client address or per API key (the edge; Retry-After: 1)"),
 }

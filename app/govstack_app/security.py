@@ -1,4 +1,4 @@
-"""API keys (random, stored as SHA-256), roles, and filename sanitizing."""
+"""API keys (random, stored as SHA-256), roles, scopes, and filename sanitizing."""
 
 from __future__ import annotations
 
@@ -7,9 +7,15 @@ import re
 import secrets
 import unicodedata
 
-ROLES = ("reader", "writer", "admin")
+# reader: list, read, download, search; writer: + upload and delete in existing
+# collections; curator: + create collections; admin: + API keys. Each role
+# includes the ones before it.
+ROLES = ("reader", "writer", "curator", "admin")
 _RANK = {r: i for i, r in enumerate(ROLES)}
+CREATES_COLLECTIONS = "curator"
 KEY_PREFIX = "gsk_"
+# Stored hash of a key confined to some collections (see stored_key_hash).
+SCOPED_HASH_PREFIX = "scoped:"
 
 
 def generate_api_key() -> str:
@@ -23,6 +29,13 @@ def hash_api_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
+def stored_key_hash(key: str, scoped: bool) -> str:
+    """What api_keys.key_hash holds: the bare hash for a key that reaches every
+    collection, prefixed for a scoped one, which a release without scopes
+    (looking keys up by the bare hash) then refuses instead of widening."""
+    return (SCOPED_HASH_PREFIX if scoped else "") + hash_api_key(key)
+
+
 def key_prefix(key: str) -> str:
     """A short, non-secret identifier shown in listings."""
     return key[:8]
@@ -30,6 +43,11 @@ def key_prefix(key: str) -> str:
 
 def role_allows(role: str, required: str) -> bool:
     return role in _RANK and _RANK[role] >= _RANK[required]
+
+
+def scope_allows(collections: frozenset[str] | None, collection: str) -> bool:
+    """A key's scope: None reaches every collection, a set only those."""
+    return collections is None or collection in collections
 
 
 _UNSAFE = re.compile(r"[^\w.\- ()+@,]+", re.UNICODE)

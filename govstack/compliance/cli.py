@@ -87,7 +87,7 @@ def audit_retention(inventory: str, host_name: str | None, months: int | None, d
 @click.option("-o", "--output", default=None,
               help="file on the host (default <reports_dir>/access-review-<date>.csv), or - for stdout")
 def access_review(inventory: str, host_name: str | None, output: str | None) -> None:
-    """The API keys as CSV: name, role, created by, created, last used, active, revoked."""
+    """The API keys as CSV: name, role, collections (scope), created by, created, last used, active, revoked."""
     for shell in _shells(inventory, host_name):
         try:
             if output == "-":

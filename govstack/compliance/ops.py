@@ -6,8 +6,9 @@ over SSH alike; the data stays on that host and only the answers travel):
   ``govstack-app purge-audit-partitions`` with the serving color's
   configuration. The worker runs the same function hourly
   (app/govstack_app/retention.py).
-- access review: the API keys as CSV (name, role, created by, created, last
-  used, active, revoked), 0600 under the reports directory.
+- access review: the API keys as CSV (name, role, collections (the key's
+  scope, or * for all), created by, created, last used, active, revoked),
+  0600 under the reports directory.
 - residency: where each kind of data lives and what is encrypted at rest,
   from the settings plus the few facts only the host knows.
 - storage: table and index sizes, audit partitions and when the retention
@@ -71,10 +72,12 @@ def run_audit_retention(shell: ComplianceHost, months: int | None = None, dry_ru
 
 
 # == access review ==============================================================================
-ACCESS_REVIEW_COLUMNS = ("name", "role", "created_by", "created", "last_used", "active", "revoked")
-# last_used_at is refreshed at most once a minute per key (the app's lookup).
+ACCESS_REVIEW_COLUMNS = ("name", "role", "collections", "created_by", "created", "last_used", "active", "revoked")
+# last_used_at is refreshed at most once a minute per key (the app's lookup). collections: the
+# key's scope, space-separated, or * for every collection.
 ACCESS_REVIEW_SQL = (
-    "SELECT name, role, coalesce(created_by, '') AS created_by, "
+    "SELECT name, role, coalesce(array_to_string(collections, ' '), '*') AS collections, "
+    "coalesce(created_by, '') AS created_by, "
     "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS created, "
     "coalesce(to_char(last_used_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), '') AS last_used, "
     "CASE WHEN is_active THEN 'true' ELSE 'false' END AS active, "

@@ -95,7 +95,7 @@ def scrape_targets(plan: StackPlan) -> dict[str, list[dict[str, Any]]]:
     edge = topology.with_role("edge") if plan.split else []
     # One data host runs the S3 gateway and Chroma (roles.Topology.data_address).
     data = topology.with_role("data")[:1] if plan.split else []
-    s3, chroma, https = INTERNAL_PORTS["seaweedfs_s3"], INTERNAL_PORTS["chroma"], INTERNAL_PORTS["nginx_https"]
+    s3, chroma, https = INTERNAL_PORTS["seaweedfs_s3"], INTERNAL_PORTS["chroma"], plan.edge_in_stack_port("https")
     jobs = {
         "node": on(every_host, "host", f"node-exporter:{PORTS['node-exporter']}",
                    lambda address: f"{address}:{PORTS['node-exporter']}"),

@@ -52,7 +52,7 @@ class Settings(Section):
     cost: CostSettings = CostSettings()
     compliance: ComplianceSettings = ComplianceSettings()
     resources: dict[str, Resources] = Field(
-        default_factory=default_resources, description="per-service memory_mb/cpus limits"
+        default_factory=default_resources, description="per-service memory_mb/cpus/pids limits"
     )
     # Secret values supplied by the operator instead of generated ones.
     # Never rendered into anything but the secret files themselves.

@@ -184,7 +184,7 @@ def keys(stack: Any, admin: Api) -> Iterator[dict[str, str]]:
     """One fresh key per role, revoked afterwards."""
     made: dict[str, str] = {}
     names = []
-    for role in ("reader", "writer", "admin"):
+    for role in ("reader", "writer", "curator", "admin"):
         name = unique(f"e2e-{role}")
         r = admin.call("POST", "/api/v1/keys", json={"name": name, "role": role})
         assert r.status_code == 201, r.text
@@ -199,7 +199,9 @@ def keys(stack: Any, admin: Api) -> Iterator[dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def writer(stack: Any, keys: dict[str, str]) -> Api:
-    return Api(stack, keys["writer"])
+    """The key the tests upload with, into fresh collections (``collection``): the curator role,
+    a writer that may also create collections."""
+    return Api(stack, keys["curator"])
 
 
 @pytest.fixture(scope="module")

@@ -94,9 +94,10 @@ def test_access_review_lists_the_keys_made_through_the_api(stack):
     admin = Api(stack, stack.admin_api_key)
     tag = uuid.uuid4().hex[:8]
     made = {}
+    scopes = {"reader": None, "writer": [f"permits-{tag}", f"archive-{tag}"]}
     for role in ("reader", "writer"):
         name = f"review-{role}-{tag}"
-        response = admin.call("POST", "/api/v1/keys", json={"name": name, "role": role})
+        response = admin.call("POST", "/api/v1/keys", json={"name": name, "role": role, "collections": scopes[role]})
         assert response.status_code == 201, response.text
         made[role] = (name, response.json()["api_key"])
     used = Api(stack, made["reader"][1]).call("GET", "/api/v1/collections")
@@ -106,8 +107,10 @@ def test_access_review_lists_the_keys_made_through_the_api(stack):
     rows = {row["name"]: row for row in csv.DictReader(io.StringIO(
         compliance(stack, "access-review", "-o", "-").stdout))}
     reader, writer = rows[made["reader"][0]], rows[made["writer"][0]]
-    assert list(reader) == ["name", "role", "created_by", "created", "last_used", "active", "revoked"]
+    assert list(reader) == ["name", "role", "collections", "created_by", "created", "last_used", "active", "revoked"]
     assert (reader["role"], reader["active"], reader["revoked"]) == ("reader", "true", "")
+    # The scope: every collection, or the key's own, sorted.
+    assert (reader["collections"], writer["collections"]) == ("*", f"archive-{tag} permits-{tag}")
     assert reader["created"].endswith("Z") and reader["last_used"].endswith("Z")
     assert (writer["role"], writer["active"], writer["last_used"]) == ("writer", "false", "")
     assert writer["revoked"].endswith("Z")

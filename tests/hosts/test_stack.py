@@ -36,6 +36,42 @@ def test_every_service_runs_healthy_with_its_limits(target):
         assert info["Config"]["User"] == f"{plan.uids[service]}:{plan.uids[service]}", service
 
 
+def _runtime_hardening_problems(info: dict, pids: int, apparmor: bool) -> list[str]:
+    """What a container lacks of the CIS Docker Benchmark's runtime section (README)."""
+    host_config = info["HostConfig"]
+    problems = []
+    if host_config["PidsLimit"] != pids:
+        problems.append(f"pids limit {host_config['PidsLimit']}, not {pids}")
+    if not host_config["ReadonlyRootfs"]:
+        problems.append("writable root filesystem")
+    if host_config["Privileged"]:
+        problems.append("privileged")
+    if apparmor and info.get("AppArmorProfile") != "docker-default":
+        problems.append(f"AppArmor profile {info.get('AppArmorProfile')!r}, not docker-default")
+    if not apparmor and any(opt.startswith("apparmor=") for opt in host_config["SecurityOpt"] or []):
+        problems.append("names an AppArmor profile on a host without AppArmor")
+    return problems
+
+
+def test_every_container_has_a_pids_limit_a_read_only_root_and_the_host_apparmor_profile(target):
+    from govstack.facts import DockerAppArmor
+
+    plan = target.plan()
+    apparmor = DockerAppArmor().process(target.host.check_output(DockerAppArmor().command()).splitlines())
+    containers = {service: (target.container(service), service.replace("-", "_")) for service in plan.services}
+    if plan.has_role("app"):
+        release = json.loads(target.host.file(f"{target.settings.stack_root}/state/release.json").content_string)
+        project = plan.app_project(release["color"])
+        containers.update({service: (target.container(service, project=project), resources)
+                           for service, resources in (("api", "app"), ("worker", "worker"))})
+    problems = {
+        service: found for service, (container, resources) in containers.items()
+        if (found := _runtime_hardening_problems(_inspect(target, container), plan.resources(resources).pids,
+                                                 apparmor))
+    }
+    assert not problems, problems
+
+
 def test_only_the_edge_ports_are_published(target):
     s = target.settings
     plan = target.plan()

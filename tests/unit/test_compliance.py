@@ -131,8 +131,8 @@ def test_residency_declared_disk_encryption_wins():
 
 
 def test_access_review_columns_and_path():
-    assert compliance.ACCESS_REVIEW_COLUMNS == ("name", "role", "created_by", "created", "last_used", "active",
-                                                "revoked")
+    assert compliance.ACCESS_REVIEW_COLUMNS == ("name", "role", "collections", "created_by", "created", "last_used",
+                                                "active", "revoked")
     select = compliance.ACCESS_REVIEW_SQL.split(" FROM api_keys")[0]
     positions = [select.index(f" AS {c}") if f" AS {c}" in select else select.index(f" {c},")
                  for c in compliance.ACCESS_REVIEW_COLUMNS]

@@ -1,6 +1,23 @@
 """Parsing of the raw command output our facts read from hosts."""
 
-from govstack.facts import CertificateState, ComposeProject, HostResourcesFact, ImageLabel, PathState, SecretFile
+from govstack.facts import (
+    CertificateState,
+    ComposeProject,
+    DockerAppArmor,
+    HostResourcesFact,
+    ImageLabel,
+    PathState,
+    SecretFile,
+)
+
+
+def test_apparmor_is_what_the_engine_reports():
+    assert DockerAppArmor().process(['["name=apparmor","name=seccomp,profile=builtin","name=cgroupns"]']) is True
+    assert DockerAppArmor().process(['["name=seccomp,profile=default"]']) is False
+    # No engine answering, or an answer that is not JSON: no AppArmor claimed.
+    assert DockerAppArmor().process(["[]"]) is False
+    assert DockerAppArmor().process(["null"]) is False
+    assert DockerAppArmor().process(["Cannot connect to the Docker daemon"]) is False
 
 
 def test_host_resources_cgroup_v1_unlimited_and_v2_limit():

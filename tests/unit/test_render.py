@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 import yaml
 
@@ -73,8 +76,36 @@ def test_every_service_is_hardened_limited_and_checked(rendered, compose_binary)
         assert svc["logging"]["options"]["max-size"] == plan.settings.engine.log_max_size, name
         limits = svc["deploy"]["resources"]["limits"]
         assert limits["memory"] and float(limits["cpus"]) > 0, name
+        assert limits["pids"] == plan.resources(name.replace("-", "_")).pids > 0, name
+        assert svc["read_only"] is True, name
         assert svc["user"].split(":")[0] == str(plan.uids[name]), name
         assert str(plan.uids[name]) != "0"
+
+
+@pytest.mark.parametrize("apparmor", [True, False])
+def test_every_container_names_the_apparmor_profile_exactly_when_the_host_has_apparmor(
+        tmp_path, compose_binary, apparmor):
+    from govstack.render import render_app_compose
+
+    plan = StackPlan(plan_for().settings.model_copy(update={"stack_root": str(tmp_path)}), HOST, apparmor=apparmor)
+    (tmp_path / "secrets").mkdir()
+    for name in plan.compose_secrets:
+        (tmp_path / "secrets" / name).write_text("x" * 20)
+    (tmp_path / "stack.yml").write_text(render_compose(plan))
+    (tmp_path / "app.yml").write_text(render_app_compose(plan, "blue", "v1"))
+    for file in ("stack.yml", "app.yml"):
+        config = yaml.safe_load(compose_config(compose_binary, tmp_path / file, "--format", "yaml").stdout)
+        for name, svc in config["services"].items():
+            wanted = ["no-new-privileges:true", *(["apparmor=docker-default"] if apparmor else [])]
+            assert svc["security_opt"] == wanted, (file, name)
+            assert svc["read_only"] is True and svc["deploy"]["resources"]["limits"]["pids"] > 0, (file, name)
+
+
+def test_postgres_pids_follow_its_connections():
+    small, big = plan_for(postgres={"max_connections": 50}), plan_for(postgres={"max_connections": 500})
+    assert small.resources("postgres").pids > 50
+    assert big.resources("postgres").pids - small.resources("postgres").pids == 450
+    assert plan_for(resources={"postgres": {"pids": 64}}).resources("postgres").pids == 64
 
 
 def test_secrets_are_files_never_environment(rendered, compose_binary):
@@ -123,6 +154,60 @@ def test_postgres_conf_carries_the_tuning():
     for key, value in plan.postgres_conf.items():
         assert f"{key} = '{value}'" in text
     assert plan.resources("postgres").memory_mb == plan.postgres_memory_mb
+
+
+def test_nginx_limits_clients_by_address_and_by_a_hash_of_the_key_never_the_key():
+    plan = plan_for(edge={"api_rate_per_s": 40, "api_key_rate_per_s": 7, "upload_key_rate_per_s": 2})
+    text = render_nginx_conf(plan)
+    zones = dict(re.findall(r"limit_req_zone (\S+) zone=(\w+):", text)[i][::-1] for i in range(4))
+    assert zones == {"api": "$binary_remote_addr", "api_key": "$api_key_client",
+                     "upload": "$upload_client", "upload_key": "$upload_key_client"}
+    assert "zone=api_key:10m rate=7r/s" in text and "zone=upload_key:10m rate=2r/s" in text
+    assert "set_sha1 $api_key_sha1 $http_x_api_key;" in text
+    assert "$http_x_api_key" not in "".join(re.findall(r"limit_req_zone [^;]*;", text))
+    # Every location that proxies to the app passes both limits (the named
+    # error location only asks the app which methods a path allows).
+    locations = [body for body in re.findall(r"location ([^@][^{]*\{[^}]*\})", text) if "$app_upstream" in body]
+    assert len(locations) == 3
+    for location in locations:
+        assert "zone=api " in location and "zone=api_key " in location, location
+    upstream = render_nginx_conf(plan_for(images={"lane": "upstream"}))
+    assert "js_set $api_key_client api_key.sha1;" in upstream and "set_sha1" not in upstream
+
+
+def test_nginx_takes_the_client_address_only_from_trusted_proxies():
+    assert "real_ip" not in render_nginx_conf(plan_for())
+    text = render_nginx_conf(plan_for(edge={"trusted_proxies": ["10.20.0.0/16", "2001:db8::/64"]}))
+    assert re.findall(r"set_real_ip_from (\S+);", text) == ["10.20.0.0/16", "2001:db8::/64"]
+    assert "real_ip_header X-Forwarded-For;" in text and "real_ip_recursive on;" in text
+    # The app gets the client nginx resolved, never a header a client wrote.
+    assert set(re.findall(r"proxy_set_header X-Forwarded-For (\S+);", text)) == {"$remote_addr"}
+
+
+def test_proxy_protocol_listens_on_the_published_ports_and_keeps_in_stack_ports_plain():
+    plan = plan_for(edge={"trusted_proxies": ["10.20.0.0/16"], "real_ip_header": "proxy_protocol"})
+    text = render_nginx_conf(plan)
+    assert "real_ip_header proxy_protocol;" in text
+    assert "listen 8443 ssl http2 proxy_protocol default_server;" in text
+    assert "listen 8080 proxy_protocol default_server;" in text
+    assert "listen 8444 ssl http2 default_server;" in text and "listen 8079 default_server;" in text
+    assert plan.edge_in_stack_port("http") == 8079 and plan.edge_in_stack_port("https") == 8444
+    nginx = yaml.safe_load(render_compose(plan))["services"]["nginx"]
+    assert "/127.0.0.1/8079 " in nginx["healthcheck"]["test"][-1]
+    plain = plan_for()
+    assert plain.edge_in_stack_port("https") == 8443 and "proxy_protocol" not in render_nginx_conf(plain)
+
+
+def test_nginx_errors_have_the_apps_json_shape_and_health_is_the_apps():
+    plan = plan_for(app={"max_upload_mb": 12})
+    text = render_nginx_conf(plan)
+    for status, detail in plan.edge_error_details.items():
+        body = re.search(rf"return {status} '(\{{[^']*\}})';", text)
+        assert body, status
+        assert json.loads(body.group(1).replace("$request_id", "r1")) == {"detail": detail, "request_id": "r1"}
+    assert "error_page 502 504 = @error_503;" in text
+    health = json.loads(re.search(r"return 200 '(\{[^']*\})';", text).group(1))
+    assert health == {"status": "ok", "version": plan.release.version, "color": plan.release.color}
 
 
 def test_nginx_conf_follows_settings():

@@ -72,6 +72,12 @@ def test_a_split_inventory_needs_every_role_and_ip_addresses():
     assert topology.data_address == "10.0.0.2"
 
 
+def test_a_split_inventory_refuses_the_proxy_protocol_its_edge_probe_cannot_speak():
+    with pytest.raises(TopologyError, match="edge1: edge.real_ip_header proxy_protocol is for all-in-one hosts"):
+        split_plans(edge={"trusted_proxies": ["10.0.9.0/24"], "real_ip_header": "proxy_protocol"})
+    assert split_plans(edge={"trusted_proxies": ["10.0.9.0/24"]})
+
+
 def test_each_host_renders_only_its_part():
     plans = split_plans()
     assert plans["edge1"].services[0] == "nginx" and "postgres" not in plans["edge1"].services

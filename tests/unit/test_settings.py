@@ -40,6 +40,12 @@ def test_layers_deep_merge_in_order_and_environment_wins():
         ({"project": "Bad_Name"}, "govstack.project: String should match pattern"),
         ({"network": {"data_subnet": "172.29.10.0/24"}}, "overlaps Docker's default address pool 172.29.0.0/16"),
         ({"network": {"data_subnet": "192.168.5.0/24"}}, "overlaps Docker's default address pool 192.168.0.0/16"),
+        ({"edge": {"trusted_proxies": ["10.0.0.1/8"]}}, "govstack.edge.trusted_proxies: '10.0.0.1/8' is not a CIDR"),
+        ({"edge": {"trusted_proxies": ["lb.example.gov"]}}, "'lb.example.gov' is not a CIDR"),
+        ({"edge": {"trusted_proxies": ["0.0.0.0/0"]}}, "would let any client choose its own address"),
+        ({"edge": {"real_ip_header": "proxy_protocol"}}, "real_ip_header proxy_protocol needs trusted_proxies"),
+        ({"edge": {"real_ip_header": "X-Real-IP"}}, "govstack.edge.real_ip_header: Input should be"),
+        ({"resources": {"app": {"pids": 4}}}, "govstack.resources.app.pids: Input should be greater than or equal"),
     ],
 )
 def test_bad_settings_name_the_key_and_the_reason(layer, message):

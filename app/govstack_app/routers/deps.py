@@ -1,5 +1,6 @@
-"""What every router shares: API-key authentication (roles reader < writer < admin), the app's
-services and settings, the client's address and the request id."""
+"""What every router shares: API-key authentication (roles reader < writer < curator < admin, each
+key confined to a set of collections or to none), the app's services and settings, the client's
+address and the request id."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from fastapi.security import APIKeyHeader
 from pydantic import BaseModel
 
 from ..http_errors import HTTPError
-from ..security import role_allows
+from ..schemas import CollectionPath
+from ..security import CREATES_COLLECTIONS, role_allows, scope_allows
 from ..services.backends import Services
 from ..services.keys import lookup_api_key
 from ..settings import Settings
@@ -20,9 +22,27 @@ from ..settings import Settings
 class Principal(BaseModel):
     name: str
     role: str
+    # None: every collection.
+    collections: frozenset[str] | None = None
+
+    def may_access(self, collection: str) -> bool:
+        return scope_allows(self.collections, collection)
+
+    def require_access(self, collection: str) -> None:
+        """403 for a collection outside the key's scope, whether or not it exists."""
+        if not self.may_access(collection):
+            raise HTTPError(403, f"API key {self.name!r} may not access collection {collection!r}")
+
+    @property
+    def may_create_collections(self) -> bool:
+        return role_allows(self.role, CREATES_COLLECTIONS)
 
 
-api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="API key; roles reader < writer < admin")
+api_key_header = APIKeyHeader(
+    name="X-API-Key",
+    auto_error=False,
+    description="API key; roles reader < writer < curator < admin, each key confined to its collections or not",
+)
 
 
 def services(request: Request) -> Services:
@@ -49,7 +69,9 @@ def require(role: str):  # noqa: ANN201 - FastAPI dependency factory
         row = lookup_api_key(services(request).pool, key)
         if row is None:
             raise HTTPError(401, "invalid API key", {"WWW-Authenticate": "ApiKey"})
-        principal = Principal(name=row["name"], role=row["role"])
+        scope = row["collections"]
+        principal = Principal(name=row["name"], role=row["role"],
+                              collections=None if scope is None else frozenset(scope))
         structlog.contextvars.bind_contextvars(api_key_name=principal.name)
         if not role_allows(principal.role, role):
             raise HTTPError(403, f"role {principal.role!r} may not do this (needs {role!r})")
@@ -58,6 +80,20 @@ def require(role: str):  # noqa: ANN201 - FastAPI dependency factory
     return dependency
 
 
+def require_in_collection(role: str):  # noqa: ANN201 - FastAPI dependency factory
+    """``require(role)`` and the path's {collection} inside the key's scope."""
+
+    # A default, not Annotated: this module's annotations are strings (__future__), and one
+    # naming the factory's own `role` could not be resolved from them.
+    def dependency(collection: CollectionPath, principal: Principal = Depends(require(role))) -> Principal:  # noqa: B008
+        principal.require_access(collection)
+        return principal
+
+    return dependency
+
+
 ReaderKey = Annotated[Principal, Depends(require("reader"))]
-WriterKey = Annotated[Principal, Depends(require("writer"))]
+CuratorKey = Annotated[Principal, Depends(require("curator"))]
 AdminKey = Annotated[Principal, Depends(require("admin"))]
+CollectionReaderKey = Annotated[Principal, Depends(require_in_collection("reader"))]
+CollectionWriterKey = Annotated[Principal, Depends(require_in_collection("writer"))]

@@ -10,9 +10,9 @@ from fastapi.responses import JSONResponse, Response
 
 from ..extract import EmptyDocument, TooLarge, UnsupportedType
 from ..http_errors import HTTPError, current_request_id
-from ..schemas import AUTH_ERRORS, CollectionPath, Document, DocumentList, Download, error_doc
+from ..schemas import AUTH_ERRORS, EDGE_ERRORS, CollectionPath, Document, DocumentList, Download, error_doc
 from ..services import documents, uploads
-from .deps import ReaderKey, WriterKey, client_ip, services, settings
+from .deps import CollectionReaderKey, CollectionWriterKey, client_ip, services, settings
 
 router = APIRouter(prefix="/api/v1/collections/{collection}/documents", tags=["documents"])
 
@@ -26,17 +26,20 @@ router = APIRouter(prefix="/api/v1/collections/{collection}/documents", tags=["d
         200: {"model": Document, "description": "The same bytes were already in this collection"},
         201: {"model": Document, "description": "Stored durably (object and row); indexing is queued"},
         409: error_doc("The collection uses another embedding model"),
-        413: error_doc("Upload over GOVSTACK_MAX_UPLOAD_BYTES, or DOCX unpacking over GOVSTACK_MAX_UNPACKED_BYTES"),
         415: error_doc("Unsupported content type (sniffed from the bytes)"),
         422: error_doc("Empty upload or malformed request"),
         **AUTH_ERRORS,
+        **EDGE_ERRORS,
+        413: error_doc("Upload over the upload limit, or DOCX unpacking over GOVSTACK_MAX_UNPACKED_BYTES"),
+        403: error_doc("The key's role or collections do not allow this, or the collection does not exist and "
+                       "creating one needs the curator role"),
     },
 )
 def upload(
     request: Request,
     collection: CollectionPath,
     file: Annotated[UploadFile, File(description="The document: text, Markdown, HTML, PDF or DOCX")],
-    principal: WriterKey,
+    principal: CollectionWriterKey,
     created_by: Annotated[
         str | None, Form(max_length=200, description="Person on whose behalf (defaults to the key name)")
     ] = None,
@@ -60,6 +63,7 @@ def upload(
         created_by=(created_by or principal.name)[:200],
         request_id=current_request_id(),
         client_ip=client_ip(request),
+        may_create_collection=principal.may_create_collections,
     )
     doc, created = uploads.upload_document(services(request), req)
     body = Document(**documents.doc_public(doc)).model_dump(mode="json")
@@ -74,12 +78,14 @@ def upload(
     "",
     response_model=DocumentList,
     summary="List documents, newest first, with collection statistics",
-    responses={404: error_doc("No such collection"), 422: error_doc("Bad paging parameters"), **AUTH_ERRORS},
+    responses={
+        404: error_doc("No such collection"), 422: error_doc("Bad paging parameters"), **AUTH_ERRORS, **EDGE_ERRORS,
+    },
 )
 def list_docs(
     request: Request,
     collection: CollectionPath,
-    principal: ReaderKey,
+    principal: CollectionReaderKey,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> dict[str, Any]:
@@ -90,13 +96,16 @@ def list_docs(
     "/{document_id}",
     response_model=Document,
     summary="One document and its indexing status",
-    responses={404: error_doc("No such document in this collection"), 422: error_doc("Malformed id"), **AUTH_ERRORS},
+    responses={
+        404: error_doc("No such document in this collection"), 422: error_doc("Malformed id"),
+        **AUTH_ERRORS, **EDGE_ERRORS,
+    },
 )
 def get_doc(
     request: Request,
     collection: CollectionPath,
     document_id: int,
-    principal: ReaderKey,
+    principal: CollectionReaderKey,
 ) -> dict[str, Any]:
     return documents.doc_public(documents.get_document(services(request).pool, collection, document_id))
 
@@ -105,13 +114,16 @@ def get_doc(
     "/{document_id}/download",
     response_model=Download,
     summary="A short-lived presigned download URL on the public hostname (audited)",
-    responses={404: error_doc("No such document in this collection"), 422: error_doc("Malformed id"), **AUTH_ERRORS},
+    responses={
+        404: error_doc("No such document in this collection"), 422: error_doc("Malformed id"),
+        **AUTH_ERRORS, **EDGE_ERRORS,
+    },
 )
 def download(
     request: Request,
     collection: CollectionPath,
     document_id: int,
-    principal: ReaderKey,
+    principal: CollectionReaderKey,
 ) -> dict[str, Any]:
     return documents.presign_download(
         services(request),
@@ -133,13 +145,14 @@ def download(
         409: error_doc("The document is being indexed right now; retry"),
         422: error_doc("Malformed id"),
         **AUTH_ERRORS,
+        **EDGE_ERRORS,
     },
 )
 def delete_doc(
     request: Request,
     collection: CollectionPath,
     document_id: int,
-    principal: WriterKey,
+    principal: CollectionWriterKey,
 ) -> Response:
     try:
         documents.delete_document(

@@ -1,5 +1,6 @@
-"""Probes and metrics, without authentication: /health (liveness), /ready (every backing
-service), /metrics (Prometheus)."""
+"""Probes and metrics, without authentication: /health (liveness; the edge answers the same for
+the serving release), /ready (every backing service: which one failed, never why, the log says
+why), /metrics (Prometheus scrapes the app directly; the edge does not serve it)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .. import metrics
-from ..schemas import HealthResponse, ReadyResponse
+from ..http_errors import current_request_id
+from ..schemas import EDGE_ERRORS, HealthResponse, ReadyResponse
 from ..services.indexing import backlog
 from .deps import services, settings
 
@@ -30,7 +32,17 @@ def health(request: Request) -> dict[str, Any]:
     "/ready",
     response_model=ReadyResponse,
     summary="Readiness: postgres, object store and chroma",
-    responses={503: {"model": ReadyResponse, "description": "A dependency is broken; `failed` names it"}},
+    responses={
+        400: EDGE_ERRORS[400],
+        429: EDGE_ERRORS[429],
+        503: {
+            "description": "A dependency is broken (`failed` names it), or the edge has no app to ask",
+            "content": {"application/json": {"schema": {"anyOf": [
+                {"$ref": "#/components/schemas/ReadyResponse"},
+                {"$ref": "#/components/schemas/ErrorResponse"},
+            ]}}},
+        },
+    },
 )
 def ready(request: Request) -> JSONResponse:
     s = services(request)
@@ -41,7 +53,10 @@ def ready(request: Request) -> JSONResponse:
             fn()
             checks[name] = "ok"
         except Exception as exc:  # noqa: BLE001
-            checks[name] = f"error: {type(exc).__name__}: {str(exc)[:200]}"
+            # Anyone may ask: the cause (addresses, driver messages) goes to the log only.
+            log.warning("readiness check failed", check=name, error=f"{type(exc).__name__}: {str(exc)[:500]}",
+                        request_id=current_request_id())
+            checks[name] = "error"
 
     def pg() -> None:
         with s.pool.connection(timeout=3.0) as conn:
@@ -57,6 +72,7 @@ def ready(request: Request) -> JSONResponse:
 
 @router.get(
     "/metrics",
+    include_in_schema=False,
     summary="Prometheus metrics",
     response_class=Response,
     responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"}},

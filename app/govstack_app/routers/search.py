@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from ..schemas import AUTH_ERRORS, SearchRequest, SearchResponse, error_doc
+from ..schemas import AUTH_ERRORS, EDGE_ERRORS, SearchRequest, SearchResponse, error_doc
 from ..services import search as search_service
 from .deps import ReaderKey, services
 
@@ -22,7 +22,9 @@ router = APIRouter(tags=["search"])
         409: error_doc("The collection was embedded with another model than the one configured"),
         422: error_doc("Malformed request"),
         **AUTH_ERRORS,
+        **EDGE_ERRORS,
     },
 )
 def search(request: Request, body: SearchRequest, principal: ReaderKey) -> dict[str, Any]:
+    principal.require_access(body.collection)
     return search_service.search(services(request), body.collection, body.query, body.k, body.mode)

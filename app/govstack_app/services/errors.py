@@ -11,6 +11,10 @@ class AppError(Exception):
         self.detail = detail
 
 
+class Forbidden(AppError):
+    status = 403
+
+
 class NotFound(AppError):
     status = 404
 

@@ -65,6 +65,8 @@ class UploadRequest:
     created_by: str
     request_id: str | None = None
     client_ip: str | None = None
+    # The key's role may create the collection when it does not exist yet.
+    may_create_collection: bool = False
 
 
 def upload_document(svc: Services, req: UploadRequest) -> tuple[dict[str, Any], bool]:
@@ -75,7 +77,8 @@ def upload_document(svc: Services, req: UploadRequest) -> tuple[dict[str, Any], 
     """
     model = svc.embedder.model_name
     with db(svc.pool) as conn:
-        coll = ensure_collection(conn, req.collection, model, req.api_key_name)
+        coll = ensure_collection(conn, req.collection, model, req.api_key_name,
+                                 may_create=req.may_create_collection)
         conn.commit()
         existing = _find_by_sha(conn, coll["id"], req.sha256)
         conn.rollback()

@@ -21,20 +21,24 @@ def operations(spec: dict) -> dict[tuple[str, str], dict]:
     return {(m.upper(), p): op for p, item in spec["paths"].items() for m, op in item.items()}
 
 
+# Every route the edge proxies may also answer the edge's own 400, 413 and 429 (same JSON shape).
 EXPECTED = {
-    ("POST", "/api/v1/collections/{collection}/documents"): {200, 201, 401, 403, 409, 413, 415, 422, 503},
-    ("GET", "/api/v1/collections/{collection}/documents"): {200, 401, 403, 404, 422, 503},
-    ("GET", "/api/v1/collections/{collection}/documents/{document_id}"): {200, 401, 403, 404, 422, 503},
-    ("GET", "/api/v1/collections/{collection}/documents/{document_id}/download"): {200, 401, 403, 404, 422, 503},
-    ("DELETE", "/api/v1/collections/{collection}/documents/{document_id}"): {204, 401, 403, 404, 409, 422, 503},
-    ("GET", "/api/v1/collections"): {200, 401, 403, 503},
-    ("POST", "/api/v1/search"): {200, 401, 403, 404, 409, 422, 503},
-    ("POST", "/api/v1/keys"): {201, 401, 403, 409, 422, 503},
-    ("GET", "/api/v1/keys"): {200, 401, 403, 503},
-    ("DELETE", "/api/v1/keys/{name}"): {204, 401, 403, 404, 409, 422, 503},
+    ("POST", "/api/v1/collections/{collection}/documents"): {200, 201, 400, 401, 403, 409, 413, 415, 422, 429, 503},
+    ("GET", "/api/v1/collections/{collection}/documents"): {200, 400, 401, 403, 404, 413, 422, 429, 503},
+    ("GET", "/api/v1/collections/{collection}/documents/{document_id}"): {200, 400, 401, 403, 404, 413, 422, 429, 503},
+    ("GET", "/api/v1/collections/{collection}/documents/{document_id}/download"): {
+        200, 400, 401, 403, 404, 413, 422, 429, 503},
+    ("DELETE", "/api/v1/collections/{collection}/documents/{document_id}"): {
+        204, 400, 401, 403, 404, 409, 413, 422, 429, 503},
+    ("GET", "/api/v1/collections"): {200, 400, 401, 403, 413, 429, 503},
+    ("POST", "/api/v1/collections"): {201, 400, 401, 403, 409, 413, 422, 429, 503},
+    ("POST", "/api/v1/search"): {200, 400, 401, 403, 404, 409, 413, 422, 429, 503},
+    ("POST", "/api/v1/keys"): {201, 400, 401, 403, 409, 413, 422, 429, 503},
+    ("GET", "/api/v1/keys"): {200, 400, 401, 403, 413, 429, 503},
+    ("POST", "/api/v1/keys/{name}/rotate"): {200, 400, 401, 403, 404, 413, 422, 429, 503},
+    ("DELETE", "/api/v1/keys/{name}"): {204, 400, 401, 403, 404, 409, 413, 422, 429, 503},
     ("GET", "/health"): {200},
-    ("GET", "/ready"): {200, 503},
-    ("GET", "/metrics"): {200},
+    ("GET", "/ready"): {200, 400, 429, 503},
 }
 
 
@@ -42,7 +46,6 @@ EXPECTED = {
 OPERATIONS = {
     ("GET", "/health"): ("health_health_get", "ops"),
     ("GET", "/ready"): ("ready_ready_get", "ops"),
-    ("GET", "/metrics"): ("prom_metrics_get", "ops"),
     ("POST", "/api/v1/collections/{collection}/documents"): (
         "upload_api_v1_collections__collection__documents_post",
         "documents",
@@ -64,9 +67,11 @@ OPERATIONS = {
         "documents",
     ),
     ("GET", "/api/v1/collections"): ("collections_api_v1_collections_get", "documents"),
+    ("POST", "/api/v1/collections"): ("create_api_v1_collections_post", "documents"),
     ("POST", "/api/v1/search"): ("search_api_v1_search_post", "search"),
     ("GET", "/api/v1/keys"): ("list_keys_api_v1_keys_get", "keys"),
     ("POST", "/api/v1/keys"): ("create_key_api_v1_keys_post", "keys"),
+    ("POST", "/api/v1/keys/{name}/rotate"): ("rotate_key_api_v1_keys__name__rotate_post", "keys"),
     ("DELETE", "/api/v1/keys/{name}"): ("revoke_key_api_v1_keys__name__delete", "keys"),
 }
 
@@ -95,11 +100,50 @@ def test_openapi_declares_every_status(app) -> None:  # noqa: ANN001
         "type": "apiKey",
         "in": "header",
         "name": "X-API-Key",
-        "description": "API key; roles reader < writer < admin",
+        "description": "API key; roles reader < writer < curator < admin, each key confined to its collections or not",
     }
     for key in EXPECTED:
         if key[1].startswith("/api/"):
             assert ops[key].get("security") == [{"APIKeyHeader": []}], key
+
+
+def test_the_schema_publishes_only_what_the_edge_serves(app) -> None:  # noqa: ANN001
+    # Prometheus scrapes /metrics from the app directly; the edge answers it 404.
+    assert "/metrics" not in app.openapi()["paths"]
+    assert TestClient(app).get("/metrics").status_code == 200
+
+
+def test_a_refused_method_is_405_naming_every_method_of_the_path(app) -> None:  # noqa: ANN001
+    client = TestClient(app)
+    r = client.put("/api/v1/collections/forms/documents/1", headers={"X-Request-ID": "rid-405"})
+    assert r.status_code == 405
+    assert r.headers["allow"] == "GET, DELETE"
+    assert r.json() == {"detail": "method PUT not allowed", "request_id": "rid-405"}
+    # The edge asks with OPTIONS on behalf of a method it refused itself (TRACE).
+    r = client.options("/health", headers={"X-Original-Method": "TRACE"})
+    assert (r.status_code, r.headers["allow"], r.json()["detail"]) == (405, "GET", "method TRACE not allowed")
+    r = client.get("/no/such/path", headers={"X-Request-ID": "rid-404"})
+    assert r.status_code == 404 and r.json() == {"detail": "Not Found", "request_id": "rid-404"}
+
+
+def test_ready_names_the_failed_check_but_never_its_cause(app) -> None:  # noqa: ANN001
+    class Broken:
+        def connection(self, timeout: float):  # noqa: ANN201
+            raise OSError("connection to 10.253.0.5:5432 refused (password authentication failed)")
+
+    class Store:
+        def check(self) -> None:
+            raise RuntimeError("S3 AccessDenied for key AKIA-SECRET-LOOKING")
+
+    class Chroma:
+        def heartbeat(self) -> None:
+            return None
+
+    app.state.services = type("Services", (), {"pool": Broken(), "store": Store(), "chroma": Chroma()})()
+    r = TestClient(app).get("/ready")
+    assert r.status_code == 503
+    assert r.json() == {"status": "unavailable", "checks": {"postgres": "error", "object_store": "error",
+                                                            "chroma": "ok"}, "failed": ["postgres", "object_store"]}
 
 
 def test_missing_key_is_401_without_touching_services(app) -> None:  # noqa: ANN001

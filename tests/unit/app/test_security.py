@@ -4,11 +4,14 @@ import hashlib
 
 import pytest
 from govstack_app.security import (
+    CREATES_COLLECTIONS,
     generate_api_key,
     hash_api_key,
     key_prefix,
     role_allows,
     sanitize_filename,
+    scope_allows,
+    stored_key_hash,
     valid_collection_name,
 )
 from govstack_app.storage import new_object_name
@@ -28,6 +31,24 @@ def test_roles_are_ordered() -> None:
     assert role_allows("writer", "reader") and role_allows("writer", "writer")
     assert not role_allows("writer", "admin") and not role_allows("reader", "writer")
     assert not role_allows("root", "reader")
+    # Only curators and admins create collections; writers fill existing ones.
+    assert role_allows("curator", "writer") and role_allows("admin", "curator")
+    assert not role_allows("writer", CREATES_COLLECTIONS)
+
+
+def test_a_scope_confines_a_key_and_none_means_every_collection() -> None:
+    assert scope_allows(None, "anything")
+    assert scope_allows(frozenset({"permits"}), "permits")
+    assert not scope_allows(frozenset({"permits"}), "tax")
+    assert not scope_allows(frozenset(), "permits")
+
+
+def test_a_scoped_key_is_stored_where_a_release_without_scopes_cannot_find_it() -> None:
+    key = generate_api_key()
+    assert stored_key_hash(key, False) == hash_api_key(key)
+    # The previous release looks keys up by the bare hash: a scoped key is refused there (401)
+    # instead of reaching every collection.
+    assert stored_key_hash(key, True) == "scoped:" + hash_api_key(key) != hash_api_key(key)
 
 
 @pytest.mark.parametrize(
