@@ -162,6 +162,7 @@ def compose_project_up(
     compose_file: str,
     service_images: dict[str, str],
     wait_timeout_s: int = 300,
+    wait: bool = True,
 ):
     """
     A Compose project whose every service runs the rendered definition and is healthy.
@@ -170,6 +171,8 @@ def compose_project_up(
     + compose_file: the rendered compose file on the host
     + service_images: service -> image reference, to notice rebuilt images
     + wait_timeout_s: how long ``up --wait`` may take for health checks
+    + wait: wait until every service is healthy; False only starts them (a
+      release waits in its own step, compose_project_healthy)
 
     ``docker compose up`` is run only when the running state differs from the
     rendered one: a missing, stopped or unhealthy container, a config-hash
@@ -213,6 +216,15 @@ def compose_project_up(
 
     log = f"/tmp/govstack-compose-{project}.log"
     status_fmt = "{{.Service}}: {{.Status}}"
+    if not wait:
+        start = compose(project, "up", "-d", "--remove-orphans", files=compose_file)
+        yield StringCommand(
+            f"echo 'govstack: compose {project}: {'; '.join(reasons)}' >&2; "
+            f"{start} >{log} 2>&1 || {{ "
+            f"echo \"govstack: compose project {project} did not start: $(grep -iE 'error' {log} | tail -n 1)\" >&2; "
+            "exit 1; }"
+        )
+        return
     up = compose(project, "up", "-d", "--remove-orphans", "--wait", "--wait-timeout", wait_timeout_s,
                  files=compose_file)
     # On failure: one "govstack:" line with the most specific cause Compose
@@ -226,6 +238,18 @@ def compose_project_up(
         "exit 1; }; "
         + _all_healthy_or_fail(project, wait_timeout_s)
     )
+
+
+@operation(is_idempotent=False)
+def compose_project_healthy(project: str, timeout_s: int = 300):
+    """
+    Wait until every container of a started Compose project runs and is
+    healthy; fail naming those that are not.
+
+    + project: Compose project name
+    + timeout_s: how long the services may take
+    """
+    yield _all_healthy_or_fail(project, timeout_s)
 
 
 def _all_healthy_or_fail(project: str, timeout_s: int) -> str:
@@ -532,33 +556,38 @@ def indexing_color_set(project: str, compose_file: str, database: str, color: st
     yield f"{printf_lines(sql)} | {compose_exec(project, compose_file, 'postgres', *psql_argv(database))}"
 
 
-@operation(is_idempotent=False)
-def old_color_retired(edge_project: str, edge_compose_file: str, project: str, compose_file: str,
-                      drain_timeout_s: int = 30, stop_timeout_s: int = 40):
-    """
-    Stop the previous color once nothing can still reach it; keep its
-    containers (stopped) and image for a rollback.
-
-    + edge_project, edge_compose_file: the project nginx runs in
-    + project, compose_file: the previous color's project
-    + drain_timeout_s: how long to wait for nginx's old workers (they finish
-      the requests they had when the reload came) to exit
-    + stop_timeout_s: SIGTERM grace for the API to finish in-flight requests
-    """
-    yield f"{edge_drain_command(edge_project, edge_compose_file, drain_timeout_s)}; " + color_stop_command(
-        project, compose_file, stop_timeout_s
-    )
-
-
 def edge_drain_command(edge_project: str, edge_compose_file: str, drain_timeout_s: int) -> str:
     """Shell that waits (bounded) until nginx's old workers, which finish the
     requests they had when the reload came, have exited."""
+    # "dow[n]": the probe's own `sh -c` carries its pattern in its cmdline;
+    # a literal "shutting down" found itself, so every drain waited the full timeout.
     workers = compose_exec(edge_project, edge_compose_file, "nginx", "sh", "-c",
-                           'grep -l "shutting down" /proc/[0-9]*/cmdline')
+                           'grep -l "shutting dow[n]" /proc/[0-9]*/cmdline')
     return (
         f"i=0; while {workers} >/dev/null 2>&1; "
         f"do i=$((i+1)); [ $i -ge {drain_timeout_s * 2} ] && break; sleep 0.5; done"
     )
+
+
+@operation()
+def app_color_idle(project: str, compose_file: str, stop_timeout_s: int = 40):
+    """
+    The color that does not serve runs nothing; its containers are kept,
+    stopped, with their image, for a rollback.
+
+    + project, compose_file: the idle color's project
+    + stop_timeout_s: SIGTERM grace for the API to finish in-flight requests
+
+    Only a release starts the idle color, and it stops the old one at its
+    end: one that runs was left by an interrupted release.
+    """
+    state = host.get_fact(ComposeProject, project=project, compose_file=compose_file)
+    running = sorted(c["id"] for c in state["containers"] if c["state"] == "running")
+    if not running:
+        host.noop(f"{project} runs nothing")
+        return
+    yield (f"echo 'govstack: {project} does not serve but runs (an interrupted release?): stopping it' >&2; "
+           f"docker stop -t {stop_timeout_s} {' '.join(running)} >/dev/null")
 
 
 def color_stop_command(project: str, compose_file: str, stop_timeout_s: int) -> str:

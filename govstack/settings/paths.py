@@ -64,8 +64,18 @@ class StackPaths:
         return f"{self.state_dir}/ledger.jsonl"
 
     @property
-    def deploy_lock(self) -> str:
-        return f"{self.state_dir}/deploy.lock"
+    def lock_file(self) -> str:
+        """The stack lock (flock; govstack/lock.py) and who holds it."""
+        return f"{self.state_dir}/govstack.lock"
+
+    @property
+    def lock_holder_file(self) -> str:
+        return f"{self.state_dir}/lock-holder.json"
+
+    @property
+    def attempt_file(self) -> str:
+        """The command in flight; one the next command finds was interrupted."""
+        return f"{self.state_dir}/attempt.json"
 
     @property
     def backups_dir(self) -> str:
