@@ -18,6 +18,7 @@ from govstack.backup.remote import BackupError, BackupHost
 from govstack.inventory import InventoryError, load_inventory
 from govstack.lock import command_lock, lock_wait_option
 from govstack.remote import stack_plan, testinfra_host
+from govstack.roles import roles_of
 from govstack.settings import SettingsError
 
 DEFAULT_INVENTORY = "inventories/local.py"
@@ -53,6 +54,14 @@ def stack_for(inventory: str, host_name: str | None, hosts=None) -> BackupHost:
     if not entry.settings.backup.enabled:
         _fail(f"{entry.name}: backups are disabled (govstack.backup.enabled)", 2)
     return _backup_host(entry)
+
+
+def other_app_hosts(hosts, stack: BackupHost) -> list[BackupHost]:
+    """A split inventory's app hosts other than ``stack``'s: their api and
+    worker write to its database too, so a restore stops them as well."""
+    if len(hosts) == 1:
+        return []
+    return [_backup_host(entry) for entry in hosts if entry.name != stack.name and "app" in roles_of(entry.groups)]
 
 
 def _echo_json(data) -> None:
@@ -109,12 +118,13 @@ def backup(inventory: str, host_name: str | None, list_runs: bool, source: str, 
 @lock_wait_option
 def restore(inventory: str, host_name: str | None, snapshot: str, component: str, force: bool, source: str,
             as_json: bool, lock_wait: float) -> None:
-    """Stop the app, restore a backup run, verify it against its manifest, restart the app."""
+    """Stop the app (on every app host), restore a backup run, verify it against its manifest, restart the app."""
     hosts = inventory_hosts(inventory)
     stack = stack_for(inventory, host_name, hosts)
     try:
         with command_lock(hosts, f"restore {snapshot}", lock_wait):
-            report = run_restore(stack, snapshot, component, force, source)
+            report = run_restore(stack, snapshot, component, force, source,
+                                 app_hosts=other_app_hosts(hosts, stack))
     except BackupError as error:
         _fail(str(error), 3 if error.kind == "non-empty" else 1)
     if as_json:
