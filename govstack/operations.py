@@ -535,7 +535,8 @@ def app_migrated(project: str, compose_file: str, timeout_s: int = 300):
     log = f"/tmp/govstack-migrate-{project}.log"
     yield (
         f"timeout {timeout_s} {compose_run(project, compose_file, 'api', 'migrate')} >{log} 2>&1 "
-        f"|| {{ echo \"govstack: migrations of the new version failed: $(tail -n 1 {log})\" >&2; exit 1; }}"
+        f"|| {{ echo \"govstack: migrations of the new version failed: "
+        f"$(grep -v '^[[:space:]]*$' {log} | tail -n 1)\" >&2; exit 1; }}"
     )
 
 
