@@ -5,8 +5,8 @@ Run by the CLI (which holds the stack lock and writes the ledger) as
 The data tier and the edge stay up; the app moves to the idle color:
 
   1. build (or find) image V           5. the release record, indexing and
-  2. pg_dump, then migrations             scrape targets follow the traffic
-                                       6. drain the edge of the old color
+  2. safety copy of Postgres (restic),    scrape targets follow the traffic
+     then migrations                   6. drain the edge of the old color
   3. start V in the idle color and     7. stop the old color (kept stopped,
      wait until api + worker ready        with its image, for rollback)
   4. nginx: render, nginx -t, reload
@@ -33,7 +33,7 @@ from govstack.operations import (
     compose_project_healthy,
     indexing_color_set,
     nginx_config_applied,
-    postgres_dumped,
+    postgres_safety_copy,
 )
 from govstack.plan import StackPlan
 from govstack.release import Release, ReleaseState, other_color, release_path
@@ -95,7 +95,7 @@ def fault_point(point: str) -> None:
 if is_app:
     images.build_app_image(after, version)
 
-# 2. A database backup, then the new version's migrations (one app host runs them).
+# 2. A safety copy of the database, then the new version's migrations (one app host runs them).
 if is_app:
     files.put(
         name=f"Compose file of {new.color} ({version})",
@@ -104,15 +104,17 @@ if is_app:
         mode="644",
     )
 if is_data:
-    postgres_dumped(
-        name="Pre-deploy Postgres backup",
-        project=s.project,
-        compose_file=s.compose_file,
-        database=s.postgres.database,
-        dest_dir=s.paths.pre_deploy_dumps,
-        label=version,
-    )
-step("pre-deploy backup")
+    if s.backup.enabled:
+        postgres_safety_copy(
+            name="Pre-deploy copy of Postgres (restic)",
+            project=s.project,
+            compose_file=s.compose_file,
+            label=version,
+            record=s.paths.pre_deploy_copy_file,
+        )
+    else:
+        logger.warning(f"govstack: {host.name}: backups are disabled (backup.enabled): no pre-deploy copy of Postgres")
+step("pre-deploy copy")
 if is_app and is_first_app_host(after, host.name):
     app_migrated(
         name=f"Migrations of {version}",

@@ -105,7 +105,7 @@ def _report_interrupted(hosts, found_by: str) -> None:
 def _recorded_run(hosts, inventory: str, action: str, version: str | None, deploy_file: str,
                   env: dict[str, str] | None = None) -> tuple[int, str | None, float]:
     """run_pyinfra between an attempt record and a ledger line on every host."""
-    from govstack.ledger import append_ledger, begin_attempt, end_attempt, read_release
+    from govstack.ledger import append_ledger, begin_attempt, end_attempt, read_release, take_safety_copy
 
     for entry in hosts:
         begin_attempt(entry, action, version)
@@ -123,6 +123,7 @@ def _recorded_run(hosts, inventory: str, action: str, version: str | None, deplo
             "result": "ok" if code == 0 else "failed",
             "duration_s": duration,
             "cause": None if code == 0 else cause,
+            **({"pre_deploy_copy": copy} if (copy := take_safety_copy(entry)) else {}),
         })
         end_attempt(entry)
     return code, cause, duration

@@ -25,7 +25,7 @@ from govstack.lock import operator
 from govstack.remote import testinfra_host
 
 __all__ = ["operator", "append_ledger", "read_ledger", "read_release", "begin_attempt", "end_attempt",
-           "take_interrupted"]
+           "take_interrupted", "take_safety_copy"]
 
 
 def state_dir(entry: InventoryHost) -> str:
@@ -87,6 +87,17 @@ def end_attempt(entry: InventoryHost) -> None:
     testinfra_host(entry.name, entry.data).run(f"rm -f {shlex.quote(attempt_path(entry))}")
 
 
+def take_safety_copy(entry: InventoryHost) -> str | None:
+    """The run id of the pre-deploy copy the last release took on this host
+    (data hosts), once: the file is removed as its ledger line takes it."""
+    path = shlex.quote(entry.settings.paths.pre_deploy_copy_file)
+    raw = testinfra_host(entry.name, entry.data).run(f"cat {path} 2>/dev/null; rm -f {path}").stdout.strip()
+    try:
+        return json.loads(raw.splitlines()[-1]).get("run") if raw else None
+    except (ValueError, AttributeError):
+        return None
+
+
 def take_interrupted(entry: InventoryHost, found_by: str) -> dict[str, Any] | None:
     """The attempt a previous command left unfinished, now in the ledger as
     ``interrupted`` (with what serves now); None when there was none."""
@@ -108,6 +119,7 @@ def take_interrupted(entry: InventoryHost, found_by: str) -> dict[str, Any] | No
         "serving": serving(entry),
         "result": "interrupted",
         "duration_s": None,
+        "pre_deploy_copy": take_safety_copy(entry),
         "cause": f"the command stopped before it recorded a result; found by `{found_by}`",
     }
     append_ledger(entry, record)

@@ -12,7 +12,6 @@ from pyinfra.api import FileUploadCommand, OperationError, StringCommand, operat
 from pyinfra.facts.files import Directory
 
 from govstack.commands import (
-    SUPERUSER,
     compose,
     compose_containers,
     compose_exec,
@@ -503,25 +502,32 @@ def postgres_login_role(
 
 
 @operation(is_idempotent=False)
-def postgres_dumped(project: str, compose_file: str, database: str, dest_dir: str, label: str, keep: int = 5):
+def postgres_safety_copy(project: str, compose_file: str, label: str, record: str, timeout_s: int = 1800,
+                         service: str = "backup"):
     """
-    A custom-format ``pg_dump`` of ``database`` under ``dest_dir`` (made by the
-    server's own image, so versions match); the ``keep`` newest are kept.
+    A safety copy of Postgres in the restic repository (encrypted), taken by
+    the backup job's ``pre-deploy`` command before a release migrates: the
+    job's own Postgres path (``pg_dump --snapshot`` and the roles, verified by
+    reading back, with a manifest), so ``govstack restore --snapshot <run>
+    --component postgres`` restores and verifies it like any backup run.
 
-    + project, compose_file: the Compose project Postgres runs in
-    + database: database to dump
-    + dest_dir: directory on the host (created 0700)
-    + label: part of the file name, e.g. the version about to be deployed
+    + project, compose_file: the Compose project the backup service runs in
+    + label: what is about to be deployed (the version), kept as a tag
+    + record: file on the host that receives the job's JSON summary (its run
+      id), for the ledger
+    + timeout_s: longest the copy may take
+
+    A stopped backup service (a drill stops it) is run as a one-off container.
     """
-    dump = compose_exec(project, compose_file, "postgres", "pg_dump", "-Fc", "-U", SUPERUSER, "-d", database)
-    dest = q(dest_dir)
-    name = f"$(date -u +%Y%m%dT%H%M%SZ)-{label}.dump"
+    log = f"/tmp/govstack-pre-deploy-{project}.log"
+    out, target = q(f"{record}.new"), q(record)
+    running = f"{compose(project, 'ps', '-q', '--status', 'running', service, files=compose_file)} 2>/dev/null"
+    in_service = compose_exec(project, compose_file, service, "govstack-backup", "pre-deploy", "--label", label)
+    one_off = compose_run(project, compose_file, service, "pre-deploy", "--label", label)
     yield (
-        f"mkdir -p {dest} && chmod 700 {dest} && f={dest}/{name} && "
-        f"{{ {dump} > \"$f.partial\" "
-        f"|| {{ rm -f \"$f.partial\"; echo 'govstack: pre-deploy Postgres backup failed' >&2; exit 1; }}; }} && "
-        f"chmod 600 \"$f.partial\" && mv \"$f.partial\" \"$f\" && "
-        f"ls -1t {dest}/*.dump | tail -n +{keep + 1} | xargs -r rm -f"
+        f"if [ -n \"$({running})\" ]; then job={q(in_service)}; else job={q(one_off)}; fi; "
+        f"(umask 077; timeout {timeout_s} sh -c \"$job\" >{out} 2>{log}) && mv -f {out} {target} "
+        f"|| {{ echo \"govstack: pre-deploy copy of Postgres into restic failed: $(tail -n 1 {log})\" >&2; exit 1; }}"
     )
 
 

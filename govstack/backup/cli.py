@@ -90,7 +90,7 @@ def backup(inventory: str, host_name: str | None, list_runs: bool, source: str, 
                 return
             for run in runs:
                 state = "complete" if run["complete"] else "incomplete"
-                click.echo(f"{run['run']}  {run['time'][:19]}  {state:10}  manifest "
+                click.echo(f"{run['run']}  {run['time'][:19]}  {state:10}  {run.get('kind', 'run'):10}  manifest "
                            f"{(run['snapshots'].get('manifest') or '-')[:8]}")
             return
         with command_lock(hosts, "backup", lock_wait):
@@ -126,7 +126,7 @@ def restore(inventory: str, host_name: str | None, snapshot: str, component: str
             report = run_restore(stack, snapshot, component, force, source,
                                  app_hosts=other_app_hosts(hosts, stack))
     except BackupError as error:
-        _fail(str(error), 3 if error.kind == "non-empty" else 1)
+        _fail(str(error), {"non-empty": 3, "usage": 2}.get(error.kind, 1))
     if as_json:
         _echo_json(report)
         return

@@ -174,6 +174,11 @@ def preflight(stack: BackupHost, snapshot: str, components: tuple[str, ...], for
     # The scheduler may be stopped (a drill stops it): then a one-off container answers.
     oneoff = stack.container("backup") is None
     entry = find_run(stack, snapshot, source, oneoff=oneoff)
+    held = entry["manifest"]["components"]
+    if set(components) - set(held):
+        kind = entry.get("kind", "run")
+        raise BackupError(f"run {entry['run']} holds {', '.join(sorted(held))} only (a {kind} copy); "
+                          f"restore it with --component {' or '.join(sorted(held))}", "usage")
     state = stack.job_json("state", entry["run"], "--from", source, oneoff=oneoff)
     busy: dict[str, Any] = {}
     if "postgres" in components:

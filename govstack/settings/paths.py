@@ -78,14 +78,19 @@ class StackPaths:
         return f"{self.state_dir}/attempt.json"
 
     @property
+    def pre_deploy_copy_file(self) -> str:
+        """The backup job's summary of a release's pre-deploy copy (its run id), until the ledger takes it."""
+        return f"{self.state_dir}/pre-deploy-copy.json"
+
+    @property
     def backups_dir(self) -> str:
         """The backup root: the restic repository, its cache, drill evidence."""
         return self.backup_root or f"{self.root}/backups"
 
     @property
     def pre_deploy_dumps(self) -> str:
-        """pg_dump files made before each release's migrations (under the stack root
-        whatever ``backup.root`` says)."""
+        """Where releases used to leave a plain pg_dump before their migrations
+        (nothing writes there since those copies go to restic; old files stay)."""
         return f"{self.root}/backups/pre-deploy"
 
     @property

@@ -8,7 +8,9 @@ report would): the migration gives up after lock_timeout (a setting, 2 s
 here), rolled back whole, and the deploy fails with a one-line cause,
 traffic and schema as they were. Once the lock is released the same deploy
 works. Then a rollback to vN: vN runs on the expanded schema and still
-serves uploads and searches.
+serves uploads and searches. Last, the safety copy that deploy took before
+migrating is a restic snapshot the ledger names, and `govstack restore`
+puts the database back to it (the migration undone).
 """
 
 from __future__ import annotations
@@ -148,3 +150,37 @@ def test_the_previous_release_serves_uploads_and_searches_on_the_expanded_schema
         results = api.search(collection, f"harbour bridge repairs {marker}", mode)
         assert results and results[0]["document_id"] == upload.json()["id"], (mode, results)
 
+
+def ledger(stack) -> list[dict]:
+    path = Path(stack.settings.stack_root, "state", "ledger.jsonl")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_the_pre_deploy_copy_is_a_restic_snapshot_that_restore_names(stack, expanded):
+    _, new = expanded
+    deployed = [r for r in ledger(stack) if (r["action"], r["version"], r["result"]) == ("deploy", new, "ok")]
+    assert deployed, "needs the expanded release's deploy (the tests before)"
+    copy = deployed[-1]["pre_deploy_copy"]
+    assert copy.startswith("pre-deploy-")
+    # No plain dump on disk any more (the old code path wrote <time>-<version>.dump there).
+    assert not list(Path(stack.settings.stack_root, "backups", "pre-deploy").glob(f"*-{new}.dump"))
+
+    listed = json.loads(run_govstack("backup", "--list", "--json", "-i", stack.inventory, timeout=300).stdout)
+    entry = next(run for run in listed if run["run"] == copy)
+    assert entry["kind"] == "pre-deploy" and entry["complete"]
+    assert {"postgres", "postgres_globals", "manifest"} <= set(entry["snapshots"])
+    assert all(run["kind"] == "run" for run in listed if not run["run"].startswith("pre-deploy-"))
+
+    everything = run_govstack("restore", "--snapshot", copy, "--force", "-i", stack.inventory, timeout=300)
+    assert everything.returncode == 2
+    assert everything.stderr.strip().splitlines()[-1] == (
+        f"govstack: run {copy} holds postgres only (a pre-deploy copy); restore it with --component postgres")
+
+    result = run_govstack("restore", "--snapshot", copy, "--component", "postgres", "--force", "--json",
+                          "-i", stack.inventory, timeout=1800)
+    assert result.returncode == 0, f"{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+    report = json.loads(result.stdout)
+    assert report["run"] == copy and report["components"]["postgres"]["ok"]
+    # The database is as it was before that deploy migrated.
+    assert schema(stack) == {"column": "0", "index": "0", "version_row": "0"}
+    assert Api(stack, None).call("GET", "/ready").status_code == 200
