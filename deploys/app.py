@@ -7,9 +7,9 @@ from io import StringIO
 from pyinfra.api import deploy
 from pyinfra.operations import files
 
-from govstack.operations import compose_project_up, path_owned, postgres_login_role
+from govstack.operations import app_color_idle, compose_project_up, path_owned, postgres_login_role
 from govstack.plan import StackPlan
-from govstack.release import Color, release_path
+from govstack.release import Color, other_color, release_path
 from govstack.secrets import secret_path
 
 
@@ -28,13 +28,25 @@ def ensure_app_database(plan: StackPlan):
 
 
 @deploy("App color")
-def start_app_color(plan: StackPlan, color: Color, version: str):
+def start_app_color(plan: StackPlan, color: Color, version: str, wait: bool = True):
+    """``wait=False`` only starts it (a release waits in a step of its own)."""
     compose_project_up(
-        name=f"App {color} ({version}) up and healthy",
+        name=f"App {color} ({version}) {'up and healthy' if wait else 'started'}",
         project=plan.app_project(color),
         compose_file=plan.app_compose_file(color),
         service_images={"api": plan.app_image(version), "worker": plan.app_image(version)},
         wait_timeout_s=plan.settings.healthy_timeout_s,
+        wait=wait,
+    )
+
+
+@deploy("Idle color")
+def stop_idle_color(plan: StackPlan):
+    idle = other_color(plan.release.color)
+    app_color_idle(
+        name=f"App {idle} (not serving) stopped",
+        project=plan.app_project(idle),
+        compose_file=plan.app_compose_file(idle),
     )
 
 

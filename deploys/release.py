@@ -1,32 +1,39 @@
 """Blue/green release of the app: `govstack deploy --version V` / `govstack rollback`.
 
-Run by the CLI (which holds the deploy lock and writes the ledger) as
+Run by the CLI (which holds the stack lock and writes the ledger) as
 `pyinfra -y INVENTORY deploys/release.py` with GOVSTACK_RELEASE_VERSION set.
 The data tier and the edge stay up; the app moves to the idle color:
 
-  1. build (or find) image V          4. nginx: render, nginx -t, reload
-  2. pg_dump, then migrations         5. hand indexing to the new color
-  3. start V in the idle color and    6. drain, stop the old color (kept
-     wait until api + worker ready       stopped with its image for rollback)
+  1. build (or find) image V           5. the release record, indexing and
+  2. safety copy of Postgres (restic),    scrape targets follow the traffic
+     then migrations                   6. drain the edge of the old color
+  3. start V in the idle color and     7. stop the old color (kept stopped,
+     wait until api + worker ready        with its image, for rollback)
+  4. nginx: render, nginx -t, reload
 
 A failure before step 4 leaves traffic on the old color: nothing before it
-touches nginx or the serving color's containers.
+touches nginx or the serving color's containers. The release record is
+written right after the switch, so at every point the record names the
+color that serves: a crash (tests inject one per step with GOVSTACK_FAULT,
+govstack/faults.py) leaves either the old release serving and recorded, or
+the new one; the next command finds the attempt interrupted (ledger.py).
 """
 
 import os
 from io import StringIO
 
 from pyinfra import host, inventory, logger
-from pyinfra.operations import files
+from pyinfra.operations import files, python
 
 from deploys import app, images
+from govstack import faults
 from govstack.facts import DockerAppArmor, HostResourcesFact
 from govstack.operations import (
     app_migrated,
+    compose_project_healthy,
     indexing_color_set,
     nginx_config_applied,
-    old_color_retired,
-    postgres_dumped,
+    postgres_safety_copy,
 )
 from govstack.plan import StackPlan
 from govstack.release import Release, ReleaseState, other_color, release_path
@@ -41,10 +48,12 @@ from govstack.role_operations import all_hosts_reached, app_color_stopped, edge_
 from govstack.roles import TopologyError, is_first_app_host, plan_fields
 from govstack.settings import SettingsError, settings_for_host
 
+faults.die_with_controller()
 try:
     settings = settings_for_host(host)
-except SettingsError as error:
-    logger.error(str(error))
+    fault = faults.wanted_fault()
+except (SettingsError, faults.FaultError) as error:
+    logger.error(f"govstack: {error}")
     raise SystemExit(2) from None
 
 version = os.environ["GOVSTACK_RELEASE_VERSION"]
@@ -77,11 +86,17 @@ def step(done: str) -> None:
         all_hosts_reached(name=f"Every host: {done}", step=done)
 
 
+def fault_point(point: str) -> None:
+    """The injected crash (tests only): nothing at all unless GOVSTACK_FAULT names this point."""
+    if fault == point:
+        python.call(name=f"Injected crash: {point}", function=faults.crash_controller)
+
+
 # 1. The image.
 if is_app:
     images.build_app_image(after, version)
 
-# 2. A database backup, then the new version's migrations (one app host runs them).
+# 2. A safety copy of the database, then the new version's migrations (one app host runs them).
 if is_app:
     files.put(
         name=f"Compose file of {new.color} ({version})",
@@ -90,15 +105,17 @@ if is_app:
         mode="644",
     )
 if is_data:
-    postgres_dumped(
-        name="Pre-deploy Postgres backup",
-        project=s.project,
-        compose_file=s.compose_file,
-        database=s.postgres.database,
-        dest_dir=s.paths.pre_deploy_dumps,
-        label=version,
-    )
-step("pre-deploy backup")
+    if s.backup.enabled:
+        postgres_safety_copy(
+            name="Pre-deploy copy of Postgres (restic)",
+            project=s.project,
+            compose_file=s.compose_file,
+            label=version,
+            record=s.paths.pre_deploy_copy_file,
+        )
+    else:
+        logger.warning(f"govstack: {host.name}: backups are disabled (backup.enabled): no pre-deploy copy of Postgres")
+step("pre-deploy copy")
 if is_app and is_first_app_host(after, host.name):
     app_migrated(
         name=f"Migrations of {version}",
@@ -107,11 +124,20 @@ if is_app and is_first_app_host(after, host.name):
     )
 
 step("migrations")
+fault_point("before_start")
 
-# 3. The new color, ready (on every app host).
+# 3. The new color, started, then ready (on every app host).
 if is_app:
-    app.start_app_color(after, new.color, version)
+    app.start_app_color(after, new.color, version, wait=False)
+fault_point("after_start")
+if is_app:
+    compose_project_healthy(
+        name=f"App {new.color} ({version}) healthy",
+        project=after.app_project(new.color),
+        timeout_s=s.healthy_timeout_s,
+    )
 step(f"{new.color} ready on every app host")
+fault_point("after_health")
 
 # 4. Traffic.
 if is_edge:
@@ -132,7 +158,13 @@ if is_edge:
 
 step(f"edge switched to {new.color}")
 
-# 5. Indexing follows traffic.
+# 5. What serves is recorded at once; indexing and scraping follow the traffic.
+files.put(
+    name=f"Release record: {new.color} {version}",
+    src=StringIO(new.to_json()),
+    dest=release_path(s),
+    mode="600",
+)
 if is_data:
     indexing_color_set(
         name=f"Indexing by {new.color}",
@@ -141,26 +173,6 @@ if is_data:
         database=s.postgres.database,
         color=new.color,
     )
-
-# 6. Retire the old color, and record the release.
-if not after.split:
-    old_color_retired(
-        name=f"Drain and stop {current.color} ({current.version})",
-        edge_project=s.project,
-        edge_compose_file=s.compose_file,
-        project=before.app_project(current.color),
-        compose_file=before.app_compose_file(current.color),
-    )
-else:
-    if is_edge:
-        edge_drained(name=f"Edge drained of {current.color}", project=s.project, compose_file=s.compose_file)
-    step(f"edge drained of {current.color}")
-    if is_app:
-        app_color_stopped(
-            name=f"Stop {current.color} ({current.version})",
-            project=before.app_project(current.color),
-            compose_file=before.app_compose_file(current.color),
-        )
 if s.monitoring.enabled and after.has_role("monitoring"):
     # Prometheus re-reads its file_sd target lists: scrape (and label as
     # serving) only the color that now runs.
@@ -171,9 +183,19 @@ if s.monitoring.enabled and after.has_role("monitoring"):
             dest=f"{s.config_dir}/prometheus/targets/{name}",
             mode="644",
         )
-files.put(
-    name=f"Release record: {new.color} {version}",
-    src=StringIO(new.to_json()),
-    dest=release_path(s),
-    mode="600",
-)
+fault_point("after_switch")
+
+# 6. The old color gets no more requests...
+if is_edge:
+    edge_drained(name=f"Edge drained of {current.color}", project=s.project, compose_file=s.compose_file)
+step(f"edge drained of {current.color}")
+fault_point("after_drain")
+
+# 7. ...and stops, kept with its image for a rollback.
+if is_app:
+    app_color_stopped(
+        name=f"Stop {current.color} ({current.version})",
+        project=before.app_project(current.color),
+        compose_file=before.app_compose_file(current.color),
+    )
+fault_point("after_stop")

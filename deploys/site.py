@@ -7,6 +7,7 @@ host's resources, and runs one small deploy per concern.
 from pyinfra import host, inventory, logger
 
 from deploys import app, engine, images, stack
+from govstack import faults
 from govstack.backup import deploy as backup
 from govstack.facts import DockerAppArmor, HostResourcesFact
 from govstack.images import require_wheel_locks
@@ -18,6 +19,7 @@ from govstack.roles import TopologyError, plan_fields
 from govstack.settings import SettingsError, settings_for_host
 from govstack.shipping import images_shipped
 
+faults.die_with_controller()
 try:
     settings = settings_for_host(host)
     require_wheel_locks(settings)
@@ -75,4 +77,5 @@ if plan.split:
     all_hosts_reached(name="Data tier and edge up on their hosts", step="data tier and edge up")
 if plan.has_role("app"):
     app.start_app_color(plan, plan.release.color, plan.release.version)
+    app.stop_idle_color(plan)
 app.record_first_release(plan)

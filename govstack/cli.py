@@ -18,7 +18,9 @@ import click
 from govstack.admin_key import register as register_admin_key
 from govstack.backup.cli import backup, drill, restore
 from govstack.compliance.cli import register as register_compliance
+from govstack.faults import CONTROLLER_PID_ENV
 from govstack.inventory import InventoryError, load_inventory
+from govstack.lock import command_lock, lock_wait_option
 from govstack.runbook import register as register_runbook
 from govstack.secrets import SECRET_SPECS, secret_path
 from govstack.settings import SettingsError
@@ -68,9 +70,12 @@ def run_pyinfra(
         inventory, str(REPO_ROOT / "deploys" / deploy_file), *extra,
     ]
     cause = None
+    # The deploy dies with this process (govstack/faults.py): once the stack
+    # lock is gone, nothing of this command may still act on a host.
+    controller = {CONTROLLER_PID_ENV: str(os.getpid())}
     with subprocess.Popen(
         cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, **(env or {}), **controller},
     ) as proc:
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -86,42 +91,72 @@ def run_pyinfra(
     return proc.returncode, cause
 
 
-def _release(inventory: str, action: str, version: str | None, lock_wait: float) -> None:
-    from govstack.ledger import LockHeld, append_ledger, deploy_lock, read_release
+def _report_interrupted(hosts, found_by: str) -> None:
+    """Ledger lines for a command a crash interrupted (read under the lock)."""
+    from govstack.ledger import take_interrupted
 
-    hosts = _hosts(inventory)
-    current = {entry.name: read_release(entry) for entry in hosts}
-    missing = [name for name, release in current.items() if release is None]
-    if missing:
-        _fail(f"{missing[0]}: no release yet; run `govstack up` first", 2)
-    if action == "rollback":
-        previous = {release.previous.version if release.previous else None for release in current.values()}
-        if None in previous or len(previous) != 1:
-            _fail("nothing to roll back to: the ledger has no previous release on every host", 2)
-        version = previous.pop()
-    assert version is not None
-    if not VERSION_PATTERN.fullmatch(version):
+    for entry in hosts:
+        record = take_interrupted(entry, found_by)
+        if record:
+            click.echo(f"govstack: {entry.name}: the {record['action']} of {record['version'] or 'the stack'} that "
+                       f"{record['operator']} started at {record['started']} was interrupted (no result "
+                       f"recorded); serving now: {record['serving'] or 'no release recorded'}", err=True)
+
+
+def _recorded_run(hosts, inventory: str, action: str, version: str | None, deploy_file: str,
+                  env: dict[str, str] | None = None) -> tuple[int, str | None, float]:
+    """run_pyinfra between an attempt record and a ledger line on every host."""
+    from govstack.ledger import append_ledger, begin_attempt, end_attempt, read_release, take_safety_copy
+
+    for entry in hosts:
+        begin_attempt(entry, action, version)
+    started = time.monotonic()
+    code, cause = run_pyinfra(inventory, deploy_file=deploy_file, env=env)
+    duration = round(time.monotonic() - started, 1)
+    for entry in hosts:
+        after = read_release(entry)
+        append_ledger(entry, {
+            "action": action,
+            "version": version or (after.version if after else None),
+            "color": after.color if after else None,
+            "serving": f"{after.color} {after.version}" if after else None,
+            "config_hash": entry.settings.config_hash(),
+            "result": "ok" if code == 0 else "failed",
+            "duration_s": duration,
+            "cause": None if code == 0 else cause,
+            **({"pre_deploy_copy": copy} if (copy := take_safety_copy(entry)) else {}),
+        })
+        end_attempt(entry)
+    return code, cause, duration
+
+
+def _release(inventory: str, action: str, version: str | None, lock_wait: float) -> None:
+    from govstack.ledger import read_release
+
+    if version is not None and not VERSION_PATTERN.fullmatch(version):
         _fail(f"version {version!r} is not a valid image tag ([A-Za-z0-9][A-Za-z0-9_.-]*, 64 max)", 2)
-    try:
-        with deploy_lock(hosts, f"{action} {version}", lock_wait):
-            started = time.monotonic()
-            code, cause = run_pyinfra(inventory, deploy_file="release.py",
-                                      env={"GOVSTACK_RELEASE_VERSION": version})
-            duration = round(time.monotonic() - started, 1)
-            for entry in hosts:
-                after = read_release(entry)
-                append_ledger(entry, {
-                    "action": action,
-                    "version": version,
-                    "color": after.color if after else None,
-                    "serving": f"{after.color} {after.version}" if after else None,
-                    "config_hash": entry.settings.config_hash(),
-                    "result": "ok" if code == 0 else "failed",
-                    "duration_s": duration,
-                    "cause": None if code == 0 else cause,
-                })
-    except LockHeld as error:
-        _fail(str(error), 3)
+    hosts = _hosts(inventory)
+    with command_lock(hosts, f"{action} {version}" if version else action, lock_wait):
+        _report_interrupted(hosts, action)
+        # The release records are read only now, under the lock: a command
+        # that waited acts on what the previous one left, not on what it saw before.
+        current = {entry.name: read_release(entry) for entry in hosts}
+        missing = [name for name, release in current.items() if release is None]
+        if missing:
+            _fail(f"{missing[0]}: no release yet; run `govstack up` first", 2)
+        if action == "rollback":
+            previous = {release.previous.version if release.previous else None for release in current.values()}
+            if None in previous or len(previous) != 1:
+                _fail("nothing to roll back to: the ledger has no previous release on every host", 2)
+            version = previous.pop()
+        assert version is not None
+        code, cause, duration = _recorded_run(hosts, inventory, action, version, "release.py",
+                                              env={"GOVSTACK_RELEASE_VERSION": version})
+        switched = code != 0 and any(read_release(entry) != current[entry.name] for entry in hosts)
+    if switched:
+        # The record is written with the switch: past it, the new release serves.
+        _fail(f"{action} of {version} failed after the switch; {version} serves and is recorded: "
+              f"{cause or 'see above'}", code)
     if code != 0:
         _fail(f"{action} of {version} failed, traffic stays on the previous color: {cause or 'see above'}", code)
     click.echo(f"{action} of {version} done in {duration} s")
@@ -130,7 +165,7 @@ def _release(inventory: str, action: str, version: str | None, lock_wait: float)
 @main.command()
 @inventory_option
 @click.option("--version", "version", required=True, help="image tag to deploy (built from app/ if missing)")
-@click.option("--lock-wait", type=float, default=0, show_default=True, help="seconds to wait for the deploy lock")
+@lock_wait_option
 def deploy(inventory: str, version: str, lock_wait: float) -> None:
     """Blue/green: start VERSION in the idle color, switch the edge, retire the old color."""
     _release(inventory, "deploy", version, lock_wait)
@@ -138,7 +173,7 @@ def deploy(inventory: str, version: str, lock_wait: float) -> None:
 
 @main.command()
 @inventory_option
-@click.option("--lock-wait", type=float, default=0, show_default=True, help="seconds to wait for the deploy lock")
+@lock_wait_option
 def rollback(inventory: str, lock_wait: float) -> None:
     """Switch back to the previous color and version, the same safe way."""
     _release(inventory, "rollback", None, lock_wait)
@@ -158,9 +193,11 @@ def history(inventory: str, as_json: bool) -> None:
             if as_json:
                 click.echo(json.dumps({"host": entry.name, **record}, sort_keys=True))
             else:
+                duration = record.get("duration_s")
                 click.echo(
                     f"{entry.name}  {record['time']}  {record['operator']:20}  {record['action']:8}  "
-                    f"{record['version']:24}  {record['result']:6}  {record['duration_s']:>6} s  "
+                    f"{record.get('version') or '-':24}  {record['result']:11}  "
+                    f"{'-' if duration is None else duration:>6} s  "
                     f"{record.get('serving') or ''}  {record.get('cause') or ''}".rstrip()
                 )
 
@@ -169,11 +206,17 @@ def history(inventory: str, as_json: bool) -> None:
 @inventory_option
 @click.option("--dry", is_flag=True, help="show what would change, change nothing")
 @click.option("--diff", is_flag=True, help="show file diffs (with --dry)")
-def up(inventory: str, dry: bool, diff: bool) -> None:
+@lock_wait_option
+def up(inventory: str, dry: bool, diff: bool, lock_wait: float) -> None:
     """Deploy the whole stack to every host of the inventory."""
     hosts = _hosts(inventory)
-    extra = [flag for flag, on in (("--dry", dry), ("--diff", diff)) if on]
-    code, cause = run_pyinfra(inventory, *extra)
+    if dry:
+        # Changes nothing, so it takes no lock (it may show what a running command is changing).
+        code, cause = run_pyinfra(inventory, *[flag for flag, on in (("--dry", dry), ("--diff", diff)) if on])
+    else:
+        with command_lock(hosts, "up", lock_wait):
+            _report_interrupted(hosts, "up")
+            code, cause, _ = _recorded_run(hosts, inventory, "up", None, "site.py")
     if code != 0:
         _fail(f"deploy failed: {cause or f'pyinfra exited {code}, see its output above'}", code)
     if dry:

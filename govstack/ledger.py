@@ -1,37 +1,31 @@
-"""The deploy lock and the append-only deploy ledger of each host.
+"""The append-only deploy ledger of each host, and the command in flight.
 
 Both live under ``<stack_root>/state`` on the host, so every operator and CI
-job sees the same ones:
-- ``deploy.lock/`` is made with ``mkdir`` (atomic); ``holder.json`` inside
-  names who holds it, since when and for what.
-- ``ledger.jsonl`` gets one JSON line per deploy and rollback: time,
-  operator, action, version, color, config hash, result, duration, cause.
+job sees the same ones, and both are written only under the stack lock
+(govstack/lock.py):
+- ``ledger.jsonl`` gets one JSON line per `up`, deploy and rollback: time,
+  operator, action, version, serving color and version, config hash, result,
+  duration, cause.
+- ``attempt.json`` names the command in flight: written before it changes
+  anything, removed once its ledger line is written. The next command that
+  finds one knows that command was interrupted (a crashed or killed CLI, a
+  lost controller): it writes the attempt's ledger line (result
+  ``interrupted``, what serves now) and says so.
 """
 
 from __future__ import annotations
 
-import getpass
 import json
 import shlex
-import socket
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 from govstack.inventory import InventoryHost
+from govstack.lock import operator
 from govstack.remote import testinfra_host
 
-
-class LockHeld(RuntimeError):
-    pass
-
-
-def operator() -> str:
-    import os
-
-    return os.environ.get("GOVSTACK_OPERATOR") or f"{getpass.getuser()}@{socket.gethostname()}"
+__all__ = ["operator", "append_ledger", "read_ledger", "read_release", "begin_attempt", "end_attempt",
+           "take_interrupted", "take_safety_copy"]
 
 
 def state_dir(entry: InventoryHost) -> str:
@@ -42,55 +36,26 @@ def ledger_path(entry: InventoryHost) -> str:
     return entry.settings.paths.ledger_file
 
 
+def attempt_path(entry: InventoryHost) -> str:
+    return entry.settings.paths.attempt_file
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-@contextmanager
-def deploy_lock(entries: list[InventoryHost], purpose: str, wait_s: float = 0) -> Iterator[None]:
-    """Hold every host's deploy lock for the duration, or raise LockHeld naming the holder."""
-    holder = {"operator": operator(), "since": _now(), "purpose": purpose, "token": f"{time.time_ns()}"}
-    taken: list[tuple[Any, str]] = []
-    try:
-        for entry in entries:
-            target = testinfra_host(entry.name, entry.data)
-            lock = entry.settings.paths.deploy_lock
-            deadline = time.monotonic() + wait_s
-            while True:
-                got = target.run(
-                    f"mkdir -p {shlex.quote(state_dir(entry))} && chmod 700 {shlex.quote(state_dir(entry))} && "
-                    f"mkdir {shlex.quote(lock)} 2>/dev/null && "
-                    f"printf '%s\\n' {shlex.quote(json.dumps(holder))} > {shlex.quote(lock)}/holder.json"
-                )
-                if got.rc == 0:
-                    taken.append((target, lock))
-                    break
-                if time.monotonic() >= deadline:
-                    raw = target.run(f"cat {shlex.quote(lock)}/holder.json 2>/dev/null").stdout.strip()
-                    try:
-                        other = json.loads(raw)
-                        who = f"{other['operator']} since {other['since']} ({other['purpose']})"
-                    except (ValueError, KeyError):
-                        who = "an unknown holder"
-                    raise LockHeld(
-                        f"{entry.name}: deploy lock held by {who}; wait with --lock-wait SECONDS, "
-                        f"or remove {lock} if that deploy is dead"
-                    )
-                time.sleep(min(2.0, max(0.1, deadline - time.monotonic())))
-        yield
-    finally:
-        for target, lock in taken:
-            target.run(
-                f"grep -q {shlex.quote(holder['token'])} {shlex.quote(lock)}/holder.json && rm -rf {shlex.quote(lock)}"
-            )
+def _write(entry: InventoryHost, path: str, line: str, append: bool) -> None:
+    target = testinfra_host(entry.name, entry.data)
+    quoted = shlex.quote(path)
+    result = target.run(f"mkdir -p {shlex.quote(state_dir(entry))} && umask 077 && "
+                        f"printf '%s\\n' {shlex.quote(line)} {'>>' if append else '>'} {quoted} && chmod 600 {quoted}")
+    if result.rc != 0:
+        raise RuntimeError(f"{entry.name}: cannot write {path}: {result.stderr.strip()[-300:]}")
 
 
 def append_ledger(entry: InventoryHost, record: dict[str, Any]) -> None:
     line = json.dumps({"time": _now(), "operator": operator(), **record}, sort_keys=True)
-    target = testinfra_host(entry.name, entry.data)
-    path = shlex.quote(ledger_path(entry))
-    target.run(f"mkdir -p {shlex.quote(state_dir(entry))} && printf '%s\\n' {shlex.quote(line)} >> {path} "
-               f"&& chmod 600 {path}")
+    _write(entry, ledger_path(entry), line, append=True)
 
 
 def read_ledger(entry: InventoryHost) -> list[dict[str, Any]]:
@@ -105,3 +70,58 @@ def read_release(entry: InventoryHost):
     target = testinfra_host(entry.name, entry.data)
     raw = target.run(f"cat {shlex.quote(release_path(entry.settings))} 2>/dev/null").stdout.strip()
     return Release.from_dict(json.loads(raw)) if raw else None
+
+
+def serving(entry: InventoryHost) -> str | None:
+    release = read_release(entry)
+    return f"{release.color} {release.version}" if release else None
+
+
+def begin_attempt(entry: InventoryHost, action: str, version: str | None) -> None:
+    attempt = {"action": action, "version": version, "operator": operator(), "started": _now(),
+               "config_hash": entry.settings.config_hash()}
+    _write(entry, attempt_path(entry), json.dumps(attempt, sort_keys=True), append=False)
+
+
+def end_attempt(entry: InventoryHost) -> None:
+    testinfra_host(entry.name, entry.data).run(f"rm -f {shlex.quote(attempt_path(entry))}")
+
+
+def take_safety_copy(entry: InventoryHost) -> str | None:
+    """The run id of the pre-deploy copy the last release took on this host
+    (data hosts), once: the file is removed as its ledger line takes it."""
+    path = shlex.quote(entry.settings.paths.pre_deploy_copy_file)
+    raw = testinfra_host(entry.name, entry.data).run(f"cat {path} 2>/dev/null; rm -f {path}").stdout.strip()
+    try:
+        return json.loads(raw.splitlines()[-1]).get("run") if raw else None
+    except (ValueError, AttributeError):
+        return None
+
+
+def take_interrupted(entry: InventoryHost, found_by: str) -> dict[str, Any] | None:
+    """The attempt a previous command left unfinished, now in the ledger as
+    ``interrupted`` (with what serves now); None when there was none."""
+    target = testinfra_host(entry.name, entry.data)
+    raw = target.run(f"cat {shlex.quote(attempt_path(entry))} 2>/dev/null").stdout.strip()
+    if not raw:
+        return None
+    try:
+        attempt = json.loads(raw)
+    except ValueError:
+        attempt = {"action": "unknown", "version": None, "operator": "unknown", "started": None}
+    record = {
+        "action": attempt.get("action"),
+        "version": attempt.get("version"),
+        "started": attempt.get("started"),
+        "operator": attempt.get("operator"),
+        "found_by": f"{operator()} ({found_by})",
+        "config_hash": attempt.get("config_hash"),
+        "serving": serving(entry),
+        "result": "interrupted",
+        "duration_s": None,
+        "pre_deploy_copy": take_safety_copy(entry),
+        "cause": f"the command stopped before it recorded a result; found by `{found_by}`",
+    }
+    append_ledger(entry, record)
+    end_attempt(entry)
+    return record

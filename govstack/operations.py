@@ -12,7 +12,6 @@ from pyinfra.api import FileUploadCommand, OperationError, StringCommand, operat
 from pyinfra.facts.files import Directory
 
 from govstack.commands import (
-    SUPERUSER,
     compose,
     compose_containers,
     compose_exec,
@@ -162,6 +161,7 @@ def compose_project_up(
     compose_file: str,
     service_images: dict[str, str],
     wait_timeout_s: int = 300,
+    wait: bool = True,
 ):
     """
     A Compose project whose every service runs the rendered definition and is healthy.
@@ -170,6 +170,8 @@ def compose_project_up(
     + compose_file: the rendered compose file on the host
     + service_images: service -> image reference, to notice rebuilt images
     + wait_timeout_s: how long ``up --wait`` may take for health checks
+    + wait: wait until every service is healthy; False only starts them (a
+      release waits in its own step, compose_project_healthy)
 
     ``docker compose up`` is run only when the running state differs from the
     rendered one: a missing, stopped or unhealthy container, a config-hash
@@ -213,6 +215,15 @@ def compose_project_up(
 
     log = f"/tmp/govstack-compose-{project}.log"
     status_fmt = "{{.Service}}: {{.Status}}"
+    if not wait:
+        start = compose(project, "up", "-d", "--remove-orphans", files=compose_file)
+        yield StringCommand(
+            f"echo 'govstack: compose {project}: {'; '.join(reasons)}' >&2; "
+            f"{start} >{log} 2>&1 || {{ "
+            f"echo \"govstack: compose project {project} did not start: $(grep -iE 'error' {log} | tail -n 1)\" >&2; "
+            "exit 1; }"
+        )
+        return
     up = compose(project, "up", "-d", "--remove-orphans", "--wait", "--wait-timeout", wait_timeout_s,
                  files=compose_file)
     # On failure: one "govstack:" line with the most specific cause Compose
@@ -226,6 +237,18 @@ def compose_project_up(
         "exit 1; }; "
         + _all_healthy_or_fail(project, wait_timeout_s)
     )
+
+
+@operation(is_idempotent=False)
+def compose_project_healthy(project: str, timeout_s: int = 300):
+    """
+    Wait until every container of a started Compose project runs and is
+    healthy; fail naming those that are not.
+
+    + project: Compose project name
+    + timeout_s: how long the services may take
+    """
+    yield _all_healthy_or_fail(project, timeout_s)
 
 
 def _all_healthy_or_fail(project: str, timeout_s: int) -> str:
@@ -490,25 +513,32 @@ def postgres_login_role(
 
 
 @operation(is_idempotent=False)
-def postgres_dumped(project: str, compose_file: str, database: str, dest_dir: str, label: str, keep: int = 5):
+def postgres_safety_copy(project: str, compose_file: str, label: str, record: str, timeout_s: int = 1800,
+                         service: str = "backup"):
     """
-    A custom-format ``pg_dump`` of ``database`` under ``dest_dir`` (made by the
-    server's own image, so versions match); the ``keep`` newest are kept.
+    A safety copy of Postgres in the restic repository (encrypted), taken by
+    the backup job's ``pre-deploy`` command before a release migrates: the
+    job's own Postgres path (``pg_dump --snapshot`` and the roles, verified by
+    reading back, with a manifest), so ``govstack restore --snapshot <run>
+    --component postgres`` restores and verifies it like any backup run.
 
-    + project, compose_file: the Compose project Postgres runs in
-    + database: database to dump
-    + dest_dir: directory on the host (created 0700)
-    + label: part of the file name, e.g. the version about to be deployed
+    + project, compose_file: the Compose project the backup service runs in
+    + label: what is about to be deployed (the version), kept as a tag
+    + record: file on the host that receives the job's JSON summary (its run
+      id), for the ledger
+    + timeout_s: longest the copy may take
+
+    A stopped backup service (a drill stops it) is run as a one-off container.
     """
-    dump = compose_exec(project, compose_file, "postgres", "pg_dump", "-Fc", "-U", SUPERUSER, "-d", database)
-    dest = q(dest_dir)
-    name = f"$(date -u +%Y%m%dT%H%M%SZ)-{label}.dump"
+    log = f"/tmp/govstack-pre-deploy-{project}.log"
+    out, target = q(f"{record}.new"), q(record)
+    running = f"{compose(project, 'ps', '-q', '--status', 'running', service, files=compose_file)} 2>/dev/null"
+    in_service = compose_exec(project, compose_file, service, "govstack-backup", "pre-deploy", "--label", label)
+    one_off = compose_run(project, compose_file, service, "pre-deploy", "--label", label)
     yield (
-        f"mkdir -p {dest} && chmod 700 {dest} && f={dest}/{name} && "
-        f"{{ {dump} > \"$f.partial\" "
-        f"|| {{ rm -f \"$f.partial\"; echo 'govstack: pre-deploy Postgres backup failed' >&2; exit 1; }}; }} && "
-        f"chmod 600 \"$f.partial\" && mv \"$f.partial\" \"$f\" && "
-        f"ls -1t {dest}/*.dump | tail -n +{keep + 1} | xargs -r rm -f"
+        f"if [ -n \"$({running})\" ]; then job={q(in_service)}; else job={q(one_off)}; fi; "
+        f"(umask 077; timeout {timeout_s} sh -c \"$job\" >{out} 2>{log}) && mv -f {out} {target} "
+        f"|| {{ echo \"govstack: pre-deploy copy of Postgres into restic failed: $(tail -n 1 {log})\" >&2; exit 1; }}"
     )
 
 
@@ -522,7 +552,8 @@ def app_migrated(project: str, compose_file: str, timeout_s: int = 300):
     log = f"/tmp/govstack-migrate-{project}.log"
     yield (
         f"timeout {timeout_s} {compose_run(project, compose_file, 'api', 'migrate')} >{log} 2>&1 "
-        f"|| {{ echo \"govstack: migrations of the new version failed: $(tail -n 1 {log})\" >&2; exit 1; }}"
+        f"|| {{ echo \"govstack: migrations of the new version failed: "
+        f"$(grep -v '^[[:space:]]*$' {log} | tail -n 1)\" >&2; exit 1; }}"
     )
 
 
@@ -543,33 +574,38 @@ def indexing_color_set(project: str, compose_file: str, database: str, color: st
     yield f"{printf_lines(sql)} | {compose_exec(project, compose_file, 'postgres', *psql_argv(database))}"
 
 
-@operation(is_idempotent=False)
-def old_color_retired(edge_project: str, edge_compose_file: str, project: str, compose_file: str,
-                      drain_timeout_s: int = 30, stop_timeout_s: int = 40):
-    """
-    Stop the previous color once nothing can still reach it; keep its
-    containers (stopped) and image for a rollback.
-
-    + edge_project, edge_compose_file: the project nginx runs in
-    + project, compose_file: the previous color's project
-    + drain_timeout_s: how long to wait for nginx's old workers (they finish
-      the requests they had when the reload came) to exit
-    + stop_timeout_s: SIGTERM grace for the API to finish in-flight requests
-    """
-    yield f"{edge_drain_command(edge_project, edge_compose_file, drain_timeout_s)}; " + color_stop_command(
-        project, compose_file, stop_timeout_s
-    )
-
-
 def edge_drain_command(edge_project: str, edge_compose_file: str, drain_timeout_s: int) -> str:
     """Shell that waits (bounded) until nginx's old workers, which finish the
     requests they had when the reload came, have exited."""
+    # "dow[n]": the probe's own `sh -c` carries its pattern in its cmdline;
+    # a literal "shutting down" found itself, so every drain waited the full timeout.
     workers = compose_exec(edge_project, edge_compose_file, "nginx", "sh", "-c",
-                           'grep -l "shutting down" /proc/[0-9]*/cmdline')
+                           'grep -l "shutting dow[n]" /proc/[0-9]*/cmdline')
     return (
         f"i=0; while {workers} >/dev/null 2>&1; "
         f"do i=$((i+1)); [ $i -ge {drain_timeout_s * 2} ] && break; sleep 0.5; done"
     )
+
+
+@operation()
+def app_color_idle(project: str, compose_file: str, stop_timeout_s: int = 40):
+    """
+    The color that does not serve runs nothing; its containers are kept,
+    stopped, with their image, for a rollback.
+
+    + project, compose_file: the idle color's project
+    + stop_timeout_s: SIGTERM grace for the API to finish in-flight requests
+
+    Only a release starts the idle color, and it stops the old one at its
+    end: one that runs was left by an interrupted release.
+    """
+    state = host.get_fact(ComposeProject, project=project, compose_file=compose_file)
+    running = sorted(c["id"] for c in state["containers"] if c["state"] == "running")
+    if not running:
+        host.noop(f"{project} runs nothing")
+        return
+    yield (f"echo 'govstack: {project} does not serve but runs (an interrupted release?): stopping it' >&2; "
+           f"docker stop -t {stop_timeout_s} {' '.join(running)} >/dev/null")
 
 
 def color_stop_command(project: str, compose_file: str, stop_timeout_s: int) -> str:

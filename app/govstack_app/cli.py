@@ -22,9 +22,13 @@ def to_json(obj: object) -> str:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from .db import migrate
+    from .db import MigrationFailed, migrate
 
-    applied = migrate(_settings(), wait_s=args.wait)
+    try:
+        applied = migrate(_settings(), wait_s=args.wait)
+    except MigrationFailed as exc:  # one line, the last of the output: the deploy's cause
+        print(f"govstack-app: {exc}", file=sys.stderr)
+        return 1
     print(json.dumps({"applied": applied}))
     return 0
 

@@ -83,12 +83,36 @@ def record_bootstrap_seed(conn: psycopg.Connection, key: str) -> None:
     conn.execute("INSERT INTO bootstrap_key_seeds (key_hash) VALUES (%s) ON CONFLICT DO NOTHING", (hash_api_key(key),))
 
 
+class MigrationFailed(RuntimeError):
+    """A migration failed and was rolled back whole (its version row with it)."""
+
+
+def _migration_failure(version: str, exc: psycopg.Error, settings: Settings) -> MigrationFailed:
+    if isinstance(exc, psycopg.errors.LockNotAvailable):
+        why = f"could not get its lock within {settings.migration_lock_timeout_s:g} s (lock_timeout)"
+    elif isinstance(exc, psycopg.errors.QueryCanceled):
+        why = f"ran longer than {settings.migration_statement_timeout_s:g} s (statement_timeout)"
+    else:
+        why = f"failed: {(exc.diag.message_primary or str(exc)).strip().splitlines()[0]}"
+    return MigrationFailed(f"migration {version} {why}; nothing of it was applied")
+
+
 def migrate(settings: Settings, *, wait_s: float = 60.0) -> list[str]:
-    """Apply pending migrations; idempotent and safe to run concurrently (advisory lock)."""
+    """Apply pending migrations; idempotent and safe to run concurrently (advisory lock).
+
+    Each migration runs in one transaction with its version row, under
+    ``lock_timeout`` and ``statement_timeout`` (settings): one that cannot get
+    a lock in time fails, rolled back whole, rather than queueing every
+    request behind its lock request."""
     applied: list[str] = []
     with connect_with_retry(settings, wait_s) as conn:
+        # Waiting here for another migrator is fine (it is bounded by its own
+        # statement_timeout): the timeouts are set once this lock is held.
         conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
         try:
+            conn.execute("SELECT set_config('lock_timeout', %s, false), set_config('statement_timeout', %s, false)",
+                         (f"{int(settings.migration_lock_timeout_s * 1000)}ms",
+                          f"{int(settings.migration_statement_timeout_s * 1000)}ms"))
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations ("
                 " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
@@ -97,9 +121,12 @@ def migrate(settings: Settings, *, wait_s: float = 60.0) -> list[str]:
             for version, sql in migration_files():
                 if version in done:
                     continue
-                with conn.transaction():
-                    conn.execute(sql)  # type: ignore[arg-type]  # trusted, packaged SQL
-                    conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
+                try:
+                    with conn.transaction():
+                        conn.execute(sql)  # type: ignore[arg-type]  # trusted, packaged SQL
+                        conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
+                except psycopg.Error as exc:
+                    raise _migration_failure(version, exc, settings) from exc
                 applied.append(version)
                 log.info("migration applied", version=version)
             ensure_audit_partitions(conn)

@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     app_version: str = "dev"
     app_color: Literal["blue", "green"] = "blue"
     worker_batch_size: int = Field(8, ge=1, le=1000)
+    # A migration that waits longer than this for a table lock fails (and is
+    # rolled back whole) instead of queueing every request behind it.
+    migration_lock_timeout_s: float = Field(5.0, gt=0, le=3600)
+    migration_statement_timeout_s: float = Field(600.0, gt=0, le=86400)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
 
     @field_validator("log_level", mode="before")

@@ -16,7 +16,9 @@ from govstack.backup.ops import list_runs as runs_of
 from govstack.backup.ops import restore as run_restore
 from govstack.backup.remote import BackupError, BackupHost
 from govstack.inventory import InventoryError, load_inventory
+from govstack.lock import command_lock, lock_wait_option
 from govstack.remote import stack_plan, testinfra_host
+from govstack.roles import roles_of
 from govstack.settings import SettingsError
 
 DEFAULT_INVENTORY = "inventories/local.py"
@@ -31,19 +33,35 @@ def _fail(message: str, code: int = 1) -> None:
     raise SystemExit(code)
 
 
-def stack_for(inventory: str, host_name: str | None) -> BackupHost:
-    """The BackupHost of one inventory host, reached as testinfra reaches it."""
+def inventory_hosts(inventory: str):
     try:
-        hosts = load_inventory(inventory)
+        return load_inventory(inventory)
     except (InventoryError, SettingsError) as error:
         _fail(str(error), 2)
+
+
+def _backup_host(entry) -> BackupHost:
+    return BackupHost(testinfra_host(entry.name, entry.data), stack_plan(entry.settings), name=entry.name)
+
+
+def stack_for(inventory: str, host_name: str | None, hosts=None) -> BackupHost:
+    """The BackupHost of one inventory host, reached as testinfra reaches it."""
+    hosts = hosts if hosts is not None else inventory_hosts(inventory)
     matches = [h for h in hosts if host_name in (None, h.name)]
     if len(matches) != 1:
         _fail("name one host with --host (the inventory has several)" if matches else f"no host {host_name!r}", 2)
     entry = matches[0]
     if not entry.settings.backup.enabled:
         _fail(f"{entry.name}: backups are disabled (govstack.backup.enabled)", 2)
-    return BackupHost(testinfra_host(entry.name, entry.data), stack_plan(entry.settings))
+    return _backup_host(entry)
+
+
+def other_app_hosts(hosts, stack: BackupHost) -> list[BackupHost]:
+    """A split inventory's app hosts other than ``stack``'s: their api and
+    worker write to its database too, so a restore stops them as well."""
+    if len(hosts) == 1:
+        return []
+    return [_backup_host(entry) for entry in hosts if entry.name != stack.name and "app" in roles_of(entry.groups)]
 
 
 def _echo_json(data) -> None:
@@ -58,10 +76,12 @@ def _echo_json(data) -> None:
               help="repository to list (with --list)")
 @click.option("--check-subset", default=None, help="restic check --read-data-subset for this run, e.g. 100%")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
+@lock_wait_option
 def backup(inventory: str, host_name: str | None, list_runs: bool, source: str, check_subset: str | None,
-           as_json: bool) -> None:
+           as_json: bool, lock_wait: float) -> None:
     """Run a backup now (the service's schedule runs them too), or list the runs."""
-    stack = stack_for(inventory, host_name)
+    hosts = inventory_hosts(inventory)
+    stack = stack_for(inventory, host_name, hosts)
     try:
         if list_runs:
             runs = runs_of(stack, source)
@@ -70,10 +90,11 @@ def backup(inventory: str, host_name: str | None, list_runs: bool, source: str, 
                 return
             for run in runs:
                 state = "complete" if run["complete"] else "incomplete"
-                click.echo(f"{run['run']}  {run['time'][:19]}  {state:10}  manifest "
+                click.echo(f"{run['run']}  {run['time'][:19]}  {state:10}  {run.get('kind', 'run'):10}  manifest "
                            f"{(run['snapshots'].get('manifest') or '-')[:8]}")
             return
-        summary = backup_now(stack, check_subset)
+        with command_lock(hosts, "backup", lock_wait):
+            summary = backup_now(stack, check_subset)
     except BackupError as error:
         _fail(str(error))
     if as_json:
@@ -94,14 +115,18 @@ def backup(inventory: str, host_name: str | None, list_runs: bool, source: str, 
 @click.option("--from", "source", type=click.Choice(["local", "offsite"]), default="local", show_default=True,
               help="repository to restore from")
 @click.option("--json", "as_json", is_flag=True, help="print the full report as JSON")
+@lock_wait_option
 def restore(inventory: str, host_name: str | None, snapshot: str, component: str, force: bool, source: str,
-            as_json: bool) -> None:
-    """Stop the app, restore a backup run, verify it against its manifest, restart the app."""
-    stack = stack_for(inventory, host_name)
+            as_json: bool, lock_wait: float) -> None:
+    """Stop the app (on every app host), restore a backup run, verify it against its manifest, restart the app."""
+    hosts = inventory_hosts(inventory)
+    stack = stack_for(inventory, host_name, hosts)
     try:
-        report = run_restore(stack, snapshot, component, force, source)
+        with command_lock(hosts, f"restore {snapshot}", lock_wait):
+            report = run_restore(stack, snapshot, component, force, source,
+                                 app_hosts=other_app_hosts(hosts, stack))
     except BackupError as error:
-        _fail(str(error), 3 if error.kind == "non-empty" else 1)
+        _fail(str(error), {"non-empty": 3, "usage": 2}.get(error.kind, 1))
     if as_json:
         _echo_json(report)
         return
@@ -116,11 +141,14 @@ def restore(inventory: str, host_name: str | None, snapshot: str, component: str
 @inventory_option
 @host_option
 @click.option("--json", "as_json", is_flag=True, help="print the evidence as JSON")
-def drill(inventory: str, host_name: str | None, as_json: bool) -> None:
+@lock_wait_option
+def drill(inventory: str, host_name: str | None, as_json: bool, lock_wait: float) -> None:
     """Disaster-recovery drill: back up, destroy the data, restore, prove equality, write evidence."""
-    stack = stack_for(inventory, host_name)
+    hosts = inventory_hosts(inventory)
+    stack = stack_for(inventory, host_name, hosts)
     try:
-        evidence = run_drill(stack)
+        with command_lock(hosts, "drill", lock_wait):
+            evidence = run_drill(stack)
     except BackupError as error:
         _fail(str(error))
     if as_json:

@@ -6,7 +6,8 @@ Restore order, and why:
 1. Preflight, touching nothing: the repository opens with the password, the
    run exists, and the targets are empty (or ``force``). Any failure here
    leaves the stack exactly as it was.
-2. Stop the writers (api + worker of both colors) and the backup scheduler.
+2. Stop the writers (api + worker of both colors, on every app host) and the
+   backup scheduler.
 3. Objects, then vectors: additive (existing collections are renamed aside,
    objects only added or overwritten with the snapshot's bytes).
 4. Postgres last, into a scratch database, verified there, and only then
@@ -30,6 +31,31 @@ from govstack.monitoring.catalog import MONITOR_ROLE, MONITOR_SECRET
 from govstack.secrets import secret_path
 
 COMPONENTS = ("postgres", "objects", "vectors")
+
+
+class Writers:
+    """The app's api and worker containers, of both colors, on every host that
+    runs them (a split inventory's app hosts, not only the host restored):
+    stopped before a restore changes data, started again after it."""
+
+    def __init__(self, stacks: list[BackupHost]) -> None:
+        self.found = [(stack, stack.app_containers()) for stack in stacks]
+
+    def __len__(self) -> int:
+        return sum(len(ids) for _, ids in self.found)
+
+    def by_host(self) -> dict[str, list[str]]:
+        return {stack.name or "@local": ids for stack, ids in self.found if ids}
+
+    def stop(self) -> None:
+        for stack, ids in self.found:
+            stack.stop(ids)
+
+    def start(self) -> None:
+        for stack, ids in self.found:
+            stack.start(ids)
+        for stack, ids in self.found:
+            stack.wait_healthy(ids)
 
 
 def backup_now(stack: BackupHost, check_subset: str | None = None) -> dict[str, Any]:
@@ -148,6 +174,11 @@ def preflight(stack: BackupHost, snapshot: str, components: tuple[str, ...], for
     # The scheduler may be stopped (a drill stops it): then a one-off container answers.
     oneoff = stack.container("backup") is None
     entry = find_run(stack, snapshot, source, oneoff=oneoff)
+    held = entry["manifest"]["components"]
+    if set(components) - set(held):
+        kind = entry.get("kind", "run")
+        raise BackupError(f"run {entry['run']} holds {', '.join(sorted(held))} only (a {kind} copy); "
+                          f"restore it with --component {' or '.join(sorted(held))}", "usage")
     state = stack.job_json("state", entry["run"], "--from", source, oneoff=oneoff)
     busy: dict[str, Any] = {}
     if "postgres" in components:
@@ -169,9 +200,12 @@ def preflight(stack: BackupHost, snapshot: str, components: tuple[str, ...], for
 
 
 def restore(stack: BackupHost, snapshot: str = "latest", component: str = "all", force: bool = False,
-            source: str = "local", restart_app: bool = True) -> dict[str, Any]:
+            source: str = "local", restart_app: bool = True, app_hosts: list[BackupHost] | None = None
+            ) -> dict[str, Any]:
     """Stop writers, restore, verify against the run's manifest, restart the app.
-    Returns a report; raises BackupError (the stack untouched when it fails in preflight)."""
+    ``app_hosts``: the other hosts whose app containers write (a split
+    inventory's app hosts). Returns a report; raises BackupError (the stack
+    untouched when it fails in preflight)."""
     components = COMPONENTS if component == "all" else (component,)
     unknown = set(components) - set(COMPONENTS)
     if unknown:
@@ -183,9 +217,9 @@ def restore(stack: BackupHost, snapshot: str = "latest", component: str = "all",
     report: dict[str, Any] = {"run": entry["run"], "source": source, "components": {}, "forced_over": busy,
                               "manifest_snapshot": entry["snapshots"]["manifest"], "started_at": stamp}
 
-    writers = stack.app_containers()
+    writers = Writers([stack, *(app_hosts or [])])
     t_stop = time.monotonic()
-    stack.stop(writers)
+    writers.stop()
     stack.sh(stack.compose("stop", "-t", 60, "backup"), timeout=180, check=True)
     report["writers_stopped"] = len(writers)
     changed = False
@@ -223,15 +257,14 @@ def restore(stack: BackupHost, snapshot: str = "latest", component: str = "all",
         stack.sh(stack.compose("start", "backup"), timeout=180)
         stack.wait_healthy(stack.containers(stack.settings.project, "backup"), timeout_s=120)
         if restart_app and (ok or not changed):
-            stack.start(writers)
-            stack.wait_healthy(writers)
+            writers.start()
             report["writers_restarted"] = len(writers)
         elif not ok:
-            report["writers_left_stopped"] = writers
+            report["writers_left_stopped"] = writers.by_host()
     report["outage_s"] = round(time.monotonic() - t_stop, 3)
     report["total_s"] = round(time.monotonic() - started, 3)
     report["ok"] = True
-    report["writers"] = writers
+    report["writers"] = writers.by_host()
     return report
 
 

@@ -49,6 +49,7 @@ def job_config(plan: StackPlan) -> dict[str, Any]:
             "tenant": "default_tenant",
         },
         "retention": b.retention,
+        "keep_pre_deploy": b.keep_pre_deploy,
         "check_read_data_subset": b.check_read_data_subset,
         "readback": b.readback,
         "metrics_file": c.metrics_file,

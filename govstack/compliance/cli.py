@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import nullcontext
 
 import click
 
@@ -26,7 +27,7 @@ from govstack.compliance.ops import (
     write_access_review,
 )
 from govstack.inventory import InventoryError, InventoryHost, load_inventory
-from govstack.ledger import operator
+from govstack.lock import command_lock, lock_wait_option, operator
 from govstack.settings import SettingsError
 
 DEFAULT_INVENTORY = "inventories/local.py"
@@ -64,13 +65,23 @@ def _shells(inventory: str, host_name: str | None) -> list[ComplianceHost]:
               help="retention for this run (default: compliance.audit_retention_months)")
 @click.option("--dry-run", is_flag=True, help="list what would be dropped, drop nothing")
 @click.option("--json", "as_json", is_flag=True)
-def audit_retention(inventory: str, host_name: str | None, months: int | None, dry_run: bool, as_json: bool) -> None:
+@lock_wait_option
+def audit_retention(inventory: str, host_name: str | None, months: int | None, dry_run: bool, as_json: bool,
+                    lock_wait: float) -> None:
     """Drop audit_logs partitions older than the retention (never below the floor)."""
-    for shell in _shells(inventory, host_name):
-        try:
-            report = run_audit_retention(shell, months, dry_run, actor=f"operator:{operator()}")
-        except ComplianceError as error:
-            _fail(str(error), 2 if "refusing" in str(error) else 1)
+    hosts = _hosts(inventory, None)
+    shells = [ComplianceHost(entry) for entry in hosts if host_name in (None, entry.name)]
+    if not shells:
+        _fail(f"no host {host_name!r} in {inventory}", 2)
+    reports = []
+    # A dry run changes nothing and takes no lock.
+    with nullcontext() if dry_run else command_lock(hosts, "audit-retention", lock_wait):
+        for shell in shells:
+            try:
+                reports.append((shell, run_audit_retention(shell, months, dry_run, actor=f"operator:{operator()}")))
+            except ComplianceError as error:
+                _fail(str(error), 2 if "refusing" in str(error) else 1)
+    for shell, report in reports:
         if as_json:
             click.echo(json.dumps({"host": shell.name, **report}, sort_keys=True))
             continue

@@ -200,7 +200,8 @@ def residency_report(entry: InventoryHost, facts: dict[str, Any]) -> dict[str, A
          "where": plan.data_path("chroma"), "encrypted_at_rest": disk, "note": "SQLite and HNSW files"},
     ]
     if backup.enabled:
-        items.append({"data": "backups: database dump, every object, every vector", "store": "restic repository",
+        items.append({"data": "backups: database dump, every object, every vector; each release's pre-deploy "
+                      "copy of the database", "store": "restic repository",
                       "where": f"{backup_root}/restic", "encrypted_at_rest": "yes, always: restic encrypts every "
                       "blob (AES-256-CTR + Poly1305-AES)",
                       "note": "its key is the secret restic_password on the same host: keep a copy off the host"})
@@ -212,9 +213,10 @@ def residency_report(entry: InventoryHost, facts: dict[str, Any]) -> dict[str, A
         items.append({"data": "drill evidence (checksums, top-k search answers with text)", "store": "files",
                       "where": f"{backup_root}/evidence", "encrypted_at_rest": disk, "note": ""})
     items += [
-        {"data": "pre-deploy database dumps (last 5)", "store": "pg_dump files, mode 0600",
+        {"data": "old pre-deploy database dumps, if any", "store": "pg_dump files, mode 0600",
          "where": s.paths.pre_deploy_dumps, "encrypted_at_rest": disk,
-         "note": "plain pg_dump: not encrypted by the stack"},
+         "note": "plain pg_dump, not encrypted by the stack; nothing writes here since pre-deploy copies go to "
+                 "restic: delete them once no longer needed"},
         {"data": "secrets (passwords, keys)", "store": "files, mode 0600", "where": s.secrets_dir,
          "encrypted_at_rest": disk, "note": "readable by root on the host"},
         {"data": "access reviews", "store": "CSV files, mode 0600", "where": s.paths.reports_dir,

@@ -26,3 +26,12 @@ class AppSettings(Section):
     )
     worker_batch_size: int = Field(16, ge=1, le=1000)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # A migration waiting for a table lock queues every later query on that
+    # table behind it: better to fail the deploy (rolled back whole, traffic
+    # on the old color) than to stall the serving version.
+    migration_lock_timeout_s: float = Field(
+        5, gt=0, le=3600, description="a migration that waits longer for a lock fails, rolled back whole"
+    )
+    migration_statement_timeout_s: float = Field(
+        600, gt=0, le=86400, description="longest one migration statement may run (Postgres statement_timeout)"
+    )

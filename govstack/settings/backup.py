@@ -50,6 +50,9 @@ class BackupSettings(Section):
     keep_weekly: int = Field(5, ge=0)
     keep_monthly: int = Field(12, ge=0)
     keep_yearly: int = Field(0, ge=0)
+    keep_pre_deploy: int = Field(
+        5, ge=1, description="pre-deploy copies of Postgres kept (restic snapshots a release takes before migrating)"
+    )
     # Random packs re-read and decrypted after every run; 5% covers the whole
     # repository every few weeks at a twentieth of the cost of a full read.
     check_read_data_subset: str = Field(

@@ -64,8 +64,23 @@ class StackPaths:
         return f"{self.state_dir}/ledger.jsonl"
 
     @property
-    def deploy_lock(self) -> str:
-        return f"{self.state_dir}/deploy.lock"
+    def lock_file(self) -> str:
+        """The stack lock (flock; govstack/lock.py) and who holds it."""
+        return f"{self.state_dir}/govstack.lock"
+
+    @property
+    def lock_holder_file(self) -> str:
+        return f"{self.state_dir}/lock-holder.json"
+
+    @property
+    def attempt_file(self) -> str:
+        """The command in flight; one the next command finds was interrupted."""
+        return f"{self.state_dir}/attempt.json"
+
+    @property
+    def pre_deploy_copy_file(self) -> str:
+        """The backup job's summary of a release's pre-deploy copy (its run id), until the ledger takes it."""
+        return f"{self.state_dir}/pre-deploy-copy.json"
 
     @property
     def backups_dir(self) -> str:
@@ -74,8 +89,8 @@ class StackPaths:
 
     @property
     def pre_deploy_dumps(self) -> str:
-        """pg_dump files made before each release's migrations (under the stack root
-        whatever ``backup.root`` says)."""
+        """Where releases used to leave a plain pg_dump before their migrations
+        (nothing writes there since those copies go to restic; old files stay)."""
         return f"{self.root}/backups/pre-deploy"
 
     @property

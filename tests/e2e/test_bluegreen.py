@@ -151,19 +151,19 @@ def test_rejected_nginx_config_keeps_the_old_one_serving(stack):
 def test_second_concurrent_deploy_is_refused_naming_the_holder(stack):
     version = f"lock-{uuid.uuid4().hex[:6]}"
     tag_current_image_as(stack, version)
-    lock = Path(stack.settings.stack_root, "state", "deploy.lock")
+    holder = Path(stack.settings.stack_root, "state", "lock-holder.json")
     first = subprocess.Popen([str(REPO_ROOT / ".venv" / "bin" / "govstack"), "deploy", "--version", version,
                               "-i", stack.inventory], cwd=REPO_ROOT, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
-        while not (lock / "holder.json").exists():
+        while f"deploy {version}" not in (holder.read_text() if holder.exists() else ""):
             assert time.monotonic() < deadline and first.poll() is None, "the first deploy never took the lock"
             time.sleep(0.2)
         second = run_govstack("deploy", "--version", version, "-i", stack.inventory, timeout=120)
         assert second.returncode == 3
-        assert "deploy lock held by" in second.stderr and f"(deploy {version})" in second.stderr
+        assert "locked by" in second.stderr and f"(deploy {version}; pid {first.pid} on " in second.stderr
     finally:
         out, err = first.communicate(timeout=900)
     assert first.returncode == 0, err[-2000:]
-    assert not lock.exists()
+    assert holder.read_text() == "", "the lock's holder record was not cleared"

@@ -10,7 +10,8 @@ engine, and deploys the split inventory with `govstack up`:
    Prometheus on the monitoring host scrapes every host's exporters, the
    workers and the data host's probes, all up (a backup run's freshness
    included); the data ports answer the app hosts and nobody else;
-2. upload, index, search and download through the edge host;
+2. a restore against the data host stops and restarts the writers on both
+   app hosts; upload, index, search and download through the edge host;
 3. blue/green across the 2 app hosts under load, 0 failed requests; an app
    host that fails stops the rollout before the edge switches;
 4. one app host's engine stopped under load: 0 failed requests once the
@@ -236,6 +237,35 @@ def test_data_ports_answer_only_the_hosts_that_use_them(deployed):
         assert probe.stdout.strip() == "open", (port, probe.stderr)
         with pytest.raises(OSError):
             socket.create_connection((data.ip, port), timeout=3).close()
+
+
+def test_restore_stops_and_restarts_the_writers_on_every_app_host(deployed, edge_ca, admin_api_key):
+    """A restore run against the data host stops the api and worker of every
+    app host (they write to its database), under every host's lock, and
+    starts them again once the restore verified. The run restored is the
+    backup of the test before, so no data is lost."""
+    data, app_hosts = deployed.group("data")[0], deployed.group("app")
+    listing = "docker ps -q --no-trunc --filter label=com.docker.compose.service={}"
+    writers = {host.name: sorted(deployed.ssh(host, listing.format("api")).stdout.split()
+                                 + deployed.ssh(host, listing.format("worker")).stdout.split())
+               for host in app_hosts}
+    assert all(len(ids) == 2 for ids in writers.values()), writers
+    started = deployed.ssh(data, "date -u +%Y-%m-%dT%H:%M:%S.%NZ").stdout.strip()
+    result = govstack("restore", "--snapshot", "latest", "--component", "postgres", "--force", "--json",
+                      "-i", str(deployed.inventory), "--host", data.name, timeout=900,
+                      log=deployed.workdir / "restore-split.log")
+    assert result.returncode == 0, tail(result)
+    report = json.loads(result.stdout)
+    assert report["writers_stopped"] == report["writers_restarted"] == 4, report
+    assert {name: sorted(ids) for name, ids in report["writers"].items()} == writers
+    # Each of them was stopped and started again during the restore, and is healthy.
+    fmt = "{{.State.StartedAt}} {{.State.Health.Status}}"
+    for host in app_hosts:
+        for cid in writers[host.name]:
+            since, health = deployed.ssh(host, f"docker inspect --format '{fmt}' {cid}").stdout.split()
+            assert since > started and health == "healthy", (host.name, cid, since, started, health)
+    ready = api(deployed, edge_ca, admin_api_key, "GET", "/ready")
+    assert ready.status_code == 200, ready.text
 
 
 # --- 2. end to end through the edge --------------------------------------------------------------

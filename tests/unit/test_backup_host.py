@@ -232,7 +232,7 @@ def test_restore_over_data_is_refused_with_reasons_and_touches_nothing():
     from govstack.backup.ops import restore
 
     manifest = {"ok": True, "run": "R1", "snapshots": {"manifest": "m1"}, "complete": True,
-                "manifest": {"components": {}}}
+                "manifest": {"components": {"postgres": {}, "objects": {}, "vectors": {}}}}
     host = FakeHost({
         r"docker ps -q +--filter": (0, "c0ffee\n"),
         r"govstack-backup manifest": (0, json.dumps(manifest)),

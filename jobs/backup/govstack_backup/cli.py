@@ -24,6 +24,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print the run's summary as JSON")
     run.add_argument("--repository", help="another local repository path, for this run only (no metrics)")
     run.add_argument("--check-subset", help="restic check --read-data-subset for this run (e.g. 100%%)")
+    pre = sub.add_parser("pre-deploy", help="a release's safety copy of Postgres, before its migrations")
+    pre.add_argument("--label", required=True, help="what is about to be deployed (the version)")
     sub.add_parser("healthcheck", help="exit 0 while the scheduler is alive")
     for name, helptext in (("runs", "list the runs as JSON"), ("probe", "open the repository; JSON")):
         cmd = sub.add_parser(name, help=helptext)
@@ -75,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         return schedule(cfg.schedule_file)
     if args.cmd == "run":
         return _run(cfg, args)
+    if args.cmd == "pre-deploy":
+        return _pre_deploy(cfg, args)
     return _restore_side(cfg, args)
 
 
@@ -94,6 +98,21 @@ def _run(cfg: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+def _pre_deploy(cfg: Any, args: argparse.Namespace) -> int:
+    """One JSON line: the copy's run id and snapshots, or the cause."""
+    from govstack_backup.job import BackupFailed, log, run_pre_deploy
+
+    try:
+        summary = run_pre_deploy(cfg, args.label)
+    except BackupFailed as exc:
+        log(f"pre-deploy copy FAILED at {exc}")
+        print(json.dumps({"ok": False, "step": exc.step, "error": str(exc)}, sort_keys=True))
+        return 1
+    log(f"pre-deploy copy {summary['run']} ({args.label}): {summary['bytes']} bytes in {summary['duration_s']:.1f}s")
+    print(json.dumps(summary, sort_keys=True))
+    return 0
+
+
 def _restore_side(cfg: Any, args: argparse.Namespace) -> int:
     from govstack_backup import restore
 
@@ -105,7 +124,10 @@ def _restore_side(cfg: Any, args: argparse.Namespace) -> int:
                           "complete_runs": sum(1 for r in runs.values() if r["complete"])})
             return 0
         if args.cmd == "runs":
-            restore.emit({"ok": True, "repository": repo.repository, "runs": list(restore.runs(repo).values())})
+            from govstack_backup.manifest import PRE_DEPLOY_TAG
+
+            found = [*restore.runs(repo).values(), *restore.runs(repo, PRE_DEPLOY_TAG).values()]
+            restore.emit({"ok": True, "repository": repo.repository, "runs": found})
             return 0
         entry = restore.find_run(repo, args.run)
         if args.cmd == "manifest":

@@ -41,6 +41,7 @@ class Config:
     metrics_file: str
     schedule_file: str
     object_refs: str | None = None  # "table.column" naming object keys, for the consistency check
+    keep_pre_deploy: int = 5  # pre-deploy copies of Postgres kept by the scheduled runs' retention
     offsite: Offsite | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -31,7 +31,17 @@ from urllib.parse import urlsplit
 
 from govstack_backup import __version__, metrics, objects, postgres, vectors
 from govstack_backup.config import Config
-from govstack_backup.manifest import FILES, FORMAT, group_runs, manifest_digest, retention_args, runs_to_forget
+from govstack_backup.manifest import (
+    FILES,
+    FORMAT,
+    PRE_DEPLOY_PREFIX,
+    PRE_DEPLOY_TAG,
+    RUN_TAG,
+    group_runs,
+    manifest_digest,
+    retention_args,
+    runs_to_forget,
+)
 from govstack_backup.restic import Restic, ResticError
 
 LOCK = "/tmp/govstack-backup.lock"
@@ -61,16 +71,24 @@ def offsite_repo(cfg: Config) -> Restic | None:
 
 class RunLock:
     """One run (or restore) at a time in this container: the scheduler's and
-    an operator's `govstack backup` share the container's /tmp."""
+    an operator's `govstack backup` share the container's /tmp. ``wait_s``:
+    how long to wait for a run in progress (a pre-deploy copy waits)."""
+
+    def __init__(self, wait_s: float = 0) -> None:
+        self.wait_s = wait_s
 
     def __enter__(self) -> RunLock:
         self.fh = open(LOCK, "w")  # noqa: SIM115 - held for the run
-        try:
-            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.fh.close()
-            raise BackupFailed("lock", "another backup run is in progress in this container") from None
-        return self
+        deadline = time.monotonic() + self.wait_s
+        while True:
+            try:
+                fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return self
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    self.fh.close()
+                    raise BackupFailed("lock", "another backup run is in progress in this container") from None
+                time.sleep(1)
 
     def __exit__(self, *exc: object) -> None:
         fcntl.flock(self.fh, fcntl.LOCK_UN)
@@ -147,7 +165,7 @@ def _step(name: str):
 def _run(cfg: Config, repository: str | None, check_subset: str | None, started: float) -> dict[str, Any]:
     restic = local_repo(cfg, repository)
     run_id = datetime.fromtimestamp(started, UTC).strftime("%Y%m%dT%H%M%SZ")
-    tags = ["govstack", f"run:{run_id}"]
+    tags = [RUN_TAG, f"run:{run_id}"]
     manifest: dict[str, Any] = {"format": FORMAT, "run": run_id, "project": cfg.project,
                                 "started_at": datetime.fromtimestamp(started, UTC).isoformat(),
                                 "components": {}}
@@ -162,28 +180,7 @@ def _run(cfg: Config, repository: str | None, check_subset: str | None, started:
     with _step("postgres snapshot"):
         snap = postgres.Snapshot(cfg.pg)
     try:
-        with _step("postgres checksums"):
-            stats = snap.stats()
-        with _step("postgres dump"):
-            proc = subprocess.Popen(snap.dump_argv(), env=postgres.client_env(), stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE)
-            try:
-                streams["postgres"] = restic.backup_stream(
-                    FILES["postgres"], [*tags, "component:postgres"], lambda w: _pump(proc.stdout, w))
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-                err = proc.stderr.read().decode(errors="replace").strip()  # type: ignore[union-attr]
-                code = proc.wait()
-            if code != 0:
-                raise BackupFailed("postgres dump", f"pg_dump exited {code}: {err[-500:]}")
-            globals_sql = postgres.dump_globals(cfg.pg)
-            streams["postgres_globals"] = restic.backup_stream(
-                FILES["postgres_globals"], [*tags, "component:postgres_globals"], lambda w: w.write(globals_sql))
-        manifest["components"]["postgres"] = {
-            "database": cfg.pg["database"], "snapshot_time": snap.time, "server_version": snap.server_version,
-            **stats,
-        }
+        manifest["components"]["postgres"] = backup_postgres(cfg, restic, snap, tags, streams)
 
         with _step("objects"):
             bucket_names = objects.buckets(mc, cfg.s3.get("buckets"))
@@ -220,12 +217,7 @@ def _run(cfg: Config, repository: str | None, check_subset: str | None, started:
 
     if cfg.readback:
         with _step("read back"):
-            for name, stream in streams.items():
-                sha, size = restic.read_sha256(stream["snapshot"], FILES[name])
-                if (sha, size) != (stream["sha256"], stream["bytes"]):
-                    raise BackupFailed("read back", f"{FILES[name]} in snapshot {stream['snapshot']} reads back as "
-                                                    f"{size} bytes sha256 {sha}, written {stream['bytes']} bytes "
-                                                    f"sha256 {stream['sha256']}")
+            _read_back(restic, streams)
 
     total = sum(stream["bytes"] for stream in streams.values())
     manifest.update({
@@ -269,12 +261,97 @@ def _run(cfg: Config, repository: str | None, check_subset: str | None, started:
     }
 
 
+def backup_postgres(cfg: Config, restic: Restic, snap: postgres.Snapshot, tags: list[str],
+                    streams: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The database (``pg_dump --snapshot``) and the roles into restic, one
+    snapshot each (added to ``streams``); returns the manifest's postgres part."""
+    with _step("postgres checksums"):
+        stats = snap.stats()
+    with _step("postgres dump"):
+        proc = subprocess.Popen(snap.dump_argv(), env=postgres.client_env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        try:
+            streams["postgres"] = restic.backup_stream(
+                FILES["postgres"], [*tags, "component:postgres"], lambda w: _pump(proc.stdout, w))
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            err = proc.stderr.read().decode(errors="replace").strip()  # type: ignore[union-attr]
+            code = proc.wait()
+        if code != 0:
+            raise BackupFailed("postgres dump", f"pg_dump exited {code}: {err[-500:]}")
+        globals_sql = postgres.dump_globals(cfg.pg)
+        streams["postgres_globals"] = restic.backup_stream(
+            FILES["postgres_globals"], [*tags, "component:postgres_globals"], lambda w: w.write(globals_sql))
+    return {"database": cfg.pg["database"], "snapshot_time": snap.time, "server_version": snap.server_version,
+            **stats}
+
+
+def _read_back(restic: Restic, streams: dict[str, dict[str, Any]]) -> None:
+    for name, stream in streams.items():
+        sha, size = restic.read_sha256(stream["snapshot"], FILES[name])
+        if (sha, size) != (stream["sha256"], stream["bytes"]):
+            raise BackupFailed("read back", f"{FILES[name]} in snapshot {stream['snapshot']} reads back as "
+                                            f"{size} bytes sha256 {sha}, written {stream['bytes']} bytes "
+                                            f"sha256 {stream['sha256']}")
+
+
+# A pre-deploy copy waits this long for a scheduled run in progress in this
+# container (restic's exclusive lock during its check and prune).
+PRE_DEPLOY_WAIT_S = 900
+
+
+def run_pre_deploy(cfg: Config, label: str) -> dict[str, Any]:
+    """The safety copy a release takes before its migrations: Postgres alone,
+    as a run of its own (tagged PRE_DEPLOY_TAG, never "govstack": scheduled
+    runs, `latest` and their retention never see it), with a manifest, so
+    `govstack restore --snapshot <run> --component postgres` restores and
+    verifies it like any run. Old copies are forgotten by the scheduled runs
+    (keep_pre_deploy), so a deploy never takes restic's exclusive lock."""
+    started = time.time()
+    run_id = f"{PRE_DEPLOY_PREFIX}{datetime.fromtimestamp(started, UTC).strftime('%Y%m%dT%H%M%SZ')}"
+    tags = [PRE_DEPLOY_TAG, f"run:{run_id}", f"label:{label}"]
+    with RunLock(wait_s=PRE_DEPLOY_WAIT_S):
+        restic = local_repo(cfg)
+        with _step("repository"):
+            restic.ensure()
+        streams: dict[str, dict[str, Any]] = {}
+        manifest: dict[str, Any] = {"format": FORMAT, "run": run_id, "kind": "pre-deploy", "label": label,
+                                    "project": cfg.project,
+                                    "started_at": datetime.fromtimestamp(started, UTC).isoformat(), "components": {}}
+        with _step("postgres snapshot"):
+            snap = postgres.Snapshot(cfg.pg)
+        with snap:
+            manifest["components"]["postgres"] = backup_postgres(cfg, restic, snap, tags, streams)
+        manifest["components"]["postgres"]["streams"] = {
+            name: {k: v for k, v in stream.items() if k != "produced"} for name, stream in streams.items()}
+        if cfg.readback:
+            with _step("read back"):
+                _read_back(restic, streams)
+        total = sum(stream["bytes"] for stream in streams.values())
+        manifest.update({"finished_at": datetime.now(UTC).isoformat(), "duration_s": round(time.time() - started, 3),
+                         "bytes": total, "versions": versions(cfg, restic)})
+        manifest_bytes = (json.dumps(manifest, sort_keys=True, indent=1) + "\n").encode()
+        with _step("manifest"):
+            stored = restic.backup_stream(FILES["manifest"], [*tags, "component:manifest"],
+                                          lambda w: w.write(manifest_bytes))
+    return {"ok": True, "run": run_id, "kind": "pre-deploy", "label": label, "manifest_snapshot": stored["snapshot"],
+            "snapshots": {name: stream["snapshot"] for name, stream in streams.items()}, "bytes": total,
+            "duration_s": round(time.time() - started, 3), "repository": restic.repository}
+
+
 def apply_retention(restic: Restic, cfg: Config, newest: str) -> list[str]:
     """restic's policy over complete runs (their manifest snapshots), applied to
-    every snapshot of the runs it drops; then prune."""
-    plan = restic.forget_plan(retention_args(cfg.retention), "component:manifest")
-    runs = group_runs(restic.snapshots("govstack"))
-    ids = runs_to_forget(plan, runs, newest)
+    every snapshot of the runs it drops; the newest ``keep_pre_deploy``
+    pre-deploy copies kept likewise; then prune."""
+    plan = restic.forget_plan(retention_args(cfg.retention), f"{RUN_TAG},component:manifest")
+    ids = runs_to_forget(plan, group_runs(restic.snapshots(RUN_TAG)), newest)
+    copies = group_runs(restic.snapshots(PRE_DEPLOY_TAG))
+    complete = sorted(run for run, entry in copies.items() if entry["complete"])
+    if complete:
+        plan = restic.forget_plan(["--keep-last", str(cfg.keep_pre_deploy)],
+                                  f"{PRE_DEPLOY_TAG},component:manifest")
+        ids += runs_to_forget(plan, copies, complete[-1])
     if ids:
         restic.forget(ids)
         restic.prune()

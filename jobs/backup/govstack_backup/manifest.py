@@ -37,6 +37,13 @@ FILES = {
     "manifest": "manifest.json",
 }
 COMPONENTS = ("postgres", "objects", "vectors")
+# Every snapshot of a backup run carries RUN_TAG; a pre-deploy safety copy of
+# Postgres (a release's, before its migrations) carries PRE_DEPLOY_TAG instead
+# and a run id starting with PRE_DEPLOY_PREFIX: the two never mix in a listing,
+# in `latest` or in a retention policy.
+RUN_TAG = "govstack"
+PRE_DEPLOY_TAG = "govstack-pre-deploy"
+PRE_DEPLOY_PREFIX = "pre-deploy-"
 
 # User tables with storage (partitions included, partitioned parents excluded:
 # they hold no rows of their own), in a stable order.
@@ -229,7 +236,8 @@ def group_runs(snapshots: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, An
         component = component_of(snap.get("tags") or [])
         if not run or not component:
             continue
-        entry = runs.setdefault(run, {"run": run, "snapshots": {}, "time": snap.get("time", "")})
+        kind = "pre-deploy" if PRE_DEPLOY_TAG in (snap.get("tags") or []) else "run"
+        entry = runs.setdefault(run, {"run": run, "kind": kind, "snapshots": {}, "time": snap.get("time", "")})
         entry["snapshots"][component] = snap.get("id")
         entry["time"] = max(entry["time"], snap.get("time", ""))
     for entry in runs.values():

@@ -17,6 +17,8 @@ from govstack_backup.job import local_repo, offsite_repo
 from govstack_backup.manifest import (
     EMBEDDING_TOLERANCE,
     FILES,
+    PRE_DEPLOY_TAG,
+    RUN_TAG,
     compare_collections,
     compare_sequences,
     compare_tables,
@@ -41,17 +43,22 @@ def repository(cfg: Config, source: str = "local") -> Restic:
     return local_repo(cfg)
 
 
-def runs(restic: Restic) -> dict[str, dict[str, Any]]:
+def runs(restic: Restic, tag: str = RUN_TAG) -> dict[str, dict[str, Any]]:
     if not restic.exists():
         raise RestoreError(f"restic repository {restic.repository} does not exist yet: no backup was ever made",
                            "no-repository")
-    return group_runs(restic.snapshots("govstack"))
+    return group_runs(restic.snapshots(tag))
 
 
 def find_run(restic: Restic, wanted: str) -> dict[str, Any]:
-    """The run ``wanted`` names (``latest``, a run id or a snapshot id) with its manifest."""
+    """The run ``wanted`` names (``latest``, a run id or a snapshot id) with its
+    manifest; a pre-deploy copy only by its own run or snapshot id."""
     all_runs = runs(restic)
     run = resolve_run(all_runs, wanted)
+    if run is None and wanted != "latest":
+        copies = runs(restic, PRE_DEPLOY_TAG)
+        run = resolve_run(copies, wanted)
+        all_runs = {**all_runs, **copies}
     if run is None:
         complete = [r for r, e in all_runs.items() if e["complete"]]
         hint = f"the newest is {max(complete)}" if complete else "the repository holds no complete run"
@@ -72,12 +79,13 @@ def stream_component(restic: Restic, entry: dict[str, Any], name: str, out: Any)
 def state(cfg: Config, manifest: dict[str, Any]) -> dict[str, Any]:
     """What already holds data among the places the run would restore into."""
     comps = manifest["components"]
-    mc = objects.client(cfg.s3)
-    chroma = vectors.Chroma(cfg.chroma["url"], cfg.chroma.get("tenant", "default_tenant"))
-    return {
-        "objects": objects.non_empty(mc, sorted(comps["objects"]["buckets"])),
-        "vectors": vectors.non_empty(chroma, sorted(comps["vectors"]["collections"])),
-    }
+    found: dict[str, Any] = {}
+    if "objects" in comps:  # a pre-deploy copy holds Postgres alone
+        found["objects"] = objects.non_empty(objects.client(cfg.s3), sorted(comps["objects"]["buckets"]))
+    if "vectors" in comps:
+        chroma = vectors.Chroma(cfg.chroma["url"], cfg.chroma.get("tenant", "default_tenant"))
+        found["vectors"] = vectors.non_empty(chroma, sorted(comps["vectors"]["collections"]))
+    return found
 
 
 def restore_objects(cfg: Config, restic: Restic, entry: dict[str, Any], force: bool) -> dict[str, Any]:
