@@ -6,7 +6,9 @@ the app keeps what the API did across restarts. The deploy's secret file ``app_a
 seeds it, and the app applies that file again only when it changed (govstack_app/db.py).
 
 This command is the operator's way in that needs no API key, e.g. after the key leaked or was
-revoked. In this order, on each all-in-one host, under a lock on the secrets directory:
+revoked. It holds the stack lock (govstack/lock.py) like every command that changes a host, so
+it never runs beside a deploy, restore or another rotation (a busy lock exits 3 naming its holder;
+``--lock-wait`` waits for it). In this order, on each all-in-one host:
 
 1. a new key is generated on the host and replaces the secret file (atomic rename, 0600, owned
    by the app's uid): from here any app start applies it, because the file changed;
@@ -27,7 +29,7 @@ import click
 
 from govstack.commands import last_json, q
 from govstack.inventory import InventoryError, InventoryHost, load_inventory
-from govstack.ledger import operator
+from govstack.lock import command_lock, lock_wait_option, operator
 from govstack.remote import RemoteError, StackHost, stack_plan, testinfra_host
 from govstack.secrets import SECRET_SPECS, secret_path
 from govstack.settings import SettingsError
@@ -72,9 +74,8 @@ def rotate_admin_key(shell: AdminKeyHost) -> str:
                           "`govstack up`, then restart the app (it applies a changed secret)")
     path = secret_path(settings, SECRET)
     spec = SECRET_SPECS[SECRET]
-    lock = f"{settings.secrets_dir}/.{SECRET}.lock"
     out = shell.out(
-        f"exec 9>{q(lock)} && flock -w 60 9 && {new_secret_command(path, spec.length, spec.owner_uid)} && "
+        f"{new_secret_command(path, spec.length, spec.owner_uid)} && "
         f"{shell.in_app('govstack-app')} set-admin-key --name {BOOTSTRAP_KEY_NAME} "
         f"--actor {q(f'operator:{operator()}')} < {q(path)}",
         timeout=120,
@@ -99,7 +100,8 @@ def admin_key_group() -> None:
 @admin_key_group.command("rotate")
 @click.option("-i", "--inventory", default="inventories/local.py", show_default=True, help="pyinfra inventory file")
 @click.option("--host", "host_name", default=None, help="one inventory host (default: every host)")
-def rotate(inventory: str, host_name: str | None) -> None:
+@lock_wait_option
+def rotate(inventory: str, host_name: str | None, lock_wait: float) -> None:
     """A new bootstrap admin key: in the secret file first, then in the database; the old one stops working."""
     from govstack.roles import topology_from_entries
 
@@ -114,13 +116,14 @@ def rotate(inventory: str, host_name: str | None) -> None:
     chosen = [entry for entry in entries if host_name in (None, entry.name)]
     if not chosen:
         _fail(f"no host {host_name!r} in {inventory}", 2)
-    for entry in chosen:
-        try:
-            prefix = rotate_admin_key(AdminKeyHost(entry))
-        except RemoteError as error:
-            _fail(str(error))
-        click.echo(f"{entry.name}: bootstrap admin key rotated (prefix {prefix}); the old key no longer works. "
-                   f"`govstack secret {SECRET}` prints the new one")
+    with command_lock(entries, "admin-key rotate", lock_wait):
+        for entry in chosen:
+            try:
+                prefix = rotate_admin_key(AdminKeyHost(entry))
+            except RemoteError as error:
+                _fail(str(error))
+            click.echo(f"{entry.name}: bootstrap admin key rotated (prefix {prefix}); the old key no longer works. "
+                       f"`govstack secret {SECRET}` prints the new one")
 
 
 def register(main_group: click.Group) -> None:

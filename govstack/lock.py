@@ -1,5 +1,5 @@
 """One lock per host, taken by every command that changes a host's state
-(`up`, `deploy`, `rollback`, `restore`, `drill`, `backup`, `audit-retention`,
+(`up`, `deploy`, `rollback`, `restore`, `drill`, `backup`, `audit-retention`, `admin-key rotate`,
 `secret rotate`): `with stack_lock(hosts, "deploy v2", wait_s)`.
 
 How it holds, and why no lock can go stale: on each host a small process

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from govstack.inventory import InventoryHost
+from govstack.inventory import InventoryHost, load_inventory
 from govstack.lock import LockHeld, stack_lock
 from govstack.settings import build_settings
 
@@ -116,3 +116,23 @@ def test_an_unwritable_stack_root_is_a_one_line_error_not_a_wait(tmp_path):
     with pytest.raises(LockError, match=r"^@local: cannot take the lock in .*/state"):
         with stack_lock([InventoryHost("@local", settings, (), {})], "up", wait_s=5):
             pass
+
+
+def test_admin_key_rotate_takes_the_stack_lock(tmp_path, monkeypatch):
+    """`govstack admin-key rotate` is refused while another command holds the lock (exit 3, naming it),
+    before it touches the host: the secret file it would replace is not created."""
+    from click.testing import CliRunner
+
+    from govstack.cli import main
+
+    root = tmp_path / "stack"
+    inventory = tmp_path / "inv.py"
+    inventory.write_text(f'local = [("@local", {{"govstack": {{"stack_root": {str(root)!r}}}}})]\n')
+    monkeypatch.setenv("GOVSTACK_OPERATOR", "alice@ci")
+    [entry] = load_inventory(str(inventory))
+    with stack_lock([entry], "deploy v2"):
+        result = CliRunner().invoke(main, ["admin-key", "rotate", "-i", str(inventory)])
+    assert result.exit_code == 3, result.output
+    assert "locked by alice@ci" in result.output and "(deploy v2; pid " in result.output
+    assert not (root / "secrets" / "app_admin_api_key").exists()
+    assert not any(root.rglob("app_admin_api_key*"))
