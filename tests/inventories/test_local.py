@@ -17,7 +17,7 @@ test_local = [
                 # The last /29 of the data subnet stands for a load balancer:
                 # tests/e2e/test_edge_clients.py puts a client there.
                 "edge": {"hostname": "localhost", "http_port": 38080, "https_port": 38443,
-                         "trusted_proxies": ["172.29.10.248/29"]},
+                         "trusted_proxies": ["10.253.10.248/29"]},
                 "healthy_timeout_s": 240,
                 "network": {"data_subnet": "10.253.10.0/24"},
                 # Short `for:` durations and the test's webhook receiver.

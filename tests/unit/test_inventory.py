@@ -50,3 +50,16 @@ def test_missing_inventory_is_a_clear_error(tmp_path):
         assert "does not exist" in str(error)
     else:
         raise AssertionError("no error")
+
+
+def test_the_test_stack_trusts_a_proxy_range_on_its_data_network():
+    """tests/e2e/test_edge_clients.py puts its load-balancer client in the test inventory's trusted
+    range on the data network, and skips without one: moving the subnet must move the range too."""
+    import ipaddress
+
+    from tests.conftest import TEST_INVENTORY
+
+    [entry] = load_inventory(str(TEST_INVENTORY))
+    data = ipaddress.ip_network(entry.settings.network.data_subnet)
+    trusted = [ipaddress.ip_network(cidr) for cidr in entry.settings.edge.trusted_proxies]
+    assert any(network.version == 4 and network.subnet_of(data) for network in trusted), (data, trusted)
