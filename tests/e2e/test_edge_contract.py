@@ -10,6 +10,7 @@ indexing)."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -17,7 +18,7 @@ import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.test_app_support import Api, app_exec, sql_literal, unique
+from tests.e2e.test_app_support import APP_SERVICE, Api, app_exec, docker, sql_literal, unique
 
 # Per operation in the fuzzing phase; the coverage phase adds its own deterministic cases
 # (boundaries, missing and wrong-typed fields, unexpected methods), about 400 requests in all.
@@ -127,3 +128,24 @@ def test_health_is_the_same_answer_at_the_edge_and_in_the_app(stack):
     assert refused.json()["detail"] == "method POST not allowed" and refused.json()["request_id"]
 
 
+
+def test_ready_tells_anonymous_clients_which_check_failed_never_why(stack):
+    """Chroma frozen (docker pause: connections are accepted, nothing answers) fails /ready's heartbeat
+    with a read timeout. Through the edge, without a key, the answer names the check and nothing of the
+    cause; the cause is in the app's log."""
+    chroma = stack.service_container("chroma")
+    api = stack.service_container(APP_SERVICE)
+    since = str(int(time.time()) - 1)  # docker logs --since: the host's clock is the containers'
+    docker("pause", chroma)
+    try:
+        ready = Api(stack, None).call("GET", "/ready", retry_429=False)
+    finally:
+        docker("unpause", chroma)
+    assert ready.status_code == 503, ready.text
+    assert ready.json() == {"status": "unavailable", "failed": ["chroma"],
+                            "checks": {"postgres": "ok", "object_store": "ok", "chroma": "error"}}
+    assert not re.search(r"(?i)timeout|error\(|heartbeat|http|\d+\.\d+\.\d+\.\d+|:\d{2,5}\b", ready.text)
+    logged = [json.loads(line) for line in docker("logs", "--since", since, api).stdout.splitlines()
+              if line.startswith("{") and "readiness check failed" in line]
+    assert logged and logged[-1]["check"] == "chroma" and "heartbeat" in logged[-1]["error"], logged
+    stack.wait_healthy("chroma")
