@@ -47,8 +47,13 @@ test-quick: venv
 	$(PYTEST) -q tests/unit
 
 ## Minutes: deploys the test stack (own root, project and ports), checks it.
+## It starts from nothing, as on a fresh machine (a stack left by an earlier
+## run would keep serving the release it recorded, not this tree's app), and
+## removes the stack when every test passed (a failed run leaves it to inspect).
 test-full: venv
+	$(BIN)/python -m tests.e2e.teardown $(TEST_INVENTORY)
 	GOVSTACK_INVENTORY=$(TEST_INVENTORY) GOVSTACK_DEPLOY=1 $(PYTEST) -v tests/e2e tests/hosts
+	$(BIN)/python -m tests.e2e.teardown $(TEST_INVENTORY)
 
 ## Issue 7's multi-host lane: 4 container hosts over SSH, the split inventory
 ## deployed and proved (about 6 min warm; see tests/multihost/test_multihost.py).
