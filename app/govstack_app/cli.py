@@ -1,5 +1,5 @@
-"""`govstack-app` console entry point: migrate | api | worker | healthcheck | cleanup | rebuild-collection |
-set-admin-key | purge-audit-partitions."""
+"""`govstack-app` console entry point: migrate | api | worker | healthcheck | cleanup | cleanup-state | reconcile |
+quarantine | adopt | rebuild-collection | set-admin-key | purge-audit-partitions."""
 
 from __future__ import annotations
 
@@ -90,16 +90,79 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_cleanup(args: argparse.Namespace) -> int:
+def _with_services(fn):  # noqa: ANN001, ANN202 - fn(svc) -> answer
     from .services.backends import build_services
-    from .services.maintenance import cleanup_orphans
+    from .services.errors import AppError
 
-    svc = build_services(_settings())
+    svc = build_services(_settings(), pool_max=4)
     try:
-        print(to_json(cleanup_orphans(svc, min_age=timedelta(seconds=args.min_age), dry_run=args.dry_run)))
+        print(to_json(fn(svc)))
+    except AppError as exc:
+        print(to_json({"ok": False, "error": exc.detail}))
+        print(f"govstack-app: {exc.detail}", file=sys.stderr)
+        return 1
     finally:
         svc.close()
     return 0
+
+
+def _min_age(args: argparse.Namespace) -> timedelta | None:
+    return None if args.min_age is None else timedelta(seconds=args.min_age)
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    from .services.maintenance import run_cleanup
+
+    return _with_services(
+        lambda svc: run_cleanup(svc, min_age=_min_age(args), dry_run=args.dry_run, with_vectors=args.vectors)
+    )
+
+
+def cmd_cleanup_state(args: argparse.Namespace) -> int:
+    from .services import maintenance
+    from .services.backends import db
+
+    def state(svc):  # noqa: ANN001, ANN202
+        if args.action == "pause":
+            return {"paused": maintenance.set_pause(svc, args.reason, args.actor)}
+        if args.action == "resume":
+            return {"paused": None, "was": maintenance.resume(svc, args.actor)}
+        with db(svc.pool) as conn:
+            return {"paused": maintenance.pause_state(conn)}
+
+    return _with_services(state)
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    from .services.reconciliation import reconciliation
+
+    return _with_services(lambda svc: reconciliation(svc, min_age=_min_age(args)))
+
+
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    from .services.reconciliation import quarantine_listing
+
+    return _with_services(quarantine_listing)
+
+
+def cmd_adopt(args: argparse.Namespace) -> int:
+    import re
+
+    from .schemas import COLLECTION_RE
+    from .services.reconciliation import adopt
+
+    if not args.all and not args.keys:
+        print("govstack-app: name the objects to adopt, or --all", file=sys.stderr)
+        return 2
+    if args.collection is not None and not re.fullmatch(COLLECTION_RE, args.collection):
+        print(f"govstack-app: {args.collection!r} is not a collection name ({COLLECTION_RE})", file=sys.stderr)
+        return 2
+    return _with_services(
+        lambda svc: adopt(
+            svc, args.keys, everything=args.all, collection=args.collection, min_age=_min_age(args),
+            dry_run=args.dry_run, actor=args.actor,
+        )
+    )
 
 
 def cmd_rebuild(args: argparse.Namespace) -> int:
@@ -185,10 +248,32 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=cmd_healthcheck)
     p = sub.add_parser("config", help="print the effective non-secret configuration as JSON")
     p.set_defaults(fn=cmd_config)
-    p = sub.add_parser("cleanup", help="remove orphan objects and vectors")
-    p.add_argument("--min-age", type=float, default=3600.0, help="only objects older than this (seconds)")
-    p.add_argument("--dry-run", action="store_true")
+    p = sub.add_parser("cleanup", help="move orphan objects to the quarantine; delete expired quarantine entries")
+    p.add_argument("--min-age", type=float, default=None,
+                   help="only objects older than this (seconds; default GOVSTACK_ORPHAN_MIN_AGE_S)")
+    p.add_argument("--dry-run", action="store_true", help="report what would move and expire, change nothing")
+    p.add_argument("--vectors", action="store_true",
+                   help="also list vectors of unknown documents (reads every vector; they are never deleted)")
     p.set_defaults(fn=cmd_cleanup)
+    p = sub.add_parser("cleanup-state", help="pause, resume or show the automatic cleanup")
+    p.add_argument("action", choices=["status", "pause", "resume"])
+    p.add_argument("--reason", default="paused by an operator")
+    p.add_argument("--actor", default="cli", help="who, for the audit record")
+    p.set_defaults(fn=cmd_cleanup_state)
+    p = sub.add_parser("reconcile", help="objects without rows, rows without objects, the quarantine (JSON)")
+    p.add_argument("--min-age", type=float, default=None, help="younger objects are flagged as maybe in flight")
+    p.set_defaults(fn=cmd_reconcile)
+    p = sub.add_parser("quarantine", help="the quarantine per collection (JSON)")
+    p.set_defaults(fn=cmd_quarantine)
+    p = sub.add_parser("adopt", help="register orphaned or quarantined objects as documents again")
+    p.add_argument("keys", nargs="*", help="object keys or quarantine keys")
+    p.add_argument("--all", action="store_true", help="every orphaned and quarantined object")
+    p.add_argument("--collection", default=None, help="for objects whose collection is not recorded")
+    p.add_argument("--min-age", type=float, default=None,
+                   help="skip objects younger than this (seconds; default GOVSTACK_ORPHAN_MIN_AGE_S)")
+    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--actor", default="cli", help="who, for the audit record")
+    p.set_defaults(fn=cmd_adopt)
     p = sub.add_parser("rebuild-collection", help="re-embed a collection with the configured model")
     p.add_argument("collection")
     p.add_argument("--yes", action="store_true")

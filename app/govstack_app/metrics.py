@@ -32,3 +32,11 @@ QUERY_EMBEDDING_CACHE = Counter(
 )
 CHUNKS = Counter("govstack_chunks_indexed_total", "Chunks embedded and stored by the worker")
 APP_INFO = Info("govstack_app", "Version and colour of this app instance")
+QUARANTINED = Counter("govstack_objects_quarantined_total", "Orphan objects moved to the quarantine by cleanup")
+QUARANTINE_EXPIRED = Counter(
+    "govstack_quarantine_expired_objects_total", "Quarantine entries deleted after their retention (the only deletion)"
+)
+ADOPTED = Counter("govstack_documents_adopted_total", "Orphan or quarantined objects registered again as documents")
+CLEANUP_PAUSED = Gauge(
+    "govstack_cleanup_paused", "1 while automatic cleanup is paused (set by a restore; `govstack cleanup resume`)"
+)

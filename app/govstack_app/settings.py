@@ -70,6 +70,11 @@ class Settings(BaseSettings):
     # rolled back whole) instead of queueing every request behind it.
     migration_lock_timeout_s: float = Field(5.0, gt=0, le=3600)
     migration_statement_timeout_s: float = Field(600.0, gt=0, le=86400)
+    # An object without a document row is an orphan only once it is this old: an upload writes its
+    # object before it commits its row, so a younger one may be an upload still in flight.
+    orphan_min_age_s: float = Field(3600.0, ge=0)
+    # Orphans are moved to the quarantine (never deleted); entries older than this are deleted.
+    quarantine_retention_days: float = Field(30.0, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
 
     @field_validator("log_level", mode="before")

@@ -20,6 +20,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import certifi
 import urllib3
 from minio import Minio
+from minio.commonconfig import REPLACE, CopySource
 from minio.error import S3Error
 
 from .settings import Settings
@@ -94,7 +95,12 @@ class ObjectStore:
         if not self.client.bucket_exists(self.bucket):
             raise RuntimeError(f"bucket {self.bucket} does not exist")
 
-    def put(self, name: str, stream: BinaryIO, length: int, *, content_type: str, sha256: str, filename: str) -> None:
+    def put(
+        self, name: str, stream: BinaryIO, length: int, *, content_type: str, sha256: str, filename: str,
+        collection: str,
+    ) -> None:
+        """The bytes with what it takes to register them again without their row (after a restore
+        to an older snapshot): the collection, the filename, the sha256 and the sniffed type."""
         self.client.put_object(
             self.bucket,
             name,
@@ -106,6 +112,7 @@ class ObjectStore:
                 # S3 user metadata is ASCII-only: percent-encode (RFC 3986) the display filename
                 "original-filename": quote(filename, safe=""),
                 "sniffed-content-type": content_type,
+                "collection": quote(collection, safe=""),
             },
         )
 
@@ -132,8 +139,24 @@ class ObjectStore:
     def remove(self, name: str) -> None:
         self.client.remove_object(self.bucket, name)
 
-    def iter_objects(self) -> Iterator:  # noqa: ANN201
-        return self.client.list_objects(self.bucket, recursive=True)
+    def copy(self, source: str, target: str, *, extra_metadata: dict[str, str] | None = None) -> None:
+        """Server-side copy within the bucket: the bytes never pass through here. The source's
+        content type and user metadata go along, plus ``extra_metadata``."""
+        if not extra_metadata:
+            self.client.copy_object(self.bucket, target, CopySource(self.bucket, source))
+            return
+        stat = self.client.stat_object(self.bucket, source)
+        metadata: dict[str, str] = {
+            name.lower(): value for name, value in stat.metadata.items() if name.lower().startswith("x-amz-meta-")
+        }
+        metadata.update({f"x-amz-meta-{name}": value for name, value in extra_metadata.items()})
+        metadata["Content-Type"] = stat.content_type or "application/octet-stream"
+        self.client.copy_object(
+            self.bucket, target, CopySource(self.bucket, source), metadata=metadata, metadata_directive=REPLACE
+        )
+
+    def iter_objects(self, prefix: str | None = None) -> Iterator:  # noqa: ANN201
+        return self.client.list_objects(self.bucket, prefix=prefix, recursive=True)
 
     def presigned_download_url(
         self, name: str, *, filename: str, content_type: str, ttl: timedelta = PRESIGN_TTL

@@ -6,7 +6,6 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from datetime import timedelta
 from pathlib import Path
 
 import psycopg
@@ -17,7 +16,7 @@ from . import metrics
 from .services.backends import Services, build_services
 from .services.errors import Unavailable
 from .services.indexing import backlog, index_next
-from .services.maintenance import cleanup_orphans
+from .services.maintenance import run_cleanup
 from .settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -89,7 +88,8 @@ class Worker:
             with self.svc.pool.connection() as conn:
                 ensure_audit_partitions(conn)
             try:
-                cleanup_orphans(self.svc, min_age=timedelta(hours=1))
+                # Moves orphans to the quarantine and expires old entries; a no-op while paused.
+                run_cleanup(self.svc)
             except Exception as exc:  # noqa: BLE001 - next hour then
                 log.warning("orphan cleanup failed", error=repr(exc))
             try:

@@ -11,5 +11,6 @@ Postgres is the source of truth; the object store keeps the bytes and Chroma kee
 - ``uploads``: storing a new document (object first, row second)
 - ``search``: vector, keyword and hybrid search
 - ``indexing``: the worker's claim-extract-embed-store loop body
-- ``maintenance``: orphan cleanup and collection rebuilds
+- ``maintenance``: cleanup that quarantines orphans (and its pause flag), collection rebuilds
+- ``reconciliation``: what a restore left to reconcile, the quarantine, adopting objects back
 """

@@ -1,5 +1,6 @@
 """Documents: listing, reading, presigned downloads and deletes. Postgres rows are the truth;
-a failure after a commit leaves only orphans that ``maintenance.cleanup_orphans`` removes."""
+a failure after a commit leaves only orphans: an object that ``maintenance.run_cleanup`` moves to
+the quarantine, or vectors that search ignores (listed by ``govstack report storage``)."""
 
 from __future__ import annotations
 
@@ -127,14 +128,14 @@ def remove_object_quietly(svc: Services, object_name: str) -> None:
     try:
         svc.store.remove(object_name)
     except Exception as exc:  # noqa: BLE001
-        log.warning("could not remove object; cleanup will", object_name=object_name, error=repr(exc))
+        log.warning("could not remove object; cleanup will quarantine it", object_name=object_name, error=repr(exc))
 
 
 def delete_document(
     svc: Services, collection: str, doc_id: int, *, api_key_name: str, request_id: str | None, client_ip: str | None
 ) -> None:
     """Row first (one transaction, with the audit row), then vectors and object. A failure after
-    the commit leaves only orphans that `cleanup` removes; never a row without its object."""
+    the commit leaves only orphans (see the module's note); never a row without its object."""
     with db(svc.pool) as conn:
         conn.execute("SET LOCAL lock_timeout = '5s'")  # the worker holds the row while indexing it
         row = conn.execute(
@@ -163,7 +164,8 @@ def delete_document(
     try:
         svc.chroma.delete(row["chroma_name"], where={"document_id": doc_id})
     except ChromaError as exc:
-        log.warning("vector delete failed; cleanup will retry", document_id=doc_id, error=str(exc))
+        log.warning("vector delete failed; search ignores them (govstack report storage lists them)",
+                    document_id=doc_id, error=str(exc))
     remove_object_quietly(svc, row["object_name"])
 
 

@@ -1,6 +1,6 @@
 """Uploads: the object is written first and the row committed second, so a crash in between
-leaves at most an orphan object (found by ``maintenance.cleanup_orphans``), never a row
-without its object."""
+leaves at most an orphan object (which ``maintenance.run_cleanup`` moves to the quarantine),
+never a row without its object."""
 
 from __future__ import annotations
 
@@ -96,6 +96,7 @@ def upload_document(svc: Services, req: UploadRequest) -> tuple[dict[str, Any], 
             content_type=req.content_type,
             sha256=req.sha256,
             filename=req.filename,
+            collection=req.collection,
         )
     except Exception as exc:  # noqa: BLE001 - minio raises S3Error, urllib3 errors, ...
         log.error("object store write failed", error=repr(exc))
@@ -125,9 +126,11 @@ def upload_document(svc: Services, req: UploadRequest) -> tuple[dict[str, Any], 
             ).fetchone()
             if row is None:  # a concurrent upload of the same bytes won
                 conn.rollback()
-                remove_object_quietly(svc, object_name)
                 existing = _find_by_sha(conn, coll["id"], req.sha256)
                 conn.rollback()
+                # `govstack reconcile adopt` may have registered this very object meanwhile: keep it then.
+                if existing is None or existing["object_name"] != object_name:
+                    remove_object_quietly(svc, object_name)
                 if existing is None:
                     raise Conflict("concurrent upload of the same document; retry")
                 _audit_duplicate(svc, req, existing)
@@ -160,7 +163,7 @@ def upload_document(svc: Services, req: UploadRequest) -> tuple[dict[str, Any], 
             conn.rollback()
     except Unavailable:
         # Before COMMIT was sent nothing was written: drop the object now. If COMMIT itself failed
-        # the outcome is unknown, so the object stays; `cleanup` removes it only if no row has it.
+        # the outcome is unknown, so the object stays; `cleanup` quarantines it only if no row has it.
         if not committed_phase:
             remove_object_quietly(svc, object_name)
         raise
