@@ -18,9 +18,11 @@ import click
 from govstack.admin_key import register as register_admin_key
 from govstack.backup.cli import backup, drill, restore
 from govstack.compliance.cli import register as register_compliance
+from govstack.compliance.cli import report_group
 from govstack.faults import CONTROLLER_PID_ENV
 from govstack.inventory import InventoryError, load_inventory
 from govstack.lock import command_lock, lock_wait_option
+from govstack.reconcile.cli import register as register_reconcile
 from govstack.runbook import register as register_runbook
 from govstack.secrets import SECRET_SPECS, secret_path
 from govstack.settings import SettingsError
@@ -330,6 +332,7 @@ def cost(inventory: str, window_s: float, as_json: bool) -> None:
 # The feature packages' commands join the main group.
 register_compliance(main)
 register_admin_key(main)
+register_reconcile(main, report_group)
 register_runbook(main)
 main.add_command(backup)
 main.add_command(restore)

@@ -240,11 +240,15 @@ class StackHost:
 
     # -- files ---------------------------------------------------------------------------------
     def write_file(self, path: str, content: str, mode: str = "640") -> None:
+        """``content`` into ``path`` (its directory made 0700 if missing): base64 in argument-sized
+        chunks (testinfra has no stdin) into ``path.partial``, then chmod and rename, so a reader
+        never sees half a file."""
         data = base64.b64encode(content.encode()).decode()
-        self.sh(f"umask 077 && : > {q(path)}", timeout=60, check=True)
+        partial = q(path + ".partial")
+        self.sh(f"umask 077 && mkdir -p {q(path.rsplit('/', 1)[0] or '/')} && : > {partial}", timeout=60, check=True)
         for start in range(0, len(data), 60000):
-            self.sh(f"printf %s {q(data[start:start + 60000])} | base64 -d >> {q(path)}", timeout=60, check=True)
-        self.sh(f"chmod {mode} {q(path)}", timeout=60, check=True)
+            self.sh(f"printf %s {q(data[start:start + 60000])} | base64 -d >> {partial}", timeout=60, check=True)
+        self.sh(f"chmod {mode} {partial} && mv -f {partial} {q(path)}", timeout=60, check=True)
 
     def read_file(self, path: str) -> str:
         return self.sh(f"cat {q(path)}", timeout=60, check=True).stdout

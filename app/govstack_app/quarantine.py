@@ -1,7 +1,8 @@
 """The pure decisions of cleanup and reconciliation: which objects are orphans, where an orphan
 goes in the quarantine, which quarantine entries have expired, what an adoption registers.
 
-Nothing here talks to a service; ``reconcile.py`` does the I/O and calls these.
+Nothing here talks to a service; ``services/maintenance.py`` and ``services/reconciliation.py`` do the
+I/O and call these.
 
 The quarantine is a prefix of the documents bucket: ``quarantine/<UTC time>/<original key>``. The
 key itself records the original key and when it was quarantined, so a listing alone tells what
@@ -25,7 +26,7 @@ _TIME_RE = re.compile(r"^\d{8}T\d{6}Z$")
 # new_object_name(): c<collection id>/<uuid hex>
 _COLLECTION_KEY_RE = re.compile(r"^c(\d+)/")
 # app_state key of the pause flag: present = every automatic cleanup is paused. A restore sets it
-# (govstack/reconcile.py writes the same key) before it touches data.
+# (govstack/reconcile/ops.py writes the same key) before it touches data.
 PAUSE_KEY = "cleanup_paused"
 
 

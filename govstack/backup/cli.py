@@ -125,6 +125,7 @@ def restore(inventory: str, host_name: str | None, snapshot: str, component: str
         with command_lock(hosts, f"restore {snapshot}", lock_wait):
             report = run_restore(stack, snapshot, component, force, source,
                                  app_hosts=other_app_hosts(hosts, stack))
+            report["reconciliation"] = reconcile_after_restore(inventory, host_name, report)
     except BackupError as error:
         _fail(str(error), {"non-empty": 3, "usage": 2}.get(error.kind, 1))
     if as_json:
@@ -135,6 +136,29 @@ def restore(inventory: str, host_name: str | None, snapshot: str, component: str
     kept = (report["components"].get("postgres") or {}).get("kept_previous_as")
     if kept:
         click.echo(f"the previous database is kept as {kept}")
+    click.echo("cleanup is paused: no orphan is moved or expired until `govstack cleanup resume`")
+    click.echo(report["reconciliation"].get("summary") or report["reconciliation"]["error"])
+
+
+def reconcile_after_restore(inventory: str, host_name: str | None, report: dict) -> dict:
+    """Write the reconciliation report of a finished restore. Its failure never fails the restore
+    (the data is restored and verified); it says how to write the report again."""
+    from govstack.reconcile import ops as reconcile
+    from govstack.reconcile.cli import stack_shells
+    from govstack.remote import RemoteError
+
+    restore = {"run": report["run"], "components": list(report["components"]),
+               "snapshot_time": report.get("snapshot_time"), "started_at": report["started_at"],
+               "kept_database": (report["components"].get("postgres") or {}).get("kept_previous_as")}
+    try:
+        app, data = stack_shells(inventory, host_name)
+        collected = reconcile.collect_reconciliation(app, data, restore)
+        paths = reconcile.write_reconciliation(data, collected, report["started_at"])
+    except (RemoteError, OSError) as error:
+        return {"error": f"the reconciliation report could not be written ({error}); "
+                         "`govstack reconcile report` writes one"}
+    return {"json": paths[0], "text": paths[1], "counts": collected["counts"],
+            "summary": reconcile.summary_line(collected, paths)}
 
 
 @click.command()

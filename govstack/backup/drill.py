@@ -31,6 +31,7 @@ from govstack.backup.plan import backup_settings
 from govstack.backup.remote import BackupError, BackupHost
 from govstack.commands import docker_exec, q
 from govstack.plan import DATA_DIRS
+from govstack.reconcile import ops as reconcile
 from govstack.settings.cron import max_gap_seconds
 
 MODES = ("vector", "keyword", "hybrid")
@@ -145,6 +146,8 @@ def drill(stack: BackupHost, queries: tuple[str, ...] | None = None, k: int | No
 
     for service in (*stack.plan.data_services, "backup"):
         stack.require_service(service)
+    database = stack.settings.postgres.database
+    paused_before = reconcile.paused_state(stack.psql, database)
     before = topk(stack, queries, k)
     timeline.append((f"top-{k} answers recorded ({len(before)} queries)", now()))
     summary = backup_now(stack)
@@ -177,6 +180,11 @@ def drill(stack: BackupHost, queries: tuple[str, ...] | None = None, k: int | No
         rto_s = time.monotonic() - t_destroy
         timeline.append(("API healthy on the restored data", now()))
         after = topk(stack, queries, k)
+        if paused_before is None and not compare_topk(before, after):
+            # The restore paused cleanup; the drill restored its own fresh run and the answers are
+            # identical, so there is nothing to reconcile: cleanup runs again as it did before.
+            reconcile.clear_pause(stack.psql, database)
+            timeline.append(("cleanup resumed: the restored data is the data the drill destroyed", now()))
         stack.start(workers)
         stack.wait_healthy(workers)
         outage_s = time.monotonic() - t_stop

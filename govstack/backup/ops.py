@@ -13,8 +13,14 @@ Restore order, and why:
 4. Postgres last, into a scratch database, verified there, and only then
    swapped in by rename; the database it replaces is kept, renamed.
 5. Each component verified against the run's manifest; the app is started
-   again only when everything verified (a half-restored app would serve it,
-   and its orphan cleanup would delete objects the old database does not name).
+   again only when everything verified (a half-restored app would serve it).
+
+Before step 2 touches anything, the app's automatic cleanup is paused (the
+``cleanup_paused`` flag in app_state), and the restored database gets the
+same flag before it is swapped in: objects that the restored rows do not
+name (everything uploaded since the snapshot) are what the operator
+reconciles, so no cleanup may take them for orphans until an operator runs
+`govstack cleanup resume` (govstack/reconcile/).
 """
 
 from __future__ import annotations
@@ -27,7 +33,9 @@ from typing import Any
 from govstack.backup.plan import BACKUP_ROLE, BACKUP_ROLE_ATTRIBUTES, BACKUP_ROLE_GROUPS, ROLE_SECRET
 from govstack.backup.remote import BackupError, BackupHost
 from govstack.commands import SUPERUSER, docker_exec, last_json, login_role_sql, psql, q
+from govstack.ledger import operator
 from govstack.monitoring.catalog import MONITOR_ROLE, MONITOR_SECRET
+from govstack.reconcile import ops as reconcile
 from govstack.secrets import secret_path
 
 COMPONENTS = ("postgres", "objects", "vectors")
@@ -128,8 +136,10 @@ def _restore_roles(stack: BackupHost, run: str, source: str) -> None:
         stack.psql_script(login_role_sql(role, path))
 
 
-def restore_postgres(stack: BackupHost, entry: dict[str, Any], source: str, stamp: str) -> dict[str, Any]:
-    """Restore into a scratch database, verify it there, then swap it in by rename."""
+def restore_postgres(stack: BackupHost, entry: dict[str, Any], source: str, stamp: str,
+                     pause: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Restore into a scratch database, verify it there, pause its cleanup (``pause``), then swap
+    it in by rename."""
     s = stack.settings
     db, app_user = s.postgres.database, s.postgres.app_user
     scratch = f"{db}_restore"
@@ -154,6 +164,8 @@ def restore_postgres(stack: BackupHost, entry: dict[str, Any], source: str, stam
     if not check.get("ok"):
         raise BackupError(f"the restored database does not match the snapshot: {check.get('problems')[:5]} "
                           f"(left as {scratch} for inspection; {db} untouched)", "verify-failed")
+    if pause is not None:
+        reconcile.pause_cleanup(stack.psql, scratch, pause)
     # The swap: nothing may be connected to either database.
     stack.psql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity "  # noqa: S608 - validated names
                f"WHERE datname IN ('{db}', '{scratch}') AND pid <> pg_backend_pid()")
@@ -215,7 +227,13 @@ def restore(stack: BackupHost, snapshot: str = "latest", component: str = "all",
     entry, busy = preflight(stack, snapshot, components, force, source)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     report: dict[str, Any] = {"run": entry["run"], "source": source, "components": {}, "forced_over": busy,
-                              "manifest_snapshot": entry["snapshots"]["manifest"], "started_at": stamp}
+                              "manifest_snapshot": entry["snapshots"]["manifest"], "started_at": stamp,
+                              "snapshot_time": snapshot_time(entry)}
+    # Before anything is touched: no cleanup may take what the restore leaves unnamed for orphans.
+    pause = reconcile.pause_record(run=entry["run"], components=components, operator=operator(),
+                                   report=reconcile.report_paths(stack.settings, stamp)[0])
+    report["cleanup_paused"] = pause
+    reconcile.pause_cleanup(stack.psql, stack.settings.postgres.database, pause)
 
     writers = Writers([stack, *(app_hosts or [])])
     t_stop = time.monotonic()
@@ -242,7 +260,7 @@ def restore(stack: BackupHost, snapshot: str = "latest", component: str = "all",
                 raise BackupError(f"vectors do not match the snapshot after restore: {out.get('problems')}",
                                   "verify-failed")
         if "postgres" in components:
-            out = restore_postgres(stack, entry, source, stamp)
+            out = restore_postgres(stack, entry, source, stamp, pause)
             changed = True
             report["components"]["postgres"] = out
         report["restore_s"] = round(time.monotonic() - t_restore, 3)
@@ -266,6 +284,12 @@ def restore(stack: BackupHost, snapshot: str = "latest", component: str = "all",
     report["ok"] = True
     report["writers"] = writers.by_host()
     return report
+
+
+def snapshot_time(entry: dict[str, Any]) -> str | None:
+    """When the run's database snapshot was taken (documents after it are not in the run)."""
+    components = (entry.get("manifest") or {}).get("components") or {}
+    return (components.get("postgres") or {}).get("snapshot_time") or entry.get("time")
 
 
 def _object_problems(out: dict[str, Any]) -> str:

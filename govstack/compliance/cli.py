@@ -113,7 +113,7 @@ def access_review(inventory: str, host_name: str | None, output: str | None) -> 
 
 @click.group("report")
 def report_group() -> None:
-    """Operator reports: residency, storage, counts."""
+    """Operator reports: residency, storage, counts, quarantine."""
 
 
 @report_group.command("residency")
@@ -135,23 +135,26 @@ def report_residency(inventory: str, host_name: str | None, as_json: bool) -> No
 @report_group.command("storage")
 @inventory_option
 @host_option
-@click.option("--apply", is_flag=True, help="remove orphan objects and vectors (nothing changes without it)")
+@click.option("--apply", is_flag=True,
+              help="move orphan objects to the quarantine (nothing changes without it; vectors are never deleted)")
 @click.option("--drop-leftovers", is_flag=True,
               help="with --apply: also drop databases, collections and directories kept by restores and drills")
-@click.option("--min-age", type=float, default=3600, show_default=True,
-              help="only objects older than this many seconds count as orphans (in-flight uploads are younger)")
+@click.option("--min-age", type=float, default=None,
+              help="only objects older than this many seconds count as orphans (in-flight uploads are younger); "
+                   "default app.orphan_min_age_s")
 @click.option("--json", "as_json", is_flag=True)
-def report_storage(inventory: str, host_name: str | None, apply: bool, drop_leftovers: bool, min_age: float,
-                   as_json: bool) -> None:
-    """Table and index sizes, audit partitions, orphans and leftovers; --apply removes orphans."""
+def report_storage(inventory: str, host_name: str | None, apply: bool, drop_leftovers: bool,
+                   min_age: float | None, as_json: bool) -> None:
+    """Table and index sizes, audit partitions, orphans and leftovers; --apply quarantines orphans."""
     if drop_leftovers and not apply:
         _fail("--drop-leftovers needs --apply", 2)
     for shell in _shells(inventory, host_name):
+        age = shell.settings.app.orphan_min_age_s if min_age is None else min_age
         try:
-            report = collect_storage(shell, min_age)
+            report = collect_storage(shell, age)
             if apply:
                 report["applied"] = apply_storage(shell, report, drop_leftovers)
-                report["after"] = collect_storage(shell, min_age)
+                report["after"] = collect_storage(shell, age)
         except ComplianceError as error:
             _fail(str(error))
         if as_json:
@@ -160,8 +163,8 @@ def report_storage(inventory: str, host_name: str | None, apply: bool, drop_left
         click.echo(render_storage(report))
         if apply:
             done = report["applied"]
-            click.echo(f"applied: {done['orphan_objects_removed']} orphan objects and the vectors of "
-                       f"{done['orphan_vector_documents_removed']} missing documents removed"
+            click.echo(f"applied: {done['orphan_objects_quarantined']} orphan objects moved to the quarantine"
+                       + (" (none: cleanup is paused since a restore)" if done.get("cleanup_paused") else "")
                        + (f"; leftovers removed: {json.dumps(done['leftovers_removed'])}"
                           if "leftovers_removed" in done else ""))
 

@@ -12,7 +12,9 @@ over SSH alike; the data stays on that host and only the answers travel):
 - residency: where each kind of data lives and what is encrypted at rest,
   from the settings plus the few facts only the host knows.
 - storage: table and index sizes, audit partitions and when the retention
-  drops them, orphan objects and vectors, leftovers of restores and drills.
+  drops them, orphan objects and vectors, leftovers of restores and drills;
+  applying it moves orphan objects to the quarantine (the app's own cleanup,
+  paused after a restore) and deletes no vector.
 - counts: rows, objects and vectors, to compare two copies of the data.
 """
 
@@ -354,7 +356,7 @@ def collect_storage(shell: ComplianceHost, min_age_s: float) -> dict[str, Any]:
         [{"name": r[0], "from": _ts(r[1]), "to": _ts(r[2]), "rows_estimate": int(r[3]), "bytes": int(r[4])}
          for r in _rows(shell.psql(PARTITIONS_SQL, db))], now, policy.audit_retention_months)
     database_bytes = int(shell.psql(f"SELECT pg_database_size('{db}')", db).strip() or 0)  # noqa: S608 - validated name
-    orphans = last_json(shell.app("cleanup", "--dry-run", "--min-age", str(min_age_s)))
+    orphans = last_json(shell.app("cleanup", "--dry-run", "--vectors", "--min-age", str(min_age_s)))
     if not isinstance(orphans, dict):
         raise ComplianceError("govstack-app cleanup --dry-run gave no answer")
     known = {r[0] for r in _rows(shell.psql("SELECT chroma_name FROM collections", db))}
@@ -378,6 +380,7 @@ def collect_storage(shell: ComplianceHost, min_age_s: float) -> dict[str, Any]:
         "retention_months": policy.audit_retention_months,
         "orphan_objects": orphans.get("orphan_objects", []),
         "orphan_vectors": orphans.get("orphan_vector_documents", {}),
+        "cleanup_paused": orphans.get("paused"),
         "collections_without_row": [c for c in collections if c["name"] not in known],
         "leftovers": {
             "databases": leftover_dbs,
@@ -389,12 +392,16 @@ def collect_storage(shell: ComplianceHost, min_age_s: float) -> dict[str, Any]:
 
 
 def apply_storage(shell: ComplianceHost, report: dict[str, Any], drop_leftovers: bool) -> dict[str, Any]:
-    """Remove the orphans (the app's own cleanup) and, when asked, the restore and drill leftovers."""
+    """Move the orphan objects to the quarantine (the app's own cleanup: paused after a restore,
+    never a deletion) and, when asked, remove the restore and drill leftovers."""
     done: dict[str, Any] = {}
-    cleaned = last_json(shell.app("cleanup", "--min-age", str(report["min_age_s"])))
-    done["orphan_objects_removed"] = len((cleaned or {}).get("orphan_objects", []))
-    done["orphan_vector_documents_removed"] = sum(len(v) for v in (cleaned or {}).get("orphan_vector_documents",
-                                                                                     {}).values())
+    if drop_leftovers and report.get("cleanup_paused"):
+        raise ComplianceError("cleanup is paused after a restore: the databases and collections it kept are what "
+                              "you reconcile with; `govstack reconcile adopt`, then `govstack cleanup resume`, then "
+                              "drop the leftovers")
+    cleaned = last_json(shell.app("cleanup", "--min-age", str(report["min_age_s"]))) or {}
+    done["orphan_objects_quarantined"] = len(cleaned.get("moved", []))
+    done["cleanup_paused"] = cleaned.get("paused")
     if drop_leftovers:
         left = report["leftovers"]
         for database in left["databases"]:
@@ -441,10 +448,13 @@ def render_storage(report: dict[str, Any], limit: int = 15) -> str:
         lines.append(f"| {p['name']} | {(p['from'] or '')[:10]} | {(p['to'] or '')[:10]} | {p['rows_estimate']} | "
                      f"{_size(p['bytes'])} | {p['status']} | {(p['dropped_after'] or '')[:10]} |")
     vectors = report["orphan_vectors"]
-    lines += ["", f"## Orphans (older than {report['min_age_s']:g} s; `--apply` removes them)", "",
+    paused = report.get("cleanup_paused")
+    lines += ["", f"## Orphans (older than {report['min_age_s']:g} s; `--apply` moves the objects to the quarantine"
+              + (", but cleanup is paused since a restore: `govstack cleanup status`" if paused else "") + ")", "",
               f"- objects with no document row: {len(report['orphan_objects'])}"
               + (f" (e.g. {', '.join(report['orphan_objects'][:5])})" if report["orphan_objects"] else ""),
-              f"- vectors of documents that do not exist: {sum(len(v) for v in vectors.values())} documents"
+              f"- vectors of documents that do not exist (never deleted; search ignores them): "
+              f"{sum(len(v) for v in vectors.values())} documents"
               + (f" ({'; '.join(f'{c}: {ids[:5]}' for c, ids in vectors.items())})" if vectors else ""),
               f"- Chroma collections with no collection row: {len(report['collections_without_row'])}"
               + (f" ({', '.join(c['name'] + ' ' + str(c['count']) for c in report['collections_without_row'])})"
@@ -476,10 +486,13 @@ for bucket in client.list_buckets():
 print(json.dumps(out))
 """
 
+# app_state holds operational flags (which color indexes, whether a restore paused cleanup), not
+# data: two copies of the same data may differ there.
 COUNT_TABLES_SQL = (
     "SELECT format('SELECT %L, count(*) FROM %I.%I', c.relname, n.nspname, c.relname) "
     "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-    "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND NOT c.relispartition ORDER BY c.relname"
+    "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND NOT c.relispartition "
+    "AND c.relname <> 'app_state' ORDER BY c.relname"
 )
 
 

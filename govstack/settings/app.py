@@ -35,3 +35,12 @@ class AppSettings(Section):
     migration_statement_timeout_s: float = Field(
         600, gt=0, le=86400, description="longest one migration statement may run (Postgres statement_timeout)"
     )
+    # An upload writes its object before it commits its row: a younger object without a row may
+    # be an upload in flight, so cleanup and adoption leave it alone.
+    orphan_min_age_s: int = Field(
+        3600, ge=60, description="an object without a document row counts as an orphan once this old (cleanup, adopt)"
+    )
+    quarantine_retention_days: int = Field(
+        30, ge=1, le=3650,
+        description="orphans are moved to the bucket's quarantine/ prefix, deleted after this many days",
+    )

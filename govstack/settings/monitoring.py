@@ -70,6 +70,10 @@ class AlertRules(Section):
         _rule("30m", "warning", 10),
         description="threshold: unindexed documents; fires when above it and still growing for the duration",
     )
+    cleanup_paused: AlertRule = Field(
+        _rule("2d", "warning"),
+        description="the app's cleanup has stayed paused (by a restore) this long: reconcile, then resume it",
+    )
     disk_space_low: AlertRule = Field(
         _rule("5m", "critical", 0.10), description="threshold: free share of the data filesystem"
     )

@@ -158,7 +158,8 @@ def test_storage_report_renders_orphans_and_leftovers():
     }
     text = compliance.render_storage(report)
     assert "objects with no document row: 1 (e.g. c1/abc)" in text
-    assert "vectors of documents that do not exist: 1 documents (laws: [42])" in text
+    assert ("vectors of documents that do not exist (never deleted; search ignores them): 1 documents (laws: [42])"
+            in text)
     assert "| audit_logs_2020_01 | 2020-01-01 | 2020-02-01 | 5 | 48.0 KiB | due: the next retention run" in text
     assert "govstack_pre_restore_1 (1.0 MiB)" in text
 
@@ -174,4 +175,4 @@ def test_register_adds_the_commands():
     group = click.Group()
     cli.register(group)
     assert set(group.commands) == {"audit-retention", "access-review", "report"}
-    assert set(group.commands["report"].commands) == {"residency", "storage", "counts"}
+    assert set(group.commands["report"].commands) >= {"residency", "storage", "counts"}
