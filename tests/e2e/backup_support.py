@@ -133,6 +133,15 @@ def drop_kept_databases(stack: Any):
             client.delete_collection(name)
 
 
+@pytest.fixture
+def cleanup_resumed(stack: Any):
+    """A restore pauses the app's cleanup until an operator resumes it; the shared stack gets it
+    resumed after the test, as the restore runbooks end."""
+    yield
+    result = cli(stack, "cleanup", "resume", "--yes", timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
 def remove_aside(stack: Any) -> None:
     """Drill leftovers (moved-aside data directories) of the test stack only."""
     aside = host_paths(stack.settings).drill_aside

@@ -292,7 +292,7 @@ def test_postgres_outage_during_upload_burst_leaves_no_half_present_document(
     for doc_id, object_name, _ in rows:
         assert object_exists(stack, bucket, object_name), f"document {doc_id} has no object"
 
-    # orphans (an object whose row never committed) are found and removed by the cleanup
+    # orphans (an object whose row never committed) are found by the cleanup and moved to the quarantine
     out = app_exec(stack, "govstack-app", "cleanup", "--min-age", "0", timeout=300)
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["dry_run"] is False

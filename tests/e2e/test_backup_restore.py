@@ -5,6 +5,7 @@ uploads that restores a database and objects consistent with each other."""
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 from tests.e2e.backup_support import (  # noqa: F401 - fixtures
     admin,
     cause,
+    cleanup_resumed,
     cli,
     cli_json,
     drop_kept_databases,
@@ -69,7 +71,8 @@ def test_wrong_repository_password_fails_clearly_and_touches_nothing(stack, seed
     assert cli(stack, "backup").returncode == 0  # and the repository opens again
 
 
-def test_backup_during_live_uploads_restores_rows_and_objects_consistently(stack, admin, drop_kept_databases):
+def test_backup_during_live_uploads_restores_rows_and_objects_consistently(stack, admin, drop_kept_databases,
+                                                                          cleanup_resumed):
     in_test_stack(stack)
     collection = unique("bklive")
     stop = threading.Event()
@@ -107,6 +110,10 @@ def test_backup_during_live_uploads_restores_rows_and_objects_consistently(stack
     assert report["run"] == summary["run"]
     assert all(c["ok"] for c in report["components"].values())
     assert report["components"]["postgres"]["kept_previous_as"]
+    # Uploads after the snapshot are objects without rows now: cleanup waits for the operator.
+    assert report["cleanup_paused"]["run"] == summary["run"]
+    reconciliation = json.loads(Path(report["reconciliation"]["json"]).read_text())
+    assert reconciliation["counts"]["objects_without_rows"] == len(reconciliation["objects_without_rows"])
 
     # No row names a missing object, and every object has the row's bytes.
     rows = stack.psql("SELECT object_name, sha256, size FROM documents")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, run_govstack
 from tests.e2e.test_app_support import Api, app_exec, chroma_ids, object_exists, wait_indexed
 
 
@@ -127,7 +127,9 @@ def test_access_review_lists_the_keys_made_through_the_api(stack):
 ORPHAN_DOCUMENT_ID = 987_654_321
 
 
-def test_storage_report_finds_and_apply_removes_planted_orphans(stack):
+def test_storage_report_finds_planted_orphans_and_apply_quarantines_the_object(stack):
+    # A restore earlier in the session paused cleanup; this test is about --apply.
+    assert run_govstack("cleanup", "resume", "--yes", "-i", stack.inventory).returncode == 0
     collection = f"storage-{uuid.uuid4().hex[:8]}"
     admin = Api(stack, stack.admin_api_key)
     response = admin.upload(collection, "note.txt", b"A document so that the collection has vectors.")
@@ -153,11 +155,14 @@ def test_storage_report_finds_and_apply_removes_planted_orphans(stack):
     assert object_exists(stack, bucket, orphan), "the report alone changes nothing"
 
     applied = json.loads(compliance(stack, "report", "storage", "--min-age", "2", "--apply", "--json").stdout)
-    assert applied["applied"]["orphan_objects_removed"] >= 1
+    assert applied["applied"]["orphan_objects_quarantined"] >= 1
     assert orphan not in applied["after"]["orphan_objects"]
-    assert collection not in applied["after"]["orphan_vectors"]
     assert not object_exists(stack, bucket, orphan)
-    assert chroma_ids(stack, collection, ORPHAN_DOCUMENT_ID) == []
+    moved = [o.object_name for o in stack.s3().list_objects(bucket, prefix="quarantine/", recursive=True)
+             if o.object_name.endswith("/" + orphan)]
+    assert len(moved) == 1, "the orphan object is moved to the quarantine, not deleted"
+    assert ORPHAN_DOCUMENT_ID in applied["after"]["orphan_vectors"][collection], "vectors are reported, never deleted"
+    assert chroma_ids(stack, collection, ORPHAN_DOCUMENT_ID)
     assert chroma_ids(stack, collection, int(response.json()["id"])), "the real document keeps its vectors"
 
     text = compliance(stack, "report", "storage").stdout
