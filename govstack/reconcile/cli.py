@@ -1,17 +1,21 @@
 """`govstack cleanup status|pause|resume`, `govstack reconcile report|adopt` and `govstack report
 quarantine` (registered on the main CLI by govstack/cli.py). The app's commands run with the
 serving color's configuration on the first app host; the Postgres reads on the data host (the same
-host unless the inventory is split)."""
+host unless the inventory is split). What changes state (pause, resume, adopt, writing a report)
+takes the stack lock (govstack/lock.py) like every other such command; status, the quarantine
+listing and dry runs read only and take none."""
 
 from __future__ import annotations
 
 import json
+from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
 from typing import Any
 
 import click
 
 from govstack.inventory import InventoryError, InventoryHost, load_inventory
+from govstack.lock import command_lock, lock_wait_option, operator
 from govstack.reconcile.ops import (
     app_json,
     collect_reconciliation,
@@ -41,15 +45,27 @@ def _shell(entry: InventoryHost) -> StackHost:
     return StackHost(testinfra_host(entry.name, entry.data), stack_plan(entry.settings), name=entry.name)
 
 
-def stack_shells(inventory: str, host_name: str | None) -> tuple[StackHost, StackHost]:
+def inventory_hosts(inventory: str) -> list[InventoryHost]:
+    try:
+        return load_inventory(inventory)
+    except (InventoryError, SettingsError) as error:
+        _fail(str(error), 2)
+        raise
+
+
+def locked(hosts: list[InventoryHost], command: str, lock_wait: float, *, dry_run: bool = False
+           ) -> AbstractContextManager[object]:
+    """The stack lock for a command that changes state; a dry run reads only and takes none."""
+    return nullcontext() if dry_run else command_lock(hosts, command, lock_wait)
+
+
+def stack_shells(inventory: str, host_name: str | None,
+                 hosts: list[InventoryHost] | None = None) -> tuple[StackHost, StackHost]:
     """(the host that runs the app, the host that runs Postgres): the same host unless the
     inventory is split; --host names the data host then."""
     from govstack.roles import ALL_ROLES, TopologyError, plan_fields_for_entry
 
-    try:
-        hosts = load_inventory(inventory)
-    except (InventoryError, SettingsError) as error:
-        _fail(str(error), 2)
+    hosts = hosts if hosts is not None else inventory_hosts(inventory)
 
     def roles(entry: Any) -> frozenset[str]:
         try:
@@ -67,8 +83,6 @@ def stack_shells(inventory: str, host_name: str | None) -> tuple[StackHost, Stac
 
 
 def _actor() -> str:
-    from govstack.ledger import operator
-
     return f"operator:{operator()}"
 
 
@@ -102,11 +116,14 @@ def cleanup_status(inventory: str, host_name: str | None, as_json: bool) -> None
 @inventory_option
 @host_option
 @click.option("--reason", required=True, help="why, for the next operator (shown by status and resume)")
-def cleanup_pause(inventory: str, host_name: str | None, reason: str) -> None:
+@lock_wait_option
+def cleanup_pause(inventory: str, host_name: str | None, reason: str, lock_wait: float) -> None:
     """Pause automatic cleanup by hand (a restore does it by itself)."""
-    app, _ = stack_shells(inventory, host_name)
+    hosts = inventory_hosts(inventory)
+    app, _ = stack_shells(inventory, host_name, hosts)
     try:
-        out = app_json(app, "cleanup-state", "pause", "--reason", reason, "--actor", _actor())
+        with locked(hosts, "cleanup pause", lock_wait):
+            out = app_json(app, "cleanup-state", "pause", "--reason", reason, "--actor", _actor())
     except RemoteError as error:
         _fail(str(error))
     click.echo(_describe_pause(out["paused"]))
@@ -117,9 +134,17 @@ def cleanup_pause(inventory: str, host_name: str | None, reason: str) -> None:
 @host_option
 @click.option("--yes", is_flag=True, help="resume without asking")
 @click.option("--dry-run", is_flag=True, help="say what resuming would do, change nothing")
-def cleanup_resume(inventory: str, host_name: str | None, yes: bool, dry_run: bool) -> None:
+@lock_wait_option
+def cleanup_resume(inventory: str, host_name: str | None, yes: bool, dry_run: bool, lock_wait: float) -> None:
     """Say what cleanup will do now, then re-enable it."""
-    app, data = stack_shells(inventory, host_name)
+    hosts = inventory_hosts(inventory)
+    app, data = stack_shells(inventory, host_name, hosts)
+    # What it says and what it resumes are read under the lock: no restore can pause again between.
+    with locked(hosts, "cleanup resume", lock_wait, dry_run=dry_run):
+        _resume(app, data, yes, dry_run)
+
+
+def _resume(app: StackHost, data: StackHost, yes: bool, dry_run: bool) -> None:
     try:
         paused = paused_state(data.psql, data.settings.postgres.database)
         plan = app_json(app, "cleanup", "--dry-run")
@@ -158,12 +183,15 @@ def reconcile_group() -> None:
 @inventory_option
 @host_option
 @click.option("--json", "as_json", is_flag=True)
-def reconcile_report(inventory: str, host_name: str | None, as_json: bool) -> None:
+@lock_wait_option
+def reconcile_report(inventory: str, host_name: str | None, as_json: bool, lock_wait: float) -> None:
     """Write a reconciliation report now (a restore writes one by itself)."""
-    app, data = stack_shells(inventory, host_name)
+    hosts = inventory_hosts(inventory)
+    app, data = stack_shells(inventory, host_name, hosts)
     try:
-        report = collect_reconciliation(app, data)
-        paths = write_reconciliation(data, report, datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ"))
+        with locked(hosts, "reconcile report", lock_wait):
+            report = collect_reconciliation(app, data)
+            paths = write_reconciliation(data, report, datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ"))
     except RemoteError as error:
         _fail(str(error))
     if as_json:
@@ -182,19 +210,23 @@ def reconcile_report(inventory: str, host_name: str | None, as_json: bool) -> No
               help="skip objects younger than this many seconds (default: app.orphan_min_age_s)")
 @click.option("--dry-run", is_flag=True, help="say what would be registered, change nothing")
 @click.option("--json", "as_json", is_flag=True)
+@lock_wait_option
 def reconcile_adopt(inventory: str, host_name: str | None, keys: tuple[str, ...], everything: bool,
-                    collection: str | None, min_age: float | None, dry_run: bool, as_json: bool) -> None:
+                    collection: str | None, min_age: float | None, dry_run: bool, as_json: bool,
+                    lock_wait: float) -> None:
     """Register orphaned or quarantined objects as documents again, queued for indexing."""
     if not keys and not everything:
         _fail("name the object or quarantine keys to adopt, or --all", 2)
-    app, _ = stack_shells(inventory, host_name)
+    hosts = inventory_hosts(inventory)
+    app, _ = stack_shells(inventory, host_name, hosts)
     args = ["adopt", *keys, "--actor", _actor()]
     args += ["--all"] if everything else []
     args += ["--collection", collection] if collection else []
     args += ["--min-age", f"{min_age:g}"] if min_age is not None else []
     args += ["--dry-run"] if dry_run else []
     try:
-        out = app_json(app, *args)
+        with locked(hosts, "reconcile adopt", lock_wait, dry_run=dry_run):
+            out = app_json(app, *args)
     except RemoteError as error:
         _fail(str(error))
     if as_json:
