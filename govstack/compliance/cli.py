@@ -143,11 +143,19 @@ def report_residency(inventory: str, host_name: str | None, as_json: bool) -> No
               help="only objects older than this many seconds count as orphans (in-flight uploads are younger); "
                    "default app.orphan_min_age_s")
 @click.option("--json", "as_json", is_flag=True)
+@lock_wait_option
 def report_storage(inventory: str, host_name: str | None, apply: bool, drop_leftovers: bool,
-                   min_age: float | None, as_json: bool) -> None:
+                   min_age: float | None, as_json: bool, lock_wait: float) -> None:
     """Table and index sizes, audit partitions, orphans and leftovers; --apply quarantines orphans."""
     if drop_leftovers and not apply:
         _fail("--drop-leftovers needs --apply", 2)
+    # --apply moves objects and may drop leftovers: under the stack lock; the report alone reads only.
+    with command_lock(_hosts(inventory, None), "report storage --apply", lock_wait) if apply else nullcontext():
+        _report_storage(inventory, host_name, apply, drop_leftovers, min_age, as_json)
+
+
+def _report_storage(inventory: str, host_name: str | None, apply: bool, drop_leftovers: bool,
+                    min_age: float | None, as_json: bool) -> None:
     for shell in _shells(inventory, host_name):
         age = shell.settings.app.orphan_min_age_s if min_age is None else min_age
         try:

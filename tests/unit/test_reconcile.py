@@ -146,3 +146,28 @@ def test_the_main_cli_has_the_commands():
     assert set(main.commands["cleanup"].commands) == {"status", "pause", "resume"}
     assert set(main.commands["reconcile"].commands) == {"report", "adopt"}
     assert "quarantine" in main.commands["report"].commands
+
+
+@pytest.mark.parametrize("args", [
+    ("cleanup", "pause", "--reason", "by hand"),
+    ("cleanup", "resume", "--yes"),
+    ("reconcile", "adopt", "c1/abc"),
+    ("reconcile", "report"),
+    ("report", "storage", "--apply"),
+])
+def test_state_changing_commands_refuse_while_another_holds_the_stack_lock(tmp_path, monkeypatch, args):
+    """They take the stack lock before they touch the stack: a busy lock exits 3 naming its holder
+    (the stack root here has no stack at all, so reaching it would fail otherwise)."""
+    from click.testing import CliRunner
+
+    from govstack.cli import main
+    from govstack.inventory import load_inventory
+    from govstack.lock import stack_lock
+
+    inventory = tmp_path / "inv.py"
+    inventory.write_text(f"hosts = [('@local', {{'govstack': {{'stack_root': {str(tmp_path / 'stack')!r}}}}})]\n")
+    monkeypatch.setenv("GOVSTACK_OPERATOR", "alice@ci")
+    with stack_lock(load_inventory(str(inventory)), "deploy v2"):
+        result = CliRunner().invoke(main, [*args, "-i", str(inventory)])
+    assert result.exit_code == 3, result.output
+    assert "locked by alice@ci" in result.output and "(deploy v2;" in result.output, result.output
