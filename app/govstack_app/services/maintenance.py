@@ -152,7 +152,9 @@ def _metric_values() -> dict[str, float]:
 
 
 def move_to_quarantine(svc: Services, orphan: StoredObject, move: Any) -> None:
-    """Copy, check the copy, then delete the original: a crash leaves both, never neither."""
+    """Copy, check the copy, then delete the original: a crash leaves both, never neither.
+    Fault points (crash tests): before the copy, after it, after the delete."""
+    fault_point("quarantine.before-copy", move.original)
     if move.copy_needed:
         source = stat_or_none(svc, move.original)
         original_time = user_metadata(source.metadata).get(ORIGINAL_TIME_META) if source else None
@@ -163,6 +165,7 @@ def move_to_quarantine(svc: Services, orphan: StoredObject, move: Any) -> None:
         raise RuntimeError(f"quarantine copy {move.target} is not readable as {move.size} bytes; original kept")
     fault_point("quarantine.after-copy", move.original)
     svc.store.remove(move.original)
+    fault_point("quarantine.after-delete", move.original)
 
 
 def run_cleanup(
@@ -225,6 +228,7 @@ def run_cleanup(
                 log.info("orphan quarantined", object_name=move.original, quarantine_key=move.target,
                          size=move.size, reused_copy=not move.copy_needed)
             for entry in expired:
+                fault_point("quarantine.before-expire", entry.key)
                 svc.store.remove(entry.key)
                 metrics.QUARANTINE_EXPIRED.inc()
                 report["expired"].append(entry.key)
