@@ -1,5 +1,6 @@
 """The indexing worker: claims due documents one at a time (FOR UPDATE SKIP LOCKED), indexes
-them, touches a heartbeat file every loop, serves its own Prometheus metrics on :9100."""
+them, touches a heartbeat file after every loop that reached Postgres, serves its own Prometheus
+metrics on :9100."""
 
 from __future__ import annotations
 
@@ -21,8 +22,14 @@ from .settings import Settings
 
 log = structlog.get_logger(__name__)
 
+# The container's healthcheck tests this file's age with `find -newermt` (templates/compose/app.yml.j2,
+# kept equal by tests/unit/app/test_worker_heartbeat.py) instead of starting a Python interpreter:
+# the file is touched only after a Postgres round trip succeeded (an idle loop's indexing-color
+# query, a claim) or while a claimed document's transaction makes progress, so a fresh file proves
+# the loop runs and reaches its database. The idle loop runs every second, the Postgres back-off
+# waits at most 30 s.
 HEARTBEAT_FILE = Path("/tmp/govstack-worker.heartbeat")
-HEARTBEAT_MAX_AGE_S = 120
+HEARTBEAT_MAX_AGE_S = 60
 METRICS_PORT = 9100
 IDLE_SLEEP_S = 1.0
 MAINTENANCE_EVERY_S = 3600.0
@@ -63,13 +70,14 @@ class Worker:
         """Index up to WORKER_BATCH_SIZE documents; returns how many were claimed."""
         done = 0
         if not self.may_index():
+            touch_heartbeat()  # the indexing-color query reached Postgres
             return 0
         for _ in range(self.svc.settings.worker_batch_size):
             if self.stop.is_set():
                 break
             with self.svc.pool.connection(timeout=10.0) as conn:
                 row = index_next(self.svc, conn, heartbeat=touch_heartbeat)
-            touch_heartbeat()
+            touch_heartbeat()  # the claim (and the document's commit) reached Postgres
             if row is None:
                 break
             done += 1
@@ -107,7 +115,6 @@ class Worker:
             embedding_model=self.svc.embedder.model_name,
         )
         while not self.stop.is_set():
-            touch_heartbeat()
             try:
                 self.maintenance(time.monotonic())
                 n = self.run_once()
@@ -145,6 +152,8 @@ def run_worker(settings: Settings) -> int:
 
 
 def healthcheck(settings: Settings, max_age: float = HEARTBEAT_MAX_AGE_S) -> tuple[bool, str]:
+    """The operator's diagnostic (`govstack-app healthcheck worker`): the container's own check
+    tests the heartbeat's age alone; this one also says whether Postgres answers right now."""
     try:
         age = time.time() - HEARTBEAT_FILE.stat().st_mtime
     except OSError:
