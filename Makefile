@@ -32,8 +32,11 @@ up: venv
 check: venv
 	$(BIN)/govstack check -i $(INVENTORY)
 
-## Everything: quick tier, then deploy + host checks + drills.
-test: engine test-quick test-full test-multihost
+## Everything: quick tier, then deploy + host checks + drills, then the
+## multi-host lane; stops at the first failing tier (its exit code) and ends
+## with each tier's wall time and slowest tests (tests/support/tiers.py).
+test: engine
+	$(BIN)/python -m tests.support.tiers --make "$(MAKE)" quick full multihost
 
 ## The Docker engine alone (installed and started when missing): the quick
 ## tier runs promtool/amtool in the offline Prometheus image.

@@ -8,8 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import durations
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEST_INVENTORY = REPO_ROOT / "tests" / "inventories" / "test_local.py"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    durations.register(config)  # per-test times for `make test`'s summary (tests/support/tiers.py)
 
 
 @pytest.fixture(scope="session")

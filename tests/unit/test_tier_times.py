@@ -1,0 +1,73 @@
+"""`make test`'s tier runner: real make, real pytest runs, in a throwaway directory."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import REPO_ROOT
+
+MAKEFILE = """\
+test-fast:
+\t{python} -m pytest -q -p no:cacheprovider -p tests.support.durations fast_test.py
+test-broken:
+\t{python} -m pytest -q -p no:cacheprovider -p tests.support.durations broken_test.py
+test-never:
+\ttouch never-ran
+"""
+
+FAST = """\
+import time
+
+def test_quick():
+    pass
+
+def test_slower():
+    time.sleep(0.3)
+"""
+
+BROKEN = """\
+def test_passes():
+    pass
+
+def test_breaks():
+    assert 1 == 2
+"""
+
+
+def run_tiers(tmp_path: Path, *tiers: str) -> subprocess.CompletedProcess:
+    (tmp_path / "Makefile").write_text(MAKEFILE.format(python=sys.executable))
+    (tmp_path / "fast_test.py").write_text(FAST)
+    (tmp_path / "broken_test.py").write_text(BROKEN)
+    return subprocess.run(
+        [sys.executable, "-m", "tests.support.tiers", "--make", "make", *tiers],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO_ROOT)},
+    )
+
+
+def summary_lines(result: subprocess.CompletedProcess) -> list[str]:
+    out = result.stdout
+    assert "=== test time per tier" in out, out + result.stderr
+    return out[out.index("=== test time per tier"):].splitlines()
+
+
+def test_tiers_are_timed_and_the_first_failing_one_stops_the_run(tmp_path):
+    result = run_tiers(tmp_path, "fast", "broken", "never")
+    # make reports a failed recipe as 2, whatever pytest's own code was.
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert not (tmp_path / "never-ran").exists()
+    lines = summary_lines(result)
+    assert [line.split()[0] for line in lines[1:] if not line.startswith(" ")] == ["fast", "broken", "total"]
+    fast = lines.index(next(line for line in lines if line.startswith("fast ")))
+    assert "2 tests, passed" in lines[fast]
+    # slowest first, each with its seconds
+    assert [line.split()[-1] for line in lines[fast + 1 : fast + 3]] == [
+        "fast_test.py::test_slower",
+        "fast_test.py::test_quick",
+    ]
+    assert float(lines[fast + 1].split()[0].rstrip("s")) >= 0.3
+    broken = next(line for line in lines if line.startswith("broken "))
+    assert "2 tests, FAILED (exit 2)" in broken
+    assert any(line.strip().endswith("broken_test.py::test_breaks  FAILED") for line in lines)
