@@ -7,7 +7,7 @@ host's resources, and runs one small deploy per concern.
 from pyinfra import host, inventory, logger
 
 from deploys import app, engine, images, stack
-from govstack import faults
+from govstack import faults, secret_store
 from govstack.backup import deploy as backup
 from govstack.facts import DockerAppArmor, HostResourcesFact
 from govstack.images import require_wheel_locks
@@ -41,6 +41,14 @@ plan = StackPlan(
     **role_fields,
 )
 
+# Decided for every host before any operation runs anywhere: a deploy that
+# would change a secret a host holds (or lose one that data needs) stops here.
+try:
+    secret_values = secret_store.secret_values(host, inventory, plan)
+except secret_store.SecretConflict as error:
+    logger.error(f"govstack: {error}")
+    raise SystemExit(2) from None
+
 # In a split inventory each host runs its groups' part (govstack/roles.py);
 # a host in no group runs all of it. Operations run in this order across
 # all hosts, so the data host is up before the app hosts start.
@@ -58,7 +66,7 @@ if settings.images.lane == "offline":
         images_shipped(name="Images from the controller's engine", images=plan.host_images)
     images.build_offline_images(plan)
 stack.create_stack_directories(plan)
-stack.ensure_secrets(plan)
+stack.ensure_secrets(plan, secret_values)
 if plan.has_role("edge"):
     stack.ensure_edge_certificate(plan)
 stack.render_stack_files(plan)

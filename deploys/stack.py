@@ -19,7 +19,6 @@ from govstack.operations import (
 )
 from govstack.plan import GRPC_PREFIX, SERVICE_UIDS, StackPlan
 from govstack.render import nginx_candidate_path, nginx_live_path, rendered_files
-from govstack.roles import controller_secrets_dir, shared_secret_values
 from govstack.secrets import SECRET_SPECS, TLS_KEY_OWNER_UID, secret_path
 
 
@@ -39,27 +38,21 @@ def create_stack_directories(plan: StackPlan):
 
 
 @deploy("Secrets")
-def ensure_secrets(plan: StackPlan):
+def ensure_secrets(plan: StackPlan, values: dict[str, str | None]):
     s = plan.settings
     # Only the secrets this host's roles read (all of them on an all-in-one
-    # host). A split inventory's hosts must agree on each secret: generated
-    # once, on the controller, and uploaded (only when a host's copy differs).
-    names = plan.secret_names
-    shared = {}
-    if plan.split:
-        shared = shared_secret_values(
-            controller_secrets_dir(s, plan.topology),
-            {name: SECRET_SPECS[name].length for name in names
-             if SECRET_SPECS[name].generated and name not in s.secrets},
-        )
-    for name in names:
+    # host), with the values govstack.secret_store found before anything
+    # changed: the hosts' own first, so a deploy never changes a secret a
+    # host holds (a rotation does: `govstack secret rotate`). None: the
+    # host's file stays, or is generated once when no one holds a value.
+    for name, value in values.items():
         spec = SECRET_SPECS[name]
         secret_file(
             name=f"Secret {name}",
             path=secret_path(s, name),
             owner_uid=spec.owner_uid,
             length=spec.length,
-            value=s.secrets.get(name, shared.get(name)),
+            value=value,
         )
     if plan.upstream_seaweedfs:
         grpc_mtls_material(

@@ -302,3 +302,57 @@ class PostgresLogin(FactBase):
 
     def process(self, output) -> bool:
         return "".join(output).strip() == "t"
+
+
+class SecretDigests(FactBase):
+    """name -> sha256 of each secret file that exists under ``directory`` (one
+    command for all of them; only digests leave the host)."""
+
+    def command(self, directory: str, names: tuple[str, ...]) -> str:
+        checks = "; ".join(
+            f"[ -f {q(f'{directory}/{name}')} ] && "
+            f"echo {name} $(sha256sum < {q(f'{directory}/{name}')} | cut -d' ' -f1)"
+            for name in names
+        )
+        return f"{{ {checks}; }} 2>/dev/null; true" if names else "true"
+
+    def process(self, output) -> dict[str, str]:
+        return dict(line.split() for line in output if len(line.split()) == 2)
+
+    def default(self) -> dict[str, str]:
+        return {}
+
+
+class SecretValue(FactBase):
+    """The exact bytes of a secret file (base64 on the wire), None when absent.
+
+    Read only to adopt a value the controller lacks (govstack/secret_sources.py);
+    callers read it through ``quiet_fact`` so that not even ``-vvv`` prints it.
+    """
+
+    def command(self, path: str) -> str:
+        quoted = q(path)
+        return f"if [ -f {quoted} ]; then echo value; base64 -w0 < {quoted}; echo; else echo __absent__; fi"
+
+    def process(self, output):
+        import base64
+
+        lines = [line.strip() for line in output]
+        if not lines or lines[0] != "value":
+            return None
+        return base64.b64decode("".join(lines[1:])).decode()
+
+
+class DataPresent(FactBase):
+    """Which data a secret unlocks is on the host (secrets.DATA_KINDS): an
+    initialised Postgres data directory, a restic repository."""
+
+    def command(self, markers: tuple[tuple[str, str], ...]) -> str:
+        checks = "; ".join(f"[ -e {q(path)} ] && echo {kind}" for kind, path in markers)
+        return f"{{ {checks}; }} 2>/dev/null; true" if markers else "true"
+
+    def process(self, output) -> frozenset[str]:
+        return frozenset(line.strip() for line in output if line.strip())
+
+    def default(self) -> frozenset[str]:
+        return frozenset()

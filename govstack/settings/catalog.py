@@ -21,6 +21,11 @@ NGINX_UID = 101
 SERVICE_UID = 10001
 
 
+# Data on a host that a secret's value unlocks (SecretSpec.pinned_by).
+DATA_KINDS = ("postgres", "restic")
+ROTATIONS = ("postgres-role", "restic", "s3")
+
+
 @dataclass(frozen=True)
 class SecretSpec:
     name: str
@@ -34,11 +39,23 @@ class SecretSpec:
     generated: bool = True
     # The roles (govstack/roles.py) whose services or deploy steps read it.
     needed_by: frozenset[str] = frozenset()
+    # The data that stops opening (or whose running readers are locked out)
+    # when this value changes: "postgres" (an initialised data directory) or
+    # "restic" (a repository). A deploy never makes a new value of such a
+    # secret while that data exists (govstack/secret_sources.py).
+    pinned_by: str | None = None
+    # How `govstack secret rotate` replaces it (govstack/rotation.py):
+    # "postgres-role", "restic" or "s3"; None: it cannot be rotated there.
+    rotation: str | None = None
 
     def __post_init__(self) -> None:
         unknown = set(self.needed_by) - set(ROLES)
         if not self.needed_by or unknown:
             raise ValueError(f"secret {self.name}: needed_by must name roles among {ROLES}, not {sorted(unknown)}")
+        if self.pinned_by not in (None, *DATA_KINDS):
+            raise ValueError(f"secret {self.name}: pinned_by must be one of {DATA_KINDS}, not {self.pinned_by!r}")
+        if self.rotation not in (None, *ROTATIONS):
+            raise ValueError(f"secret {self.name}: rotation must be one of {ROTATIONS}, not {self.rotation!r}")
 
 
 def _by(*roles: str) -> frozenset[str]:
@@ -48,9 +65,11 @@ def _by(*roles: str) -> frozenset[str]:
 # Who reads what (keep in step with the templates and the deploy steps):
 # - data: Postgres (superuser), the SeaweedFS gateway (S3 keys), the backup
 #   service (restic, backup role, S3 and offsite keys), and the deploy steps
-#   that set the app's, the backup's and the exporter's role passwords (also
-#   after a restore, govstack/backup/ops.py);
-# - app: the API and worker (templates/compose/app.yml.j2, StackPlan.app_secrets);
+#   that set the owner's, the app's, the backup's and the exporter's role
+#   passwords (also after a restore, govstack/backup/ops.py);
+# - app: the API and worker (templates/compose/app.yml.j2, StackPlan.app_secrets),
+#   and the one-off migrate service, the only reader of the owner's password
+#   (StackPlan.migrate_secrets);
 # - monitoring: postgres-exporter, Alertmanager's SMTP login, Grafana;
 # - edge: nothing but its TLS key (made by the deploy, not listed here).
 
@@ -59,24 +78,28 @@ SECRET_SPECS: dict[str, SecretSpec] = {
     spec.name: spec
     for spec in (
         SecretSpec("postgres_password", POSTGRES_UID, "Postgres superuser (initdb, backups)",
-                   needed_by=_by("data")),
-        SecretSpec("postgres_app_password", SERVICE_UID, "Postgres role the app connects as",
-                   needed_by=_by("data", "app")),
+                   needed_by=_by("data"), pinned_by="postgres", rotation="postgres-role"),
+        SecretSpec("postgres_owner_password", SERVICE_UID,
+                   "Postgres role that owns the schema; only the app's migrations log in with it",
+                   needed_by=_by("data", "app"), rotation="postgres-role"),
+        SecretSpec("postgres_app_password", SERVICE_UID, "Postgres role the app connects as (owns nothing)",
+                   needed_by=_by("data", "app"), pinned_by="postgres", rotation="postgres-role"),
         SecretSpec("s3_access_key", SERVICE_UID, "object store access key id", length=20,
-                   needed_by=_by("data", "app")),
-        SecretSpec("s3_secret_key", SERVICE_UID, "object store secret key", needed_by=_by("data", "app")),
+                   needed_by=_by("data", "app"), rotation="s3"),
+        SecretSpec("s3_secret_key", SERVICE_UID, "object store secret key", needed_by=_by("data", "app"),
+                   rotation="s3"),
         SecretSpec("app_admin_api_key", SERVICE_UID, "bootstrap admin API key of the app",
                    needed_by=_by("app")),
         SecretSpec("restic_password", SERVICE_UID, "restic repository password (keep a copy off the host)",
-                   length=64, needed_by=_by("data")),
+                   length=64, needed_by=_by("data"), pinned_by="restic", rotation="restic"),
         SecretSpec("postgres_backup_password", SERVICE_UID, "Postgres role govstack_backup (pg_read_all_data)",
-                   needed_by=_by("data")),
+                   needed_by=_by("data"), pinned_by="postgres", rotation="postgres-role"),
         SecretSpec("backup_offsite_access_key", SERVICE_UID, "offsite S3 access key (supplied, with backup.offsite)",
                    length=20, generated=False, needed_by=_by("data")),
         SecretSpec("backup_offsite_secret_key", SERVICE_UID, "offsite S3 secret key (supplied, with backup.offsite)",
                    generated=False, needed_by=_by("data")),
         SecretSpec("postgres_monitor_password", SERVICE_UID, "Postgres role of postgres-exporter (pg_monitor)",
-                   needed_by=_by("data", "monitoring")),
+                   needed_by=_by("data", "monitoring"), pinned_by="postgres", rotation="postgres-role"),
         SecretSpec("grafana_admin_password", SERVICE_UID, "Grafana admin (upstream lane)",
                    needed_by=_by("monitoring")),
         SecretSpec(
