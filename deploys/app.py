@@ -4,26 +4,87 @@ from __future__ import annotations
 
 from io import StringIO
 
+from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import files
 
-from govstack.operations import app_color_idle, compose_project_up, path_owned, postgres_login_role
+from govstack.facts import ImageLabel
+from govstack.images import APP_DB_ROLES_LABEL
+from govstack.operations import (
+    app_color_idle,
+    app_schema_current,
+    compose_project_up,
+    path_owned,
+    postgres_login_role,
+    postgres_ownership_moved,
+)
 from govstack.plan import StackPlan
 from govstack.release import Color, other_color, release_path
 from govstack.secrets import secret_path
 
 
+def serving_image_splits_roles(inventory, plan: StackPlan) -> bool:
+    """Whether the serving version's image migrates as the owner and lets the
+    app's role own nothing (images.APP_DB_ROLES_LABEL on the first app host).
+    An image not there yet is built from this source, which does; an image
+    from before keeps its role owning the schema until a newer version is
+    deployed (its API and worker migrate at start)."""
+    first = inventory.get_host(plan.topology.with_role("app")[0].name) if plan.split else host
+    label = first.get_fact(ImageLabel, image=plan.app_image(plan.release.version), label=APP_DB_ROLES_LABEL)
+    return label is None or bool(label)
+
+
 @deploy("App database")
-def ensure_app_database(plan: StackPlan):
+def ensure_app_database(plan: StackPlan, roles_split: bool = True):
+    """The owner role owns the database; the app's role logs in and owns nothing
+    (its privileges on the tables come from the app's migrate, run as the owner).
+    ``roles_split`` False: a serving image from before that split, whose role
+    must keep owning the schema (``serving_image_splits_roles``)."""
     s = plan.settings
+    pg = {"project": s.project, "compose_file": s.compose_file, "database": s.postgres.database}
+    if not roles_split:
+        postgres_login_role(
+            name=f"Postgres role {s.postgres.app_user} owning database {s.postgres.database}",
+            role=s.postgres.app_user,
+            password_file=secret_path(s, "postgres_app_password"),
+            owns_database=True,
+            **pg,
+        )
+        return
     postgres_login_role(
-        name=f"Postgres role {s.postgres.app_user} owning database {s.postgres.database}",
-        project=s.project,
-        compose_file=s.compose_file,
-        role=s.postgres.app_user,
-        database=s.postgres.database,
-        password_file=secret_path(s, "postgres_app_password"),
+        name=f"Postgres role {s.postgres.owner_user} owning database {s.postgres.database}",
+        role=s.postgres.owner_user,
+        password_file=secret_path(s, "postgres_owner_password"),
+        attributes=("NOSUPERUSER", "NOCREATEDB", "NOCREATEROLE"),
         owns_database=True,
+        **pg,
+    )
+    postgres_login_role(
+        name=f"Postgres role {s.postgres.app_user} (the app's) logs in to {s.postgres.database}",
+        role=s.postgres.app_user,
+        password_file=secret_path(s, "postgres_app_password"),
+        attributes=("NOSUPERUSER", "NOCREATEDB", "NOCREATEROLE"),
+        connect=True,
+        **pg,
+    )
+    postgres_ownership_moved(
+        name=f"{s.postgres.app_user} owns nothing in {s.postgres.database}",
+        owner=s.postgres.owner_user,
+        app_role=s.postgres.app_user,
+        **pg,
+    )
+
+
+@deploy("App schema")
+def ensure_app_schema(plan: StackPlan):
+    """Migrations, the audit retention floor and the app role's privileges, by
+    the serving color's one-off migrate service (run on one app host)."""
+    release = plan.release
+    app_schema_current(
+        name=f"Schema of {release.version} current (migrate as {plan.settings.postgres.owner_user})",
+        project=plan.app_project(release.color),
+        compose_file=plan.app_compose_file(release.color),
+        timeout_s=plan.settings.healthy_timeout_s,
     )
 
 

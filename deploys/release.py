@@ -105,6 +105,9 @@ if is_app:
         mode="644",
     )
 if is_data:
+    # The roles first: a stack upgraded from before the owner role existed
+    # gets it here, so the new version's migrations run as the owner.
+    app.ensure_app_database(after, app.serving_image_splits_roles(inventory, after))
     if s.backup.enabled:
         postgres_safety_copy(
             name="Pre-deploy copy of Postgres (restic)",

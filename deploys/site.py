@@ -15,7 +15,7 @@ from govstack.monitoring import deploy as monitoring
 from govstack.plan import StackPlan
 from govstack.release import ReleaseState, release_path
 from govstack.role_operations import all_hosts_reached, published_ports_firewalled
-from govstack.roles import TopologyError, plan_fields
+from govstack.roles import TopologyError, is_first_app_host, plan_fields
 from govstack.settings import SettingsError, settings_for_host
 from govstack.shipping import images_shipped
 
@@ -76,13 +76,21 @@ if plan.has_role("edge"):
     stack.apply_edge_config(plan)
 if plan.services:
     stack.start_stack(plan)
+roles_split = app.serving_image_splits_roles(inventory, plan)
+if not roles_split:
+    logger.warning(f"note: the serving version {plan.release.version} is from before the app's role owned "
+                   "nothing: it keeps owning the schema until `govstack deploy` of a newer version")
 if plan.has_role("data"):
-    app.ensure_app_database(plan)
+    app.ensure_app_database(plan, roles_split)
     if settings.backup.enabled:
         backup.ensure_backup_role(plan)
     monitoring.ensure_monitor_role(plan)
 if plan.split:
     all_hosts_reached(name="Data tier and edge up on their hosts", step="data tier and edge up")
+if roles_split and plan.has_role("app") and is_first_app_host(plan, host.name):
+    app.ensure_app_schema(plan)
+if plan.split:
+    all_hosts_reached(name="App schema current", step="app schema current")
 if plan.has_role("app"):
     app.start_app_color(plan, plan.release.color, plan.release.version)
     app.stop_idle_color(plan)

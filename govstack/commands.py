@@ -137,6 +137,43 @@ def login_role_sql(role: str, password_file: str, *, attributes: Iterable[str] =
     return "; ".join(lines)
 
 
+def password_sql(role: str, password_file: str) -> str:
+    """Shell printing the SQL that sets only ``role``'s password (a rotation), read like
+    :func:`login_role_sql` reads it."""
+    return f"printf \"ALTER ROLE {role} WITH PASSWORD '%s';\\n\" \"$(sed \"s/'/''/g\" {q(password_file)})\""
+
+
+def app_role_ownership_moved_sql(database: str, owner: str, app_role: str) -> str:
+    """Shell printing the SQL, for psql in the app's database, that hands everything
+    ``app_role`` owns (a stack from before the owner role existed), the database included,
+    to ``owner`` in one transaction. The app keeps CONNECT and DML on every table meanwhile,
+    so the version that serves goes on working; the next migrate run narrows it."""
+    return printf_lines(
+        "BEGIN;",
+        "SET LOCAL lock_timeout = '30s';",
+        f"REASSIGN OWNED BY {app_role} TO {owner};",
+        f"ALTER DATABASE {database} OWNER TO {owner};",
+        f"GRANT CONNECT ON DATABASE {database} TO {app_role};",
+        f"GRANT USAGE ON SCHEMA public TO {app_role};",
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {app_role};",
+        f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {app_role};",
+        "COMMIT;",
+    )
+
+
+def app_role_owned_objects_sql(app_role: str) -> str:
+    """SQL, run in the app's database: how many objects ``app_role`` owns (0 when it does not
+    exist), a space, and the database's owner."""
+    return (
+        "SELECT coalesce((SELECT (SELECT count(*) FROM pg_class WHERE relowner = r.oid)"  # noqa: S608
+        " + (SELECT count(*) FROM pg_proc WHERE proowner = r.oid)"
+        " + (SELECT count(*) FROM pg_type WHERE typowner = r.oid AND typrelid = 0)"
+        " + (SELECT count(*) FROM pg_namespace WHERE nspowner = r.oid)"
+        f" FROM pg_roles r WHERE r.rolname = '{app_role}'), 0) || ' ' || "
+        "(SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database())"
+    )
+
+
 def login_probe(role: str, database: str, *, member_of: Iterable[str] = ()) -> str:
     """Shell for the postgres container's ``sh -c``, the password file on its stdin: prints
     ``t`` when ``role`` logs in to ``database`` over TCP with that password and is a member

@@ -10,7 +10,7 @@ import json
 
 from pyinfra.api import FactBase
 
-from govstack.commands import compose, compose_exec, login_probe, q
+from govstack.commands import compose, compose_exec, login_probe, psql, q
 from govstack.tuning import HostResources
 
 
@@ -356,3 +356,39 @@ class DataPresent(FactBase):
 
     def default(self) -> frozenset[str]:
         return frozenset()
+
+
+class PostgresOwnership(FactBase):
+    """``(objects app_role owns, owner of the database)`` in ``database``, as
+    the superuser sees them; None when Postgres does not answer."""
+
+    def command(self, project: str, compose_file: str, database: str, query: str) -> str:
+        in_postgres = compose_exec(project, compose_file, "postgres", *psql(database, rows=True), "-c", query)
+        return f"{in_postgres} 2>/dev/null || true"
+
+    def process(self, output):
+        words = "".join(output).split()
+        if len(words) != 2 or not words[0].isdigit():
+            return None
+        return int(words[0]), words[1]
+
+
+class AppSchemaPending(FactBase):
+    """What the app's migrate would change (its ``migrate --check``, run as the
+    owner in a one-off container of the color's project): [] when current,
+    None when it gives no answer (no compose file or image yet, Postgres down)."""
+
+    def command(self, project: str, compose_file: str) -> str:
+        check = compose(project, "run", "--rm", "--no-deps", "--pull", "never", "-T", "migrate", "migrate", "--check",
+                        "--wait", "5", files=compose_file)
+        return f"[ -f {q(compose_file)} ] && timeout 120 {check} 2>/dev/null; true"
+
+    def process(self, output):
+        for line in reversed(list(output)):
+            line = line.strip()
+            if line.startswith("{"):
+                try:
+                    return list(json.loads(line)["pending"])
+                except (ValueError, KeyError, TypeError):
+                    return None
+        return None

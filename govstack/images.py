@@ -112,6 +112,11 @@ def require_wheel_locks(settings: Settings) -> None:
             )
 
 
+# Set by app/Dockerfile.*: the image migrates only in its one-off migrate service (as the
+# schema's owner) and its API and worker own nothing (issue 12). Images built before lack it.
+APP_DB_ROLES_LABEL = "org.govstack.app.db-roles"
+
+
 def app_image(settings: Settings, version: str) -> OfflineImage:
     """The app image of one version; built from app/ in both lanes."""
     lane = settings.images.lane

@@ -12,6 +12,8 @@ from pyinfra.api import FileUploadCommand, OperationError, StringCommand, operat
 from pyinfra.facts.files import Directory
 
 from govstack.commands import (
+    app_role_owned_objects_sql,
+    app_role_ownership_moved_sql,
     compose,
     compose_containers,
     compose_exec,
@@ -22,6 +24,7 @@ from govstack.commands import (
 )
 from govstack.commands import psql as psql_argv
 from govstack.facts import (
+    AppSchemaPending,
     CertificateState,
     ComposeProject,
     ContainerImageIds,
@@ -31,6 +34,7 @@ from govstack.facts import (
     ImageLabel,
     PathState,
     PostgresLogin,
+    PostgresOwnership,
     SecretFile,
     SystemdIsInit,
 )
@@ -508,6 +512,55 @@ def postgres_login_role(
     yield f"{{ {sql}; }} | {compose_exec(project, compose_file, 'postgres', *psql_argv('postgres'))}"
 
 
+@operation()
+def postgres_ownership_moved(project: str, compose_file: str, database: str, owner: str, app_role: str):
+    """
+    ``app_role`` owns nothing in ``database``, which ``owner`` owns.
+
+    + project, compose_file: the Compose project Postgres runs in
+    + database: the app's database
+    + owner: the role that owns the database and schema (migrations run as it)
+    + app_role: the role the app connects as
+
+    Stacks from before the owner role existed let the app's role own
+    everything; this hands it all to the owner in one transaction (REASSIGN
+    OWNED), keeping the app's DML meanwhile. A second run changes nothing.
+    """
+    state = host.get_fact(PostgresOwnership, project=project, compose_file=compose_file, database=database,
+                          query=app_role_owned_objects_sql(app_role))
+    if state == (0, owner):
+        host.noop(f"{owner} owns {database}; {app_role} owns nothing")
+        return
+    sql = app_role_ownership_moved_sql(database, owner, app_role)
+    yield f"{{ {sql}; }} | {compose_exec(project, compose_file, 'postgres', *psql_argv(database))}"
+
+
+@operation()
+def app_schema_current(project: str, compose_file: str, timeout_s: int = 300):
+    """
+    The app's schema, audit retention floor and role privileges are what this
+    version's migrations make (``migrate --check`` finds nothing to do).
+
+    + project, compose_file: the serving color's Compose project (its migrate service)
+    """
+    pending = host.get_fact(AppSchemaPending, project=project, compose_file=compose_file)
+    if pending == []:
+        host.noop(f"{project}: schema current")
+        return
+    yield migrate_command(project, compose_file, timeout_s)
+
+
+def migrate_command(project: str, compose_file: str, timeout_s: int) -> str:
+    """Shell that runs the app's migrations in the color's one-off migrate service, as the
+    schema's owner (the only container that mounts its password)."""
+    log = f"/tmp/govstack-migrate-{project}.log"
+    return (
+        f"timeout {timeout_s} {compose_run(project, compose_file, 'migrate')} >{log} 2>&1 "
+        f"|| {{ echo \"govstack: migrations of the new version failed: "
+        f"$(grep -v '^[[:space:]]*$' {log} | tail -n 1)\" >&2; exit 1; }}"
+    )
+
+
 # Release steps (blue/green). Each runs once per release: not idempotent by
 # design, and each prints a one-line "govstack:" cause when it fails.
 
@@ -545,16 +598,12 @@ def postgres_safety_copy(project: str, compose_file: str, label: str, record: st
 @operation(is_idempotent=False)
 def app_migrated(project: str, compose_file: str, timeout_s: int = 300):
     """
-    Run the app's migrations with the new version's image before it serves.
+    Run the app's migrations with the new version's image before it serves,
+    as the schema's owner (the color's one-off migrate service).
 
     + project, compose_file: the new color's Compose project
     """
-    log = f"/tmp/govstack-migrate-{project}.log"
-    yield (
-        f"timeout {timeout_s} {compose_run(project, compose_file, 'api', 'migrate')} >{log} 2>&1 "
-        f"|| {{ echo \"govstack: migrations of the new version failed: "
-        f"$(grep -v '^[[:space:]]*$' {log} | tail -n 1)\" >&2; exit 1; }}"
-    )
+    yield migrate_command(project, compose_file, timeout_s)
 
 
 @operation(is_idempotent=False)

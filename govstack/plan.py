@@ -413,3 +413,14 @@ class StackPlan:
     @property
     def app_secrets(self) -> list[str]:
         return ["postgres_app_password", "s3_access_key", "s3_secret_key", "app_admin_api_key"]
+
+    @property
+    def migrate_secrets(self) -> list[str]:
+        """The one-off migrate service's: the schema owner's password (no other container
+        mounts it) and the bootstrap admin key it stores hashed."""
+        return ["postgres_owner_password", "app_admin_api_key"]
+
+    @property
+    def app_project_secrets(self) -> list[str]:
+        """Every secret a color's Compose project mounts somewhere."""
+        return list(dict.fromkeys(self.app_secrets + self.migrate_secrets))

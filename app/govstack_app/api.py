@@ -47,12 +47,14 @@ def lifespan(
     return serve
 
 
-def create_app(settings: Settings, svc: Services | None = None, *, run_migrations: bool = True) -> FastAPI:
+def create_app(settings: Settings, svc: Services | None = None, *, run_migrations: bool | None = None) -> FastAPI:
+    """``run_migrations`` None: as ``GOVSTACK_MIGRATE_ON_START`` says (the stack migrates in a
+    one-off container as the schema's owner instead)."""
     app = FastAPI(
         title="GovStack document service",
         version=__version__,
         description="Upload documents, index them (text extraction, chunking, embeddings) and search them.",
-        lifespan=lifespan(settings, svc, run_migrations),
+        lifespan=lifespan(settings, svc, settings.migrate_on_start if run_migrations is None else run_migrations),
     )
     app.state.settings = settings
     app.add_middleware(

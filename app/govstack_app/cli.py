@@ -22,8 +22,12 @@ def to_json(obj: object) -> str:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from .db import MigrationFailed, migrate
+    from .db import MigrationFailed, migrate, pending
 
+    if args.check:
+        todo = pending(_settings(), wait_s=args.wait)
+        print(json.dumps({"pending": todo}))
+        return 1 if todo else 0
     try:
         applied = migrate(_settings(), wait_s=args.wait)
     except MigrationFailed as exc:  # one line, the last of the output: the deploy's cause
@@ -233,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("migrate", help="apply database migrations (idempotent)")
     p.add_argument("--wait", type=float, default=60.0, help="seconds to wait for postgres")
+    p.add_argument("--check", action="store_true",
+                   help="change nothing; exit 1 and list what a migrate run would change")
     p.set_defaults(fn=cmd_migrate)
     p = sub.add_parser("api", help="serve the HTTP API")
     p.add_argument("--host", default="0.0.0.0")  # noqa: S104 - inside a container

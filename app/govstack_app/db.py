@@ -1,4 +1,12 @@
-"""Postgres: connection pool (psycopg_pool), migrations (ordered SQL files), audit partitions."""
+"""Postgres: connection pool (psycopg_pool), migrations (ordered SQL files), audit partitions, and
+the app role's privileges.
+
+Two roles (issue 12): the *owner* owns the schema and is the only one migrations run as (the
+one-off ``migrate`` container, the only holder of its password); the *app* role that the API
+and worker connect as owns nothing. After every migration run the owner grants the app DML on
+its tables, only SELECT and INSERT on the append-only ones (the audit trail) and only SELECT on
+the read-only ones: the app can neither drop, truncate nor change what the audit trail holds.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +15,8 @@ from importlib import resources
 
 import psycopg
 import structlog
+from psycopg import sql
+from psycopg.rows import dict_row, tuple_row
 from psycopg_pool import ConnectionPool
 
 from .security import hash_api_key
@@ -20,11 +30,24 @@ AUDIT_MONTHS_AHEAD = 2
 # How long a request waits for a Postgres connection before it is answered 503: long enough to
 # ride out a Postgres restart, short enough that nginx (proxy_read_timeout) never gives up first.
 POOL_WAIT_S = 10.0
+# Tables the app may read and append to, never change: SELECT and INSERT only, nothing on their
+# partitions (rows reach them through the parent, where privileges are checked).
+APPEND_ONLY_TABLES = ("audit_logs",)
+# Tables the app may only read: the migrations' own record, and the retention floor the
+# partition-drop function enforces (an app that could lower it could shorten the audit trail).
+READ_ONLY_TABLES = ("schema_migrations", "audit_retention_floor")
+DML = ("SELECT", "INSERT", "UPDATE", "DELETE")
+NEVER = ("TRUNCATE", "REFERENCES", "TRIGGER")
 
 
 def make_pool(settings: Settings, *, min_size: int = 1, max_size: int = 10, name: str = "app") -> ConnectionPool:
     pool = ConnectionPool(
-        settings.conninfo(),
+        # A callable: the password file is read for each new connection, so a rotated password
+        # (`govstack secret rotate`) is used without a restart; pooled connections stay open.
+        settings.conninfo,
+        # Every connection the pool makes, a reconnected one after a Postgres restart too,
+        # reads rows as dicts (the worker's loop reads rows by column name).
+        kwargs={"row_factory": dict_row},
         min_size=min_size,
         max_size=max_size,
         timeout=POOL_WAIT_S,  # then PoolTimeout (-> 503)
@@ -97,8 +120,113 @@ def _migration_failure(version: str, exc: psycopg.Error, settings: Settings) -> 
     return MigrationFailed(f"migration {version} {why}; nothing of it was applied")
 
 
+# What the app role must and must not be allowed to do, per table of the schema (not partitions).
+_PRIVILEGES_SQL = """
+SELECT c.relname, c.relkind, priv, has_table_privilege(%(role)s, c.oid, priv) AS has
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+       CROSS JOIN unnest(%(privileges)s::text[]) AS priv
+ WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+UNION ALL
+SELECT c.relname, c.relkind, priv, has_table_privilege(%(role)s, c.oid, priv)
+  FROM pg_class c JOIN pg_inherits i ON i.inhrelid = c.oid
+       CROSS JOIN unnest(%(privileges)s::text[]) AS priv
+ WHERE i.inhparent::regclass::text = ANY(%(append_only)s)
+UNION ALL
+SELECT c.relname, c.relkind, 'USAGE', has_sequence_privilege(%(role)s, c.oid, 'USAGE')
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = 'public' AND c.relkind = 'S'
+"""
+
+
+def wanted_privileges(table: str, kind: str, partition_of_append_only: bool) -> set[str]:
+    """The app role's privileges on one relation of the schema."""
+    if kind == "S":
+        return {"USAGE"}
+    if partition_of_append_only:
+        return set()
+    if table in APPEND_ONLY_TABLES:
+        return {"SELECT", "INSERT"}
+    if table in READ_ONLY_TABLES:
+        return {"SELECT"}
+    return set(DML)
+
+
+def privilege_changes(conn: psycopg.Connection, role: str) -> list[tuple[str, str, str, bool]]:
+    """(relation, kind, privilege, grant?) for each privilege of ``role`` that differs from the wish."""
+    with conn.cursor(row_factory=tuple_row) as cur:
+        rows = cur.execute(_PRIVILEGES_SQL, {"role": role, "privileges": list(DML + NEVER),
+                                             "append_only": list(APPEND_ONLY_TABLES)}).fetchall()
+        partitions = {r[0] for r in cur.execute(
+            "SELECT c.relname FROM pg_class c JOIN pg_inherits i ON i.inhrelid = c.oid"
+            " WHERE i.inhparent::regclass::text = ANY(%s)", (list(APPEND_ONLY_TABLES),)).fetchall()}
+    changes = []
+    for name, kind, privilege, has in rows:
+        want = privilege in wanted_privileges(name, kind, name in partitions)
+        if want != has:
+            changes.append((name, kind, privilege, want))
+    return changes
+
+
+def grant_app_privileges(conn: psycopg.Connection, role: str) -> list[str]:
+    """Make ``role``'s privileges what the app needs, and no more; run as the owner. Returns the
+    statements it ran (none when nothing differed: a second run changes nothing)."""
+    ran = []
+    with conn.transaction():
+        for name, kind, privilege, grant in privilege_changes(conn, role):
+            statement = sql.SQL("GRANT {} ON {} {} TO {}" if grant else "REVOKE {} ON {} {} FROM {}").format(
+                sql.SQL(privilege), sql.SQL("SEQUENCE" if kind == "S" else "TABLE"), sql.Identifier(name),
+                sql.Identifier(role))
+            conn.execute(statement)
+            ran.append(statement.as_string(conn))
+    return ran
+
+
+def retention_floor_months() -> int:
+    from .retention import RetentionPolicy
+
+    return RetentionPolicy().floor_months
+
+
+def set_retention_floor(conn: psycopg.Connection, months: int) -> bool:
+    """The floor the database enforces on audit retention (migration 0005); True when it changed."""
+    with conn.transaction():
+        cur = conn.execute(
+            "INSERT INTO audit_retention_floor (months) VALUES (%s) ON CONFLICT (singleton) DO UPDATE"
+            " SET months = EXCLUDED.months, updated_at = now() WHERE audit_retention_floor.months <> EXCLUDED.months",
+            (months,))
+        return cur.rowcount > 0
+
+
+def pending(settings: Settings, *, wait_s: float = 60.0) -> list[str]:
+    """What a migrate run would change: migrations not yet applied, the app role's privileges
+    that differ, a retention floor that differs. Empty: the schema is current."""
+    with connect_with_retry(settings, wait_s) as conn:
+        conn.row_factory = tuple_row
+        table = conn.execute("SELECT to_regclass('schema_migrations')").fetchone()
+        done = set()
+        if table and table[0]:
+            done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations").fetchall()}
+        todo = [f"migration {version}" for version, _ in migration_files() if version not in done]
+        if todo:
+            return todo
+        role = settings.app_database_user
+        if role and role != settings.database_user:
+            todo += [f"{'grant' if grant else 'revoke'} {privilege} on {name}"
+                     for name, _, privilege, grant in privilege_changes(conn, role)]
+        floor = conn.execute("SELECT months FROM audit_retention_floor").fetchone()
+        if floor is None or floor[0] != retention_floor_months():
+            todo.append("audit retention floor")
+        if settings.admin_api_key_file is not None:
+            seeded = conn.execute("SELECT 1 FROM bootstrap_key_seeds WHERE key_hash = %s",
+                                  (hash_api_key(settings.admin_api_key()),)).fetchone()
+            if seeded is None:
+                todo.append("bootstrap admin key")
+    return todo
+
+
 def migrate(settings: Settings, *, wait_s: float = 60.0) -> list[str]:
-    """Apply pending migrations; idempotent and safe to run concurrently (advisory lock).
+    """Apply pending migrations, then the app role's privileges; idempotent and safe to run
+    concurrently (advisory lock). Connects as the owner (GOVSTACK_DATABASE_USER).
 
     Each migration runs in one transaction with its version row, under
     ``lock_timeout`` and ``statement_timeout`` (settings): one that cannot get
@@ -118,18 +246,24 @@ def migrate(settings: Settings, *, wait_s: float = 60.0) -> list[str]:
                 " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
             )
             done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations").fetchall()}
-            for version, sql in migration_files():
+            for version, script in migration_files():
                 if version in done:
                     continue
                 try:
                     with conn.transaction():
-                        conn.execute(sql)  # type: ignore[arg-type]  # trusted, packaged SQL
+                        conn.execute(script)  # type: ignore[arg-type]  # trusted, packaged SQL
                         conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
                 except psycopg.Error as exc:
                     raise _migration_failure(version, exc, settings) from exc
                 applied.append(version)
                 log.info("migration applied", version=version)
             ensure_audit_partitions(conn)
+            if set_retention_floor(conn, retention_floor_months()):
+                log.info("audit retention floor set", months=retention_floor_months())
+            role = settings.app_database_user
+            if role and role != settings.database_user:
+                for statement in grant_app_privileges(conn, role):
+                    log.info("app role privilege", statement=statement)
             if settings.admin_api_key_file is not None:
                 if seed_bootstrap_key(conn, settings.admin_api_key()):
                     log.info("bootstrap admin key set from the secret file")

@@ -8,10 +8,15 @@ ever deleted, so a retention of N months keeps at least N months of audit.
 - A retention below the floor is refused (RetentionRefused) before anything
   is read: the floor is a policy set in the deploy's settings
   (``compliance.audit_retention_floor_months``).
-- Partitions are detached with ``DETACH PARTITION … CONCURRENTLY`` (inserts
-  into the current month go on; only SHARE UPDATE EXCLUSIVE on the parent),
-  then dropped. A detach interrupted half-way is finished (``FINALIZE``) by
-  the next run.
+- The app's role owns nothing (issue 12): a partition is detached and
+  dropped by ``govstack_drop_audit_partition`` (migration 0005), which runs
+  as the schema's owner and refuses any partition that may hold rows younger
+  than the floor the database keeps (written by ``migrate`` from the
+  deploy's settings). So even the app's own credentials cannot shorten the
+  audit trail below the floor. The detach is a plain one (a function runs in
+  a transaction): it holds the parent's lock while an old partition is
+  unlinked, bounded by the function's lock_timeout. A detach left pending by
+  an older version is finished (``FINALIZE``).
 - Every run that drops something writes one ``audit_logs`` row
   (action ``audit.partitions_dropped``) naming each partition, its bounds and
   its row count, the retention, the floor and who ran it.
@@ -118,9 +123,13 @@ def list_partitions(conn: psycopg.Connection) -> list[Partition]:
     return [Partition(name, lower, upper, bool(pending)) for name, lower, upper, pending in rows]
 
 
-def _count(conn: psycopg.Connection, name: str) -> int:
+def _count(conn: psycopg.Connection, part: Partition) -> int:
+    """Rows of one partition, counted through the parent (the app may read only the parent)."""
+    bounds = [(sql.SQL("created_at >= %s"), part.lower), (sql.SQL("created_at < %s"), part.upper)]
+    where = [clause for clause, value in bounds if value is not None] or [sql.SQL("true")]
+    query = sql.SQL("SELECT count(*) FROM {} WHERE {}").format(sql.Identifier(PARENT), sql.SQL(" AND ").join(where))
     with conn.cursor(row_factory=tuple_row) as cur:
-        row = cur.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(name))).fetchone()
+        row = cur.execute(query, [value for _, value in bounds if value is not None]).fetchone()
     return int(row[0]) if row else 0
 
 
@@ -139,7 +148,7 @@ def purge_audit_partitions(
 ) -> dict[str, Any]:
     """Drop the partitions older than the retention; a JSON-able report of what was (or would be) dropped."""
     check_policy(months, floor)
-    # Autocommit: DETACH … CONCURRENTLY cannot run inside a transaction block.
+    # Autocommit: each drop commits on its own, as govstack_drop_audit_partition returns.
     with psycopg.connect(conninfo, autocommit=True) as conn:
         with conn.cursor(row_factory=tuple_row) as cur:
             locked = cur.execute("SELECT pg_try_advisory_lock(%s)", (RETENTION_LOCK,)).fetchone()
@@ -163,13 +172,11 @@ def purge_audit_partitions(
             due = due_partitions(partitions, now[0], months)
             report["kept"] = [p.name for p in partitions if p not in due]
             for part in due:
-                entry = {**part.as_dict(), "rows": _count(conn, part.name)}
+                entry = {**part.as_dict(), "rows": _count(conn, part)}
                 if not dry_run:
-                    ident = sql.Identifier(part.name)
-                    how = sql.SQL("FINALIZE" if part.detach_pending else "CONCURRENTLY")
-                    conn.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {} {}").format(
-                        sql.Identifier(PARENT), ident, how))
-                    conn.execute(sql.SQL("DROP TABLE {}").format(ident))
+                    with conn.cursor(row_factory=tuple_row) as cur:
+                        dropped = cur.execute("SELECT govstack_drop_audit_partition(%s)", (part.name,)).fetchone()
+                    entry["rows"] = int(dropped[0]) if dropped else entry["rows"]
                 report["dropped"].append(entry)
         except psycopg.Error as exc:
             report["ok"] = False

@@ -36,6 +36,12 @@ class Settings(BaseSettings):
     database_name: str = "govstack"
     database_user: str = "govstack"
     database_password_file: Path | None = None
+    # `migrate` (connected as the owner) grants this role the app's privileges on the schema;
+    # unset: the app connects as the owner itself (development with one role).
+    app_database_user: str | None = None
+    # The API and worker apply migrations at start (development); the stack runs them in a
+    # one-off container as the owner instead, and sets this to false.
+    migrate_on_start: bool = True
 
     s3_endpoint: str = "127.0.0.1:8333"
     s3_secure: bool = False

@@ -10,10 +10,13 @@ with the client's Host header unchanged.
 from __future__ import annotations
 
 import io
+import os
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -21,9 +24,11 @@ import certifi
 import urllib3
 from minio import Minio
 from minio.commonconfig import REPLACE, CopySource
+from minio.credentials import Credentials
+from minio.credentials.providers import Provider
 from minio.error import S3Error
 
-from .settings import Settings
+from .settings import Settings, read_secret_file
 
 PRESIGN_TTL = timedelta(minutes=5)
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -62,14 +67,51 @@ def new_object_name(collection_id: int) -> str:
     return f"c{collection_id}/{uuid.uuid4().hex}"
 
 
+class KeyFilesProvider(Provider):
+    """The S3 key pair from its two secret files, read again whenever either file changes.
+
+    A rotation (`govstack secret rotate s3_access_key`) rewrites both files in place while the
+    old and the new identity are both valid, so requests switch to the new pair with no restart.
+    minio asks for credentials on every request; a stat of each file decides whether to re-read.
+    """
+
+    def __init__(self, access_file: Path | None, secret_file: Path | None) -> None:
+        self.files = (access_file, secret_file)
+        self._lock = threading.Lock()
+        self._stamp: tuple | None = None
+        self._credentials: Credentials | None = None
+
+    @staticmethod
+    def _stat(path: Path | None) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(path) if path is not None else None
+        except OSError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns) if st else None
+
+    def retrieve(self) -> Credentials:
+        stamp = tuple(self._stat(path) for path in self.files)
+        with self._lock:
+            if stamp != self._stamp or self._credentials is None:
+                try:
+                    access = read_secret_file(self.files[0], "s3_access_key")
+                    secret = read_secret_file(self.files[1], "s3_secret_key")
+                except RuntimeError:
+                    if self._credentials is None:
+                        raise
+                    return self._credentials  # a file mid-rewrite: the last pair, read again next time
+                self._credentials, self._stamp = Credentials(access, secret), stamp
+            return self._credentials
+
+
 class ObjectStore:
     def __init__(self, settings: Settings) -> None:
-        access, secret = settings.s3_access_key(), settings.s3_secret_key()
+        credentials = KeyFilesProvider(settings.s3_access_key_file, settings.s3_secret_key_file)
+        credentials.retrieve()  # fail at start on a missing or empty key file
         self.bucket = settings.s3_bucket
         self.client = Minio(
             settings.s3_endpoint,
-            access_key=access,
-            secret_key=secret,
+            credentials=credentials,
             secure=settings.s3_secure,
             region=settings.s3_region,
             http_client=_http_client(),
@@ -77,8 +119,7 @@ class ObjectStore:
         self.public = parse_public_url(settings.s3_public_url)
         self._signer = Minio(
             self.public.netloc,
-            access_key=access,
-            secret_key=secret,
+            credentials=credentials,
             secure=self.public.scheme == "https",
             region=settings.s3_region,  # set => no network round trip to discover the region
         )

@@ -134,7 +134,8 @@ def run_worker(settings: Settings) -> int:
 
     from .db import migrate
 
-    migrate(settings)
+    if settings.migrate_on_start:
+        migrate(settings)
     svc = build_services(settings, pool_max=3)
     worker = Worker(svc)
     signal.signal(signal.SIGTERM, worker.request_stop)

@@ -111,7 +111,8 @@ def role_secrets(stack: BackupHost) -> dict[str, str]:
     """Login roles whose passwords the host holds: set again after a restore
     (the dump of the roles carries no passwords)."""
     s = stack.settings
-    roles = {s.postgres.app_user: secret_path(s, "postgres_app_password"), BACKUP_ROLE: secret_path(s, ROLE_SECRET)}
+    roles = {s.postgres.owner_user: secret_path(s, "postgres_owner_password"),
+             s.postgres.app_user: secret_path(s, "postgres_app_password"), BACKUP_ROLE: secret_path(s, ROLE_SECRET)}
     roles[MONITOR_ROLE] = secret_path(s, MONITOR_SECRET)
     return roles
 
@@ -141,16 +142,16 @@ def restore_postgres(stack: BackupHost, entry: dict[str, Any], source: str, stam
     """Restore into a scratch database, verify it there, pause its cleanup (``pause``), then swap
     it in by rename."""
     s = stack.settings
-    db, app_user = s.postgres.database, s.postgres.app_user
+    db, owner = s.postgres.database, s.postgres.owner_user
     scratch = f"{db}_restore"
     kept = f"{db}_pre_restore_{stamp.lower()}"
     pg = stack.require_service("postgres")
     t0 = time.monotonic()
     _restore_roles(stack, entry["run"], source)
     stack.psql(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
-    stack.psql(f'CREATE DATABASE "{scratch}" OWNER "{app_user}"')
+    stack.psql(f'CREATE DATABASE "{scratch}" OWNER "{owner}"')
     stack.psql(f'REVOKE ALL ON DATABASE "{scratch}" FROM PUBLIC; '
-               f'GRANT CONNECT ON DATABASE "{scratch}" TO "{BACKUP_ROLE}"')
+               f'GRANT CONNECT ON DATABASE "{scratch}" TO "{BACKUP_ROLE}", "{s.postgres.app_user}"')
     # --single-transaction: all of it or none of it (implies --exit-on-error).
     result = stack.sh(
         f"{stack.job('dump', entry['run'], 'postgres', '--from', source, oneoff=True)} "

@@ -5,14 +5,17 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from govstack.settings.base import Section
 
 
 class PostgresSettings(Section):
     database: str = Field("govstack", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
-    app_user: str = Field("govstack", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    app_user: str = Field("govstack", pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+                          description="role the app connects as: DML on its tables, owns nothing")
+    owner_user: str = Field("govstack_owner", pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+                            description="role that owns the database and schema; only migrations log in as it")
     max_connections: int = Field(100, ge=10, le=10000)
     storage: Literal["ssd", "hdd"] = Field("ssd", description="planner costs: random_page_cost, io concurrency")
     # Share of host memory given to the Postgres container when
@@ -24,6 +27,12 @@ class PostgresSettings(Section):
     overrides: dict[str, str | int | float] = Field(
         default_factory=dict, description="postgresql.conf keys that win over the computed tuning"
     )
+
+    @model_validator(mode="after")
+    def _distinct_roles(self) -> PostgresSettings:
+        if self.owner_user == self.app_user:
+            raise ValueError("owner_user and app_user must differ: the app's role owns nothing")
+        return self
 
     @field_validator("overrides")
     @classmethod

@@ -220,9 +220,9 @@ def test_each_host_holds_only_the_secrets_its_roles_read():
     email = {"to": ["ops@example.gov"], "sender": "alerts@example.gov", "smarthost": "smtp.example.gov:587",
              "auth_username": "alerts"}
     plans = split_plans(monitoring={"email": email}, secrets={"alertmanager_smtp_password": "s" * 20})
-    data = {"postgres_password", "postgres_app_password", "s3_access_key", "s3_secret_key", "restic_password",
-            "postgres_backup_password", "postgres_monitor_password"}
-    app = {"postgres_app_password", "s3_access_key", "s3_secret_key", "app_admin_api_key"}
+    data = {"postgres_password", "postgres_owner_password", "postgres_app_password", "s3_access_key",
+            "s3_secret_key", "restic_password", "postgres_backup_password", "postgres_monitor_password"}
+    app = {"postgres_owner_password", "postgres_app_password", "s3_access_key", "s3_secret_key", "app_admin_api_key"}
     monitoring = {"postgres_monitor_password", "grafana_admin_password", "alertmanager_smtp_password"}
     assert _secret_files(plans["data1"]) == data
     assert _secret_files(plans["app1"]) == _secret_files(plans["app2"]) == app
@@ -244,7 +244,12 @@ def test_each_host_holds_only_the_secrets_its_roles_read():
         used = {secret for service in compose["services"].values() for secret in service.get("secrets", [])}
         assert used <= _secret_files(plan), name
     app_compose = yaml.safe_load(render_app_compose(plans["app1"], "blue", "v1"))
-    assert set(app_compose["secrets"]) == set(plans["app1"].app_secrets)
+    assert set(app_compose["secrets"]) == set(plans["app1"].app_project_secrets)
+    # Only the one-off migrate service reads the schema owner's password.
+    readers = {name for name, service in app_compose["services"].items()
+               if "postgres_owner_password" in service.get("secrets", [])}
+    assert readers == {"migrate"}
+    assert app_compose["services"]["migrate"]["profiles"] == ["migrate"]
 
 
 def test_offsite_keys_and_grpc_material_stay_on_the_data_host():
