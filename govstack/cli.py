@@ -196,9 +196,10 @@ def history(inventory: str, as_json: bool) -> None:
                 click.echo(json.dumps({"host": entry.name, **record}, sort_keys=True))
             else:
                 duration = record.get("duration_s")
+                what = record.get("secret") or record.get("version") or "-"
                 click.echo(
                     f"{entry.name}  {record['time']}  {record['operator']:20}  {record['action']:8}  "
-                    f"{record.get('version') or '-':24}  {record['result']:11}  "
+                    f"{what:24}  {record['result']:11}  "
                     f"{'-' if duration is None else duration:>6} s  "
                     f"{record.get('serving') or ''}  {record.get('cause') or ''}".rstrip()
                 )
@@ -239,17 +240,31 @@ def check(inventory: str, pytest_args: tuple[str, ...]) -> None:
     raise SystemExit(subprocess.run(cmd, cwd=REPO_ROOT, env=env).returncode)
 
 
-@main.command()
-@inventory_option
+class _SecretGroup(click.Group):
+    """`govstack secret NAME` prints a secret; `govstack secret rotate NAME` replaces one."""
+
+    def resolve_command(self, ctx, args):
+        if args and args[0] not in self.commands:
+            return "show", self.commands["show"], args
+        return super().resolve_command(ctx, args)
+
+
+@main.group(cls=_SecretGroup, invoke_without_command=True)
 @click.option("--list", "list_names", is_flag=True, help="list the secret names")
-@click.option("--host", "host_name", default=None, help="inventory host (default: the only one)")
-@click.argument("name", required=False)
-def secret(inventory: str, list_names: bool, host_name: str | None, name: str | None) -> None:
-    """List secret names, or print one secret an operator explicitly asks for."""
-    if list_names or not name:
+@click.pass_context
+def secret(ctx: click.Context, list_names: bool) -> None:
+    """List secret names, print one an operator explicitly asks for (NAME), or rotate one (rotate NAME)."""
+    if ctx.invoked_subcommand is None:
         for spec in sorted(SECRET_SPECS.values(), key=lambda spec: spec.name):
-            click.echo(f"{spec.name:24} {spec.description}")
-        return
+            how = f"rotate: {spec.rotation}" if spec.rotation else ""
+            click.echo(f"{spec.name:26} {spec.description}" + (f"  [{how}]" if how else ""))
+
+
+@secret.command("show", hidden=True)
+@inventory_option
+@click.option("--host", "host_name", default=None, help="inventory host (default: the only one)")
+@click.argument("name")
+def show_secret(inventory: str, host_name: str | None, name: str) -> None:
     if name not in SECRET_SPECS:
         _fail(f"unknown secret {name!r}; `govstack secret --list` shows the names", 2)
     hosts = _hosts(inventory)
@@ -276,6 +291,30 @@ def secret(inventory: str, list_names: bool, host_name: str | None, name: str | 
         click.echo(read_host_file(inventory, host, secret_path(settings, name)))
     except FileNotFoundError:
         _fail(f"secret {name} does not exist yet on {host}; run `govstack up` first")
+
+
+@secret.command("rotate")
+@inventory_option
+@click.option("--lock-wait", type=float, default=0, show_default=True, help="seconds to wait for the deploy lock")
+@click.option("--grace", "grace_s", type=click.FloatRange(min=0), default=None,
+              help="S3 keys: seconds the old key pair stays valid after the switch (default: the 300 s "
+                   "presigned URLs live)")
+@click.argument("name")
+def rotate_secret(inventory: str, lock_wait: float, grace_s: float | None, name: str) -> None:
+    """Replace secret NAME on every host that holds it, without downtime (an S3 key names its pair)."""
+    from govstack.ledger import LockHeld
+    from govstack.rotation import DEFAULT_S3_GRACE_S, RotationRefused, rotate
+
+    hosts = _hosts(inventory)
+    try:
+        summary = rotate(inventory, hosts, name, lock_wait, DEFAULT_S3_GRACE_S if grace_s is None else grace_s)
+    except RotationRefused as error:
+        _fail(str(error), 2)
+    except LockHeld as error:
+        _fail(str(error), 3)
+    except RuntimeError as error:
+        _fail(str(error), 1)
+    click.echo(summary)
 
 
 @main.command()

@@ -143,17 +143,15 @@ def shared_secret_values(directory: Path, wanted: Mapping[str, int]) -> dict[str
     """name -> value of each generated secret (name -> length), made once on
     the controller (mode 0600 in a 0700 directory) and read on later runs, so
     every host of the inventory gets the same value. Never printed."""
-    import secrets as random
-    import string
+    from govstack.secrets import new_secret_value
 
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     directory.chmod(0o700)
-    alphabet = string.ascii_letters + string.digits
     values = {}
     for name, length in sorted(wanted.items()):
         path = directory / name
         if not path.exists():
-            value = "".join(random.choice(alphabet) for _ in range(length))
+            value = new_secret_value(length)
             try:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             except FileExistsError:

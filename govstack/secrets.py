@@ -38,6 +38,24 @@ def secret_path(settings: Settings, name: str) -> str:
     return f"{settings.secrets_dir}/{name}"
 
 
+# Secrets rotated together (one S3 identity is a key pair).
+ROTATED_TOGETHER = (("s3_access_key", "s3_secret_key"),)
+
+
+def rotated_with(name: str) -> tuple[str, ...]:
+    """The secrets one `govstack secret rotate NAME` replaces: NAME and its pair."""
+    return next((group for group in ROTATED_TOGETHER if name in group), (name,))
+
+
+def new_secret_value(length: int) -> str:
+    """A fresh value of [A-Za-z0-9] (no quoting problems anywhere), from the OS's CSPRNG."""
+    import secrets as random
+    import string
+
+    alphabet = string.ascii_letters + string.digits
+    return "".join(random.choice(alphabet) for _ in range(length))
+
+
 def generate_secret_command(path: str, length: int) -> str:
     """Shell that writes a fresh random secret to ``path`` (mode 0600) without
     the value ever appearing in a command line, a log or pyinfra's output."""

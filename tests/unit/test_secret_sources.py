@@ -110,3 +110,44 @@ def test_every_problem_is_named_in_one_line():
         resolve_sources(inventory, controller={}, supplied={}, names=["postgres_app_password", "restic_password"])
     assert "postgres_app_password differs" in str(error.value) and "restic_password is on no host" in str(error.value)
     assert "\n" not in str(error.value)
+
+
+# -- `govstack secret rotate`: what it refuses, before it touches any host -----------------------
+
+@pytest.mark.parametrize(("name", "layer", "reason"), [
+    ("no_such_secret", {}, "unknown secret 'no_such_secret'"),
+    ("app_admin_api_key", {}, "rotated through its key API"),
+    ("grafana_admin_password", {}, "reset-admin-password"),
+    ("backup_offsite_access_key", {}, "supplied by the operator"),
+    ("restic_password", {"secrets": {"restic_password": "r" * 64}}, "supplied by the inventory"),
+    ("s3_secret_key", {"secrets": {"s3_access_key": "a" * 20}}, "s3_access_key is supplied by the inventory"),
+    ("restic_password", {"backup": {"enabled": False}}, "backup service is disabled"),
+    ("s3_access_key", {"object_store": {"kind": "external", "endpoint": "s3.example.gov:443"}},
+     "external object store"),
+])
+def test_rotate_refuses_what_it_cannot_rotate_with_one_line(name, layer, reason, tmp_path):
+    from click.testing import CliRunner
+
+    from govstack.cli import main
+
+    inventory = tmp_path / "one.py"
+    inventory.write_text(f"hosts = [('@local', {{'govstack': {layer!r}}})]\n")
+    result = CliRunner().invoke(main, ["secret", "rotate", name, "-i", str(inventory)])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line]
+    assert len(lines) == 1 and lines[0].startswith("govstack: ") and reason in lines[0], result.output
+
+
+def test_an_s3_key_rotates_with_its_pair_and_each_kind_has_a_role_or_a_repository():
+    from govstack.rotation import postgres_role_of
+    from govstack.secrets import SECRET_SPECS, rotated_with
+    from govstack.settings import build_settings
+
+    assert rotated_with("s3_secret_key") == rotated_with("s3_access_key") == ("s3_access_key", "s3_secret_key")
+    assert rotated_with("restic_password") == ("restic_password",)
+    settings = build_settings([{}], environ={})
+    roles = {name: postgres_role_of(settings, name) for name, spec in SECRET_SPECS.items()
+             if spec.rotation == "postgres-role"}
+    assert roles == {"postgres_password": "postgres", "postgres_owner_password": "govstack_owner",
+                     "postgres_app_password": "govstack", "postgres_backup_password": "govstack_backup",
+                     "postgres_monitor_password": "govstack_monitor"}
