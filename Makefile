@@ -59,9 +59,9 @@ test-full: venv
 	$(BIN)/python -m tests.e2e.teardown $(TEST_INVENTORY)
 
 ## Issue 7's multi-host lane: 4 container hosts over SSH, the split inventory
-## deployed and proved (about 6 min warm; see tests/multihost/test_multihost.py).
+## deployed and proved, then its secrets (see tests/multihost/test_multihost.py, test_secrets.py).
 test-multihost: venv
-	$(PYTEST) -v --durations=0 tests/multihost/test_multihost.py
+	$(PYTEST) -v --durations=0 tests/multihost
 
 ## Regenerate tests/unit/golden/ (every host's rendered files, both lanes):
 ## only in a commit that means to change what hosts get.

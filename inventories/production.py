@@ -25,9 +25,12 @@ Hosts reach each other by private address: ``govstack.address`` in host data,
 else ``ssh_hostname`` (both must be IP addresses, ports are bound to them).
 Keep that network private: the data ports carry no TLS.
 
-Secrets are generated once on the controller (the machine running govstack),
-in ``shared_secrets_dir`` (mode 0700, files 0600), and uploaded to every host
-that lacks or differs from them; back that directory up like the hosts.
+Secrets: the hosts are the source of truth. The controller (the machine
+running govstack) keeps copies in ``shared_secrets_dir`` (mode 0700, files
+0600): a controller without them (a fresh CI runner) adopts the hosts'
+values, a host without one gets the others' (or the controller's), and a
+deploy never changes a value a host holds (``govstack secret rotate`` does,
+on purpose). Keep the restic password in a vault as well.
 
 Images (offline lane): with ``images.ship_from_controller`` they are built
 once on the controller (deploys/build_images.py) and each host gets the ones
@@ -55,7 +58,7 @@ all = (
             "project": "govstack",
             "images": {"lane": "offline", "ship_from_controller": True},
             "edge": {"hostname": "docs.example.gov"},
-            # On the controller; every host gets the same values.
+            # The controller's copies of the hosts' secrets (adopted from the hosts when missing).
             "shared_secrets_dir": "/etc/govstack/secrets/production",
         },
     },

@@ -70,8 +70,9 @@ class Settings(Section):
     )
     shared_secrets_dir: str | None = Field(
         None,
-        description="controller directory of the secrets every host of a split inventory shares; "
-        "null = ~/.local/share/govstack/secrets/<project>-<first data host>",
+        description="controller directory of its copies of a split inventory's secrets (the hosts' values "
+        "win, a missing copy is adopted from them); null = $GOVSTACK_SECRETS_HOME (default "
+        "~/.local/share/govstack/secrets)/<project>-<first data host>",
     )
 
     @field_validator("stack_root")

@@ -87,8 +87,10 @@ def runbook_vars(stack, tmp_path_factory):
     subprocess.run(["docker", "tag", f"govstack/app:{current}", f"govstack/app:{version}"], check=True)
     inventory = tmp_path_factory.mktemp("move") / "move_target.py"
     inventory.write_text(f"move_target = [('@local', {{'govstack': {MOVE_TARGET!r}}})]\n")
+    # S3_GRACE_S: rotate-secrets keeps the old S3 key pair this long (300 s by default; nothing
+    # here holds a presigned URL across the rotation).
     return {"COLLECTION": collection, "VERSION": version, "NEW_INVENTORY": str(inventory), "NEW_HOST": "",
-            "CONFIRM_ROLLBACK": "yes"}
+            "CONFIRM_ROLLBACK": "yes", "S3_GRACE_S": "5"}
 
 
 def fresh_backup(stack) -> str:

@@ -97,18 +97,20 @@ class Lane:
 # Shared settings of the test inventory. The edge's public name is its
 # address on mh-net (its certificate gets an IP SAN); the load tests send
 # everything from one client address, so the per-client limits are raised.
-def shared_settings(edge_ip: str, workdir: Path | None = None) -> dict:
-    settings = {
+def shared_settings(edge_ip: str) -> dict:
+    return {
         "edge": {"hostname": edge_ip, "api_rate_per_s": 200, "api_burst": 200},
         "healthy_timeout_s": 240,
         # The deploy ships each host its images (a no-op after ship_images,
         # which the lane runs first to time it and to check the ids).
         "images": {"ship_from_controller": True},
     }
-    if workdir is not None:
-        # The run's own shared secrets (made on the controller by the deploy).
-        settings["shared_secrets_dir"] = str(workdir / "secrets")
-    return settings
+
+
+def secrets_home(workdir: Path) -> Path:
+    """The controller's copies of this run's secrets: GOVSTACK_SECRETS_HOME of every command
+    the lane runs (a test points it elsewhere to play a fresh controller)."""
+    return workdir / "secrets-home"
 
 
 def _watchdog(harness: Harness) -> threading.Timer:
@@ -151,10 +153,13 @@ def lane(tmp_path_factory) -> Lane:
     from govstack.settings import Settings
     from tests.multihost.images import all_in_one_images, images_for_groups
 
+    workdir = Path(REUSE or os.environ.get("MULTIHOST_WORKDIR") or tmp_path_factory.mktemp("multihost"))
+    environment = pytest.MonkeyPatch()
+    environment.setenv("GOVSTACK_SECRETS_HOME", str(secrets_home(workdir)))
     if REUSE:
-        yield _reused_lane(Path(REUSE))
+        yield _reused_lane(workdir)
+        environment.undo()
         return
-    workdir = Path(os.environ.get("MULTIHOST_WORKDIR") or tmp_path_factory.mktemp("multihost"))
     harness = Harness(workdir)
     timings = TIMINGS
     watchdog = _watchdog(harness)
@@ -168,7 +173,7 @@ def lane(tmp_path_factory) -> Lane:
         # Each host's image list is host data that ship_images.py reads.
         inventory = harness.write_inventory(
             workdir / "multihost.py",
-            shared=shared_settings(edge.ip, workdir),
+            shared=shared_settings(edge.ip),
             host_data={name: {"multihost_images": all_in_one_images(settings, version) if SHIP_ALL
                               else images_for_groups(settings, host.groups, version)}
                        for name, host in hosts.items()},
@@ -177,6 +182,7 @@ def lane(tmp_path_factory) -> Lane:
         ship_images(lane)
         yield lane
     finally:
+        environment.undo()
         watchdog.cancel()
         if KEEP:
             print(f"multihost: hosts kept; inventory {workdir / 'multihost.py'}; "
