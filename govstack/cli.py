@@ -307,7 +307,8 @@ def rotate_secret(inventory: str, lock_wait: float, grace_s: float | None, name:
 
     hosts = _hosts(inventory)
     try:
-        summary = rotate(inventory, hosts, name, lock_wait, DEFAULT_S3_GRACE_S if grace_s is None else grace_s)
+        summary = rotate(inventory, hosts, name, lock_wait, DEFAULT_S3_GRACE_S if grace_s is None else grace_s,
+                         run_pyinfra)
     except RotationRefused as error:
         _fail(str(error), 2)
     except LockHeld as error:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,7 @@ class RotationRefused(ValueError):
 
 def postgres_role_of(settings: Any, name: str) -> str:
     from govstack.backup.plan import BACKUP_ROLE
-    from govstack.monitoring import MONITOR_ROLE
+    from govstack.monitoring.catalog import MONITOR_ROLE
 
     return {
         "postgres_password": "postgres",
@@ -115,11 +116,11 @@ def pending_values(hosts: list[InventoryHost], names: tuple[str, ...]) -> dict[s
     return found
 
 
-def rotate(inventory: str, hosts: list[InventoryHost], name: str, lock_wait: float, grace_s: float) -> str:
-    """Rotate ``name`` (and its pair); returns a one-line summary. Raises RotationRefused,
-    ledger.LockHeld, or RuntimeError with the cause of a failed run (the new value then waits
-    as ``NAME.next`` and the next run finishes the rotation)."""
-    from govstack.cli import run_pyinfra
+def rotate(inventory: str, hosts: list[InventoryHost], name: str, lock_wait: float, grace_s: float,
+           run_deploy: Callable[..., tuple[int, str | None]]) -> str:
+    """Rotate ``name`` (and its pair) with ``run_deploy`` (the CLI's run_pyinfra); returns a
+    one-line summary. Raises RotationRefused, ledger.LockHeld, or RuntimeError with the cause of
+    a failed run (the new value then waits as ``NAME.next`` and the next run finishes it)."""
     from govstack.ledger import append_ledger, deploy_lock, read_release
     from govstack.roles import controller_secrets_dir, topology_from_entries
     from govstack.secret_store import ControllerStore
@@ -136,7 +137,7 @@ def rotate(inventory: str, hosts: list[InventoryHost], name: str, lock_wait: flo
                 path.touch(mode=0o600)
                 path.write_text(value)
             started = time.monotonic()
-            code, cause = run_pyinfra(inventory, deploy_file="rotate.py", env={
+            code, cause = run_deploy(inventory, deploy_file="rotate.py", env={
                 "GOVSTACK_ROTATE_SECRETS": ",".join(names), "GOVSTACK_ROTATE_VALUES": str(private),
                 "GOVSTACK_ROTATE_GRACE_S": str(grace_s)})
             duration = round(time.monotonic() - started, 1)

@@ -22,11 +22,9 @@ reuses the waiting ``.next`` value.
 
 from __future__ import annotations
 
-import shlex
-
 from pyinfra.api import operation
 
-from govstack.postgres_roles import password_sql, superuser_psql
+from govstack.commands import compose, compose_exec, password_sql, psql, q
 
 
 def next_path(path: str) -> str:
@@ -46,8 +44,8 @@ def postgres_password_set(project: str, compose_file: str, role: str, password_f
     + role: the role whose password changes
     + password_file: the new value on the host (the secret's ``.next``)
     """
-    sql = password_sql(role, f"$(cat {shlex.quote(password_file)})")
-    yield f"{{ {sql}; }} | {superuser_psql(project, compose_file)}"
+    superuser = compose_exec(project, compose_file, "postgres", *psql("postgres"))
+    yield f"{{ {password_sql(role, password_file)}; }} | {superuser}"
 
 
 @operation(is_idempotent=False)
@@ -63,7 +61,7 @@ def secret_switched(path: str, owner_uid: int):
     same inode, not renamed over: Compose mounts each secret file into its
     containers, and a renamed file would stay unseen by running ones.
     """
-    p, n, o = shlex.quote(path), shlex.quote(next_path(path)), shlex.quote(previous_path(path))
+    p, n, o = q(path), q(next_path(path)), q(previous_path(path))
     yield (
         f"if [ -s {n} ] && ! cmp -s {n} {p}; then "
         f"[ -f {o} ] || cp -p {p} {o}; "
@@ -79,7 +77,7 @@ def rotation_files_removed(path: str):
 
     + path: the secret file on the host
     """
-    yield f"rm -f {shlex.quote(next_path(path))} {shlex.quote(previous_path(path))}"
+    yield f"rm -f {q(next_path(path))} {q(previous_path(path))}"
 
 
 def _restic(project: str, compose_file: str, repository: str, password: str, offsite: bool) -> str:
@@ -89,9 +87,8 @@ def _restic(project: str, compose_file: str, repository: str, password: str, off
     if offsite:
         env = ("AWS_ACCESS_KEY_ID=$(cat /run/secrets/backup_offsite_access_key) "
                "AWS_SECRET_ACCESS_KEY=$(cat /run/secrets/backup_offsite_secret_key) ")
-    inner = f"{env}exec restic -r {shlex.quote(repository)} --password-file {password} --no-cache \"$@\""
-    return (f"docker compose -p {shlex.quote(project)} -f {shlex.quote(compose_file)} exec -T backup "
-            f"sh -c {shlex.quote(inner)} restic")
+    inner = f"{env}exec restic -r {q(repository)} --password-file {password} --no-cache \"$@\""
+    return compose_exec(project, compose_file, "backup", "sh", "-c", inner, "restic")
 
 
 @operation(is_idempotent=False)
@@ -105,7 +102,7 @@ def restic_key_added(project: str, compose_file: str, repository: str, new_passw
     + new_password_file: the new password on the host (the secret's ``.next``)
     + offsite: the offsite repository (its S3 keys are the backup service's secrets)
     """
-    new = shlex.quote(new_password_file)
+    new = q(new_password_file)
     current = _restic(project, compose_file, repository, "/run/secrets/restic_password", offsite)
     with_new = _restic(project, compose_file, repository, "/dev/stdin", offsite)
     label = "offsite" if offsite else "local"
@@ -129,7 +126,7 @@ def restic_key_removed(project: str, compose_file: str, repository: str, old_pas
     + old_password_file: the old password on the host (the secret's ``.previous``)
     + offsite: the offsite repository
     """
-    old = shlex.quote(old_password_file)
+    old = q(old_password_file)
     current = _restic(project, compose_file, repository, "/run/secrets/restic_password", offsite)
     with_old = _restic(project, compose_file, repository, "/dev/stdin", offsite)
     current_key = "awk '/^\\*/ {print substr($1, 2)}'"
@@ -157,12 +154,11 @@ def s3_identities_set(project: str, compose_file: str, key_files: tuple[tuple[st
     it to reload them (templates/images/seaweedfs/seaweedfs-entrypoint).
     """
     lines = "; ".join(
-        f"printf '%s %s %s\\n' {shlex.quote(name)} \"$(cat {shlex.quote(access)})\" \"$(cat {shlex.quote(secret)})\""
+        f"printf '%s %s %s\\n' {q(name)} \"$(cat {q(access)})\" \"$(cat {q(secret)})\""
         for name, access, secret in key_files
     )
-    exec_ = f"docker compose -p {shlex.quote(project)} -f {shlex.quote(compose_file)} exec -T seaweedfs"
-    yield (f"{{ {lines}; }} | {exec_} /usr/local/bin/seaweedfs-entrypoint identities "
-           "|| { echo 'govstack: the S3 gateway refused the new identities' >&2; exit 1; }")
+    gateway = compose_exec(project, compose_file, "seaweedfs", "/usr/local/bin/seaweedfs-entrypoint", "identities")
+    yield f"{{ {lines}; }} | {gateway} || {{ echo 'govstack: the S3 gateway refused the new identities' >&2; exit 1; }}"
 
 
 @operation(is_idempotent=False)
@@ -185,6 +181,4 @@ def compose_services_restarted(project: str, compose_file: str, services: tuple[
     + project, compose_file: their Compose project
     + services: the service names (those not running are left alone)
     """
-    quoted = f"-p {shlex.quote(project)} -f {shlex.quote(compose_file)}"
-    names = " ".join(shlex.quote(service) for service in services)
-    yield f"docker compose {quoted} restart -t 30 {names} >/dev/null"
+    yield f"{compose(project, 'restart', '-t', '30', *services, files=compose_file)} >/dev/null"
