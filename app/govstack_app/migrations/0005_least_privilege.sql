@@ -2,10 +2,11 @@
 -- the app needs of the owner's rights at run time happens inside these functions, as the
 -- owner, and only as far as they check. Migrations run as the owner.
 
--- Monthly audit partitions are made by the owner: the app may not create tables. Function
--- owners' search_path is pinned, so a caller's objects can never stand in for ours.
+-- Monthly audit partitions are made by the owner: the app may not create tables. The functions'
+-- search_path is pinned to public (where CREATE is the owner's alone) and pg_temp last, so a
+-- caller's objects can never stand in for ours; new partitions are made in public.
 ALTER FUNCTION govstack_ensure_audit_partition(timestamptz)
-    SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp;
+    SECURITY DEFINER SET search_path = public, pg_temp;
 
 -- The deploy's audit retention floor (compliance.audit_retention_floor_months), written by
 -- each migrate run. The app may read it, never change it.
@@ -20,7 +21,7 @@ CREATE TABLE audit_retention_floor (
 -- CONCURRENTLY cannot): it holds the parent's lock only while the old partition is unlinked,
 -- and lock_timeout bounds the wait for it.
 CREATE FUNCTION govstack_drop_audit_partition(part text) RETURNS bigint
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp SET lock_timeout = '10s'
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp SET lock_timeout = '10s'
 AS $$
 DECLARE
     rel      regclass := to_regclass(format('public.%I', part));
