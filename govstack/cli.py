@@ -295,24 +295,24 @@ def show_secret(inventory: str, host_name: str | None, name: str) -> None:
 
 @secret.command("rotate")
 @inventory_option
-@click.option("--lock-wait", type=float, default=0, show_default=True, help="seconds to wait for the deploy lock")
+@lock_wait_option
 @click.option("--grace", "grace_s", type=click.FloatRange(min=0), default=None,
               help="S3 keys: seconds the old key pair stays valid after the switch (default: the 300 s "
                    "presigned URLs live)")
 @click.argument("name")
 def rotate_secret(inventory: str, lock_wait: float, grace_s: float | None, name: str) -> None:
     """Replace secret NAME on every host that holds it, without downtime (an S3 key names its pair)."""
-    from govstack.ledger import LockHeld
-    from govstack.rotation import DEFAULT_S3_GRACE_S, RotationRefused, rotate
+    from govstack.rotation import DEFAULT_S3_GRACE_S, RotationRefused, check_rotatable, rotate
 
     hosts = _hosts(inventory)
     try:
-        summary = rotate(inventory, hosts, name, lock_wait, DEFAULT_S3_GRACE_S if grace_s is None else grace_s,
-                         run_pyinfra)
+        check_rotatable(name, hosts)  # refused before any host is locked or touched
+        with command_lock(hosts, f"secret rotate {name}", lock_wait):
+            _report_interrupted(hosts, "secret rotate")
+            summary = rotate(inventory, hosts, name, DEFAULT_S3_GRACE_S if grace_s is None else grace_s,
+                             run_pyinfra)
     except RotationRefused as error:
         _fail(str(error), 2)
-    except LockHeld as error:
-        _fail(str(error), 3)
     except RuntimeError as error:
         _fail(str(error), 1)
     click.echo(summary)

@@ -15,7 +15,7 @@ govstack/secret_sources.py). Per kind (``SecretSpec.rotation``):
   job per run), then, after ``--grace`` seconds (presigned URLs signed with
   the old pair stay valid that long), the old identity is removed.
 
-The CLI holds every host's deploy lock, generates the value (or reuses the
+The CLI holds every host's stack lock (govstack/lock.py), generates the value (or reuses the
 one a rotation that stopped left waiting as ``NAME.next``), runs
 deploys/rotate.py, keeps the controller's copy (split inventories) and
 writes one ledger line per host.
@@ -116,52 +116,55 @@ def pending_values(hosts: list[InventoryHost], names: tuple[str, ...]) -> dict[s
     return found
 
 
-def rotate(inventory: str, hosts: list[InventoryHost], name: str, lock_wait: float, grace_s: float,
+def rotate(inventory: str, hosts: list[InventoryHost], name: str, grace_s: float,
            run_deploy: Callable[..., tuple[int, str | None]]) -> str:
     """Rotate ``name`` (and its pair) with ``run_deploy`` (the CLI's run_pyinfra); returns a
-    one-line summary. Raises RotationRefused, ledger.LockHeld, or RuntimeError with the cause of
-    a failed run (the new value then waits as ``NAME.next`` and the next run finishes it)."""
-    from govstack.ledger import append_ledger, deploy_lock, read_release
+    one-line summary. The caller holds every host's stack lock (lock.command_lock). Raises
+    RotationRefused, or RuntimeError with the cause of a failed run (the new value then waits as
+    ``NAME.next`` and the next run finishes it)."""
+    from govstack.ledger import append_ledger, begin_attempt, end_attempt, read_release
     from govstack.roles import controller_secrets_dir, topology_from_entries
     from govstack.secret_store import ControllerStore
 
     names = check_rotatable(name, hosts)
-    with deploy_lock(hosts, f"secret rotate {name}", lock_wait):
-        waiting = pending_values(hosts, names)
-        values = {n: waiting.get(n) or new_secret_value(SECRET_SPECS[n].length) for n in names}
-        resumed = sorted(waiting)
-        private = Path(tempfile.mkdtemp(prefix="govstack-rotate-"))  # mode 0700
-        try:
-            for n, value in values.items():
-                path = private / n
-                path.touch(mode=0o600)
-                path.write_text(value)
-            started = time.monotonic()
-            code, cause = run_deploy(inventory, deploy_file="rotate.py", env={
-                "GOVSTACK_ROTATE_SECRETS": ",".join(names), "GOVSTACK_ROTATE_VALUES": str(private),
-                "GOVSTACK_ROTATE_GRACE_S": str(grace_s)})
-            duration = round(time.monotonic() - started, 1)
-        finally:
-            shutil.rmtree(private, ignore_errors=True)
-        topology = topology_from_entries(hosts)
-        if code == 0 and topology is not None:
-            store = ControllerStore(controller_secrets_dir(hosts[0].settings, topology))
-            for n, value in values.items():
-                store.write(n, value)
-        for entry in hosts:
-            release = read_release(entry)
-            append_ledger(entry, {
-                "action": "rotate",
-                "secret": ",".join(names),
-                "version": release.version if release else None,
-                "color": release.color if release else None,
-                "serving": f"{release.color} {release.version}" if release else None,
-                "config_hash": entry.settings.config_hash(),
-                "result": "ok" if code == 0 else "failed",
-                "duration_s": duration,
-                "cause": None if code == 0 else cause,
-                "resumed": bool(resumed),
-            })
+    waiting = pending_values(hosts, names)
+    values = {n: waiting.get(n) or new_secret_value(SECRET_SPECS[n].length) for n in names}
+    resumed = sorted(waiting)
+    for entry in hosts:  # a crash from here on is found (and recorded) by the next command
+        begin_attempt(entry, "rotate", None)
+    private = Path(tempfile.mkdtemp(prefix="govstack-rotate-"))  # mode 0700
+    try:
+        for n, value in values.items():
+            path = private / n
+            path.touch(mode=0o600)
+            path.write_text(value)
+        started = time.monotonic()
+        code, cause = run_deploy(inventory, deploy_file="rotate.py", env={
+            "GOVSTACK_ROTATE_SECRETS": ",".join(names), "GOVSTACK_ROTATE_VALUES": str(private),
+            "GOVSTACK_ROTATE_GRACE_S": str(grace_s)})
+        duration = round(time.monotonic() - started, 1)
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+    topology = topology_from_entries(hosts)
+    if code == 0 and topology is not None:
+        store = ControllerStore(controller_secrets_dir(hosts[0].settings, topology))
+        for n, value in values.items():
+            store.write(n, value)
+    for entry in hosts:
+        release = read_release(entry)
+        append_ledger(entry, {
+            "action": "rotate",
+            "secret": ",".join(names),
+            "version": release.version if release else None,
+            "color": release.color if release else None,
+            "serving": f"{release.color} {release.version}" if release else None,
+            "config_hash": entry.settings.config_hash(),
+            "result": "ok" if code == 0 else "failed",
+            "duration_s": duration,
+            "cause": None if code == 0 else cause,
+            "resumed": bool(resumed),
+        })
+        end_attempt(entry)
     if code != 0:
         raise RuntimeError(f"rotation of {name} stopped: {cause or 'see above'}; the new value waits on the hosts "
                            f"as {names[0]}.next: `govstack secret rotate {name}` again finishes it")
