@@ -31,8 +31,9 @@ AUDIT_MONTHS_AHEAD = 2
 # ride out a Postgres restart, short enough that nginx (proxy_read_timeout) never gives up first.
 POOL_WAIT_S = 10.0
 # Tables the app may read and append to, never change: SELECT and INSERT only, nothing on their
-# partitions (rows reach them through the parent, where privileges are checked).
-APPEND_ONLY_TABLES = ("audit_logs",)
+# partitions (rows reach them through the parent, where privileges are checked). The bootstrap
+# key's seeds too: an app that could delete one could make an old secret file's key live again.
+APPEND_ONLY_TABLES = ("audit_logs", "bootstrap_key_seeds")
 # Tables the app may only read: the migrations' own record, and the retention floor the
 # partition-drop function enforces (an app that could lower it could shorten the audit trail).
 READ_ONLY_TABLES = ("schema_migrations", "audit_retention_floor")

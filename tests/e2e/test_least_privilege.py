@@ -87,12 +87,19 @@ def test_the_app_role_owns_nothing_and_cannot_drop_truncate_or_delete_audit_rows
         "CREATE TABLE forged (x int)",
         "UPDATE audit_retention_floor SET months = 1",
         "DELETE FROM schema_migrations",
+        # Migration 0003's objects: the column is the owner's, the seeds append-only.
+        "ALTER TABLE api_keys DROP COLUMN collections",
+        "DROP TABLE bootstrap_key_seeds",
+        "TRUNCATE bootstrap_key_seeds",
+        "DELETE FROM bootstrap_key_seeds",
     ]
     allowed = [
         "SELECT count(*) FROM audit_logs",
         "INSERT INTO audit_logs (action, resource_type) VALUES ('test.probe', 'test')",
         "UPDATE documents SET filename = filename WHERE false",
         "DELETE FROM chunks WHERE false",
+        "UPDATE api_keys SET collections = collections WHERE false",
+        "INSERT INTO bootstrap_key_seeds (key_hash) VALUES ('probe')",
     ]
     results = as_app_role(stack, refused + allowed)
     assert {statement: results[statement] for statement in refused} == {
@@ -130,6 +137,10 @@ def test_the_app_still_uploads_searches_and_deletes(stack):
 
 def test_a_stack_whose_app_role_owned_everything_is_upgraded_in_place_by_up(stack):
     s = stack.settings.postgres
+    # A table a later migration makes (as the owner): the grants are the migrate run's, not a
+    # list of today's tables.
+    stack.psql(f"DROP TABLE IF EXISTS later_migration_probe; CREATE TABLE later_migration_probe (x int); "
+               f"ALTER TABLE later_migration_probe OWNER TO {s.owner_user}")
     # The state of a stack from before the split: the app's role owns the database and schema.
     stack.psql(f"REASSIGN OWNED BY {s.owner_user} TO {s.app_user}")
     assert owned_by(stack, s.owner_user) == 0
@@ -139,10 +150,14 @@ def test_a_stack_whose_app_role_owned_everything_is_upgraded_in_place_by_up(stac
     changed = changed_operations(first.stdout)
     assert any("owns nothing" in op for op in changed), changed
     assert any("Schema of" in op for op in changed), changed  # the migrate run narrowed the privileges
-    assert as_app_role(stack, ["DELETE FROM audit_logs"]) == {"DELETE FROM audit_logs": INSUFFICIENT_PRIVILEGE}
+    probes = {"DELETE FROM audit_logs": INSUFFICIENT_PRIVILEGE,
+              "DROP TABLE later_migration_probe": INSUFFICIENT_PRIVILEGE,
+              "INSERT INTO later_migration_probe VALUES (1)": "ok"}
+    assert as_app_role(stack, list(probes)) == probes
     again = run_govstack("up", "-i", stack.inventory)
     assert again.returncode == 0, again.stderr[-2000:]
     assert changed_operations(again.stdout) == []
+    stack.psql("DROP TABLE later_migration_probe")
 
 
 WORKER_DOCS = 12
