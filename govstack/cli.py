@@ -108,7 +108,7 @@ def _report_interrupted(hosts, found_by: str) -> None:
 def _recorded_run(hosts, inventory: str, action: str, version: str | None, deploy_file: str,
                   env: dict[str, str] | None = None) -> tuple[int, str | None, float]:
     """run_pyinfra between an attempt record and a ledger line on every host."""
-    from govstack.ledger import append_ledger, begin_attempt, end_attempt, read_release, take_safety_copy
+    from govstack.ledger import append_outcome, begin_attempt, end_attempt, take_safety_copy
 
     for entry in hosts:
         begin_attempt(entry, action, version)
@@ -116,18 +116,8 @@ def _recorded_run(hosts, inventory: str, action: str, version: str | None, deplo
     code, cause = run_pyinfra(inventory, deploy_file=deploy_file, env=env)
     duration = round(time.monotonic() - started, 1)
     for entry in hosts:
-        after = read_release(entry)
-        append_ledger(entry, {
-            "action": action,
-            "version": version or (after.version if after else None),
-            "color": after.color if after else None,
-            "serving": f"{after.color} {after.version}" if after else None,
-            "config_hash": entry.settings.config_hash(),
-            "result": "ok" if code == 0 else "failed",
-            "duration_s": duration,
-            "cause": None if code == 0 else cause,
-            **({"pre_deploy_copy": copy} if (copy := take_safety_copy(entry)) else {}),
-        })
+        append_outcome(entry, action, version, code, cause, duration,
+                       **({"pre_deploy_copy": copy} if (copy := take_safety_copy(entry)) else {}))
         end_attempt(entry)
     return code, cause, duration
 

@@ -3,9 +3,9 @@
 Both live under ``<stack_root>/state`` on the host, so every operator and CI
 job sees the same ones, and both are written only under the stack lock
 (govstack/lock.py):
-- ``ledger.jsonl`` gets one JSON line per `up`, deploy and rollback: time,
-  operator, action, version, serving color and version, config hash, result,
-  duration, cause.
+- ``ledger.jsonl`` gets one JSON line per `up`, deploy, rollback and secret
+  rotation: time, operator, action, version, serving color and version,
+  config hash, result, duration, cause (a rotation: which secrets).
 - ``attempt.json`` names the command in flight: written before it changes
   anything, removed once its ledger line is written. The next command that
   finds one knows that command was interrupted (a crashed or killed CLI, a
@@ -24,7 +24,7 @@ from govstack.inventory import InventoryHost
 from govstack.lock import operator
 from govstack.remote import testinfra_host
 
-__all__ = ["operator", "append_ledger", "read_ledger", "read_release", "begin_attempt", "end_attempt",
+__all__ = ["operator", "append_ledger", "append_outcome", "read_ledger", "read_release", "begin_attempt", "end_attempt",
            "take_interrupted", "take_safety_copy"]
 
 
@@ -56,6 +56,23 @@ def _write(entry: InventoryHost, path: str, line: str, append: bool) -> None:
 def append_ledger(entry: InventoryHost, record: dict[str, Any]) -> None:
     line = json.dumps({"time": _now(), "operator": operator(), **record}, sort_keys=True)
     _write(entry, ledger_path(entry), line, append=True)
+
+
+def append_outcome(entry: InventoryHost, action: str, version: str | None, code: int, cause: str | None,
+                   duration_s: float, **extra: Any) -> None:
+    """The ledger line of a command that ran (``code`` 0: ok), with what serves after it."""
+    after = read_release(entry)
+    append_ledger(entry, {
+        "action": action,
+        "version": version or (after.version if after else None),
+        "color": after.color if after else None,
+        "serving": f"{after.color} {after.version}" if after else None,
+        "config_hash": entry.settings.config_hash(),
+        "result": "ok" if code == 0 else "failed",
+        "duration_s": duration_s,
+        "cause": None if code == 0 else cause,
+        **extra,
+    })
 
 
 def read_ledger(entry: InventoryHost) -> list[dict[str, Any]]:

@@ -122,7 +122,7 @@ def rotate(inventory: str, hosts: list[InventoryHost], name: str, grace_s: float
     one-line summary. The caller holds every host's stack lock (lock.command_lock). Raises
     RotationRefused, or RuntimeError with the cause of a failed run (the new value then waits as
     ``NAME.next`` and the next run finishes it)."""
-    from govstack.ledger import append_ledger, begin_attempt, end_attempt, read_release
+    from govstack.ledger import append_outcome, begin_attempt, end_attempt
     from govstack.roles import controller_secrets_dir, topology_from_entries
     from govstack.secret_store import ControllerStore
 
@@ -151,19 +151,7 @@ def rotate(inventory: str, hosts: list[InventoryHost], name: str, grace_s: float
         for n, value in values.items():
             store.write(n, value)
     for entry in hosts:
-        release = read_release(entry)
-        append_ledger(entry, {
-            "action": "rotate",
-            "secret": ",".join(names),
-            "version": release.version if release else None,
-            "color": release.color if release else None,
-            "serving": f"{release.color} {release.version}" if release else None,
-            "config_hash": entry.settings.config_hash(),
-            "result": "ok" if code == 0 else "failed",
-            "duration_s": duration,
-            "cause": None if code == 0 else cause,
-            "resumed": bool(resumed),
-        })
+        append_outcome(entry, "rotate", None, code, cause, duration, secret=",".join(names), resumed=bool(resumed))
         end_attempt(entry)
     if code != 0:
         raise RuntimeError(f"rotation of {name} stopped: {cause or 'see above'}; the new value waits on the hosts "
