@@ -10,8 +10,8 @@ with the client's Host header unchanged.
 from __future__ import annotations
 
 import io
-import os
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -68,40 +68,52 @@ def new_object_name(collection_id: int) -> str:
 
 
 class KeyFilesProvider(Provider):
-    """The S3 key pair from its two secret files, read again whenever either file changes.
+    """The S3 key pair from its two secret files, read on every request (minio asks for
+    credentials per request; two small reads beside a network round trip).
 
-    A rotation (`govstack secret rotate s3_access_key`) rewrites both files in place while the
-    old and the new identity are both valid, so requests switch to the new pair with no restart.
-    minio asks for credentials on every request; a stat of each file decides whether to re-read.
+    A rotation (`govstack secret rotate s3_access_key`) rewrites both files in place, one after
+    the other, while the old and the new identity are both valid, so requests switch to the new
+    pair with no restart. Between the two writes the files hold half of each pair: the pair in
+    use changes only when both files have changed, or when a change of one has been still for
+    ``SETTLE_S`` (an operator who replaced one file only). Contents are compared, not stat
+    stamps: a rewrite within the clock tick of a read keeps its mtime.
     """
+
+    SETTLE_S = 5.0
 
     def __init__(self, access_file: Path | None, secret_file: Path | None) -> None:
         self.files = (access_file, secret_file)
         self._lock = threading.Lock()
-        self._stamp: tuple | None = None
-        self._credentials: Credentials | None = None
+        self._pair: tuple[str, str] | None = None
+        self._half: tuple[tuple[str, str], float] | None = None  # a half-changed pair, since when
 
-    @staticmethod
-    def _stat(path: Path | None) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(path) if path is not None else None
-        except OSError:
-            return None
-        return (st.st_ino, st.st_size, st.st_mtime_ns) if st else None
+    def _use(self, found: tuple[str, str]) -> bool:
+        """Switch to ``found``? At first, when both keys changed, or when a change has settled."""
+        if self._pair is None:
+            return True
+        if found == self._pair:
+            self._half = None
+            return False
+        if all(new != old for new, old in zip(found, self._pair, strict=True)):
+            return True
+        now = time.monotonic()
+        if self._half is None or self._half[0] != found:
+            self._half = (found, now)
+        return now - self._half[1] >= self.SETTLE_S
 
     def retrieve(self) -> Credentials:
-        stamp = tuple(self._stat(path) for path in self.files)
+        try:
+            found = (read_secret_file(self.files[0], "s3_access_key"),
+                     read_secret_file(self.files[1], "s3_secret_key"))
+        except RuntimeError:
+            if self._pair is None:
+                raise
+            found = None  # a file mid-rewrite (empty): the last pair, read again next time
         with self._lock:
-            if stamp != self._stamp or self._credentials is None:
-                try:
-                    access = read_secret_file(self.files[0], "s3_access_key")
-                    secret = read_secret_file(self.files[1], "s3_secret_key")
-                except RuntimeError:
-                    if self._credentials is None:
-                        raise
-                    return self._credentials  # a file mid-rewrite: the last pair, read again next time
-                self._credentials, self._stamp = Credentials(access, secret), stamp
-            return self._credentials
+            if found is not None and self._use(found):
+                self._pair, self._half = found, None
+            assert self._pair is not None
+            return Credentials(*self._pair)
 
 
 class ObjectStore:

@@ -20,7 +20,7 @@ def secret_digests(directory: Path) -> dict[str, str]:
 def test_up_stops_before_any_operation_when_a_secret_postgres_data_needs_is_gone(stack):
     secrets = Path(stack.settings.secrets_dir)
     before = secret_digests(secrets)
-    target = secrets / "postgres_owner_password"
+    target = secrets / "postgres_password"
     aside = secrets.parent / f".{target.name}.kept-by-test"
     target.rename(aside)
     try:
@@ -29,7 +29,7 @@ def test_up_stops_before_any_operation_when_a_secret_postgres_data_needs_is_gone
         aside.rename(target)
     assert result.returncode != 0, result.stdout[-2000:]
     cause = result.stderr.strip().splitlines()[-1]
-    assert "deploy stopped before changing anything: postgres_owner_password is on no host" in cause, cause
+    assert "deploy stopped before changing anything: postgres_password is on no host" in cause, cause
     assert "holds an initialised Postgres data directory" in cause, cause
     assert "--> Starting operation" not in result.stdout, "operations ran"
     assert secret_digests(secrets) == before

@@ -187,7 +187,8 @@ def test_a_deploy_stops_before_changing_anything_when_hosts_disagree_or_the_rest
         disagree = govstack("up", "-i", str(deployed.inventory), env=env, timeout=600,
                             log=deployed.workdir / "up-disagree.log")
     finally:
-        deployed.ssh(app_host, f"mv {app_secret}.kept {app_secret}")
+        # Back in place (same inode): the running containers have this file mounted.
+        deployed.ssh(app_host, f"cat {app_secret}.kept > {app_secret} && rm {app_secret}.kept")
     assert disagree.returncode != 0
     cause = disagree.stderr.strip().splitlines()[-1]
     assert "postgres_app_password differs between hosts" in cause and app_host.name in cause, cause
