@@ -150,8 +150,13 @@ def restore_postgres(stack: BackupHost, entry: dict[str, Any], source: str, stam
     _restore_roles(stack, entry["run"], source)
     stack.psql(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
     stack.psql(f'CREATE DATABASE "{scratch}" OWNER "{owner}"')
-    stack.psql(f'REVOKE ALL ON DATABASE "{scratch}" FROM PUBLIC; '
-               f'GRANT CONNECT ON DATABASE "{scratch}" TO "{BACKUP_ROLE}", "{s.postgres.app_user}"')
+    # Every login role but the owner connects to the app's database: the app, the backup job,
+    # postgres-exporter (without it the exporter lost the database until the next `up`).
+    # Only the roles that exist (no monitor role without monitoring).
+    connecting = ", ".join(f"'{role}'" for role in role_secrets(stack) if role != owner)
+    stack.psql(f'REVOKE ALL ON DATABASE "{scratch}" FROM PUBLIC;\n'
+               f"SELECT format('GRANT CONNECT ON DATABASE %I TO %I', '{scratch}', rolname) "  # noqa: S608
+               f"FROM pg_roles WHERE rolname IN ({connecting}) \\gexec")
     # --single-transaction: all of it or none of it (implies --exit-on-error).
     result = stack.sh(
         f"{stack.job('dump', entry['run'], 'postgres', '--from', source, oneoff=True)} "
