@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from govstack.release import source_version
 from tests.conftest import run_govstack
 from tests.e2e.test_app_support import Api, wait_indexed
 
@@ -54,19 +55,31 @@ def drop_expansion(stack) -> None:
                f"DELETE FROM schema_migrations WHERE version = '{MIGRATION}'")
 
 
+def migrations_dir(version: str) -> tuple[str, list[str]]:
+    """Where an app image keeps its migrations, and the files there."""
+    out = subprocess.run(
+        ["docker", "run", "--rm", "--entrypoint", "python3", f"govstack/app:{version}", "-c",
+         "import govstack_app.migrations as m, os; d = os.path.dirname(m.__file__); print(d, *os.listdir(d))"],
+        capture_output=True, text=True, check=True).stdout.split()
+    return out[0], out[1:]
+
+
 @pytest.fixture(scope="module")
 def expanded(stack, tmp_path_factory):
     """(vN, vN+1): the serving version and the same image with MIGRATION added."""
+    migrations = migrations_dir(record(stack)["version"])
+    if (MIGRATION + ".sql") in migrations[1]:
+        # An interrupted run left vN+1 serving, and other modules may have
+        # aliased it under new tags: vN must be the app source, without MIGRATION.
+        result = run_govstack("deploy", "--version", source_version(), "-i", stack.inventory, timeout=1800)
+        assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-2000:]}"
+        migrations = migrations_dir(record(stack)["version"])
     drop_expansion(stack)  # what an earlier, interrupted run may have left
     old = record(stack)["version"]
     new = f"expand-{uuid.uuid4().hex[:6]}"
-    migrations = subprocess.run(
-        ["docker", "run", "--rm", "--entrypoint", "python3", f"govstack/app:{old}", "-c",
-         "import govstack_app.migrations as m, os; print(os.path.dirname(m.__file__))"],
-        capture_output=True, text=True, check=True).stdout.strip()
     context = tmp_path_factory.mktemp("expand")
     (context / f"{MIGRATION}.sql").write_text(EXPAND_SQL)
-    (context / "Dockerfile").write_text(f"FROM govstack/app:{old}\nCOPY {MIGRATION}.sql {migrations}/\n")
+    (context / "Dockerfile").write_text(f"FROM govstack/app:{old}\nCOPY {MIGRATION}.sql {migrations[0]}/\n")
     subprocess.run(["docker", "build", "-q", "-t", f"govstack/app:{new}", str(context)], check=True,
                    capture_output=True)
     yield old, new
