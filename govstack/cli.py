@@ -95,14 +95,10 @@ def run_pyinfra(
 
 def _report_interrupted(hosts, found_by: str) -> None:
     """Ledger lines for a command a crash interrupted (read under the lock)."""
-    from govstack.ledger import take_interrupted
+    from govstack.ledger import report_interrupted
 
-    for entry in hosts:
-        record = take_interrupted(entry, found_by)
-        if record:
-            click.echo(f"govstack: {entry.name}: the {record['action']} of {record['version'] or 'the stack'} that "
-                       f"{record['operator']} started at {record['started']} was interrupted (no result "
-                       f"recorded); serving now: {record['serving'] or 'no release recorded'}", err=True)
+    for line in report_interrupted(hosts, found_by):
+        click.echo(f"govstack: {line}", err=True)
 
 
 def _recorded_run(hosts, inventory: str, action: str, version: str | None, deploy_file: str,

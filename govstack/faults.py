@@ -6,7 +6,8 @@
   child asks the kernel for SIGKILL when its parent dies.
 - ``GOVSTACK_FAULT=<point>``: the tests' crash injection. At that point of a
   blue/green release (``RELEASE_FAULT_POINTS``) the controller and its deploy
-  are killed, as if the machine running `govstack deploy` had died there.
+  are killed, as if the machine running `govstack deploy` had died there;
+  at a point of a restore (``RESTORE_FAULT_POINTS``) the CLI running it is.
   Unset (production), nothing is added to the deploy at all.
 """
 
@@ -20,6 +21,10 @@ FAULT_ENV = "GOVSTACK_FAULT"
 CONTROLLER_PID_ENV = "GOVSTACK_CONTROLLER_PID"
 # The steps of deploys/release.py, in order.
 RELEASE_FAULT_POINTS = ("before_start", "after_start", "after_health", "after_switch", "after_drain", "after_stop")
+# The steps of a restore (govstack/backup/ops.py): the writers stopped, the
+# restored database verified but not swapped in, swapped in but the writers not started.
+RESTORE_FAULT_POINTS = ("restore_after_stop", "restore_before_swap", "restore_after_swap")
+FAULT_POINTS = RELEASE_FAULT_POINTS + RESTORE_FAULT_POINTS
 PR_SET_PDEATHSIG = 1
 
 
@@ -31,9 +36,16 @@ def wanted_fault() -> str | None:
     """The fault point asked for, None without one; an unknown name is an error
     (a test with a typo would otherwise pass without crashing anything)."""
     point = os.environ.get(FAULT_ENV) or None
-    if point is not None and point not in RELEASE_FAULT_POINTS:
-        raise FaultError(f"{FAULT_ENV}={point!r} is not a fault point; choose one of {', '.join(RELEASE_FAULT_POINTS)}")
+    if point is not None and point not in FAULT_POINTS:
+        raise FaultError(f"{FAULT_ENV}={point!r} is not a fault point; choose one of {', '.join(FAULT_POINTS)}")
     return point
+
+
+def crash_at(point: str) -> None:
+    """The injected crash of a command that runs in the CLI itself (a restore):
+    nothing unless GOVSTACK_FAULT names this point."""
+    if wanted_fault() == point:
+        crash_controller()
 
 
 def controller_pid() -> int | None:

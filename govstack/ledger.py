@@ -3,9 +3,9 @@
 Both live under ``<stack_root>/state`` on the host, so every operator and CI
 job sees the same ones, and both are written only under the stack lock
 (govstack/lock.py):
-- ``ledger.jsonl`` gets one JSON line per `up`, deploy, rollback and secret
-  rotation: time, operator, action, version, serving color and version,
-  config hash, result, duration, cause (a rotation: which secrets).
+- ``ledger.jsonl`` gets one JSON line per `up`, deploy, rollback, restore and
+  secret rotation: time, operator, action, version, serving color and
+  version, config hash, result, duration, cause (a rotation: which secrets).
 - ``attempt.json`` names the command in flight: written before it changes
   anything, removed once its ledger line is written. The next command that
   finds one knows that command was interrupted (a crashed or killed CLI, a
@@ -25,7 +25,7 @@ from govstack.lock import operator
 from govstack.remote import testinfra_host
 
 __all__ = ["operator", "append_ledger", "append_outcome", "read_ledger", "read_release", "begin_attempt", "end_attempt",
-           "take_interrupted", "take_safety_copy"]
+           "take_interrupted", "take_safety_copy", "report_interrupted"]
 
 
 def state_dir(entry: InventoryHost) -> str:
@@ -142,3 +142,16 @@ def take_interrupted(entry: InventoryHost, found_by: str) -> dict[str, Any] | No
     append_ledger(entry, record)
     end_attempt(entry)
     return record
+
+
+def report_interrupted(hosts: list[InventoryHost], found_by: str) -> list[str]:
+    """Ledger lines for the command a crash interrupted on each host (call it
+    under the lock); one line for the operator per interrupted command."""
+    said = []
+    for entry in hosts:
+        record = take_interrupted(entry, found_by)
+        if record:
+            said.append(f"{entry.name}: the {record['action']} of {record['version'] or 'the stack'} that "
+                        f"{record['operator']} started at {record['started']} was interrupted (no result "
+                        f"recorded); serving now: {record['serving'] or 'no release recorded'}")
+    return said

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 import click
 
@@ -16,6 +17,7 @@ from govstack.backup.ops import list_runs as runs_of
 from govstack.backup.ops import restore as run_restore
 from govstack.backup.remote import BackupError, BackupHost
 from govstack.inventory import InventoryError, load_inventory
+from govstack.ledger import append_outcome, begin_attempt, end_attempt, report_interrupted
 from govstack.lock import command_lock, lock_wait_option
 from govstack.remote import stack_plan, testinfra_host
 from govstack.roles import roles_of
@@ -121,13 +123,22 @@ def restore(inventory: str, host_name: str | None, snapshot: str, component: str
     """Stop the app (on every app host), restore a backup run, verify it against its manifest, restart the app."""
     hosts = inventory_hosts(inventory)
     stack = stack_for(inventory, host_name, hosts)
-    try:
-        with command_lock(hosts, f"restore {snapshot}", lock_wait):
+    with command_lock(hosts, f"restore {snapshot}", lock_wait):
+        for line in report_interrupted(hosts, "restore"):
+            click.echo(f"govstack: {line}", err=True)
+        # Every host's ledger says what the restore did (it stops writers on
+        # every app host); a crash leaves the attempt for the next command.
+        for entry in hosts:
+            begin_attempt(entry, "restore", snapshot)
+        started = time.monotonic()
+        try:
             report = run_restore(stack, snapshot, component, force, source,
                                  app_hosts=other_app_hosts(hosts, stack))
-            report["reconciliation"] = reconcile_after_restore(inventory, host_name, report)
-    except BackupError as error:
-        _fail(str(error), {"non-empty": 3, "usage": 2}.get(error.kind, 1))
+        except BackupError as error:
+            _ledger_restore(hosts, snapshot, component, started, str(error))
+            _fail(str(error), {"non-empty": 3, "usage": 2}.get(error.kind, 1))
+        _ledger_restore(hosts, report["run"], component, started, None)
+        report["reconciliation"] = reconcile_after_restore(inventory, host_name, report)
     if as_json:
         _echo_json(report)
         return
@@ -159,6 +170,13 @@ def reconcile_after_restore(inventory: str, host_name: str | None, report: dict)
                          "`govstack reconcile report` writes one"}
     return {"json": paths[0], "text": paths[1], "counts": collected["counts"],
             "summary": reconcile.summary_line(collected, paths)}
+
+
+def _ledger_restore(hosts, run: str, component: str, started: float, cause: str | None) -> None:
+    for entry in hosts:
+        append_outcome(entry, "restore", run, 1 if cause else 0, cause, round(time.monotonic() - started, 1),
+                       component=component)
+        end_attempt(entry)
 
 
 @click.command()

@@ -33,6 +33,7 @@ from typing import Any
 from govstack.backup.plan import BACKUP_ROLE, BACKUP_ROLE_ATTRIBUTES, BACKUP_ROLE_GROUPS, ROLE_SECRET
 from govstack.backup.remote import BackupError, BackupHost
 from govstack.commands import SUPERUSER, docker_exec, last_json, login_role_sql, psql, q
+from govstack.faults import crash_at
 from govstack.ledger import operator
 from govstack.monitoring.catalog import MONITOR_ROLE, MONITOR_SECRET
 from govstack.reconcile import ops as reconcile
@@ -175,6 +176,7 @@ def restore_postgres(stack: BackupHost, entry: dict[str, Any], source: str, stam
     # The swap: nothing may be connected to either database.
     stack.psql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity "  # noqa: S608 - validated names
                f"WHERE datname IN ('{db}', '{scratch}') AND pid <> pg_backend_pid()")
+    crash_at("restore_before_swap")
     existed = bool(stack.psql(f"SELECT 1 FROM pg_database WHERE datname = '{db}'").strip())  # noqa: S608
     if existed:
         stack.psql(f'ALTER DATABASE "{db}" RENAME TO "{kept}"')
@@ -246,6 +248,7 @@ def restore(stack: BackupHost, snapshot: str = "latest", component: str = "all",
     writers.stop()
     stack.sh(stack.compose("stop", "-t", 60, "backup"), timeout=180, check=True)
     report["writers_stopped"] = len(writers)
+    crash_at("restore_after_stop")
     changed = False
     ok = False
     try:
@@ -269,6 +272,7 @@ def restore(stack: BackupHost, snapshot: str = "latest", component: str = "all",
             out = restore_postgres(stack, entry, source, stamp, pause)
             changed = True
             report["components"]["postgres"] = out
+            crash_at("restore_after_swap")
         report["restore_s"] = round(time.monotonic() - t_restore, 3)
         ok = True
     except BackupError as exc:

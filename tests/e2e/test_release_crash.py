@@ -1,4 +1,4 @@
-"""A release crashed at each of its steps, and the command after it.
+"""A release (or a restore) crashed at each of its steps, and the command after it.
 
 The controller (the CLI and its pyinfra) is killed at each step of a
 blue/green release in turn (GOVSTACK_FAULT, govstack/faults.py): before the
@@ -12,6 +12,10 @@ and after the `deploy`, `rollback` or `up` that follows it:
 - the ledger says what happened: the crashed attempt is found by the next
   command (the lock the dead CLI held is free at once) and written as
   ``interrupted``, with what served then.
+
+A restore is killed likewise after it stopped the writers, before it
+swaps the restored database in and after: the database is always whole and
+the next `up` finds the attempt and serves again.
 
 Each command follows crashes on both sides of the switch. Every version is
 an alias tag of the serving image (no build). Two commands also run at the
@@ -32,6 +36,7 @@ from pathlib import Path
 
 import pytest
 
+from govstack import faults
 from tests.conftest import REPO_ROOT, run_govstack
 from tests.e2e.test_app_support import Api
 
@@ -208,6 +213,43 @@ def test_crashes_before_the_switch_leave_the_old_release_serving(stack):
     assert (rolled["version"], rolled["color"]) == (start["previous"]["version"], start["previous"]["color"])
     assert (ledger(stack)[-1]["action"], ledger(stack)[-1]["result"]) == ("rollback", "ok")
     print(f"\ncrashes before the switch and their next commands: {time.monotonic() - started:.0f} s")
+
+
+def marker(stack, name: str | None = None) -> str | None:
+    """A row written after the backup: there while the database is the one
+    the restore replaces, gone once the restored one is swapped in."""
+    if name:
+        stack.psql(f"INSERT INTO app_state (key, value) VALUES ('{name}', 'after the backup')")
+        return name
+    rows = stack.psql("SELECT key FROM app_state WHERE key LIKE 'crash-marker-%'")
+    return rows[0][0] if rows else None
+
+
+def test_a_restore_crashed_at_each_step_leaves_a_whole_database_and_up_serves_again(stack):
+    """Killed after stopping the writers, before the swap and after it: the
+    database is always whole (the one it had, or the run's, never a half
+    one), the next command finds the attempt, and `up` starts the writers."""
+    started = time.monotonic()
+    run = json.loads(ok(stack, "backup", "--json").stdout)["run"]
+    for point in faults.RESTORE_FAULT_POINTS:
+        row = marker(stack, f"crash-marker-{uuid.uuid4().hex[:6]}")
+        crash(stack, point, "restore", "--snapshot", run, "--component", "postgres", "--force")
+        swapped = point == "restore_after_swap"
+        assert marker(stack) == (None if swapped else row), f"after a crash at {point}"
+        assert_crash_left_an_attempt(stack, "restore", run)
+        assert Api(stack, None).call("GET", "/ready").status_code != 200, "the writers were stopped"
+
+        lines = len(ledger(stack))
+        up = ok(stack, "up")
+        assert_found_interrupted(stack, up, "restore", run, lines)
+        assert_serving_matches_the_record(stack)
+        stack.psql("DELETE FROM app_state WHERE key LIKE 'crash-marker-%'")
+
+    # A restore that runs through says so in the ledger too.
+    ok(stack, "restore", "--snapshot", run, "--component", "postgres", "--force")
+    assert [(r["action"], r["version"], r["result"]) for r in ledger(stack)[-1:]] == [("restore", run, "ok")]
+    assert_serving_matches_the_record(stack)
+    print(f"\nrestores crashed at each step and their next commands: {time.monotonic() - started:.0f} s")
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""Pieces of the blue/green release that need no stack: the drain probe, the fault points."""
+"""Pieces of the blue/green release and the restore that need no stack: the drain probe, the fault points."""
 
 from __future__ import annotations
 
@@ -28,6 +28,15 @@ def test_the_drain_probe_does_not_find_its_own_command_line():
 def test_every_fault_point_is_a_step_of_the_release_in_order():
     source = (REPO_ROOT / "deploys" / "release.py").read_text()
     assert tuple(re.findall(r'^fault_point\("(\w+)"\)', source, re.M)) == faults.RELEASE_FAULT_POINTS
+
+
+def test_every_restore_fault_point_is_a_step_of_the_restore_in_order():
+    source = (REPO_ROOT / "govstack" / "backup" / "ops.py").read_text()
+    # restore_postgres (the swap) is defined above restore(), which calls it between its two points.
+    found = re.findall(r'crash_at\("(\w+)"\)', source)
+    assert sorted(found) == sorted(faults.RESTORE_FAULT_POINTS) and len(found) == len(set(found))
+    assert source.index("def restore_postgres") < source.index('crash_at("restore_before_swap")') < source.index(
+        'ALTER DATABASE "{db}" RENAME TO "{kept}"')
 
 
 def test_an_unknown_fault_point_is_refused(monkeypatch):
