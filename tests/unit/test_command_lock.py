@@ -46,6 +46,7 @@ STATE_CHANGING = {
     "cleanup resume": (["--yes"], "govstack.reconcile.cli._resume"),
     "reconcile report": ([], "govstack.reconcile.cli.collect_reconciliation"),
     "reconcile adopt": (["--all"], "govstack.reconcile.cli.app_json"),
+    "secret rotate": (["postgres_app_password"], "govstack.rotation.rotate"),
 }
 # Commands (or modes of one) that change no host's state, and why they need no lock.
 READ_ONLY = {
@@ -54,7 +55,7 @@ READ_ONLY = {
     "report storage": "a report; without --apply it changes nothing",
     "history": "reads the ledger",
     "check": "the testinfra suite inspects the hosts",
-    "secret": "prints a secret or the names",
+    "secret show": "prints a secret or the names",
     "status": "reads Prometheus and the release record",
     "cost": "reads the Docker API",
     "access-review": "reads the API keys (writes a report file of its own on the host)",
