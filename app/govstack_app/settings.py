@@ -58,6 +58,20 @@ class Settings(BaseSettings):
 
     max_upload_bytes: int = Field(52_428_800, gt=0)
     max_unpacked_bytes: int = Field(209_715_200, gt=0)
+    # The rules every document is held to (extract.ExtractionLimits); the README says why each.
+    max_text_bytes: int = Field(5_242_880, gt=0)
+    max_zip_entries: int = Field(1000, ge=1)
+    max_zip_ratio: int = Field(100, ge=2)
+    pdf_max_pages: int = Field(2000, ge=1)
+    pdf_max_objects: int = Field(200_000, ge=10)
+    pdf_max_stream_bytes: int = Field(33_554_432, gt=0)
+    # The extraction sandbox (sandbox.py): one child process per document.
+    extract_memory_bytes: int = Field(536_870_912, ge=64 * 1024 * 1024)
+    extract_cpu_seconds: int = Field(30, ge=1)
+    extract_timeout_seconds: int = Field(40, ge=1)
+    index_max_attempts: int = Field(3, ge=1, le=100)
+    # Uploads spool to /tmp (a tmpfs of this size): at most size // (max upload + 1 MiB) at once.
+    upload_spool_bytes: int = Field(268_435_456, gt=0)
 
     embedding_provider: Literal["minilm-local", "openai-compatible"] = "minilm-local"
     embedding_url: str = ""
@@ -114,6 +128,16 @@ class Settings(BaseSettings):
         return v
 
     @model_validator(mode="after")
+    def _limits(self) -> Settings:
+        if self.extract_timeout_seconds <= self.extract_cpu_seconds:
+            raise ValueError("GOVSTACK_EXTRACT_TIMEOUT_SECONDS must be longer than GOVSTACK_EXTRACT_CPU_SECONDS")
+        if self.upload_spool_bytes < self.upload_slot_bytes:
+            raise ValueError(
+                "GOVSTACK_UPLOAD_SPOOL_BYTES must hold at least one upload (GOVSTACK_MAX_UPLOAD_BYTES + 1 MiB)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _embedding(self) -> Settings:
         if self.embedding_provider == "openai-compatible":
             if not self.embedding_url:
@@ -128,6 +152,16 @@ class Settings(BaseSettings):
         return self
 
     # -- derived values -------------------------------------------------------------------------
+    @property
+    def upload_slot_bytes(self) -> int:
+        """Spool space one upload may take: the body limit the API enforces (upload + 1 MiB of
+        multipart framing)."""
+        return self.max_upload_bytes + 1024 * 1024
+
+    @property
+    def max_concurrent_uploads(self) -> int:
+        return self.upload_spool_bytes // self.upload_slot_bytes
+
     @property
     def trusted_proxy_list(self) -> list[str]:
         return [x.strip() for x in self.trusted_proxies.split(",") if x.strip()]

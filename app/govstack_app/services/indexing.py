@@ -16,7 +16,7 @@ from psycopg_pool import ConnectionPool
 from .. import metrics
 from ..chroma import ChromaError
 from ..chunking import chunk_document
-from ..extract import ExtractionError, extract
+from ..extract import ExtractionError, ExtractionLimits, extract
 from .backends import Services, db
 
 log = structlog.get_logger(__name__)
@@ -115,7 +115,7 @@ def _index_document(svc: Services, conn: psycopg.Connection, row: dict[str, Any]
         raise
     if hashlib.sha256(data).hexdigest() != row["sha256"].strip():
         raise PermanentIndexError("stored object does not match the recorded sha256")
-    blocks = extract(data, row["content_type"], settings.max_unpacked_bytes)
+    blocks = extract(data, row["content_type"], ExtractionLimits.from_settings(settings))
     chunks = chunk_document(blocks, row["content_type"])
     heartbeat()
     texts = [c.text for c in chunks]

@@ -12,7 +12,7 @@ import psycopg
 import structlog
 
 from .. import metrics
-from ..extract import TooLarge, check_unpacked_size, sniff
+from ..extract import ExtractionLimits, TooLarge, check_unpacked_size, sniff
 from ..security import sanitize_filename
 from ..settings import Settings
 from ..storage import new_object_name
@@ -49,7 +49,7 @@ def receive_upload(fileobj: BinaryIO, filename: str | None, settings: Settings) 
     fileobj.seek(0)
     data_head = fileobj.read(limit + 1)  # bounded by the size check above
     ctype = sniff(data_head, safe_name)
-    check_unpacked_size(data_head, ctype, settings.max_unpacked_bytes)
+    check_unpacked_size(data_head, ctype, ExtractionLimits.from_settings(settings))
     return ReceivedFile(size=size, sha256=h.hexdigest(), content_type=ctype, filename=safe_name)
 
 

@@ -12,6 +12,7 @@ from govstack_app.extract import (
     TEXT_PLAIN,
     EmptyDocument,
     ExtractionError,
+    ExtractionLimits,
     TooLarge,
     UnsupportedType,
     check_unpacked_size,
@@ -19,7 +20,20 @@ from govstack_app.extract import (
     sniff,
 )
 
-BIG = 10**9
+BIG = ExtractionLimits(
+    max_upload=10**9,
+    max_unpacked=10**9,
+    max_text=10**9,
+    max_zip_entries=10_000,
+    max_zip_ratio=10**6,
+    pdf_max_pages=10**6,
+    pdf_max_objects=10**7,
+    pdf_max_stream=10**9,
+)
+
+
+def limits(**kw: int) -> ExtractionLimits:
+    return ExtractionLimits(**(BIG.as_dict() | kw))
 
 
 def texts(blocks):
@@ -94,7 +108,7 @@ def test_corrupt_pdf_is_an_extraction_error() -> None:
 def test_pdf_text_limit() -> None:
     data = samples.make_pdf([["x" * 80] * 40])
     with pytest.raises(TooLarge):
-        extract(data, APPLICATION_PDF, 1000)
+        extract(data, APPLICATION_PDF, limits(max_text=1000))
 
 
 def test_docx_paragraphs_headings_and_tables() -> None:
@@ -117,14 +131,14 @@ def test_zip_bomb_is_refused_before_and_during_extraction() -> None:
     assert len(bomb) < 100_000  # tiny on the wire
     assert sniff(bomb, "bomb.docx") == DOCX
     with pytest.raises(TooLarge, match="unpacks to"):
-        check_unpacked_size(bomb, DOCX, 2 * 1024 * 1024)
+        check_unpacked_size(bomb, DOCX, limits(max_unpacked=2 * 1024 * 1024))
     with pytest.raises(TooLarge):
-        extract(bomb, DOCX, 2 * 1024 * 1024)
-    check_unpacked_size(bomb, DOCX, 4 * 1024 * 1024)  # under the limit: fine
+        extract(bomb, DOCX, limits(max_unpacked=2 * 1024 * 1024))
+    check_unpacked_size(bomb, DOCX, limits(max_unpacked=4 * 1024 * 1024))  # under the limit: fine
 
 
 def test_unpacked_check_ignores_non_zip_types() -> None:
-    check_unpacked_size(b"x" * 100, TEXT_PLAIN, 10)
+    check_unpacked_size(b"x" * 100, TEXT_PLAIN, limits(max_unpacked=10))
 
 
 @pytest.mark.parametrize(
