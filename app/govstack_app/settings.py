@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     # The extraction sandbox (sandbox.py): one child process per document.
     extract_memory_bytes: int = Field(536_870_912, ge=64 * 1024 * 1024)
     extract_cpu_seconds: int = Field(30, ge=1)
-    extract_timeout_seconds: int = Field(40, ge=1)
+    extract_timeout_seconds: int = Field(40, ge=2)
     index_max_attempts: int = Field(3, ge=1, le=100)
     # Uploads spool to /tmp (a tmpfs of this size): at most size // (max upload + 1 MiB) at once.
     upload_spool_bytes: int = Field(268_435_456, gt=0)

@@ -107,6 +107,22 @@ class Settings(Section):
         return merged
 
     @model_validator(mode="after")
+    def _app_limits_fit_their_containers(self) -> Settings:
+        worker = self.resources["worker"].memory_mb
+        if worker is not None and self.app.extract_memory_mb > worker // 2:
+            raise ValueError(
+                f"app.extract_memory_mb ({self.app.extract_memory_mb}) must be at most half of "
+                f"resources.worker.memory_mb ({worker}): the worker and its model live beside the sandbox"
+            )
+        api = self.resources["app"].memory_mb
+        if api is not None and self.app.upload_spool_mb > api // 2:
+            raise ValueError(
+                f"app.upload_spool_mb ({self.app.upload_spool_mb}) must be at most half of "
+                f"resources.app.memory_mb ({api}): the spool is a tmpfs, charged to the API's memory"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _smtp_password_supplied(self) -> Settings:
         email = self.monitoring.email
         if email and email.auth_username and "alertmanager_smtp_password" not in self.secrets:

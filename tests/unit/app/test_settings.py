@@ -70,6 +70,9 @@ def test_numbers_and_booleans(env: dict[str, str], monkeypatch: pytest.MonkeyPat
         ("GOVSTACK_S3_PUBLIC_URL", "docs.example.gov/s3"),
         ("GOVSTACK_MAX_UPLOAD_BYTES", "0"),
         ("GOVSTACK_EMBEDDING_MODEL", "text-embedding-3-small"),  # with minilm-local
+        ("GOVSTACK_EXTRACT_TIMEOUT_SECONDS", "30"),  # not longer than the CPU cap
+        ("GOVSTACK_UPLOAD_SPOOL_BYTES", "52428800"),  # cannot hold one upload and its framing
+        ("GOVSTACK_EXTRACT_MEMORY_BYTES", "1048576"),
     ],
 )
 def test_invalid_values_are_refused(env: dict[str, str], monkeypatch: pytest.MonkeyPatch, var: str, value: str) -> None:
