@@ -74,6 +74,10 @@ class AlertRules(Section):
         _rule("2d", "warning"),
         description="the app's cleanup has stayed paused (by a restore) this long: reconcile, then resume it",
     )
+    documents_failing: AlertRule = Field(
+        _rule("0s", "warning", 5),
+        description="threshold: documents that ended failed in the last hour, per cause (one bad upload is not news)",
+    )
     disk_space_low: AlertRule = Field(
         _rule("5m", "critical", 0.10), description="threshold: free share of the data filesystem"
     )

@@ -28,6 +28,7 @@ ALERTS = {
     "TargetDown", "PostgresDown", "ObjectStoreDown", "VectorStoreDown", "EdgeDown", "HighErrorRate",
     "DatabaseConnectionsHigh", "VectorSearchLatencyHigh", "IndexingBacklog", "CleanupPaused", "DiskSpaceLow",
     "DiskWillFillIn4h", "HostMemoryHigh", "BackupStale", "BackupFailed", "CertificateExpiringSoon",
+    "DocumentsFailing",
 }
 PROFILES = {
     "defaults": MonitoringSettings(),
