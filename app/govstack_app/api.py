@@ -16,6 +16,7 @@ from .middleware import RequestContextMiddleware
 from .routers import collections, documents, keys, ops, search
 from .services.backends import Services, build_services
 from .settings import Settings
+from .upload_admission import UploadAdmissionMiddleware, UploadSlots
 
 log = structlog.get_logger(__name__)
 
@@ -57,9 +58,8 @@ def create_app(settings: Settings, svc: Services | None = None, *, run_migration
         lifespan=lifespan(settings, svc, settings.migrate_on_start if run_migrations is None else run_migrations),
     )
     app.state.settings = settings
-    app.add_middleware(
-        RequestContextMiddleware, max_body=settings.max_upload_bytes + 1024 * 1024, color=settings.app_color
-    )
+    app.add_middleware(UploadAdmissionMiddleware, slots=UploadSlots(settings.max_concurrent_uploads))
+    app.add_middleware(RequestContextMiddleware, max_body=settings.upload_slot_bytes, color=settings.app_color)
     install_exception_handlers(app)
     for module in (ops, documents, collections, search, keys):  # this order is the OpenAPI's
         app.include_router(module.router)

@@ -258,11 +258,6 @@ def check_upload(f: BinaryIO, content_type: str, limits: ExtractionLimits) -> No
             raise TooLarge(f"PDF has {objects} objects (limit {limits.pdf_max_objects})")
 
 
-def check_unpacked_size(data: bytes, content_type: str, limits: ExtractionLimits) -> None:
-    """check_upload() for bytes in memory."""
-    check_upload(io.BytesIO(data), content_type, limits)
-
-
 # --------------------------------------------------------------------------------------------
 # extraction
 # --------------------------------------------------------------------------------------------

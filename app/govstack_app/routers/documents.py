@@ -26,13 +26,23 @@ router = APIRouter(prefix="/api/v1/collections/{collection}/documents", tags=["d
         200: {"model": Document, "description": "The same bytes were already in this collection"},
         201: {"model": Document, "description": "Stored durably (object and row); indexing is queued"},
         409: error_doc("The collection uses another embedding model"),
-        415: error_doc("Unsupported content type (sniffed from the bytes)"),
+        415: error_doc(
+            "Unsupported content type or form (sniffed from the bytes): e.g. a zip entry compressed with"
+            " bzip2 or lzma, a nested archive, a truncated PDF"
+        ),
         422: error_doc("Empty upload or malformed request"),
         **AUTH_ERRORS,
         **EDGE_ERRORS,
-        413: error_doc("Upload over the upload limit, or DOCX unpacking over GOVSTACK_MAX_UNPACKED_BYTES"),
+        413: error_doc(
+            "Over a size rule: the upload limit (the edge's or the app's), the text limit (text, Markdown,"
+            " HTML), or what a DOCX unpacks to (entries, ratio, total) or a PDF holds (objects)"
+        ),
         403: error_doc("The key's role or collections do not allow this, or the collection does not exist and "
                        "creating one needs the curator role"),
+        503: error_doc(
+            "A backing service is unavailable, the edge has no app to send the request to, or too many uploads"
+            " are in progress (Retry-After); `detail` says which"
+        ),
     },
 )
 def upload(

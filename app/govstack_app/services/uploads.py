@@ -12,7 +12,7 @@ import psycopg
 import structlog
 
 from .. import metrics
-from ..extract import ExtractionLimits, TooLarge, check_unpacked_size, sniff
+from ..extract import ExtractionLimits, TooLarge, check_upload, sniff_file
 from ..security import sanitize_filename
 from ..settings import Settings
 from ..storage import new_object_name
@@ -34,8 +34,9 @@ class ReceivedFile:
 
 
 def receive_upload(fileobj: BinaryIO, filename: str | None, settings: Settings) -> ReceivedFile:
-    """Measure and hash the spooled upload, then sniff its type from the bytes. Raises
-    TooLarge (over either limit), UnsupportedType or EmptyDocument."""
+    """Measure and hash the spooled upload, sniff its type from the bytes and hold it to the
+    upload rules (extract.check_upload), never reading it whole. Raises TooLarge (413),
+    UnsupportedType (415) or EmptyDocument (422)."""
     limit = settings.max_upload_bytes
     fileobj.seek(0)
     h = hashlib.sha256()
@@ -46,10 +47,9 @@ def receive_upload(fileobj: BinaryIO, filename: str | None, settings: Settings) 
             raise TooLarge(f"upload is over the {limit}-byte limit")
         h.update(block)
     safe_name = sanitize_filename(filename)
-    fileobj.seek(0)
-    data_head = fileobj.read(limit + 1)  # bounded by the size check above
-    ctype = sniff(data_head, safe_name)
-    check_unpacked_size(data_head, ctype, ExtractionLimits.from_settings(settings))
+    # Both read the spool file in chunks (head, tail, zip directory, one streaming pass).
+    ctype = sniff_file(fileobj, safe_name)
+    check_upload(fileobj, ctype, ExtractionLimits.from_settings(settings))
     return ReceivedFile(size=size, sha256=h.hexdigest(), content_type=ctype, filename=safe_name)
 
 

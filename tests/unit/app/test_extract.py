@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 from govstack_app import samples
 from govstack_app.extract import (
@@ -15,7 +17,7 @@ from govstack_app.extract import (
     ExtractionLimits,
     TooLarge,
     UnsupportedType,
-    check_unpacked_size,
+    check_upload,
     extract,
     sniff,
 )
@@ -131,14 +133,14 @@ def test_zip_bomb_is_refused_before_and_during_extraction() -> None:
     assert len(bomb) < 100_000  # tiny on the wire
     assert sniff(bomb, "bomb.docx") == DOCX
     with pytest.raises(TooLarge, match="unpacks to"):
-        check_unpacked_size(bomb, DOCX, limits(max_unpacked=2 * 1024 * 1024))
+        check_upload(io.BytesIO(bomb), DOCX, limits(max_unpacked=2 * 1024 * 1024))
     with pytest.raises(TooLarge):
         extract(bomb, DOCX, limits(max_unpacked=2 * 1024 * 1024))
-    check_unpacked_size(bomb, DOCX, limits(max_unpacked=4 * 1024 * 1024))  # under the limit: fine
+    check_upload(io.BytesIO(bomb), DOCX, limits(max_unpacked=4 * 1024 * 1024))  # under the limit: fine
 
 
 def test_unpacked_check_ignores_non_zip_types() -> None:
-    check_unpacked_size(b"x" * 100, TEXT_PLAIN, limits(max_unpacked=10))
+    check_upload(io.BytesIO(b"x" * 100), TEXT_PLAIN, limits(max_unpacked=10))
 
 
 @pytest.mark.parametrize(

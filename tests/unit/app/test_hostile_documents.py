@@ -468,3 +468,37 @@ def test_children_are_reused_until_a_failure(tmp_path: Path) -> None:
         assert box.children_started == 2
     finally:
         box.close()
+
+
+@pytest.mark.parametrize("kind", ["text", "pdf", "docx"])
+def test_upload_checks_never_hold_the_file(kind: str, tmp_path: Path) -> None:
+    """Sniffing and the upload rules read the spool file in chunks: their peak allocation stays a
+    few MiB for a 40 MB upload."""
+    import tracemalloc
+
+    def big_docx() -> bytes:
+        media = zipfile.ZipInfo("word/media/photo.jpg")  # stored, as JPEG inside a DOCX is
+        return corpus._docx_with(lambda zf: zf.writestr(media, random.Random(3).randbytes(40_000_000)))
+
+    data = {
+        "text": lambda: corpus.one_line_text(40_000_000),
+        "pdf": lambda: corpus.pdf_many_objects(1_000_000)[:40_000_000] + b"\n%%EOF\n",
+        "docx": big_docx,
+    }[kind]()
+    assert len(data) >= 40_000_000
+    path = tmp_path / "upload"
+    path.write_bytes(data)
+    del data
+    limits = ExtractionLimits(**(LIMITS.as_dict() | {"pdf_max_objects": 10**7, "max_text": 64 * MiB}))
+    with path.open("rb") as f:
+        tracemalloc.start()
+        try:
+            content_type = sniff_file(f, {"text": "upload.txt", "pdf": "upload.pdf", "docx": "upload.docx"}[kind])
+            try:
+                check_upload(f, content_type, limits)
+            except (TooLarge, UnsupportedType):
+                pass
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert peak < 4 * MiB, f"{kind}: peak {peak} bytes"

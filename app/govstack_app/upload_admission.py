@@ -1,0 +1,67 @@
+"""Admission of uploads to the spool: each upload in flight may spool up to the upload limit (plus
+multipart framing) to /tmp, a tmpfs of GOVSTACK_UPLOAD_SPOOL_BYTES, so at most spool // slot
+uploads are admitted at once; one more is answered 503 with a JSON reason and Retry-After before
+a byte of its body is read. The spool can then never fill.
+
+A pure ASGI middleware: it must act before Starlette parses (and spools) the multipart body,
+which happens before any endpoint or dependency runs.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .http_errors import error_response
+
+UPLOAD_PATH = re.compile(r"^/api/v1/collections/[^/]+/documents/?$")
+RETRY_AFTER_S = 5
+
+
+class UploadSlots:
+    """A counter of uploads in flight that never waits: taken or refused."""
+
+    def __init__(self, slots: int) -> None:
+        if slots < 1:
+            raise ValueError("the spool must hold at least one upload")
+        self.slots = slots
+        self.in_flight = 0
+        self._lock = threading.Lock()
+
+    def try_take(self) -> bool:
+        with self._lock:
+            if self.in_flight >= self.slots:
+                return False
+            self.in_flight += 1
+            return True
+
+    def give_back(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
+
+
+class UploadAdmissionMiddleware:
+    def __init__(self, app: ASGIApp, slots: UploadSlots) -> None:
+        self.app = app
+        self.slots = slots
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or not UPLOAD_PATH.match(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        if not self.slots.try_take():
+            refusal = error_response(
+                503,
+                f"too many uploads in progress ({self.slots.slots} at once fill the upload spool); "
+                f"retry in {RETRY_AFTER_S} s",
+                # The body was never read: the connection cannot carry another request.
+                {"Retry-After": str(RETRY_AFTER_S), "Connection": "close"},
+            )
+            await refusal(scope, receive, send)
+            return
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.slots.give_back()
