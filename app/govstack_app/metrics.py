@@ -31,6 +31,17 @@ QUERY_EMBEDDING_CACHE = Counter(
     "govstack_query_embedding_cache_total", "Search query embeddings answered by the LRU cache or the model", ["result"]
 )
 CHUNKS = Counter("govstack_chunks_indexed_total", "Chunks embedded and stored by the worker")
+DOCUMENTS_FAILED = Counter(
+    "govstack_documents_failed_total",
+    "Documents the worker gave up on (index_failed set), by cause: rules, attempts, error, or the extraction"
+    " sandbox's memory, cpu_time, timeout, killed, crashed, exited, exception",
+    ["cause"],
+)
+EXTRACTION_FAILURES = Counter(
+    "govstack_extraction_failures_total",
+    "Extractions that ended without text (a rule refused the document, or the sandbox's child died), by cause",
+    ["cause"],
+)
 APP_INFO = Info("govstack_app", "Version and colour of this app instance")
 QUARANTINED = Counter("govstack_objects_quarantined_total", "Orphan objects moved to the quarantine by cleanup")
 QUARANTINE_EXPIRED = Counter(

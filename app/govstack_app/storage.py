@@ -9,6 +9,7 @@ with the client's Host header unchanged.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import threading
 import time
@@ -169,13 +170,24 @@ class ObjectStore:
             },
         )
 
-    def get_bytes(self, name: str) -> bytes:
+    def download(self, name: str, out: BinaryIO, max_bytes: int) -> tuple[int, str]:
+        """Stream the object into `out` (a spool file), 1 MiB at a time; (size, sha256 hex).
+        Stops with ValueError past max_bytes: an object larger than any upload is not ours."""
         resp = self.client.get_object(self.bucket, name)
+        digest = hashlib.sha256()
+        size = 0
         try:
-            return resp.read()
+            for block in resp.stream(1 << 20):
+                size += len(block)
+                if size > max_bytes:
+                    raise ValueError(f"object {name} is over {max_bytes} bytes")
+                digest.update(block)
+                out.write(block)
         finally:
             resp.close()
             resp.release_conn()
+        out.flush()
+        return size, digest.hexdigest()
 
     def stat(self, name: str):  # noqa: ANN201 - minio.datatypes.Object
         return self.client.stat_object(self.bucket, name)

@@ -16,7 +16,7 @@ from psycopg_pool import PoolTimeout
 from . import metrics
 from .services.backends import Services, build_services
 from .services.errors import Unavailable
-from .services.indexing import backlog, index_next
+from .services.indexing import backlog, index_next, sandbox_for
 from .services.maintenance import run_cleanup
 from .settings import Settings
 
@@ -52,7 +52,7 @@ class Worker:
         self._indexing = True
 
     def request_stop(self, *_: object) -> None:
-        log.info("stop requested: finishing the current document")
+        log.info("stop requested: the current document's extraction is abandoned, its attempt given back")
         self.stop.set()
 
     def may_index(self) -> bool:
@@ -76,9 +76,9 @@ class Worker:
             if self.stop.is_set():
                 break
             with self.svc.pool.connection(timeout=10.0) as conn:
-                row = index_next(self.svc, conn, heartbeat=touch_heartbeat)
+                row = index_next(self.svc, conn, heartbeat=touch_heartbeat, stop=self.stop)
             touch_heartbeat()  # the claim (and the document's commit) reached Postgres
-            if row is None:
+            if row is None or row["outcome"] == "interrupted":
                 break
             done += 1
         return done
@@ -137,6 +137,8 @@ def run_worker(settings: Settings) -> int:
     if settings.migrate_on_start:
         migrate(settings)
     svc = build_services(settings, pool_max=3)
+    sandbox = sandbox_for(svc)
+    sandbox.warm_up()  # the forkserver imports and warms the parsers now, not on the first document
     worker = Worker(svc)
     signal.signal(signal.SIGTERM, worker.request_stop)
     signal.signal(signal.SIGINT, worker.request_stop)
@@ -148,6 +150,7 @@ def run_worker(settings: Settings) -> int:
     try:
         worker.run()
     finally:
+        sandbox.close()
         svc.close()
     return 0
 

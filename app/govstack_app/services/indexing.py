@@ -1,9 +1,16 @@
-"""Indexing, the worker's unit of work: claim one due document, extract, chunk, embed, write
-vectors and chunks, and record the outcome; failures are retried with backoff, then given up."""
+"""Indexing, the worker's unit of work: claim one due document, extract and chunk it in the
+sandbox, embed, write vectors and chunks, and record the outcome.
+
+Each attempt is counted before it starts, in a transaction of its own, so a worker that dies
+mid-document leaves a trace; after GOVSTACK_INDEX_MAX_ATTEMPTS the document is failed. Failures
+back off (5 s, 10 s, ... 10 min) and retries queue behind documents never tried, so no document
+can hold up the others.
+"""
 
 from __future__ import annotations
 
-import hashlib
+import tempfile
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -15,108 +22,206 @@ from psycopg_pool import ConnectionPool
 
 from .. import metrics
 from ..chroma import ChromaError
-from ..chunking import chunk_document
-from ..extract import ExtractionError, ExtractionLimits, extract
+from ..extract import ExtractionError, ExtractionLimits
+from ..sandbox import ExtractionInterrupted, Sandbox, SandboxFailure, SandboxLimits
 from .backends import Services, db
 
 log = structlog.get_logger(__name__)
 
-MAX_INDEX_ATTEMPTS = 5
 RETRY_BASE_SECONDS = 5.0
 RETRY_MAX_SECONDS = 600.0
 EMBED_BATCH = 32
+SPOOL_DIR = "/tmp"  # the worker's tmpfs, sized for one document (compose)
 
 
 class PermanentIndexError(Exception):
-    """Retrying will not help (corrupt file, unsupported content, missing object)."""
+    """Retrying will not help (missing object, checksum or model mismatch)."""
 
 
+# Fresh documents first, then retries whose backoff has passed; oldest due first on each side
+# (documents_queue_idx). SKIP LOCKED: a document being indexed is invisible to other workers.
 CLAIM_SQL = """
 SELECT d.id, d.filename, d.object_name, d.content_type, d.size, d.sha256, d.index_attempts,
-       c.id AS collection_id, c.name AS collection, c.chroma_name, c.embedding_model, c.embedding_dim
+       d.index_error, c.id AS collection_id, c.name AS collection, c.chroma_name, c.embedding_model,
+       c.embedding_dim
   FROM documents d JOIN collections c ON c.id = d.collection_id
  WHERE NOT d.is_indexed AND NOT d.index_failed AND d.next_attempt_at <= now()
    AND c.embedding_model = %s
- ORDER BY d.next_attempt_at, d.id
+ ORDER BY d.index_attempts > 0, d.next_attempt_at, d.id
  LIMIT 1
  FOR UPDATE OF d SKIP LOCKED
 """
 
 
-def index_next(
-    svc: Services, conn: psycopg.Connection, heartbeat: Callable[[], None] = lambda: None
-) -> dict[str, Any] | None:
-    """Claim one due document (row lock, SKIP LOCKED: no two workers ever take the same one),
-    index it and commit, all in one transaction. If the worker dies, the transaction and the
-    lock go with it and the document is due again at once. Returns the claimed row or None."""
+def retry_delay(attempt: int) -> float:
+    return min(RETRY_BASE_SECONDS * 2 ** (attempt - 1), RETRY_MAX_SECONDS)
+
+
+def sandbox_for(svc: Services) -> Sandbox:
+    """The extraction sandbox of these services (one per process, made on first use)."""
+    box = svc.extras.get("sandbox")
+    if box is None:
+        box = Sandbox(SandboxLimits.from_settings(svc.settings), ExtractionLimits.from_settings(svc.settings))
+        svc.extras["sandbox"] = box
+    return box
+
+
+def _failure(exc: BaseException) -> tuple[str, bool]:
+    """(cause, permanent) of an indexing failure."""
+    if isinstance(exc, SandboxFailure):
+        return exc.cause, exc.permanent
+    if isinstance(exc, ExtractionError):
+        return "rules", True
+    return "error", isinstance(exc, PermanentIndexError)
+
+
+def _give_up(svc: Services, conn: psycopg.Connection, row: dict[str, Any], cause: str, message: str) -> None:
+    conn.execute(
+        "UPDATE documents SET index_failed = true, index_error = %s WHERE id = %s", (message[:2000], row["id"])
+    )
+    metrics.DOCUMENTS_FAILED.labels(cause).inc()
+    try:
+        svc.chroma.delete(row["chroma_name"], where={"document_id": row["id"]})
+    except ChromaError:
+        pass
+
+
+def claim_next(svc: Services, conn: psycopg.Connection) -> dict[str, Any] | None:
+    """Take the next due document and count the attempt, committed before any work starts.
+    A document whose attempts ran out without an outcome (the worker died during each) is
+    failed here instead. Returns the row (``outcome`` 'failed' for the latter) or None."""
     conn.row_factory = dict_row
+    max_attempts = svc.settings.index_max_attempts
     with conn.transaction():
         row = conn.execute(CLAIM_SQL, (svc.embedder.model_name,)).fetchone()
         if row is None:
             return None
-        structlog.contextvars.bind_contextvars(document_id=row["id"])
-        start = time.perf_counter()
-        outcome = "indexed"
-        try:
-            with conn.transaction():  # savepoint: a failure undoes only this document's writes
-                n = _index_document(svc, conn, row, heartbeat)
-            row["chunk_count"] = n
-        except Exception as exc:  # noqa: BLE001 - recorded on the row, never blocks the queue
-            permanent = isinstance(exc, (PermanentIndexError, ExtractionError))
-            attempts = row["index_attempts"] + 1
-            give_up = permanent or attempts >= MAX_INDEX_ATTEMPTS
-            delay = min(RETRY_BASE_SECONDS * 2 ** (attempts - 1), RETRY_MAX_SECONDS)
-            message = f"{type(exc).__name__}: {exc}"[:2000]
-            conn.execute(
-                "UPDATE documents SET index_attempts = %s, index_error = %s, index_failed = %s,"
-                " next_attempt_at = now() + make_interval(secs => %s) WHERE id = %s",
-                (attempts, message, give_up, delay, row["id"]),
+        if row["index_attempts"] >= max_attempts:
+            last = row["index_error"] or "none recorded"
+            message = (
+                f"attempts: {row['index_attempts']} attempts started and none finished (the worker stopped"
+                f" or died during each); last error: {last}"
             )
-            outcome = "failed" if give_up else "retry"
-            row["error"] = message
-            log.warning(
-                "indexing failed",
-                attempts=attempts,
-                gave_up=give_up,
-                error=message,
-                retry_in_s=None if give_up else delay,
-            )
-            if give_up:
-                try:
-                    svc.chroma.delete(row["chroma_name"], where={"document_id": row["id"]})
-                except ChromaError:
-                    pass
-        finally:
-            elapsed = time.perf_counter() - start
+            _give_up(svc, conn, row, "attempts", message)
+            log.warning("indexing gave up", document_id=row["id"], cause="attempts", error=message)
+            return row | {"outcome": "failed", "error": message}
+        row["index_attempts"] += 1
+        conn.execute(
+            "UPDATE documents SET index_attempts = %s, next_attempt_at = now() + make_interval(secs => %s)"
+            " WHERE id = %s",
+            (row["index_attempts"], retry_delay(row["index_attempts"]), row["id"]),
+        )
+    return row
+
+
+def index_next(
+    svc: Services,
+    conn: psycopg.Connection,
+    heartbeat: Callable[[], None] = lambda: None,
+    stop: threading.Event | None = None,
+) -> dict[str, Any] | None:
+    """Claim one due document (attempt counted and committed), then index it in a second
+    transaction that holds its row lock: no other worker takes it and a delete waits. If the
+    worker dies, that transaction dies with it and the document is due again after its backoff.
+    Returns the claimed row with ``outcome`` (indexed | retry | failed | gone | interrupted), or
+    None when nothing is due."""
+    row = claim_next(svc, conn)
+    if row is None or row.get("outcome") == "failed":
+        return row
+    structlog.contextvars.bind_contextvars(document_id=row["id"])
+    start = time.perf_counter()
+    outcome = "indexed"
+    try:
+        with conn.transaction():
+            if conn.execute(
+                "SELECT 1 FROM documents WHERE id = %s AND NOT is_indexed AND NOT index_failed FOR UPDATE SKIP LOCKED",
+                (row["id"],),
+            ).fetchone() is None:
+                outcome = "gone"  # deleted (or finished) since the claim
+                return row | {"outcome": outcome}
+            try:
+                with conn.transaction():  # savepoint: a failure undoes only this document's writes
+                    row["chunk_count"] = _index_document(svc, conn, row, heartbeat, stop)
+            except ExtractionInterrupted:
+                # Stopping is not the document's fault: the attempt is given back.
+                conn.execute(
+                    "UPDATE documents SET index_attempts = index_attempts - 1, next_attempt_at = now() WHERE id = %s",
+                    (row["id"],),
+                )
+                outcome = "interrupted"
+            except Exception as exc:  # noqa: BLE001 - recorded on the row, never blocks the queue
+                outcome = _record_failure(svc, conn, row, exc)
+    finally:
+        elapsed = time.perf_counter() - start
+        if outcome != "gone":
             metrics.DOCUMENT_PROCESSING.labels(row["content_type"], outcome).observe(elapsed)
             metrics.INDEXED.labels(outcome).inc()
-            row["outcome"] = outcome
-            row["seconds"] = elapsed
-    structlog.contextvars.unbind_contextvars("document_id")
+        structlog.contextvars.unbind_contextvars("document_id")
+    row["outcome"] = outcome
+    row["seconds"] = elapsed
     if outcome == "indexed":
         log.info(
             "document indexed",
             document_id=row["id"],
             chunks=row.get("chunk_count"),
-            seconds=round(row["seconds"], 3),
+            seconds=round(elapsed, 3),
             content_type=row["content_type"],
         )
     return row
 
 
-def _index_document(svc: Services, conn: psycopg.Connection, row: dict[str, Any], heartbeat: Callable[[], None]) -> int:
+def _record_failure(svc: Services, conn: psycopg.Connection, row: dict[str, Any], exc: Exception) -> str:
+    cause, permanent = _failure(exc)
+    message = f"{cause}: {exc}" if cause != "error" else f"error: {type(exc).__name__}: {exc}"
+    attempts = row["index_attempts"]
+    give_up = permanent or attempts >= svc.settings.index_max_attempts
+    row["error"] = message
+    if give_up:
+        if not permanent:
+            message = f"gave up after {attempts} attempts; last: {message}"
+        _give_up(svc, conn, row, cause, message)
+    else:
+        conn.execute(
+            "UPDATE documents SET index_error = %s, next_attempt_at = now() + make_interval(secs => %s)"
+            " WHERE id = %s",
+            (message[:2000], retry_delay(attempts), row["id"]),
+        )
+    log.warning(
+        "indexing failed",
+        attempts=attempts,
+        cause=cause,
+        gave_up=give_up,
+        error=message,
+        retry_in_s=None if give_up else retry_delay(attempts),
+    )
+    return "failed" if give_up else "retry"
+
+
+def _index_document(
+    svc: Services,
+    conn: psycopg.Connection,
+    row: dict[str, Any],
+    heartbeat: Callable[[], None],
+    stop: threading.Event | None,
+) -> int:
     settings = svc.settings
-    try:
-        data = svc.store.get_bytes(row["object_name"])
-    except Exception as exc:  # noqa: BLE001
-        code = getattr(exc, "code", "")
-        if code in ("NoSuchKey", "NoSuchObject"):
-            raise PermanentIndexError(f"object {row['object_name']} is missing") from exc
-        raise
-    if hashlib.sha256(data).hexdigest() != row["sha256"].strip():
-        raise PermanentIndexError("stored object does not match the recorded sha256")
-    blocks = extract(data, row["content_type"], ExtractionLimits.from_settings(settings))
-    chunks = chunk_document(blocks, row["content_type"])
+    with tempfile.NamedTemporaryFile(dir=SPOOL_DIR, prefix="govstack-index-") as spool:
+        try:
+            size, sha256 = svc.store.download(row["object_name"], spool, settings.max_upload_bytes)
+        except ValueError as exc:
+            raise PermanentIndexError(str(exc)) from None
+        except Exception as exc:  # noqa: BLE001
+            code = getattr(exc, "code", "")
+            if code in ("NoSuchKey", "NoSuchObject"):
+                raise PermanentIndexError(f"object {row['object_name']} is missing") from exc
+            raise
+        if sha256 != row["sha256"].strip() or size != row["size"]:
+            raise PermanentIndexError("stored object does not match the recorded sha256")
+        try:
+            chunks = sandbox_for(svc).extract_chunks(spool.name, row["content_type"], stop)
+        except (ExtractionError, SandboxFailure) as exc:
+            metrics.EXTRACTION_FAILURES.labels(_failure(exc)[0]).inc()
+            raise
     heartbeat()
     texts = [c.text for c in chunks]
     vectors: list[list[float]] = []
@@ -181,7 +286,6 @@ def _index_document(svc: Services, conn: psycopg.Connection, row: dict[str, Any]
                 )
     conn.execute(
         "UPDATE documents SET is_indexed = true, indexed_at = now(), chunk_count = %s,"
-        " index_attempts = index_attempts + 1,"
         " index_error = CASE WHEN %s = 0 THEN 'no extractable text' ELSE NULL END"
         " WHERE id = %s",
         (len(chunks), len(chunks), row["id"]),
