@@ -1,0 +1,196 @@
+# ruff: noqa: F811  (pytest fixtures are imported from test_app_support and used as arguments)
+"""Issue 11's failure corpus against the deployed stack: every hostile document is refused at
+upload (413/415 with a JSON reason) or ends `failed` with a readable index_error within 60 s; the
+worker container is never restarted (restart count, start time and PID unchanged), and a normal
+document uploaded right after each one is indexed within 60 s.
+
+The corpus is sized from the deployed limits (`govstack-app config`), generated in code
+(tests/support/corpus.py), and shares the session's stack.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from typing import Any
+
+import pytest
+
+from tests.support import corpus
+
+from .test_app_support import (  # noqa: F401 - fixtures are used by name
+    WORKER_SERVICE,
+    Api,
+    admin,
+    app_exec,
+    config,
+    docker,
+    keys,
+    samples,
+    sql_literal,
+    unique,
+    writer,
+)
+
+# The issue's bound for each document to settle, and for the normal one after it.
+SETTLE_S = 60
+UPLOAD_REFUSALS = {"too_large": 413, "unsupported": 415}
+
+
+def worker_identity(stack: Any) -> tuple[str, str, str]:
+    """What changes when the worker container restarts: restart count, start time, PID."""
+    name = stack.service_container(WORKER_SERVICE)
+    out = docker("inspect", "-f", "{{.RestartCount}} {{.State.StartedAt}} {{.State.Pid}}", name).stdout.split()
+    return out[0], out[1], out[2]
+
+
+def container_healthy(stack: Any) -> bool:
+    name = stack.service_container(WORKER_SERVICE)
+    return docker("inspect", "-f", "{{.State.Health.Status}}", name, check=False).stdout.strip() == "healthy"
+
+
+def document_state(stack: Any, doc_id: int) -> tuple[bool, bool, str, int]:
+    ((indexed, failed, error, attempts),) = stack.psql(
+        f"SELECT is_indexed, index_failed, coalesce(index_error, ''), index_attempts FROM documents WHERE id = {doc_id}"
+    )
+    return indexed in (True, "t"), failed in (True, "t"), error, int(attempts)
+
+
+def wait_settled(stack: Any, doc_id: int, timeout: float = SETTLE_S) -> tuple[bool, bool, str, int]:
+    """Poll until the document is indexed or failed; a bounded wait, not a speed assertion."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = document_state(stack, doc_id)
+        if state[0] or state[1]:
+            return state
+        if time.monotonic() > deadline:
+            raise AssertionError(f"document {doc_id} still pending after {timeout} s: {state}")
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def hostile_corpus(config: dict[str, Any]) -> list[tuple[corpus.Hostile, bytes]]:
+    items = corpus.failure_corpus(
+        config["max_unpacked_bytes"],
+        config["pdf_max_stream_bytes"],
+        config["max_text_bytes"],
+        config["pdf_max_objects"],
+    )
+    built = [(item, item.make()) for item in items]
+    for item, data in built:
+        assert len(data) <= config["max_upload_bytes"], f"{item.name} would be refused for its size alone"
+    return built
+
+
+@pytest.fixture(scope="module")
+def worker_before(stack: Any) -> tuple[str, str, str]:
+    return worker_identity(stack)
+
+
+def test_failure_corpus(
+    stack: Any, writer: Api, hostile_corpus: list[tuple[corpus.Hostile, bytes]], worker_before: tuple[str, str, str]
+) -> None:
+    collection = unique("hostile")
+    outcomes: dict[str, str] = {}
+    for item, data in hostile_corpus:
+        response = writer.upload(collection, item.filename, data)
+        if item.upload is not None:
+            assert response.status_code == UPLOAD_REFUSALS[item.upload], (
+                item.name,
+                response.status_code,
+                response.text,
+            )
+            assert response.headers["content-type"].startswith("application/json"), item.name
+            assert response.json()["detail"], item.name
+            outcomes[item.name] = f"{response.status_code}: {response.json()['detail']}"
+        else:
+            assert response.status_code == 201, (item.name, response.status_code, response.text[:300])
+            doc_id = int(response.json()["id"])
+            indexed, failed, error, attempts = wait_settled(stack, doc_id)
+            assert failed and not indexed, (item.name, error)
+            assert re.search(item.extraction, error), (item.name, error)
+            assert attempts >= 1, item.name
+            outcomes[item.name] = f"failed after {attempts}: {error}"
+        # A normal document right after: indexed within the same bound.
+        name, normal = samples.topic_document("txt", salt=f"{item.name}-{unique('n')}")
+        response = writer.upload(collection, name, normal)
+        assert response.status_code == 201, response.text
+        indexed, failed, error, _ = wait_settled(stack, int(response.json()["id"]))
+        assert indexed and not failed, (item.name, "normal document after it", error)
+        assert worker_identity(stack) == worker_before, f"the worker restarted after {item.name}"
+    print("\n".join(f"{name}: {outcome}" for name, outcome in outcomes.items()))
+
+
+def worker_metric(stack: Any, name: str, labels: str) -> float:
+    script = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9100/metrics').read().decode())"
+    text = app_exec(stack, "python3", "-c", script, service=WORKER_SERVICE).stdout
+    match = re.search(rf"^{re.escape(name)}\{{{re.escape(labels)}\}} ([0-9.e+]+)$", text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_an_attempt_is_counted_before_the_work_and_survives_a_killed_worker(stack: Any, writer: Api) -> None:
+    """The worker is killed (SIGKILL from the host) while it extracts a document: the attempt is
+    already committed, nothing else is; after the restart and its backoff the document is indexed
+    on its second attempt."""
+    collection = unique("attempts")
+    response = writer.upload(collection, "drawings.pdf", corpus.pdf_slow_to_extract(text=f"Register {collection}"))
+    assert response.status_code == 201, response.text
+    doc_id = int(response.json()["id"])
+    deadline = time.monotonic() + SETTLE_S
+    while document_state(stack, doc_id)[3] == 0:  # not claimed yet
+        assert time.monotonic() < deadline, "the worker never claimed the document"
+        time.sleep(0.1)
+    restarts, _, pid = worker_identity(stack)
+    os.kill(int(pid), signal.SIGKILL)  # the container's main process: the restart policy brings it back
+    indexed, failed, error, attempts = document_state(stack, doc_id)
+    assert (indexed, failed, error, attempts) == (False, False, "", 1)
+
+    deadline = time.monotonic() + 180
+    while worker_identity(stack)[0] == restarts or not container_healthy(stack):
+        assert time.monotonic() < deadline, "the worker did not come back"
+        time.sleep(1)
+    indexed, failed, error, attempts = wait_settled(stack, doc_id, timeout=120)
+    assert indexed and not failed and attempts == 2, (error, attempts)
+
+
+def set_indexing_color(stack: Any, color: str) -> None:
+    """The blue/green switch's own lever (govstack.operations.indexing_color_set): only the
+    named color's worker indexes."""
+    stack.psql(
+        "INSERT INTO app_state (key, value) VALUES ('indexing_color', "
+        f"{sql_literal(color)}) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
+    )
+
+
+def test_attempts_that_all_ended_without_an_outcome_fail_the_document(
+    stack: Any, writer: Api, config: dict[str, Any]
+) -> None:
+    """As if the worker had died during every attempt: indexing is paused, a document gets
+    index_max_attempts started attempts, indexing resumes, and the next claim fails it (cause
+    attempts) instead of trying once more."""
+    collection = unique("given-up")
+    rows = stack.psql("SELECT value FROM app_state WHERE key = 'indexing_color'")
+    before = worker_metric(stack, "govstack_documents_failed_total", 'cause="attempts"')
+    set_indexing_color(stack, "paused-by-test")
+    try:
+        time.sleep(3)  # the worker finishes what it holds and sees the pause
+        name, data = samples.topic_document("md", salt=collection)
+        response = writer.upload(collection, name, data)
+        assert response.status_code == 201, response.text
+        doc_id = int(response.json()["id"])
+        stack.psql(
+            f"UPDATE documents SET index_attempts = {int(config['index_max_attempts'])},"
+            f" index_error = 'timeout: extraction took longer than 40 s' WHERE id = {doc_id}"
+        )
+    finally:
+        if rows:
+            set_indexing_color(stack, rows[0][0])
+        else:
+            stack.psql("DELETE FROM app_state WHERE key = 'indexing_color'")
+    indexed, failed, error, attempts = wait_settled(stack, doc_id)
+    assert failed and not indexed and attempts == config["index_max_attempts"], (error, attempts)
+    assert error.startswith(f"attempts: {attempts} attempts started and none finished"), error
+    assert error.endswith("last error: timeout: extraction took longer than 40 s"), error
+    assert worker_metric(stack, "govstack_documents_failed_total", 'cause="attempts"') == before + 1
