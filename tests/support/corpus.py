@@ -131,21 +131,6 @@ def billion_laughs_docx() -> bytes:
 # ---------------------------------------------------------------------------------------------
 # PDF
 # ---------------------------------------------------------------------------------------------
-def _pdf(objects: list[bytes]) -> bytes:
-    """Objects numbered from 1 (1 = catalog), a classic xref table, trailer, %%EOF."""
-    out = io.BytesIO()
-    out.write(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")
-    offsets = []
-    for number, body in enumerate(objects, start=1):
-        offsets.append(out.tell())
-        out.write(b"%d 0 obj\n" % number + body + b"\nendobj\n")
-    xref = out.tell()
-    out.write(b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1))
-    out.write(b"".join(b"%010d 00000 n \n" % off for off in offsets))
-    out.write(b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref))
-    return out.getvalue()
-
-
 def pdf_flate_bomb(inflated: int) -> bytes:
     """A one-page PDF whose text content stream is FlateDecode of a text operator and then
     `inflated` bytes of spaces (valid content-stream whitespace), about 1000:1."""
@@ -154,7 +139,7 @@ def pdf_flate_bomb(inflated: int) -> bytes:
     block = b" " * MiB
     parts += [compressor.compress(block[: min(MiB, inflated - done)]) for done in range(0, inflated, MiB)]
     stream = b"".join(parts) + compressor.flush()
-    return _pdf(
+    return samples.pdf_from_objects(
         [
             b"<< /Type /Catalog /Pages 2 0 R >>",
             b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
@@ -173,7 +158,7 @@ def pdf_many_objects(count: int = 1_000_000) -> bytes:
         b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
         b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] >>",
     ]
-    return _pdf(head + [b"null"] * count)
+    return samples.pdf_from_objects(head + [b"null"] * count)
 
 
 def pdf_slow_to_extract(pages: int = 100, drawing_ops: int = 4000, text: str = "Drawing register") -> bytes:
@@ -195,7 +180,7 @@ def pdf_slow_to_extract(pages: int = 100, drawing_ops: int = 4000, text: str = "
             b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents %d 0 R"
             b" /Resources << /Font << /F1 5 0 R >> >> >>" % (3 if i == 0 else 4)
         )
-    return _pdf(objects)
+    return samples.pdf_from_objects(objects)
 
 
 def truncated_pdf() -> bytes:

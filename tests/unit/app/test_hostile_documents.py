@@ -299,24 +299,21 @@ def _then_normal_works(box: Sandbox, tmp_path: Path) -> None:
     assert box.extract_chunks(path, content_type) == extract_chunks(data, content_type, SLOW_LIMITS)
 
 
-def test_cpu_cap(slow_pdf: str, tmp_path: Path) -> None:
-    box = _box(cpu_seconds=1)
+@pytest.mark.parametrize(
+    ("caps", "cause", "permanent", "message"),
+    [
+        ({"cpu_seconds": 1}, "cpu_time", True, "more than 1 s of CPU time"),
+        ({"timeout_seconds": 0.5}, "timeout", False, "longer than 0.5 s (wall clock)"),
+    ],
+    ids=["cpu", "wall-clock"],
+)
+def test_time_caps(slow_pdf: str, tmp_path: Path, caps: dict, cause: str, permanent: bool, message: str) -> None:
+    box = _box(**caps)
     try:
         with pytest.raises(SandboxFailure) as caught:
             box.extract_chunks(slow_pdf, APPLICATION_PDF)
-        assert (caught.value.cause, caught.value.permanent) == ("cpu_time", True)
-        assert "1 s of CPU time" in str(caught.value)
-        _then_normal_works(box, tmp_path)
-    finally:
-        box.close()
-
-
-def test_wall_clock_cap(slow_pdf: str, tmp_path: Path) -> None:
-    box = _box(timeout_seconds=0.5)
-    try:
-        with pytest.raises(SandboxFailure) as caught:
-            box.extract_chunks(slow_pdf, APPLICATION_PDF)
-        assert (caught.value.cause, caught.value.permanent) == ("timeout", False)
+        assert (caught.value.cause, caught.value.permanent) == (cause, permanent)
+        assert message in str(caught.value)
         _then_normal_works(box, tmp_path)
     finally:
         box.close()
