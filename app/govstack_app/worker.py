@@ -137,8 +137,7 @@ def run_worker(settings: Settings) -> int:
     if settings.migrate_on_start:
         migrate(settings)
     svc = build_services(settings, pool_max=3)
-    sandbox = sandbox_for(svc)
-    sandbox.warm_up()  # the forkserver imports and warms the parsers now, not on the first document
+    sandbox_for(svc).warm_up()  # the forkserver imports and warms the parsers now, not on the first document
     worker = Worker(svc)
     signal.signal(signal.SIGTERM, worker.request_stop)
     signal.signal(signal.SIGINT, worker.request_stop)
@@ -150,7 +149,6 @@ def run_worker(settings: Settings) -> int:
     try:
         worker.run()
     finally:
-        sandbox.close()
         svc.close()
     return 0
 

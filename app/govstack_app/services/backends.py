@@ -35,6 +35,9 @@ class Services:
         self.queries = QueryEmbeddingCache(self.embedder)
 
     def close(self) -> None:
+        sandbox = self.extras.pop("sandbox", None)  # services.indexing.sandbox_for
+        if sandbox is not None:
+            sandbox.close()
         self.pool.close()
         self.chroma.close()
 
