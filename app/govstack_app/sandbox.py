@@ -19,14 +19,18 @@ gets no way to run code in the worker.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import multiprocessing.connection
 import os
 import resource
 import signal
+import sys
 import threading
 import time
+import types
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -153,6 +157,20 @@ def _child_main(
 # ---------------------------------------------------------------------------------------------
 # the parent
 # ---------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _bare_main_module() -> Iterator[None]:
+    """multiprocessing makes each child re-run the parent's __main__ (the console script, a
+    script read from stdin, pytest...), which a child of the sandbox never needs: it runs
+    govstack_app.sandbox._child_main. While a child starts, __main__ is a bare module, so
+    nothing of the parent's entry point is re-run (and a `python3 -` parent works at all)."""
+    real = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = real
+
+
 @dataclass
 class _Child:
     process: Any  # multiprocessing.context.ForkServerProcess
@@ -181,9 +199,7 @@ class Sandbox:
         self.limits = limits
         self.jobs_per_child = jobs_per_child
         self._ctx = multiprocessing.get_context("forkserver")
-        # "__main__" first: the forkserver imports the entry point once, and children find it
-        # there instead of re-running it.
-        self._ctx.set_forkserver_preload(["__main__", *PRELOAD])
+        self._ctx.set_forkserver_preload(PRELOAD)
         self._child: _Child | None = None
         self._lock = threading.Lock()
         self._result_cap = 3 * limits.max_text + (1 << 20)
@@ -194,7 +210,8 @@ class Sandbox:
         job_r, job_w = self._ctx.Pipe(duplex=False)
         result_r, result_w = self._ctx.Pipe(duplex=False)
         process = self._ctx.Process(target=_child_main, args=(job_r, result_w), name="govstack-extract", daemon=True)
-        process.start()
+        with _bare_main_module():
+            process.start()
         job_r.close()
         result_w.close()
         self.children_started += 1

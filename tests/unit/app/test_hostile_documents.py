@@ -7,11 +7,14 @@ from __future__ import annotations
 import errno
 import http.server
 import io
+import json
 import os
 import random
 import signal
 import string
 import struct
+import subprocess
+import sys
 import threading
 import time
 import zipfile
@@ -499,3 +502,21 @@ def test_upload_checks_never_hold_the_file(kind: str, tmp_path: Path) -> None:
         finally:
             tracemalloc.stop()
     assert peak < 4 * MiB, f"{kind}: peak {peak} bytes"
+
+
+def test_the_sandbox_works_whatever_the_parent_runs_as_main(tmp_path: Path) -> None:
+    """A parent read from stdin (`python3 -`, as the e2e tests drive the app's container) has a
+    __main__ no child could re-run: the children never see it."""
+    path, content_type, data = normal_document(tmp_path)
+    script = (
+        "import json, sys\n"
+        f"sys.path.insert(0, {str(Path(sandbox_module.__file__).parents[1])!r})\n"
+        "from govstack_app.extract import ExtractionLimits\n"
+        "from govstack_app.sandbox import Sandbox, SandboxLimits\n"
+        f"box = Sandbox(SandboxLimits(256 << 20, 20, 60.0), ExtractionLimits(**{LIMITS.as_dict()!r}))\n"
+        f"print(json.dumps([c.text for c in box.extract_chunks({path!r}, {content_type!r})]))\n"
+        "box.close()\n"
+    )
+    result = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [c.text for c in extract_chunks(data, content_type, LIMITS)]
