@@ -159,9 +159,9 @@ def sniff(data: bytes, filename: str = "") -> str:
     return sniff_file(io.BytesIO(data), filename)
 
 
-def sniff_file(f: BinaryIO, filename: str = "") -> str:
-    """sniff() for a seekable file (the upload spool): reads the head, the zip directory or,
-    for text, one streaming decode."""
+def sniff_file(f: BinaryIO, filename: str = "", zip_limits: safezip.ZipLimits | None = None) -> str:
+    """sniff() for a seekable file (the upload spool): reads the head, the zip directory (within
+    `zip_limits`' entry count) or, for text, one streaming decode."""
     f.seek(0)
     head = f.read(8192)
     if not head:
@@ -170,7 +170,7 @@ def sniff_file(f: BinaryIO, filename: str = "") -> str:
         return APPLICATION_PDF
     if head.startswith(b"PK\x03\x04"):
         try:
-            with safezip.open_bounded(f, _SNIFF_ZIP_LIMITS) as zf:
+            with safezip.open_bounded(f, zip_limits or _SNIFF_ZIP_LIMITS) as zf:
                 names = set(zf.namelist())
         except safezip.ZipRuleError as exc:
             if exc.kind == "too_large":
@@ -197,8 +197,9 @@ def sniff_file(f: BinaryIO, filename: str = "") -> str:
     return TEXT_PLAIN
 
 
-# Sniffing only needs the entry names; the real caps come with check_upload/extract.
-_SNIFF_ZIP_LIMITS = safezip.ZipLimits(max_entries=100_000, max_unpacked=1 << 62, max_ratio=1 << 30)
+# Sniffing needs only the entry names; the other caps come with check_upload/extract. The entry
+# count bounds what zipfile parses (and holds) to list them.
+_SNIFF_ZIP_LIMITS = safezip.ZipLimits(max_entries=10_000, max_unpacked=1 << 62, max_ratio=1 << 30)
 
 
 def _count_token(f: BinaryIO, token: bytes) -> int:

@@ -48,8 +48,9 @@ def receive_upload(fileobj: BinaryIO, filename: str | None, settings: Settings) 
         h.update(block)
     safe_name = sanitize_filename(filename)
     # Both read the spool file in chunks (head, tail, zip directory, one streaming pass).
-    ctype = sniff_file(fileobj, safe_name)
-    check_upload(fileobj, ctype, ExtractionLimits.from_settings(settings))
+    limits = ExtractionLimits.from_settings(settings)
+    ctype = sniff_file(fileobj, safe_name, limits.zip)
+    check_upload(fileobj, ctype, limits)
     return ReceivedFile(size=size, sha256=h.hexdigest(), content_type=ctype, filename=safe_name)
 
 

@@ -138,6 +138,8 @@ def test_entry_count_is_capped_from_the_end_record() -> None:
     archive = _zip({f"word/part{i}.xml": b"<a/>" for i in range(101)})
     with pytest.raises(safezip.ZipRuleError, match="101 entries"):
         safezip.open_bounded(io.BytesIO(archive), LIMITS.zip)
+    with pytest.raises(TooLarge, match="101 entries"):  # as the upload meets it: while sniffing
+        sniff_file(io.BytesIO(archive), "many.docx", LIMITS.zip)
 
 
 def test_a_directory_larger_than_its_declared_count_allows_is_refused() -> None:
