@@ -290,8 +290,6 @@ class Sandbox:
                     permanent=False,
                 )
             ready = multiprocessing.connection.wait([child.result, child.process.sentinel], min(remaining, 1.0))
-            if stop is not None and stop.is_set():
-                raise ExtractionInterrupted("the worker is stopping")
             if child.result in ready or (ready and child.result.poll(0)):
                 try:
                     return child.result.recv_bytes(self._result_cap)
@@ -304,6 +302,8 @@ class Sandbox:
             if child.process.sentinel in ready or not child.process.is_alive():
                 child.process.join(JOIN_GRACE_S)
                 raise self._death(child.process.exitcode)
+            if stop is not None and stop.is_set():
+                raise ExtractionInterrupted("the worker is stopping")
 
     def _death(self, exitcode: int | None) -> SandboxFailure:
         memory = f"{self.sandbox.memory_bytes // (1 << 20)} MiB"
