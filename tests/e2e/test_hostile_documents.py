@@ -10,6 +10,7 @@ The corpus is sized from the deployed limits (`govstack-app config`), generated 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -194,3 +195,81 @@ def test_attempts_that_all_ended_without_an_outcome_fail_the_document(
     assert error.startswith(f"attempts: {attempts} attempts started and none finished"), error
     assert error.endswith("last error: timeout: extraction took longer than 40 s"), error
     assert worker_metric(stack, "govstack_documents_failed_total", 'cause="attempts"') == before + 1
+
+
+# Runs in the API container against the app itself (nginx streams uploads through unbuffered, but
+# its per-client upload rate would space the connections out): every slot is taken by an upload
+# whose body never finishes, plus one more. Parameters come on stdin, the verdict on stdout.
+SPOOL_PROBE = r"""
+import json, os, select, socket, sys, time
+from govstack_app.settings import Settings
+
+params = json.load(sys.stdin)
+settings = Settings()
+slots = settings.max_concurrent_uploads
+boundary = "govstack-spool-probe"
+part = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="held.txt"\r\n'
+        'Content-Type: text/plain\r\n\r\n').encode()
+declared = len(part) + (1 << 20) + len(f"\r\n--{boundary}--\r\n")
+head = (f"POST /api/v1/collections/{params['collection']}/documents HTTP/1.1\r\nHost: app\r\n"
+        f"X-API-Key: {params['key']}\r\nContent-Type: multipart/form-data; boundary={boundary}\r\n"
+        f"Content-Length: {declared}\r\n\r\n").encode()
+conns = []
+for _ in range(slots + 1):
+    conn = socket.create_connection(("127.0.0.1", 8000), timeout=30)
+    conn.sendall(head + part + b"x" * 65536)  # a body that never finishes: the slot stays taken
+    conns.append(conn)
+answers = {}
+deadline = time.monotonic() + 30
+while time.monotonic() < deadline:
+    ready, _, _ = select.select([c for c in conns if c not in answers], [], [], 1)
+    for conn in ready:
+        answer = b""
+        while chunk := conn.recv(65536):  # the refusal closes the connection (its body was never read)
+            answer += chunk
+        answers[conn] = answer.decode(errors="replace")
+    if answers and not ready:
+        break  # one quiet second after the first answer: the held uploads are still waiting
+spool = os.statvfs("/tmp")
+print(json.dumps({
+    "slots": slots,
+    "slot_bytes": settings.upload_slot_bytes,
+    "spool_bytes": spool.f_blocks * spool.f_frsize,
+    "answers": list(answers.values()),
+}))
+for conn in conns:
+    conn.close()
+"""
+
+
+def test_uploads_beyond_the_spool_are_refused_with_503_and_give_their_slots_back(stack: Any, writer: Api) -> None:
+    """Every upload slot held by an upload whose body has not finished, plus one more: only that
+    one is answered, 503 with Retry-After and a JSON reason, before its body is read; the /tmp
+    tmpfs holds every admitted upload at its limit. Once the held uploads go away, uploads are
+    admitted again."""
+    collection = unique("spool")
+    probe = app_exec(
+        stack,
+        "python3",
+        "-c",
+        SPOOL_PROBE,
+        input=json.dumps({"collection": collection, "key": writer.key}),
+        timeout=90,
+    )
+    result = json.loads(probe.stdout.strip().splitlines()[-1])
+    assert result["slots"] >= 1
+    assert result["spool_bytes"] >= result["slots"] * result["slot_bytes"], result
+    assert len(result["answers"]) == 1, result["answers"]
+    head, _, body = result["answers"][0].partition("\r\n\r\n")
+    status, *header_lines = head.split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in header_lines)
+    assert status.startswith("HTTP/1.1 503"), head
+    assert headers["retry-after"].isdigit(), head
+    assert "too many uploads in progress" in json.loads(body)["detail"], body
+
+    name, data = samples.topic_document("txt", salt=collection)
+    deadline = time.monotonic() + SETTLE_S  # the app sees the held uploads' disconnects
+    while (response := writer.upload(collection, name, data)).status_code == 503:
+        assert time.monotonic() < deadline, response.text
+        time.sleep(1)
+    assert response.status_code == 201, response.text
