@@ -12,7 +12,7 @@ lock, and writes only rows (INSERT into collections, documents, audit_logs), as 
 
 from __future__ import annotations
 
-import hashlib
+import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,7 +21,7 @@ import psycopg
 import structlog
 
 from .. import metrics
-from ..extract import ExtractionError, sniff
+from ..extract import ExtractionError, sniff_file
 from ..faults import fault_point
 from ..quarantine import (
     CannotAdopt,
@@ -256,13 +256,17 @@ def _adopt_one(
         conn.rollback()
     name, known_by = collection_of(original, meta, when, collections, override)
     filename = filename_of(original, meta)
-    data = svc.store.get_bytes(source)
-    digest = hashlib.sha256(data).hexdigest()
-    if meta.get("sha256") and meta["sha256"] != digest:
-        raise CannotAdopt(f"{source}: its bytes do not match the sha256 the upload recorded; left as it is")
-    content_type = sniff(data, filename)
+    # Streamed to a spool file, as the worker reads documents: an object is never held whole.
+    with tempfile.TemporaryFile(prefix="govstack-adopt-") as spool:
+        try:
+            size, digest = svc.store.download(source, spool, svc.settings.max_upload_bytes)
+        except ValueError as exc:
+            raise CannotAdopt(f"{exc}: larger than any upload; left as it is") from None
+        if meta.get("sha256") and meta["sha256"] != digest:
+            raise CannotAdopt(f"{source}: its bytes do not match the sha256 the upload recorded; left as it is")
+        content_type = sniff_file(spool, filename)
     plan = {"key": original, "source": source, "collection": name, "collection_known_by": known_by,
-            "filename": filename, "content_type": content_type, "size": len(data), "sha256": digest}
+            "filename": filename, "content_type": content_type, "size": size, "sha256": digest}
     if dry_run:
         return {**plan, "would_adopt": True}
     copied_back = False
@@ -275,7 +279,7 @@ def _adopt_one(
         row = conn.execute(
             "INSERT INTO documents (filename, object_name, content_type, size, sha256, collection_id, created_by)"
             " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING id",
-            (filename, original, content_type, len(data), digest, coll["id"], f"reconcile:{actor}"),
+            (filename, original, content_type, size, digest, coll["id"], f"reconcile:{actor}"),
         ).fetchone()
         if row is None:
             conn.rollback()
