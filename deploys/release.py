@@ -23,6 +23,7 @@ import os
 from io import StringIO
 
 from pyinfra import host, inventory, logger
+from pyinfra.facts.files import File
 from pyinfra.operations import files, python
 
 from deploys import app, images
@@ -46,6 +47,7 @@ from govstack.render import (
 )
 from govstack.role_operations import all_hosts_reached, app_color_stopped, edge_drained
 from govstack.roles import TopologyError, is_first_app_host, plan_fields
+from govstack.secrets import secret_path
 from govstack.settings import SettingsError, settings_for_host
 
 faults.die_with_controller()
@@ -78,6 +80,17 @@ s = settings
 # all of them at the first failure), so every app host is ready before the
 # edge switches, once.
 is_app, is_edge, is_data = (after.has_role(role) for role in ("app", "edge", "data"))
+
+# A release renders and migrates with this bundle's secrets but, unlike `up`,
+# creates none: on a stack set up by an older bundle (before the schema owner
+# role, say) it would move ownership and then fail at migrations, leaving the
+# serving color unable to restart. Stop before any change instead.
+missing_secrets = [name for name in after.secret_names
+                   if host.get_fact(File, path=secret_path(s, name)) is None]
+if missing_secrets:
+    logger.error(f"govstack: {host.name}: secret {', '.join(missing_secrets)} missing under {s.secrets_dir} "
+                 "(this stack predates this version of govstack); run `govstack up` first, then deploy")
+    raise SystemExit(2)
 
 
 def step(done: str) -> None:
