@@ -15,6 +15,7 @@ from .http_errors import install_exception_handlers
 from .middleware import RequestContextMiddleware
 from .routers import collections, documents, keys, ops, search
 from .services.backends import Services, build_services
+from .services.keys import lookup_api_key
 from .settings import Settings
 from .upload_admission import UploadAdmissionMiddleware, UploadSlots
 
@@ -58,7 +59,13 @@ def create_app(settings: Settings, svc: Services | None = None, *, run_migration
         lifespan=lifespan(settings, svc, settings.migrate_on_start if run_migrations is None else run_migrations),
     )
     app.state.settings = settings
-    app.add_middleware(UploadAdmissionMiddleware, slots=UploadSlots(settings.max_concurrent_uploads))
+
+    def key_role(key: str) -> str | None:
+        row = lookup_api_key(app.state.services.pool, key)
+        return None if row is None else row["role"]
+
+    app.add_middleware(UploadAdmissionMiddleware, slots=UploadSlots(settings.max_concurrent_uploads),
+                       key_role=key_role)
     app.add_middleware(RequestContextMiddleware, max_body=settings.upload_slot_bytes, color=settings.app_color)
     install_exception_handlers(app)
     for module in (ops, documents, collections, search, keys):  # this order is the OpenAPI's

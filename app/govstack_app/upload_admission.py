@@ -4,17 +4,24 @@ uploads are admitted at once; one more is answered 503 with a JSON reason and Re
 a byte of its body is read. The spool can then never fill.
 
 A pure ASGI middleware: it must act before Starlette parses (and spools) the multipart body,
-which happens before any endpoint or dependency runs.
+which happens before any endpoint or dependency runs. For the same reason it authenticates the
+upload first (the same 401/403 answers as the endpoint's own dependency): otherwise anonymous
+clients with bodies that never finish could hold every slot.
 """
 
 from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Callable
 
+import anyio
+from starlette.datastructures import Headers
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .http_errors import error_response
+from .security import role_allows
 
 UPLOAD_PATH = re.compile(r"^/api/v1/collections/[^/]+/documents/?$")
 RETRY_AFTER_S = 5
@@ -42,14 +49,38 @@ class UploadSlots:
             self.in_flight -= 1
 
 
+UPLOADS_NEED_ROLE = "writer"
+
+
 class UploadAdmissionMiddleware:
-    def __init__(self, app: ASGIApp, slots: UploadSlots) -> None:
+    """``key_role(key)``: the role of the active API key, or None (a blocking call: run in a thread)."""
+
+    def __init__(self, app: ASGIApp, slots: UploadSlots, key_role: Callable[[str], str | None]) -> None:
         self.app = app
         self.slots = slots
+        self.key_role = key_role
+
+    async def _refusal_before_the_body(self, scope: Scope) -> Response | None:
+        # Connection: close: the body was never read, so the connection cannot carry another request.
+        key = Headers(scope=scope).get("x-api-key")
+        if not key:
+            return error_response(401, "missing API key (X-API-Key header)",
+                                  {"WWW-Authenticate": "ApiKey", "Connection": "close"})
+        role = await anyio.to_thread.run_sync(self.key_role, key)
+        if role is None:
+            return error_response(401, "invalid API key", {"WWW-Authenticate": "ApiKey", "Connection": "close"})
+        if not role_allows(role, UPLOADS_NEED_ROLE):
+            return error_response(403, f"role {role!r} may not do this (needs {UPLOADS_NEED_ROLE!r})",
+                                  {"Connection": "close"})
+        return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or not UPLOAD_PATH.match(scope["path"]):
             await self.app(scope, receive, send)
+            return
+        refusal = await self._refusal_before_the_body(scope)
+        if refusal is not None:
+            await refusal(scope, receive, send)
             return
         if not self.slots.try_take():
             refusal = error_response(

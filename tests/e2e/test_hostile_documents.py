@@ -212,7 +212,8 @@ part = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename=
         'Content-Type: text/plain\r\n\r\n').encode()
 declared = len(part) + (1 << 20) + len(f"\r\n--{boundary}--\r\n")
 head = (f"POST /api/v1/collections/{params['collection']}/documents HTTP/1.1\r\nHost: app\r\n"
-        f"X-API-Key: {params['key']}\r\nContent-Type: multipart/form-data; boundary={boundary}\r\n"
+        + (f"X-API-Key: {params['key']}\r\n" if params["key"] else "")
+        + f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
         f"Content-Length: {declared}\r\n\r\n").encode()
 conns = []
 for _ in range(slots + 1):
@@ -273,3 +274,21 @@ def test_uploads_beyond_the_spool_are_refused_with_503_and_give_their_slots_back
         assert time.monotonic() < deadline, response.text
         time.sleep(1)
     assert response.status_code == 201, response.text
+
+
+@pytest.mark.parametrize("key", [None, "gsk_not_a_key_0123456789abcdef"], ids=["anonymous", "invalid-key"])
+def test_uploads_without_a_valid_key_never_hold_a_spool_slot(stack: Any, key: str | None) -> None:
+    """The spool's slots go only to keys that may upload: slots + 1 anonymous (or wrong-key)
+    uploads whose bodies never finish are all answered 401 at once, none is held."""
+    probe = app_exec(
+        stack,
+        "python3",
+        "-c",
+        SPOOL_PROBE,
+        input=json.dumps({"collection": unique("spool"), "key": key}),
+        timeout=90,
+    )
+    result = json.loads(probe.stdout.strip().splitlines()[-1])
+    assert len(result["answers"]) == result["slots"] + 1, result["answers"]
+    for answer in result["answers"]:
+        assert answer.startswith("HTTP/1.1 401"), answer[:200]
