@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .http_errors import error_response
 from .security import role_allows
+from .services.errors import AppError
 
 UPLOAD_PATH = re.compile(r"^/api/v1/collections/[^/]+/documents/?$")
 RETRY_AFTER_S = 5
@@ -66,7 +67,10 @@ class UploadAdmissionMiddleware:
         if not key:
             return error_response(401, "missing API key (X-API-Key header)",
                                   {"WWW-Authenticate": "ApiKey", "Connection": "close"})
-        role = await anyio.to_thread.run_sync(self.key_role, key)
+        try:
+            role = await anyio.to_thread.run_sync(self.key_role, key)
+        except AppError as exc:  # Postgres unavailable: the answer the endpoint would give (503 naming it)
+            return error_response(exc.status, exc.detail, {"Connection": "close"})
         if role is None:
             return error_response(401, "invalid API key", {"WWW-Authenticate": "ApiKey", "Connection": "close"})
         if not role_allows(role, UPLOADS_NEED_ROLE):

@@ -10,10 +10,17 @@ import asyncio
 import httpx
 from fastapi import FastAPI, File, UploadFile
 from govstack_app.middleware import RequestContextMiddleware
+from govstack_app.services.errors import Unavailable
 from govstack_app.upload_admission import UploadAdmissionMiddleware, UploadSlots
 
 ROLES = {"writer-key": "writer", "reader-key": "reader"}
 WRITER = {"X-API-Key": "writer-key"}
+
+
+def key_role(key: str) -> str | None:
+    if key == "while-postgres-is-down":
+        raise Unavailable("postgres", "postgres is unavailable: connection refused")
+    return ROLES.get(key)
 
 
 def make_app(slots: UploadSlots, gate: asyncio.Event, entered: asyncio.Event) -> FastAPI:
@@ -31,7 +38,7 @@ def make_app(slots: UploadSlots, gate: asyncio.Event, entered: asyncio.Event) ->
     async def search() -> dict:
         return {"results": []}
 
-    app.add_middleware(UploadAdmissionMiddleware, slots=slots, key_role=ROLES.get)
+    app.add_middleware(UploadAdmissionMiddleware, slots=slots, key_role=key_role)
     app.add_middleware(RequestContextMiddleware, max_body=1 << 20)  # outermost, as in create_app
     return app
 
@@ -83,6 +90,7 @@ async def unauthorised_scenario() -> None:
             ({}, 401, "missing API key (X-API-Key header)"),
             ({"X-API-Key": "nobody"}, 401, "invalid API key"),
             ({"X-API-Key": "reader-key"}, 403, "role 'reader' may not do this (needs 'writer')"),
+            ({"X-API-Key": "while-postgres-is-down"}, 503, "postgres is unavailable: connection refused"),
         ]:
             refused = await client.post("/api/v1/collections/c/documents", files=files, headers=headers)
             assert (refused.status_code, refused.json()["detail"]) == (status, detail)
