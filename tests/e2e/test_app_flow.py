@@ -260,7 +260,8 @@ result = {}
 def upload(coll, name, data):
     return upload_document(svc, UploadRequest(
         collection=coll, fileobj=io.BytesIO(data), size=len(data), sha256=hashlib.sha256(data).hexdigest(),
-        content_type="text/plain", filename=name, api_key_name="e2e-openai", created_by="e2e-openai"))
+        content_type="text/plain", filename=name, api_key_name="e2e-openai", created_by="e2e-openai",
+        may_create_collection=True))
 
 try:
     upload(existing, "other-model.txt", b"a document for a collection of another model")

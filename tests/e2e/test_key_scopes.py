@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import run_govstack
-from tests.e2e.test_app_support import Api, app_exec, unique
+from tests.e2e.test_app_support import Api, unique
 
 DOCS = "/api/v1/collections/{}/documents"
 
@@ -99,10 +99,10 @@ def test_rotating_a_key_keeps_its_role_and_scope_and_retires_the_old_secret(stac
 
 
 def _restart_path(stack: Any) -> None:
-    """What an app start does to keys (migrations, then the bootstrap key from the secret file), in
-    the running API container: that one still sees the secret file as it was when it was created
-    (Compose's file secret is a bind mount of the inode the rotation replaced), the worst case."""
-    app_exec(stack, "govstack-app", "migrate", timeout=120)
+    """What a deploy or restart does to keys: the one-off migrate service (the schema owner's;
+    the app's own role may not migrate) applies migrations, then the bootstrap key from the
+    secret file, once per file value."""
+    stack.compose(stack.app_project, "run", "--rm", "-T", "migrate")
 
 
 def _file_key(stack: Any) -> str:
