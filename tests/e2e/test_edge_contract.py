@@ -72,6 +72,11 @@ def schemathesis_config(stack: Any, key: str, report: Path, upload_operation_id:
         "[[operations]]",
         f"include-operation-id = {_toml(upload_operation_id)}",
         f"rate-limit = {_toml(f'{edge.upload_key_rate_per_s}/s')}",
+        # multipart/form-data carries no types: an "integer" file part or a "boolean" created_by
+        # arrives as its text, which is a valid value, and schemathesis calls the 201 a
+        # schema-violating request accepted (seen once in ~400 fuzzed uploads). Every other check
+        # still runs on the upload.
+        "checks.negative_data_rejection.enabled = false",
     ]
     return "\n".join(lines) + "\n"
 
