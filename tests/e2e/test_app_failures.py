@@ -144,10 +144,16 @@ def test_worker_killed_mid_batch_resumes_and_indexes_each_document_once(
 ) -> None:
     worker = stack.service_container(WORKER_SERVICE)
     ids = []
-    for i in range(8):
-        r = writer.upload(collection, f"permit-{i}.pdf", long_pdf(f"{collection}-{i}", pages=4))
-        assert r.status_code == 201, r.text
-        ids.append(r.json()["id"])
+    # Frozen while the batch arrives: uploads are spaced by the edge's per-key upload rate, and
+    # the worker (ONNX embeddings) used to index them as fast as they came, leaving no batch to cut.
+    docker("pause", worker)
+    try:
+        for i in range(8):
+            r = writer.upload(collection, f"permit-{i}.pdf", long_pdf(f"{collection}-{i}", pages=4))
+            assert r.status_code == 201, r.text
+            ids.append(r.json()["id"])
+    finally:
+        docker("unpause", worker)
     id_list = ",".join(map(str, ids))
 
     # kill (SIGKILL, no goodbye) once some but not all are indexed
