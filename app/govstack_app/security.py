@@ -45,6 +45,19 @@ def role_allows(role: str, required: str) -> bool:
     return role in _RANK and _RANK[role] >= _RANK[required]
 
 
+def key_refusal(key: str | None, role: str | None, required: str) -> tuple[int, str] | None:
+    """Why a request with this API key (and the role it was found with, None: no active key) may
+    not do what needs ``required``: (status, detail), or None. The one wording of the endpoints'
+    dependency and of the upload admission, which must answer before the body is read."""
+    if not key:
+        return 401, "missing API key (X-API-Key header)"
+    if role is None:
+        return 401, "invalid API key"
+    if not role_allows(role, required):
+        return 403, f"role {role!r} may not do this (needs {required!r})"
+    return None
+
+
 def scope_allows(collections: frozenset[str] | None, collection: str) -> bool:
     """A key's scope: None reaches every collection, a set only those."""
     return collections is None or collection in collections

@@ -21,7 +21,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .http_errors import error_response
-from .security import role_allows
+from .security import key_refusal
 from .services.errors import AppError
 
 UPLOAD_PATH = re.compile(r"^/api/v1/collections/[^/]+/documents/?$")
@@ -64,19 +64,18 @@ class UploadAdmissionMiddleware:
     async def _refusal_before_the_body(self, scope: Scope) -> Response | None:
         # Connection: close: the body was never read, so the connection cannot carry another request.
         key = Headers(scope=scope).get("x-api-key")
-        if not key:
-            return error_response(401, "missing API key (X-API-Key header)",
-                                  {"WWW-Authenticate": "ApiKey", "Connection": "close"})
-        try:
-            role = await anyio.to_thread.run_sync(self.key_role, key)
-        except AppError as exc:  # Postgres unavailable: the answer the endpoint would give (503 naming it)
-            return error_response(exc.status, exc.detail, {"Connection": "close"})
-        if role is None:
-            return error_response(401, "invalid API key", {"WWW-Authenticate": "ApiKey", "Connection": "close"})
-        if not role_allows(role, UPLOADS_NEED_ROLE):
-            return error_response(403, f"role {role!r} may not do this (needs {UPLOADS_NEED_ROLE!r})",
-                                  {"Connection": "close"})
-        return None
+        role = None
+        if key:
+            try:
+                role = await anyio.to_thread.run_sync(self.key_role, key)
+            except AppError as exc:  # Postgres unavailable: the answer the endpoint would give (503 naming it)
+                return error_response(exc.status, exc.detail, {"Connection": "close"})
+        refusal = key_refusal(key, role, UPLOADS_NEED_ROLE)
+        if refusal is None:
+            return None
+        status, detail = refusal
+        return error_response(status, detail, {"WWW-Authenticate": "ApiKey", "Connection": "close"}
+                              if status == 401 else {"Connection": "close"})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or not UPLOAD_PATH.match(scope["path"]):

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from ..http_errors import HTTPError
 from ..schemas import CollectionPath
-from ..security import CREATES_COLLECTIONS, role_allows, scope_allows
+from ..security import CREATES_COLLECTIONS, key_refusal, role_allows, scope_allows
 from ..services.backends import Services
 from ..services.keys import lookup_api_key
 from ..settings import Settings
@@ -64,18 +64,15 @@ def require(role: str):  # noqa: ANN201 - FastAPI dependency factory
         request: Request,
         key: Annotated[str | None, Security(api_key_header)] = None,
     ) -> Principal:
-        if not key:
-            raise HTTPError(401, "missing API key (X-API-Key header)", {"WWW-Authenticate": "ApiKey"})
-        row = lookup_api_key(services(request).pool, key)
-        if row is None:
-            raise HTTPError(401, "invalid API key", {"WWW-Authenticate": "ApiKey"})
+        row = lookup_api_key(services(request).pool, key) if key else None
+        if row is not None:
+            structlog.contextvars.bind_contextvars(api_key_name=row["name"])
+        refusal = key_refusal(key, None if row is None else row["role"], role)
+        if refusal is not None:
+            status, detail = refusal
+            raise HTTPError(status, detail, {"WWW-Authenticate": "ApiKey"} if status == 401 else None)
         scope = row["collections"]
-        principal = Principal(name=row["name"], role=row["role"],
-                              collections=None if scope is None else frozenset(scope))
-        structlog.contextvars.bind_contextvars(api_key_name=principal.name)
-        if not role_allows(principal.role, role):
-            raise HTTPError(403, f"role {principal.role!r} may not do this (needs {role!r})")
-        return principal
+        return Principal(name=row["name"], role=row["role"], collections=None if scope is None else frozenset(scope))
 
     return dependency
 
