@@ -67,13 +67,12 @@ if settings.images.lane == "offline":
     images.build_offline_images(plan)
 stack.create_stack_directories(plan)
 stack.ensure_secrets(plan, secret_values)
-if plan.has_role("edge"):
-    stack.ensure_edge_certificate(plan)
+certificate_renewed = plan.has_role("edge") and stack.ensure_edge_certificate(plan)
 stack.render_stack_files(plan)
 if settings.backup.enabled and plan.has_role("data"):
     backup.prepare_backup(plan)
 if plan.has_role("edge"):
-    stack.apply_edge_config(plan)
+    stack.apply_edge_config(plan, certificate_renewed)
 if plan.services:
     stack.start_stack(plan)
 roles_split = app.serving_image_splits_roles(inventory, plan)

@@ -12,6 +12,7 @@ from govstack.operations import (
     compose_project_up,
     file_installed,
     grpc_mtls_material,
+    nginx_certificate_loaded,
     nginx_config_applied,
     path_owned,
     secret_file,
@@ -68,22 +69,27 @@ def ensure_secrets(plan: StackPlan, values: dict[str, str | None]):
         files.file(name=f"No stale secret {path.rsplit('/', 1)[1]}", path=path, present=False)
 
 
+def edge_tls_files(plan: StackPlan) -> str:
+    """Shell glob of the edge certificate and key on the host."""
+    return f"{plan.settings.config_dir}/nginx/tls/tls.*"
+
+
 @deploy("Edge TLS")
-def ensure_edge_certificate(plan: StackPlan):
+def ensure_edge_certificate(plan: StackPlan) -> bool:
+    """The edge certificate and key on the host; True when this deploy renews or replaces them."""
     s = plan.settings
     tls_dir = f"{s.config_dir}/nginx/tls"
     if s.edge.tls_cert_path is None:
-        self_signed_certificate(
+        return self_signed_certificate(
             name=f"Self-signed certificate for {s.edge.hostname}",
             cert_path=f"{tls_dir}/tls.crt",
             key_path=f"{tls_dir}/tls.key",
             hostname=s.edge.hostname,
             key_owner_uid=TLS_KEY_OWNER_UID,
-        )
-        return
+        ).will_change
     # Operator-provided certificate: copied next to the config so nginx (uid
     # 101) can read the key without loosening the original's permissions.
-    for src, dest, mode in ((s.edge.tls_cert_path, "tls.crt", "644"), (s.edge.tls_key_path, "tls.key", "600")):
+    installed = [
         file_installed(
             name=f"Edge {dest} from {src}",
             src=src,
@@ -91,6 +97,9 @@ def ensure_edge_certificate(plan: StackPlan):
             uid=TLS_KEY_OWNER_UID,
             mode=mode,
         )
+        for src, dest, mode in ((s.edge.tls_cert_path, "tls.crt", "644"), (s.edge.tls_key_path, "tls.key", "600"))
+    ]
+    return any(op.will_change for op in installed)
 
 
 @deploy("Stack configuration")
@@ -119,7 +128,7 @@ def start_stack(plan: StackPlan):
 
 
 @deploy("Edge config")
-def apply_edge_config(plan: StackPlan):
+def apply_edge_config(plan: StackPlan, certificate_renewed: bool = False):
     s = plan.settings
     nginx_config_applied(
         name="nginx runs the rendered config (nginx -t, then graceful reload)",
@@ -127,4 +136,12 @@ def apply_edge_config(plan: StackPlan):
         compose_file=s.compose_file,
         candidate=nginx_candidate_path(plan),
         live=nginx_live_path(plan),
+    )
+    nginx_certificate_loaded(
+        name="nginx serves the certificate on disk (nginx -t, then graceful reload)",
+        project=s.project,
+        compose_file=s.compose_file,
+        tls_files=edge_tls_files(plan),
+        stamp=s.paths.edge_tls_loaded_file,
+        renewed=certificate_renewed,
     )

@@ -9,7 +9,7 @@ from io import StringIO
 
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, OperationError, StringCommand, operation
-from pyinfra.facts.files import Directory
+from pyinfra.facts.files import Directory, FileContents
 
 from govstack.commands import (
     app_role_owned_objects_sql,
@@ -470,6 +470,42 @@ def nginx_config_applied(
         # config first and so fails in a container of an older image.
         f"if [ -n \"$({running} 2>/dev/null)\" ]; then "
         f"{compose(project, 'kill', '-s', 'HUP', service, files=compose_file)}; fi"
+    )
+
+
+@operation()
+def nginx_certificate_loaded(
+    project: str, compose_file: str, tls_files: str, stamp: str, renewed: bool = False, service: str = "nginx"
+):
+    """
+    nginx serves the certificate and key on disk: a reload when they differ from
+    the pair it was last loaded with.
+
+    + project, compose_file: the Compose project nginx runs in
+    + tls_files: shell glob of the certificate and key on the host
+    + stamp: file holding the sha256 of the pair nginx loaded
+    + renewed: an earlier operation of this deploy replaces the pair (the facts
+      were read before it runs)
+
+    nginx reads certificates only at start and on reload, so a renewed or
+    swapped file alone changes nothing that clients see. ``nginx -t`` in the
+    running nginx first: a key that does not match its certificate fails the
+    deploy and nginx keeps serving the previous pair. A stopped nginx loads
+    the files when Compose starts it; the stamp is written all the same.
+    """
+    if not renewed and [host.get_fact(FilesDigest, pattern=tls_files)] == host.get_fact(FileContents, path=stamp):
+        host.noop("nginx serves the certificate on disk")
+        return
+    running = compose(project, "ps", "-q", "--status", "running", service, files=compose_file)
+    test = compose_exec(project, compose_file, service, "nginx", "-t", "-q", "-c", NGINX_CONF)
+    digest = FilesDigest().command(tls_files)
+    yield (
+        f"mkdir -p {q(stamp.rsplit('/', 1)[0])} && "
+        f"if [ -n \"$({running} 2>/dev/null)\" ]; then "
+        f"{test} >/dev/null 2>&1 || {{ echo \"govstack: nginx rejects the certificate or key on disk "
+        f"({tls_files}), still serving the previous pair: $({test} 2>&1 | grep -m1 emerg)\" >&2; exit 1; }}; "
+        f"{compose(project, 'kill', '-s', 'HUP', service, files=compose_file)} >/dev/null; fi && "
+        f"{digest} > {q(stamp)}"
     )
 
 

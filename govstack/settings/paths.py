@@ -78,6 +78,12 @@ class StackPaths:
         return f"{self.state_dir}/attempt.json"
 
     @property
+    def edge_tls_loaded_file(self) -> str:
+        """sha256 of the edge certificate and key nginx was last (re)loaded with: a renewed
+        or replaced pair differs from it, and the next `govstack up` reloads nginx."""
+        return f"{self.state_dir}/edge-tls-loaded.sha256"
+
+    @property
     def pre_deploy_copy_file(self) -> str:
         """The backup job's summary of a release's pre-deploy copy (its run id), until the ledger takes it."""
         return f"{self.state_dir}/pre-deploy-copy.json"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import textwrap
 
@@ -60,9 +61,42 @@ def test_second_deploy_changes_nothing_and_recreates_no_container(deployed_stack
     assert container_ids(settings.project) == before
 
 
-def test_up_prints_the_url_and_where_secrets_live_but_no_secret(deployed_stack, settings):
+def served_certificate(settings) -> bytes:
+    import ssl
+
+    pem = ssl.get_server_certificate(("127.0.0.1", settings.edge.https_port), timeout=30)
+    return ssl.PEM_cert_to_DER_cert(pem)
+
+
+def test_up_serves_a_swapped_certificate_and_prints_the_url_but_no_secret(deployed_stack, settings, tmp_path):
+    """A renewed or replaced certificate on disk is what clients get after
+    `govstack up` (nginx reads it only at start or reload). One `up` serves
+    both checks, to keep the shared stack's tier short."""
+    import ssl
+
+    from govstack.operations import sans_for
+    from govstack.secrets import TLS_KEY_OWNER_UID
+
+    tls_dir = f"{settings.config_dir}/nginx/tls"
+    # A new pair with the names `up` wants, so `up` keeps it rather than issuing its own.
+    san = ",".join(name.replace("IP Address:", "IP:") for name in sans_for(settings.edge.hostname))
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-days", "397", "-subj", f"/CN={settings.edge.hostname}", "-addext", f"subjectAltName={san}",
+         "-keyout", str(tmp_path / "tls.key"), "-out", str(tmp_path / "tls.crt")],
+        check=True, capture_output=True,
+    )
+    new = ssl.PEM_cert_to_DER_cert((tmp_path / "tls.crt").read_text())
+    assert served_certificate(settings) != new
+    for name, mode in (("tls.key", 0o600), ("tls.crt", 0o644)):
+        target = f"{tls_dir}/{name}"
+        shutil.copyfile(tmp_path / name, target)
+        os.chown(target, TLS_KEY_OWNER_UID, TLS_KEY_OWNER_UID)
+        os.chmod(target, mode)
+
     result = run_govstack("up", "-i", deployed_stack)
-    assert result.returncode == 0
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert served_certificate(settings) == new
     assert settings.public_url in result.stdout
     assert settings.secrets_dir in result.stdout
     for name in os.listdir(settings.secrets_dir):
