@@ -183,11 +183,12 @@ def history(inventory: str, as_json: bool) -> None:
             else:
                 duration = record.get("duration_s")
                 what = record.get("secret") or record.get("version") or "-"
+                who = record["operator"] + (f" ({record['os_user']})" if record.get("os_user") else "")
                 click.echo(
-                    f"{entry.name}  {record['time']}  {record['operator']:20}  {record['action']:8}  "
+                    f"{entry.name}  {record['time']}  {who:28}  {record['action']:8}  "
                     f"{what:24}  {record['result']:11}  "
                     f"{'-' if duration is None else duration:>6} s  "
-                    f"{record.get('serving') or ''}  {record.get('cause') or ''}".rstrip()
+                    f"{record.get('serving') or ''}  {record.get('cause') or record.get('reason') or ''}".rstrip()
                 )
 
 
@@ -239,7 +240,8 @@ class _SecretGroup(click.Group):
 @click.option("--list", "list_names", is_flag=True, help="list the secret names")
 @click.pass_context
 def secret(ctx: click.Context, list_names: bool) -> None:
-    """List secret names, print one an operator explicitly asks for (NAME), or rotate one (rotate NAME)."""
+    """List secret names, print one an operator explicitly asks for (NAME --reason WHY, recorded in the
+    ledger), or rotate one (rotate NAME)."""
     if ctx.invoked_subcommand is None:
         for spec in sorted(SECRET_SPECS.values(), key=lambda spec: spec.name):
             how = f"rotate: {spec.rotation}" if spec.rotation else ""
@@ -249,8 +251,12 @@ def secret(ctx: click.Context, list_names: bool) -> None:
 @secret.command("show", hidden=True)
 @inventory_option
 @click.option("--host", "host_name", default=None, help="inventory host (default: the only one)")
+@click.option("--reason", required=True,
+              help="why you need it (an incident, a ticket): recorded in the host's ledger with who and from where")
 @click.argument("name")
-def show_secret(inventory: str, host_name: str | None, name: str) -> None:
+def show_secret(inventory: str, host_name: str | None, reason: str, name: str) -> None:
+    if not reason.strip():
+        _fail("--reason must say why the secret is needed", 2)
     if name not in SECRET_SPECS:
         _fail(f"unknown secret {name!r}; `govstack secret --list` shows the names", 2)
     hosts = _hosts(inventory)
@@ -273,10 +279,17 @@ def show_secret(inventory: str, host_name: str | None, name: str) -> None:
         holders = [entry.name for entry in hosts if holds(entry)]
         _fail(f"host {host} does not hold secret {name} (its roles do not read it)"
               + (f"; it is on: {', '.join(holders)}" if holders else ""), 2)
+    from govstack.ledger import record_reveal
+
     try:
-        click.echo(read_host_file(inventory, host, secret_path(settings, name)))
+        value = read_host_file(inventory, host, secret_path(settings, name))
     except FileNotFoundError:
         _fail(f"secret {name} does not exist yet on {host}; run `govstack up` first")
+    try:
+        record_reveal(matches[0], name, reason.strip())
+    except RuntimeError as error:
+        _fail(f"the reveal could not be recorded, so the secret is not shown: {error}")
+    click.echo(value)
 
 
 @secret.command("rotate")

@@ -2,10 +2,16 @@
 
 Both live under ``<stack_root>/state`` on the host, so every operator and CI
 job sees the same ones, and both are written only under the stack lock
-(govstack/lock.py):
-- ``ledger.jsonl`` gets one JSON line per `up`, deploy, rollback, restore and
-  secret rotation: time, operator, action, version, serving color and
-  version, config hash, result, duration, cause (a rotation: which secrets).
+(govstack/lock.py), except a reveal's ledger line (one append, which a
+deploy in flight must not delay):
+- ``ledger.jsonl`` gets one JSON line per command that changes the host (every
+  one that takes the stack lock: `up`, deploy, rollback, restore, secret
+  rotation, backup, drill, audit-retention, …) and per secret an operator
+  reveals (`govstack secret NAME --reason …`): time, operator (a name anyone
+  can set) and who the OS says ran it (OS user, controller, SSH client address
+  and key fingerprint when present), action, version, serving color and
+  version, config hash, result, duration, cause (a rotation or reveal: which
+  secret; a reveal: the reason).
 - ``attempt.json`` names the command in flight: written before it changes
   anything, removed once its ledger line is written. The next command that
   finds one knows that command was interrupted (a crashed or killed CLI, a
@@ -21,10 +27,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from govstack.inventory import InventoryHost
-from govstack.lock import operator
 from govstack.remote import testinfra_host
+from govstack.who import identity, operator
 
-__all__ = ["operator", "append_ledger", "append_outcome", "read_ledger", "read_release", "begin_attempt", "end_attempt",
+__all__ = ["operator", "append_ledger", "record_reveal", "append_outcome", "read_ledger", "read_release",
+           "begin_attempt", "end_attempt",
            "take_interrupted", "take_safety_copy", "report_interrupted"]
 
 
@@ -54,13 +61,20 @@ def _write(entry: InventoryHost, path: str, line: str, append: bool) -> None:
 
 
 def append_ledger(entry: InventoryHost, record: dict[str, Any]) -> None:
-    line = json.dumps({"time": _now(), "operator": operator(), **record}, sort_keys=True)
+    line = json.dumps({"time": _now(), "operator": operator(), **identity(), **record}, sort_keys=True)
     _write(entry, ledger_path(entry), line, append=True)
+
+
+# Outcome lines this process wrote: govstack.lock.command_lock writes a command's
+# line when the command wrote none of its own.
+outcomes_written = 0
 
 
 def append_outcome(entry: InventoryHost, action: str, version: str | None, code: int, cause: str | None,
                    duration_s: float, **extra: Any) -> None:
     """The ledger line of a command that ran (``code`` 0: ok), with what serves after it."""
+    global outcomes_written
+    outcomes_written += 1
     after = read_release(entry)
     append_ledger(entry, {
         "action": action,
@@ -73,6 +87,12 @@ def append_outcome(entry: InventoryHost, action: str, version: str | None, code:
         "cause": None if code == 0 else cause,
         **extra,
     })
+
+
+def record_reveal(entry: InventoryHost, secret: str, reason: str) -> None:
+    """The ledger line of a secret an operator is about to see (written first: no line, no secret)."""
+    append_ledger(entry, {"action": "reveal", "secret": secret, "reason": reason, "result": "ok",
+                          "version": None, "duration_s": None})
 
 
 def read_ledger(entry: InventoryHost) -> list[dict[str, Any]]:
@@ -95,7 +115,7 @@ def serving(entry: InventoryHost) -> str | None:
 
 
 def begin_attempt(entry: InventoryHost, action: str, version: str | None) -> None:
-    attempt = {"action": action, "version": version, "operator": operator(), "started": _now(),
+    attempt = {"action": action, "version": version, "operator": operator(), **identity(), "started": _now(),
                "config_hash": entry.settings.config_hash()}
     _write(entry, attempt_path(entry), json.dumps(attempt, sort_keys=True), append=False)
 
@@ -131,6 +151,8 @@ def take_interrupted(entry: InventoryHost, found_by: str) -> dict[str, Any] | No
         "version": attempt.get("version"),
         "started": attempt.get("started"),
         "operator": attempt.get("operator"),
+        # Who started it, not who found it (append_ledger would write the finder's).
+        **{key: attempt.get(key) for key in ("os_user", "controller", "ssh_from", "ssh_key")},
         "found_by": f"{operator()} ({found_by})",
         "config_hash": attempt.get("config_hash"),
         "serving": serving(entry),

@@ -1,6 +1,7 @@
 """One lock per host, taken by every command that changes a host's state
 (`up`, `deploy`, `rollback`, `restore`, `drill`, `backup`, `audit-retention`, `admin-key rotate`,
-`secret rotate`): `with stack_lock(hosts, "deploy v2", wait_s)`.
+`secret rotate`, …): `with command_lock(hosts, "deploy v2", wait_s)`, which also writes the
+command's ledger line (govstack/ledger.py).
 
 How it holds, and why no lock can go stale: on each host a small process
 (bash) takes ``flock`` on ``<stack_root>/state/govstack.lock`` and keeps it
@@ -33,6 +34,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
+
+from govstack.who import operator
 
 if TYPE_CHECKING:  # a leaf module: settings-level code (compliance) imports its CLI option
     from govstack.inventory import InventoryHost
@@ -72,12 +75,6 @@ class Holder:
             return cls(**json.loads(raw))
         except (ValueError, TypeError):
             return None
-
-
-def operator() -> str:
-    import getpass
-
-    return os.environ.get("GOVSTACK_OPERATOR") or f"{getpass.getuser()}@{socket.gethostname()}"
 
 
 def lock_paths(entry: InventoryHost) -> tuple[str, str, str]:
@@ -232,19 +229,54 @@ def lock_wait_option(function):
 def command_lock(hosts: list[InventoryHost], command: str, wait_s: float) -> Iterator[Holder]:
     """stack_lock for a CLI command: a busy lock exits 3 naming its holder, any
     other failure to lock (an unreachable host…) exits 1; both with a one-line
-    ``govstack:`` cause. Errors of the command itself pass through."""
+    ``govstack:`` cause. Errors of the command itself pass through.
+
+    Every command that changes a host holds this lock, so it is where each
+    one gets its ledger line (who, what, result, cause), unless the command
+    wrote a richer one of its own (up, deploy, rollback, restore, secret
+    rotate: govstack.ledger.append_outcome)."""
     import click
+
+    from govstack import ledger
 
     def say(line: str) -> None:
         click.echo(f"govstack: {line}", err=True)
 
     acquired = False
+    started = time.monotonic()
     try:
         with stack_lock(hosts, command, wait_s, on_wait=say) as holder:
             acquired = True
-            yield holder
+            written = ledger.outcomes_written
+            try:
+                yield holder
+            except BaseException as error:
+                if ledger.outcomes_written == written:
+                    failed = not (isinstance(error, SystemExit) and error.code in (0, None))
+                    _record(hosts, command, started, say, failed, error)
+                raise
+            if ledger.outcomes_written == written:
+                _record(hosts, command, started, say, False, None)
     except Exception as error:
         if acquired:
             raise
         say(str(error) if isinstance(error, LockHeld | LockError) else f"cannot take the stack lock: {error}")
         raise SystemExit(3 if isinstance(error, LockHeld) else 1) from None
+
+
+def _record(hosts: list[InventoryHost], command: str, started: float, say, failed: bool,
+            error: BaseException | None) -> None:
+    """The ledger line of a command that held the lock; a ledger that cannot be
+    written is said, and never hides the command's own result."""
+    from govstack.ledger import append_outcome, end_attempt
+
+    cause = None
+    if failed:
+        cause = (f"exit {error.code}" if isinstance(error, SystemExit) else str(error) or type(error).__name__)
+    for entry in hosts:
+        try:
+            append_outcome(entry, command, None, 1 if failed else 0, cause, round(time.monotonic() - started, 1))
+            # A command that failed with an error is not an interrupted one: its line says so now.
+            end_attempt(entry)
+        except Exception as ledger_error:  # noqa: BLE001 - reported, the command's outcome stands
+            say(f"{entry.name}: the ledger line of `{command}` was not written: {ledger_error}")

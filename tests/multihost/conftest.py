@@ -230,7 +230,8 @@ def edge_ca(deployed: Lane) -> str:
 def admin_api_key(deployed: Lane) -> str:
     """Through the operator CLI, which reads the secret over SSH from an app host."""
     app_host = deployed.group("app")[0].name
-    result = govstack("secret", "app_admin_api_key", "--host", app_host, "-i", str(deployed.inventory),
+    result = govstack("secret", "app_admin_api_key", "--host", app_host, "--reason", "multi-host lane: test client key",
+                      "-i", str(deployed.inventory),
                       timeout=120)
     assert result.returncode == 0, tail(result)
     return result.stdout.strip()

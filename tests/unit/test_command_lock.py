@@ -55,7 +55,8 @@ READ_ONLY = {
     "report storage": "a report; without --apply it changes nothing",
     "history": "reads the ledger",
     "check": "the testinfra suite inspects the hosts",
-    "secret show": "prints a secret or the names",
+    "secret show": "prints a secret (after its ledger line: one append, which a deploy in flight must not "
+                   "delay) or the names",
     "status": "reads Prometheus and the release record",
     "cost": "reads the Docker API",
     "access-review": "reads the API keys (writes a report file of its own on the host)",
@@ -136,3 +137,11 @@ def test_a_state_changing_command_takes_the_lock(stack, monkeypatch, name, args,
     ran = CliRunner().invoke(main, argv)
     assert isinstance(ran.exception, Tripwire), ran.output
     assert len(reached) == 1 and reached[0] != HOLDER_COMMAND and reached[0].split()[0] == name.split()[0], reached
+    # Who did what: one ledger line, the action's error as its cause (the lock
+    # writes it when the command wrote none), and no attempt left to be taken
+    # for an interruption.
+    lines = [json.loads(line) for line in (state / "ledger.jsonl").read_text().splitlines()]
+    assert len(lines) == 1 and lines[0]["action"].split()[0] == name.split()[0], lines
+    assert lines[0]["result"] == "failed" and name in lines[0]["cause"], lines[0]
+    assert lines[0]["operator"] == "alice@ci" and lines[0]["os_user"], lines[0]
+    assert not (state / "attempt.json").exists()

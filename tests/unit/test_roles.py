@@ -304,7 +304,9 @@ def test_govstack_secret_names_the_hosts_that_hold_a_secret(tmp_path):
         'app = [("a1", {"ssh_hostname": "10.0.0.21"}), ("a2", {"ssh_hostname": "10.0.0.22"})]\n'
         'data = [("d1", {"ssh_hostname": "10.0.0.31"})]\n'
     )
-    result = CliRunner().invoke(main, ["secret", "postgres_password", "--host", "a1", "-i", str(inventory)])
+    result = CliRunner().invoke(main, ["secret", "postgres_password", "--host", "a1", "--reason", "test",
+                                      "-i", str(inventory)])
     assert result.exit_code == 2 and "it is on: d1" in result.output
-    result = CliRunner().invoke(main, ["secret", "app_admin_api_key", "--host", "e1", "-i", str(inventory)])
+    result = CliRunner().invoke(main, ["secret", "app_admin_api_key", "--host", "e1", "--reason", "test",
+                                      "-i", str(inventory)])
     assert result.exit_code == 2 and "it is on: a1, a2" in result.output
