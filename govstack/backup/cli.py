@@ -197,8 +197,11 @@ def drill(inventory: str, host_name: str | None, as_json: bool, lock_wait: float
         _echo_json(evidence)
         return
     t = evidence["timings"]
-    click.echo(f"drill {evidence['drill_id']}: PASS; RTO {t['rto_s']:.1f}s (restore {t['restore_s']:.1f}s), "
-               f"data age {evidence['rpo']['data_age_s']:.1f}s; evidence: {', '.join(evidence['files'])}")
+    targets = evidence["objectives"]
+    click.echo(f"drill {evidence['drill_id']}: PASS; RTO {t['rto_s']:.1f}s of {targets['rto']['target_s']}s "
+               f"(restore {t['restore_s']:.1f}s), RPO at worst {targets['rpo']['worst_case_s']:.0f}s of "
+               f"{targets['rpo']['target_s']}s, data age {evidence['rpo']['data_age_s']:.1f}s; "
+               f"evidence: {', '.join(evidence['files'])}")
     click.echo(f"the destroyed data directories were moved to {evidence['set_aside']} (delete them when done)")
 
 

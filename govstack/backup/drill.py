@@ -216,8 +216,9 @@ def drill(stack: BackupHost, queries: tuple[str, ...] | None = None, k: int | No
         stack.write_file(f"{base}.md", evidence_mod.render_markdown(evidence))
         evidence["files"] = [f"{base}.json", f"{base}.md"]
     if not evidence["ok"]:
-        raise BackupError(f"drill {drill_id} FAILED its equality checks; evidence: {evidence.get('files')}",
-                          "drill-failed")
+        missed = [f"{name.upper()} target" for name, target in evidence["objectives"].items() if not target["ok"]]
+        raise BackupError(f"drill {drill_id} FAILED ({', '.join(missed) or 'its equality checks'}); "
+                          f"evidence: {evidence.get('files')}", "drill-failed")
     return evidence
 
 
@@ -272,7 +273,15 @@ def build_evidence(stack: BackupHost, *, drill_id: str, summary: dict, entry: di
         "topk": {"ok": not differences, "k": k, "queries": len(topk_before), "differences": differences},
         "consistency": manifest.get("consistency"),
     }
-    ok = all(r["ok"] for name, r in results.items() if name != "consistency")
+    settings = backup_settings(stack.settings)
+    rpo = {"snapshot_time": mpg["snapshot_time"],
+           "destroyed_at": destroyed_at.isoformat(),
+           "data_age_s": round((destroyed_at - _parse_time(mpg["snapshot_time"])).total_seconds(), 3),
+           "schedule": schedule, "schedule_max_gap_s": max_gap_seconds(schedule)}
+    targets = evidence_mod.objectives(timings, rpo, summary["duration_s"], settings.rto_target_s,
+                                      settings.rpo_target_s)
+    ok = all(r["ok"] for name, r in results.items() if name != "consistency") and all(
+        target["ok"] for target in targets.values())
     return {
         "format": 1,
         "drill_id": drill_id,
@@ -283,10 +292,8 @@ def build_evidence(stack: BackupHost, *, drill_id: str, summary: dict, entry: di
         "manifest_snapshot": entry["snapshots"]["manifest"],
         "repository": summary.get("repository"),
         "timings": {name: round(value, 3) if isinstance(value, float) else value for name, value in timings.items()},
-        "rpo": {"snapshot_time": mpg["snapshot_time"],
-                "destroyed_at": destroyed_at.isoformat(),
-                "data_age_s": round((destroyed_at - _parse_time(mpg["snapshot_time"])).total_seconds(), 3),
-                "schedule": schedule, "schedule_max_gap_s": max_gap_seconds(schedule)},
+        "rpo": rpo,
+        "objectives": targets,
         "backup": {"run": summary["run"], "duration_s": summary["duration_s"], "bytes": summary["bytes"]},
         "results": results,
         "checksums": {"manifest_sha256": summary.get("manifest_sha256"), "tables": tables, "buckets": buckets,

@@ -33,6 +33,19 @@ def _mark(ok: Any) -> str:
     return "PASS" if ok else "FAIL"
 
 
+def objectives(timings: dict[str, Any], rpo: dict[str, Any], backup_duration_s: float, rto_target_s: int,
+               rpo_target_s: int) -> dict[str, Any]:
+    """The drill's pass/fail against the targets in settings (backup.rto_target_s,
+    backup.rpo_target_s). RTO: the measured data-destroyed -> API-healthy time. RPO:
+    what the schedule can lose at worst (its longest gap between runs plus a run's
+    time), since a drill's own fresh backup loses next to nothing."""
+    worst_rpo_s = rpo["schedule_max_gap_s"] + backup_duration_s
+    return {
+        "rto": {"target_s": rto_target_s, "measured_s": timings["rto_s"], "ok": timings["rto_s"] <= rto_target_s},
+        "rpo": {"target_s": rpo_target_s, "worst_case_s": round(worst_rpo_s, 3), "ok": worst_rpo_s <= rpo_target_s},
+    }
+
+
 def render_json(evidence: dict[str, Any]) -> str:
     return json.dumps(evidence, indent=2, sort_keys=True) + "\n"
 
@@ -60,6 +73,20 @@ def render_markdown(ev: dict[str, Any]) -> str:
         f"| RPO promised by the schedule `{ev['rpo']['schedule']}` (longest gap between runs) | "
         f"{_s(ev['rpo']['schedule_max_gap_s'])} |",
         f"| backup run duration / size | {_s(ev['backup']['duration_s'])} / {_bytes(ev['backup']['bytes'])} |",
+    ]
+    targets = ev.get("objectives")
+    if targets:
+        rto, rpo = targets["rto"], targets["rpo"]
+        lines += [
+            "",
+            "| objective | target | measured | result |",
+            "| --- | --- | --- | --- |",
+            f"| RTO (`backup.rto_target_s`): data destroyed -> API healthy | {_s(rto['target_s'])} | "
+            f"{_s(rto['measured_s'])} | {_mark(rto['ok'])} |",
+            f"| RPO (`backup.rpo_target_s`): schedule's longest gap + backup run | {_s(rpo['target_s'])} | "
+            f"{_s(rpo['worst_case_s'])} | {_mark(rpo['ok'])} |",
+        ]
+    lines += [
         "",
         "## Results",
         "",

@@ -72,6 +72,14 @@ class BackupSettings(Section):
         min_length=1, description="search queries whose top-k results a drill compares before and after",
     )
     drill_top_k: int = Field(5, ge=1, le=100)
+    rto_target_s: int = Field(
+        3600, ge=1, description="drill pass/fail: longest time from data destroyed to the API healthy on it again (s)",
+    )
+    rpo_target_s: int = Field(
+        25 * 3600, ge=1,
+        description="drill pass/fail: most recent data a loss may take (s); the schedule's longest gap plus "
+                    "the drill's backup run time must fit in it",
+    )
     timeout_s: int = Field(6 * 3600, ge=60, description="longest backup or restore step the CLI waits for")
 
     @field_validator("schedule")

@@ -171,6 +171,7 @@ def _evidence(ok=True):
         "rpo": {"snapshot_time": "2026-01-01T00:00:01Z", "destroyed_at": "2026-01-01T00:00:31Z", "data_age_s": 30.0,
                 "schedule": "15 2 * * *", "schedule_max_gap_s": 86400},
         "backup": {"run": "20260101T000001Z", "duration_s": 12.0, "bytes": 123456},
+        "objectives": evidence.objectives({"rto_s": 50.0}, {"schedule_max_gap_s": 86400}, 12.0, 3600, 25 * 3600),
         "results": {
             "postgres": {"ok": ok, "tables": 2, "rows": 10, "problems": [] if ok else ["table public.x: 1 rows"]},
             "objects": {"ok": True, "buckets": 1, "expected": 5, "verified": 5, "missing": 0, "mismatched": 0},
@@ -202,6 +203,22 @@ def test_evidence_markdown_reads_for_an_auditor():
                    "largest difference 3.0e-09"):
         assert needle in text, needle
     assert json.loads(evidence.render_json(_evidence()))["ok"] is True
+
+
+def test_drill_objectives_pass_or_fail_against_the_targets_in_settings():
+    from govstack.settings import build_settings
+
+    defaults = build_settings([{}], environ={}).backup
+    met = evidence.objectives({"rto_s": 50.0}, {"schedule_max_gap_s": 86400}, 12.0, defaults.rto_target_s,
+                              defaults.rpo_target_s)
+    assert met["rto"]["ok"] and met["rpo"]["ok"] and met["rpo"]["worst_case_s"] == 86412.0
+    # A daily schedule cannot keep a 1 h RPO; a slow restore misses a 60 s RTO.
+    missed = evidence.objectives({"rto_s": 61.0}, {"schedule_max_gap_s": 86400}, 12.0, 60, 3600)
+    assert not missed["rto"]["ok"] and not missed["rpo"]["ok"]
+    text = evidence.render_markdown({**_evidence(), "objectives": missed})
+    assert "| RTO (`backup.rto_target_s`): data destroyed -> API healthy | 60.0 s | 61.0 s | FAIL |" in text
+    assert "| RPO (`backup.rpo_target_s`): schedule's longest gap + backup run | 60.0 min | 24.0 h | FAIL |" in text
+    assert "| 60.0 min | 50.0 s | PASS |" in evidence.render_markdown(_evidence())
 
 
 def test_failed_evidence_says_fail_and_lists_the_differences():
