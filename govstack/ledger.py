@@ -91,7 +91,9 @@ def append_outcome(entry: InventoryHost, action: str, version: str | None, code:
 
 def record_reveal(entry: InventoryHost, secret: str, reason: str) -> None:
     """The ledger line of a secret an operator is about to see (written first: no line, no secret)."""
-    append_ledger(entry, {"action": "reveal", "secret": secret, "reason": reason, "result": "ok",
+    # Its result is not "ok": it changed nothing, and readers of the ledger take the last ok
+    # line for what serves (tests/hosts).
+    append_ledger(entry, {"action": "reveal", "secret": secret, "reason": reason, "result": "revealed",
                           "version": None, "duration_s": None})
 
 

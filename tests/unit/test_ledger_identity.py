@@ -46,7 +46,7 @@ def test_a_reveal_needs_a_reason_and_is_recorded_with_who_and_from_where(stack, 
                                       "-i", inventory])
     assert shown.exit_code == 0 and shown.stdout.strip() == "s3cr3t-value", shown.output
     [line] = ledger_lines(root)
-    assert line["action"] == "reveal" and line["secret"] == "postgres_password"
+    assert line["action"] == "reveal" and line["secret"] == "postgres_password" and line["result"] == "revealed"
     assert line["reason"] == "INC-42 restore check" and line["operator"] == "anyone-can-say-this"
     assert line["os_user"] and line["controller"] and line["ssh_from"] == "192.0.2.7" and line["time"]
     assert "s3cr3t" not in json.dumps(line)
