@@ -5,11 +5,17 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 INVENTORY ?= inventories/local.py
 TEST_INVENTORY ?= tests/inventories/test_local.py
+# The full tier's second stack: the drills run on it beside the other e2e modules.
+DRILLS_INVENTORY ?= tests/inventories/test_local_drills.py
+# The full tier's modules that run on the second stack: the slowest ones (every runbook with a
+# second stack to move to, a crash at each step of a release and of a restore, the DR drill),
+# chosen so that both halves take about as long. Any other module runs on the first stack.
+DRILLS := tests/e2e/test_runbooks.py tests/e2e/test_release_crash.py tests/e2e/test_backup_drill.py
 # Tools installed in the venv (shellcheck, actionlint, govstack) are on PATH for the tests.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 PYTEST := $(BIN)/pytest -p no:cacheprovider
 
-.PHONY: venv up check engine test test-quick test-full test-multihost lint bench clean-test golden
+.PHONY: venv up check engine test test-quick test-images test-full test-full-main test-full-drills test-multihost lint bench clean-test golden
 
 $(VENV)/.installed: pyproject.toml app/pyproject.toml app/requirements.txt app/requirements-build.txt app/requirements-test.txt jobs/backup/pyproject.toml
 	python3 -m venv $(VENV)
@@ -32,11 +38,12 @@ up: venv
 check: venv
 	$(BIN)/govstack check -i $(INVENTORY)
 
-## Everything: quick tier, then deploy + host checks + drills, then the
-## multi-host lane; stops at the first failing tier (its exit code) and ends
-## with each tier's wall time and slowest tests (tests/support/tiers.py).
+## Everything: quick tier, the offline images once, then the full tier's two
+## stacks and the multi-host lane at the same time; stops after the first
+## step with a failing tier (its exit code) and ends with each tier's wall
+## time, its slowest tests and the whole run's wall time (tests/support/tiers.py).
 test: engine
-	$(BIN)/python -m tests.support.tiers --make "$(MAKE)" quick full multihost
+	$(BIN)/python -m tests.support.tiers --make "$(MAKE)" quick images full-main+full-drills+multihost
 
 ## The Docker engine alone (installed and started when missing): the quick
 ## tier runs promtool/amtool in the offline Prometheus image.
@@ -49,14 +56,28 @@ test-quick: venv
 	$(BIN)/lint-imports --no-cache
 	$(PYTEST) -q tests/unit
 
-## Minutes: deploys the test stack (own root, project and ports), checks it.
-## It starts from nothing, as on a fresh machine (a stack left by an earlier
-## run would keep serving the release it recorded, not this tree's app), and
-## removes the stack when every test passed (a failed run leaves it to inspect).
+## The offline images, built once on this engine before the stacks that run
+## them deploy at the same time (a no-op when they are current).
+test-images: venv
+	$(BIN)/pyinfra -y $(TEST_INVENTORY) tests/multihost/build_images.py
+
+## Minutes: deploys the two test stacks (own roots, projects, ports and
+## subnets) and runs the e2e modules and host checks split across them, at the
+## same time. Each starts from nothing, as on a fresh machine (a stack left by
+## an earlier run would keep serving the release it recorded, not this tree's
+## app), and is removed when every test on it passed (a failed run leaves it).
 test-full: venv
+	$(BIN)/python -m tests.support.tiers --make "$(MAKE)" images full-main+full-drills
+
+test-full-main: venv
 	$(BIN)/python -m tests.e2e.teardown $(TEST_INVENTORY)
-	GOVSTACK_INVENTORY=$(TEST_INVENTORY) GOVSTACK_DEPLOY=1 $(PYTEST) -v tests/e2e tests/hosts
+	GOVSTACK_INVENTORY=$(TEST_INVENTORY) GOVSTACK_DEPLOY=1 $(PYTEST) -v $(addprefix --ignore=,$(DRILLS)) tests/e2e tests/hosts
 	$(BIN)/python -m tests.e2e.teardown $(TEST_INVENTORY)
+
+test-full-drills: venv
+	$(BIN)/python -m tests.e2e.teardown $(DRILLS_INVENTORY)
+	GOVSTACK_INVENTORY=$(DRILLS_INVENTORY) GOVSTACK_DEPLOY=1 $(PYTEST) -v $(DRILLS)
+	$(BIN)/python -m tests.e2e.teardown $(DRILLS_INVENTORY)
 
 ## Issue 7's multi-host lane: 4 container hosts over SSH, the split inventory
 ## deployed and proved, then its secrets (see tests/multihost/test_multihost.py, test_secrets.py).
@@ -75,6 +96,7 @@ lint: venv
 bench: venv
 	$(BIN)/python bench/deploy_times.py
 
-## Remove the test stack (containers, networks, data) left by test-full.
+## Remove the test stacks (containers, networks, data) left by test-full.
 clean-test: venv
 	$(BIN)/python -m tests.e2e.teardown $(TEST_INVENTORY)
+	$(BIN)/python -m tests.e2e.teardown $(DRILLS_INVENTORY)

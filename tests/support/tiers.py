@@ -1,11 +1,14 @@
-"""`make test`'s tier runner: runs `make test-<tier>` for each tier in order, stops at the first
-that fails, then prints each tier's wall time and its slowest tests, and exits with the failing
-tier's exit code (0 when all passed).
+"""`make test`'s tier runner: runs `make test-<tier>` for each step in order, stops after the
+first step with a failing tier, then prints each tier's wall time and its slowest tests, the
+run's overall wall time, and exits with the first failing tier's exit code (0 when all passed).
 
-    python -m tests.support.tiers quick full multihost
+    python -m tests.support.tiers quick images full-main+full-drills+multihost
 
-The tiers' commands stay in the Makefile; this only times them. Per-test times come from
-tests/support/durations.py (GOVSTACK_DURATIONS_FILE, one file per tier).
+A step joins tiers with `+` to run them at the same time (separate stacks, projects, ports and
+subnets: most of their time is spent waiting on containers, not on the two cores); each line
+they print is prefixed with its tier's name. The tiers' commands stay in the Makefile; this only
+schedules and times them. Per-test times come from tests/support/durations.py
+(GOVSTACK_DURATIONS_FILE, one file per tier).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -23,44 +27,101 @@ from tests.support.durations import ENV, read_tests
 SLOWEST = 15
 
 
+def _command(tier: str, make: str) -> list[str]:
+    return [make, "--no-print-directory", f"test-{tier}"]
+
+
+def _env(tier: str, timings: Path) -> dict[str, str]:
+    return {**os.environ, ENV: str(timings / f"{tier}.jsonl")}
+
+
 def run_tier(tier: str, make: str, timings: Path) -> tuple[int, float]:
-    env = {**os.environ, ENV: str(timings / f"{tier}.jsonl")}
     start = time.monotonic()
-    rc = subprocess.run([make, "--no-print-directory", f"test-{tier}"], env=env, check=False).returncode
+    rc = subprocess.run(_command(tier, make), env=_env(tier, timings), check=False).returncode
     return rc, time.monotonic() - start
+
+
+def _relay(tier: str, stream, lock: threading.Lock) -> None:
+    """Copy a concurrent tier's output line by line, each line prefixed with the tier."""
+    for line in iter(stream.readline, b""):
+        with lock:
+            sys.stdout.buffer.write(f"[{tier}] ".encode() + line)
+            sys.stdout.buffer.flush()
+    stream.close()
+
+
+def run_step(tiers: list[str], make: str, timings: Path) -> dict[str, tuple[int, float]]:
+    """Run one step's tiers: one alone in the foreground, several at once."""
+    if len(tiers) == 1:
+        return {tiers[0]: run_tier(tiers[0], make, timings)}
+    lock = threading.Lock()
+    started: dict[str, tuple[subprocess.Popen, threading.Thread, float]] = {}
+    sys.stdout.flush()
+    for tier in tiers:
+        proc = subprocess.Popen(_command(tier, make), env=_env(tier, timings), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        relay = threading.Thread(target=_relay, args=(tier, proc.stdout, lock), daemon=True)
+        relay.start()
+        started[tier] = (proc, relay, time.monotonic())
+    results: dict[str, tuple[int, float]] = {}
+    # Each tier's time ends when it does, not when the step's slowest tier does.
+    pending = dict(started)
+    while pending:
+        for tier, (proc, relay, start) in list(pending.items()):
+            if proc.poll() is not None:
+                relay.join()
+                results[tier] = (proc.returncode, time.monotonic() - start)
+                del pending[tier]
+        if pending:
+            time.sleep(0.2)
+    return {tier: results[tier] for tier in tiers}
 
 
 def minutes(seconds: float) -> str:
     return f"{int(seconds // 60)}:{seconds % 60:04.1f}"
 
 
-def summary(results: dict[str, tuple[int, float]], timings: Path, slowest: int = SLOWEST) -> str:
+def summary(results: dict[str, tuple[int, float]], timings: Path, wall: float | None = None,
+            slowest: int = SLOWEST) -> str:
     lines = ["", "=== test time per tier " + "=" * 50]
     for tier, (rc, seconds) in results.items():
         tests = read_tests(timings / f"{tier}.jsonl")
         state = "passed" if rc == 0 else f"FAILED (exit {rc})"
-        lines.append(f"{tier:<10} {minutes(seconds):>8}  {len(tests)} tests, {state}")
+        lines.append(f"{tier:<12} {minutes(seconds):>8}  {len(tests)} tests, {state}")
         for test in sorted(tests, key=lambda t: t["seconds"], reverse=True)[:slowest]:
             mark = "  FAILED" if test["failed"] else ""
             lines.append(f"    {test['seconds']:8.1f}s  {test['nodeid']}{mark}")
     total = sum(seconds for _, seconds in results.values())
-    lines.append(f"{'total':<10} {minutes(total):>8}")
+    lines.append(f"{'tiers':<12} {minutes(total):>8}  (sum of the tiers' own times)")
+    if wall is not None:
+        lines.append(f"{'wall':<12} {minutes(wall):>8}  (start to end; tiers joined by + overlap)")
     return "\n".join(lines)
+
+
+def parse_steps(words: list[str]) -> list[list[str]]:
+    steps = [word.split("+") for word in words]
+    names = [tier for step in steps for tier in step]
+    if any(not tier for tier in names) or len(set(names)) != len(names):
+        raise SystemExit(f"tiers: each tier once, joined by + without blanks: {' '.join(words)}")
+    return steps
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("tiers", nargs="+", help="Makefile targets test-<tier>, in order")
+    parser.add_argument("steps", nargs="+",
+                        help="Makefile targets test-<tier>, in order; tiers joined by + run at the same time")
     parser.add_argument("--make", default="make", help="the make that runs the tiers (the Makefile passes its own)")
     args = parser.parse_args(argv)
+    steps = parse_steps(args.steps)
     results: dict[str, tuple[int, float]] = {}
+    start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="govstack-tiers-") as tmp:
         timings = Path(tmp)
-        for tier in args.tiers:
-            results[tier] = run_tier(tier, args.make, timings)
-            if results[tier][0] != 0:
+        for step in steps:
+            results.update(run_step(step, args.make, timings))
+            if any(results[tier][0] != 0 for tier in step):
                 break
-        print(summary(results, timings), flush=True)
+        print(summary(results, timings, wall=time.monotonic() - start), flush=True)
     failed = [rc for rc, _ in results.values() if rc != 0]
     return failed[0] if failed else 0
 

@@ -15,6 +15,26 @@ test-broken:
 \t{python} -m pytest -q -p no:cacheprovider -p tests.support.durations broken_test.py
 test-never:
 \ttouch never-ran
+test-ping:
+\t{python} rendezvous.py ping pong
+test-pong:
+\t{python} rendezvous.py pong ping
+"""
+
+# Each side leaves its own file, then waits (bounded) for the other's: both pass only when the
+# two tiers run at the same time.
+RENDEZVOUS = """\
+import pathlib, sys, time
+
+mine, theirs = sys.argv[1:]
+pathlib.Path(mine).touch()
+for _ in range(300):
+    if pathlib.Path(theirs).exists():
+        print(f"{mine} met {theirs}")
+        sys.exit(0)
+    time.sleep(0.1)
+print(f"{mine} never met {theirs}")
+sys.exit(1)
 """
 
 FAST = """\
@@ -40,6 +60,7 @@ def run_tiers(tmp_path: Path, *tiers: str) -> subprocess.CompletedProcess:
     (tmp_path / "Makefile").write_text(MAKEFILE.format(python=sys.executable))
     (tmp_path / "fast_test.py").write_text(FAST)
     (tmp_path / "broken_test.py").write_text(BROKEN)
+    (tmp_path / "rendezvous.py").write_text(RENDEZVOUS)
     return subprocess.run(
         [sys.executable, "-m", "tests.support.tiers", "--make", "make", *tiers],
         cwd=tmp_path, capture_output=True, text=True, timeout=120,
@@ -59,7 +80,7 @@ def test_tiers_are_timed_and_the_first_failing_one_stops_the_run(tmp_path):
     assert result.returncode == 2, result.stdout + result.stderr
     assert not (tmp_path / "never-ran").exists()
     lines = summary_lines(result)
-    assert [line.split()[0] for line in lines[1:] if not line.startswith(" ")] == ["fast", "broken", "total"]
+    assert [line.split()[0] for line in lines[1:] if not line.startswith(" ")] == ["fast", "broken", "tiers", "wall"]
     fast = lines.index(next(line for line in lines if line.startswith("fast ")))
     assert "2 tests, passed" in lines[fast]
     # slowest first, each with its seconds
@@ -71,3 +92,33 @@ def test_tiers_are_timed_and_the_first_failing_one_stops_the_run(tmp_path):
     broken = next(line for line in lines if line.startswith("broken "))
     assert "2 tests, FAILED (exit 2)" in broken
     assert any(line.strip().endswith("broken_test.py::test_breaks  FAILED") for line in lines)
+
+
+def test_tiers_joined_by_plus_run_at_the_same_time_each_timed_and_prefixed(tmp_path):
+    result = run_tiers(tmp_path, "fast", "ping+pong", "never")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "[ping] ping met pong" in result.stdout
+    assert "[pong] pong met ping" in result.stdout
+    # A step after the concurrent one still runs when all of its tiers passed.
+    assert (tmp_path / "never-ran").exists()
+    lines = summary_lines(result)
+    assert [line.split()[0] for line in lines[1:] if not line.startswith(" ")] == [
+        "fast", "ping", "pong", "never", "tiers", "wall"]
+
+
+def test_a_failing_tier_of_a_concurrent_step_stops_the_run_after_that_step(tmp_path):
+    # broken fails; fast, beside it, still finishes and is reported.
+    result = run_tiers(tmp_path, "broken+fast", "never")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert not (tmp_path / "never-ran").exists()
+    lines = summary_lines(result)
+    assert any(line.startswith("broken ") and "2 tests, FAILED (exit 2)" in line for line in lines)
+    assert any(line.startswith("fast ") and "2 tests, passed" in line for line in lines)
+
+
+def test_a_tier_named_twice_or_blank_is_refused(tmp_path):
+    for steps in (("fast", "fast+never"), ("fast+",)):
+        result = run_tiers(tmp_path, *steps)
+        assert result.returncode != 0
+        assert "each tier once" in result.stderr
+        assert not (tmp_path / "never-ran").exists()
