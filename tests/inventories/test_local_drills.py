@@ -1,5 +1,5 @@
 """The test suite's second all-in-one stack on this machine: the full tier's
-drills (runbooks, crashes at each step of a release or restore, the DR drill)
+drills (every runbook, a crash at each step of a release and of a restore)
 run on it while the other e2e modules run on tests/inventories/test_local.py,
 so the two halves of the tier overlap (`make test-full`, tests/support/tiers.py).
 
