@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from . import __version__, metrics
+from .analytics.events import EventRecorder, UsageEventsMiddleware, usage_event_recorder
 from .http_errors import install_exception_handlers
 from .middleware import RequestContextMiddleware
 from .routers import collections, documents, keys, ops, search
@@ -23,9 +24,10 @@ log = structlog.get_logger(__name__)
 
 
 def lifespan(
-    settings: Settings, svc: Services | None, run_migrations: bool
+    settings: Settings, svc: Services | None, run_migrations: bool, events: EventRecorder | None = None
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
-    """Migrate, build the services (unless given), ensure the bucket; close them at shutdown."""
+    """Migrate, build the services (unless given), ensure the bucket, start the usage-event
+    writer; stop and close them at shutdown."""
 
     @asynccontextmanager
     async def serve(app: FastAPI) -> AsyncIterator[None]:
@@ -40,9 +42,13 @@ def lifespan(
         except Exception as exc:  # noqa: BLE001 - /ready reports it
             log.warning("could not ensure bucket", error=repr(exc))
         metrics.APP_INFO.info({"version": settings.app_version, "color": settings.app_color})
-        log.info("api ready to serve", embedding_model=s.embedder.model_name)
+        if events is not None:
+            events.start()
+        log.info("api ready to serve", embedding_model=s.embedder.model_name, usage_events=events is not None)
         yield
         log.info("api shutting down")
+        if events is not None:
+            await run_in_threadpool(events.close)
         if svc is None:
             s.close()
 
@@ -52,13 +58,18 @@ def lifespan(
 def create_app(settings: Settings, svc: Services | None = None, *, run_migrations: bool | None = None) -> FastAPI:
     """``run_migrations`` None: as ``GOVSTACK_MIGRATE_ON_START`` says (the stack migrates in a
     one-off container as the schema's owner instead)."""
+    # Usage events only when the deploy gave the API their HMAC secret.
+    secret = settings.analytics_actor_key()
+    events = usage_event_recorder(settings) if secret is not None else None
     app = FastAPI(
         title="GovStack document service",
         version=__version__,
         description="Upload documents, index them (text extraction, chunking, embeddings) and search them.",
-        lifespan=lifespan(settings, svc, settings.migrate_on_start if run_migrations is None else run_migrations),
+        lifespan=lifespan(settings, svc, settings.migrate_on_start if run_migrations is None else run_migrations,
+                          events),
     )
     app.state.settings = settings
+    app.state.usage_events = events
 
     def key_role(key: str) -> str | None:
         row = lookup_api_key(app.state.services.pool, key)
@@ -67,6 +78,9 @@ def create_app(settings: Settings, svc: Services | None = None, *, run_migration
     app.add_middleware(UploadAdmissionMiddleware, slots=UploadSlots(settings.max_concurrent_uploads),
                        key_role=key_role)
     app.add_middleware(RequestContextMiddleware, max_body=settings.upload_slot_bytes, color=settings.app_color)
+    if events is not None and secret is not None:
+        # Outermost: its latency is the whole request's, early 413s and refused uploads included.
+        app.add_middleware(UsageEventsMiddleware, recorder=events, secret=secret)
     install_exception_handlers(app)
     for module in (ops, documents, collections, search, keys):  # this order is the OpenAPI's
         app.include_router(module.router)

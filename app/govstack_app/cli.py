@@ -1,5 +1,6 @@
-"""`govstack-app` console entry point: migrate | api | worker | healthcheck | cleanup | cleanup-state | reconcile |
-quarantine | adopt | rebuild-collection | set-admin-key | purge-audit-partitions."""
+"""`govstack-app` console entry point: migrate | api | worker | analytics | healthcheck | cleanup |
+cleanup-state | reconcile | quarantine | adopt | rebuild-collection | set-admin-key | purge-audit-partitions |
+purge-events | privacy-report."""
 
 from __future__ import annotations
 
@@ -59,6 +60,50 @@ def cmd_api(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_analytics(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .analytics.api import create_analytics_app
+    from .analytics.settings import AnalyticsSettings
+
+    settings = AnalyticsSettings()
+    uvicorn.run(
+        create_analytics_app(settings),
+        host=args.host,
+        port=args.port,
+        proxy_headers=True,
+        forwarded_allow_ips=_settings().trusted_proxy_list or "127.0.0.1",
+        timeout_graceful_shutdown=args.graceful_timeout,
+        timeout_keep_alive=75,
+        access_log=False,
+        log_config=None,
+        server_header=False,
+    )
+    return 0
+
+
+def cmd_privacy_report(args: argparse.Namespace) -> int:
+    """The ledger for auditors, as JSON (run in the analytics container: its role reads the ledger)."""
+    from datetime import date
+
+    import psycopg
+
+    from .analytics.ledger import privacy_report
+    from .analytics.settings import AnalyticsSettings
+
+    with psycopg.connect(AnalyticsSettings().conninfo()) as conn:
+        print(to_json(privacy_report(conn, date.fromisoformat(args.since))))
+    return 0
+
+
+def cmd_purge_events(args: argparse.Namespace) -> int:
+    from .retention import purge_events
+
+    report = purge_events(_settings().conninfo(), args.days, dry_run=args.dry_run, actor=args.actor)
+    print(json.dumps(report, sort_keys=True, default=str))
+    return 0 if report["ok"] else 1
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from .worker import run_worker
 
@@ -66,7 +111,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_healthcheck(args: argparse.Namespace) -> int:
-    if args.what == "api":
+    if args.what in ("api", "analytics"):
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{args.port}/ready", timeout=args.timeout) as r:
                 ok = r.status == 200
@@ -247,8 +292,13 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=cmd_api)
     p = sub.add_parser("worker", help="run the indexing worker")
     p.set_defaults(fn=cmd_worker)
+    p = sub.add_parser("analytics", help="serve the privacy-preserving analytics API")
+    p.add_argument("--host", default="0.0.0.0")  # noqa: S104 - inside a container
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--graceful-timeout", type=int, default=30)
+    p.set_defaults(fn=cmd_analytics)
     p = sub.add_parser("healthcheck", help="exit 0 if healthy (for Docker HEALTHCHECK)")
-    p.add_argument("what", choices=["api", "worker"])
+    p.add_argument("what", choices=["api", "worker", "analytics"])
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--timeout", type=float, default=5.0)
     p.set_defaults(fn=cmd_healthcheck)
@@ -294,6 +344,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="report what would be dropped, drop nothing")
     p.add_argument("--actor", default="cli", help="who runs it, for the audit record")
     p.set_defaults(fn=cmd_purge_audit)
+    p = sub.add_parser("purge-events", help="delete usage events older than the retention")
+    p.add_argument("--days", type=int, required=True, help="retention: keep this many days of events")
+    p.add_argument("--dry-run", action="store_true", help="count what would be deleted, delete nothing")
+    p.add_argument("--actor", default="cli", help="who runs it, for the audit record")
+    p.set_defaults(fn=cmd_purge_events)
+    p = sub.add_parser("privacy-report", help="the privacy-budget ledger as JSON (analytics container)")
+    p.add_argument("--since", default="1970-01-01", help="first budget period to include (YYYY-MM-DD)")
+    p.set_defaults(fn=cmd_privacy_report)
     args = parser.parse_args(argv)
 
     from .logs import setup_logging

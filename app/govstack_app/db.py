@@ -87,6 +87,60 @@ def ensure_audit_partitions(conn: psycopg.Connection, months_ahead: int = AUDIT_
             conn.execute("SELECT govstack_ensure_audit_partition(now() + make_interval(months => %s))", (m,))
 
 
+# Privileges in schema analytics (migration 0006), as (kind, object, privilege). The app role
+# writes usage events and its retention job deletes old ones; the analytics service's role reads
+# events only through the day-level view, appends to its release cache and ledger, and asks which
+# key a hash belongs to. Neither gets anything else there.
+APP_ANALYTICS_PRIVILEGES = (
+    ("SCHEMA", "analytics", "USAGE"),
+    *(("TABLE", "analytics.events", p) for p in ("SELECT", "INSERT", "DELETE")),
+)
+ANALYTICS_ROLE_PRIVILEGES = (
+    ("SCHEMA", "analytics", "USAGE"),
+    ("TABLE", "analytics.actor_day_events", "SELECT"),
+    ("TABLE", "analytics.collections", "SELECT"),
+    *(("TABLE", table, p) for table in ("analytics.releases", "analytics.privacy_ledger") for p in ("SELECT", "INSERT")),
+    ("FUNCTION", "analytics.consumer_of_key(text)", "EXECUTE"),
+)
+_HAS_PRIVILEGE = {"SCHEMA": "has_schema_privilege", "TABLE": "has_table_privilege",
+                  "FUNCTION": "has_function_privilege"}
+
+
+def analytics_grants_missing(conn: psycopg.Connection, settings: Settings) -> list[sql.Composed]:
+    """The GRANTs of schema analytics that the app role and the analytics role (each when it
+    exists and is not the owner) still lack; none when the schema is not there yet."""
+    if conn.execute("SELECT to_regnamespace('analytics')").fetchone()[0] is None:
+        return []
+    wanted = []
+    for role, privileges in ((settings.app_database_user, APP_ANALYTICS_PRIVILEGES),
+                             (settings.analytics_role, ANALYTICS_ROLE_PRIVILEGES)):
+        if not role or role == settings.database_user:
+            continue
+        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is None:
+            continue
+        wanted += [(role, *p) for p in privileges]
+    missing = []
+    for role, kind, name, privilege in wanted:
+        has = conn.execute(sql.SQL("SELECT {}(%s, %s, %s)").format(sql.SQL(_HAS_PRIVILEGE[kind])),
+                           (role, name, privilege)).fetchone()[0]
+        if not has:
+            target = sql.SQL(name) if kind == "FUNCTION" else sql.Identifier(*name.split("."))
+            missing.append(sql.SQL("GRANT {} ON {} {} TO {}").format(
+                sql.SQL(privilege), sql.SQL(kind), target, sql.Identifier(role)))
+    return missing
+
+
+def grant_analytics_privileges(conn: psycopg.Connection, settings: Settings) -> list[str]:
+    """Grant what analytics_grants_missing lists, as the owner; the statements it ran (none on a
+    second run). A role the deploy has not created yet gets its grants from a later run."""
+    ran = []
+    with conn.transaction():
+        for statement in analytics_grants_missing(conn, settings):
+            conn.execute(statement)
+            ran.append(statement.as_string(conn))
+    return ran
+
+
 def seed_bootstrap_key(conn: psycopg.Connection, key: str) -> bool:
     """The deploy's secret file (app_admin_api_key) seeds the bootstrap admin key. After that the
     database is the truth: a rotation or revocation through the API sticks across restarts, and a
@@ -214,6 +268,7 @@ def pending(settings: Settings, *, wait_s: float = 60.0) -> list[str]:
         if role and role != settings.database_user:
             todo += [f"{'grant' if grant else 'revoke'} {privilege} on {name}"
                      for name, _, privilege, grant in privilege_changes(conn, role)]
+        todo += [statement.as_string(conn) for statement in analytics_grants_missing(conn, settings)]
         floor = conn.execute("SELECT months FROM audit_retention_floor").fetchone()
         if floor is None or floor[0] != retention_floor_months():
             todo.append("audit retention floor")
@@ -265,6 +320,8 @@ def migrate(settings: Settings, *, wait_s: float = 60.0) -> list[str]:
             if role and role != settings.database_user:
                 for statement in grant_app_privileges(conn, role):
                     log.info("app role privilege", statement=statement)
+            for statement in grant_analytics_privileges(conn, settings):
+                log.info("analytics privilege", statement=statement)
             if settings.admin_api_key_file is not None:
                 if seed_bootstrap_key(conn, settings.admin_api_key()):
                     log.info("bootstrap admin key set from the secret file")

@@ -51,3 +51,17 @@ ADOPTED = Counter("govstack_documents_adopted_total", "Orphan or quarantined obj
 CLEANUP_PAUSED = Gauge(
     "govstack_cleanup_paused", "1 while automatic cleanup is paused (set by a restore; `govstack cleanup resume`)"
 )
+# Usage events for the analytics service (analytics/events.py): every event ends written,
+# dropped (the bounded queue was full) or failed (its batch could not be inserted).
+ANALYTICS_EVENTS = Counter(
+    "govstack_analytics_events_total", "Usage events by outcome: written, dropped (queue full) or failed", ["outcome"]
+)
+ANALYTICS_EVENT_QUEUE = Gauge("govstack_analytics_event_queue", "Usage events waiting to be written")
+for _outcome in ("written", "dropped", "failed"):
+    ANALYTICS_EVENTS.labels(_outcome)
+# The analytics service (its own process and /metrics).
+ANALYTICS_RELEASES = Counter(
+    "govstack_analytics_releases_total", "Answers of the analytics service by outcome: released, cached, refused",
+    ["release", "outcome"],
+)
+ANALYTICS_EPSILON = Counter("govstack_analytics_epsilon_charged_total", "Privacy budget (epsilon) charged by releases")

@@ -27,6 +27,12 @@ Run by `govstack-app purge-audit-partitions --months N --floor F [--dry-run]`
 (what `govstack audit-retention` execs in the serving API container), and on
 a schedule by the worker (``scheduled_purge``) when
 ``GOVSTACK_AUDIT_RETENTION_MONTHS`` is set.
+
+The same job keeps the analytics usage events (``analytics.events``) to their
+own retention in days (``purge_events``; `govstack-app purge-events --days N`,
+and hourly by the worker when ``GOVSTACK_ANALYTICS_EVENTS_RETENTION_DAYS`` is
+set): whole UTC days older than it are deleted in batches, and each run that
+deletes something writes one ``audit_logs`` row (``analytics.events_purged``).
 """
 
 from __future__ import annotations
@@ -46,6 +52,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 PARENT = "audit_logs"
 RETENTION_LOCK = 4_242_002  # pg_advisory_lock key; 4_242_001 is the migrator's
 AUDIT_ACTION = "audit.partitions_dropped"
+EVENTS_RETENTION_LOCK = 4_242_003
+EVENTS_ACTION = "analytics.events_purged"
+# Rows per DELETE: short transactions, so the API's event writer never waits long.
+EVENTS_BATCH = 20_000
 
 
 class RetentionRefused(ValueError):
@@ -188,9 +198,56 @@ def purge_audit_partitions(
     return report
 
 
+def purge_events(conninfo: str, days: int, *, dry_run: bool = False, actor: str = "cli") -> dict[str, Any]:
+    """Delete usage events of UTC days older than ``days`` days; a JSON-able report."""
+    if days < 1:
+        raise RetentionRefused(f"an events retention must be at least 1 day, not {days}")
+    with psycopg.connect(conninfo, autocommit=True) as conn, conn.cursor(row_factory=tuple_row) as cur:
+        locked = cur.execute("SELECT pg_try_advisory_lock(%s)", (EVENTS_RETENTION_LOCK,)).fetchone()
+        cutoff = cur.execute("SELECT (now() AT TIME ZONE 'UTC')::date - %s", (days,)).fetchone()
+        assert locked is not None and cutoff is not None
+        report: dict[str, Any] = {"ok": True, "actor": actor, "retention_days": days,
+                                  "deleted_before": cutoff[0].isoformat(), "dry_run": dry_run, "deleted": 0}
+        if not locked[0]:
+            return {**report, "skipped": "another events retention run holds the lock"}
+        try:
+            if dry_run:
+                row = cur.execute("SELECT count(*) FROM analytics.events WHERE day < %s", (cutoff[0],)).fetchone()
+                report["deleted"] = int(row[0]) if row else 0
+                return report
+            while True:
+                cur.execute(
+                    "DELETE FROM analytics.events WHERE ctid = ANY(ARRAY("
+                    "SELECT ctid FROM analytics.events WHERE day < %s LIMIT %s))",
+                    (cutoff[0], EVENTS_BATCH),
+                )
+                report["deleted"] += cur.rowcount
+                if cur.rowcount < EVENTS_BATCH:
+                    break
+        except psycopg.Error as exc:
+            report["ok"] = False
+            report["error"] = f"{type(exc).__name__}: {exc}".strip()
+        finally:
+            if report["deleted"] and not dry_run:
+                cur.execute("SELECT govstack_ensure_audit_partition(now())")
+                cur.execute(
+                    "INSERT INTO audit_logs (action, resource_type, resource_id, api_key_name, details)"
+                    " VALUES (%s, 'analytics.events', %s, %s, %s)",
+                    (EVENTS_ACTION, report["deleted_before"], f"retention:{actor}", Jsonb(report)),
+                )
+            cur.execute("SELECT pg_advisory_unlock(%s)", (EVENTS_RETENTION_LOCK,))
+    return report
+
+
 def scheduled_purge(settings: Any) -> dict[str, Any] | None:
-    """The worker's maintenance step: purge per the environment's policy; None when it sets none."""
+    """The worker's maintenance step: purge audit partitions and usage events per the
+    environment's policies; None when it sets neither."""
     policy = RetentionPolicy()
-    if policy.months is None:
-        return None
-    return purge_audit_partitions(settings.conninfo(), policy.months, policy.floor_months, actor="worker")
+    report: dict[str, Any] = {}
+    if policy.months is not None:
+        report["audit"] = purge_audit_partitions(settings.conninfo(), policy.months, policy.floor_months,
+                                                 actor="worker")
+    days = getattr(settings, "analytics_events_retention_days", None)
+    if days is not None:
+        report["events"] = purge_events(settings.conninfo(), days, actor="worker")
+    return report or None

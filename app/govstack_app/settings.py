@@ -83,6 +83,15 @@ class Settings(BaseSettings):
 
     trusted_proxies: str = "127.0.0.1/32"
 
+    # Usage events for the analytics service (analytics/events.py): the HMAC secret that makes
+    # actors pseudonymous (unset: no events are written), the queue between requests and the
+    # writer thread, and how long events are kept (the worker's retention job deletes older ones).
+    analytics_actor_key_file: Path | None = None
+    analytics_event_queue: int = Field(10_000, ge=100, le=1_000_000)
+    analytics_events_retention_days: int | None = Field(None, ge=1, le=3650)
+    # The analytics service's Postgres role: migrations grant it read access to the events view.
+    analytics_role: str = Field("govstack_analytics", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+
     app_version: str = "dev"
     app_color: Literal["blue", "green"] = "blue"
     worker_batch_size: int = Field(8, ge=1, le=1000)
@@ -183,6 +192,11 @@ class Settings(BaseSettings):
 
     def admin_api_key(self) -> str:
         return read_secret_file(self.admin_api_key_file, "admin_api_key")
+
+    def analytics_actor_key(self) -> bytes | None:
+        if self.analytics_actor_key_file is None:
+            return None
+        return read_secret_file(self.analytics_actor_key_file, "analytics_actor_key").encode("utf-8")
 
     def embedding_api_key(self) -> str | None:
         if self.embedding_api_key_file is None:

@@ -67,6 +67,8 @@ def require(role: str):  # noqa: ANN201 - FastAPI dependency factory
         row = lookup_api_key(services(request).pool, key) if key else None
         if row is not None:
             structlog.contextvars.bind_contextvars(api_key_name=row["name"])
+            # For the usage event (analytics/events.py), which keeps only an HMAC of it.
+            request.state.api_key_name = row["name"]
         refusal = key_refusal(key, None if row is None else row["role"], role)
         if refusal is not None:
             status, detail = refusal

@@ -8,6 +8,7 @@ import psycopg
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 
+from ..analytics.events import note_usage
 from ..extract import EmptyDocument, TooLarge, UnsupportedType
 from ..http_errors import HTTPError, current_request_id
 from ..schemas import AUTH_ERRORS, EDGE_ERRORS, CollectionPath, Document, DocumentList, Download, error_doc
@@ -76,6 +77,7 @@ def upload(
         may_create_collection=principal.may_create_collections,
     )
     doc, created = uploads.upload_document(services(request), req)
+    note_usage(request.state, "upload", collection)
     body = Document(**documents.doc_public(doc)).model_dump(mode="json")
     return JSONResponse(
         body,
@@ -117,7 +119,9 @@ def get_doc(
     document_id: int,
     principal: CollectionReaderKey,
 ) -> dict[str, Any]:
-    return documents.doc_public(documents.get_document(services(request).pool, collection, document_id))
+    doc = documents.doc_public(documents.get_document(services(request).pool, collection, document_id))
+    note_usage(request.state, "view", collection)
+    return doc
 
 
 @router.get(
@@ -135,7 +139,7 @@ def download(
     document_id: int,
     principal: CollectionReaderKey,
 ) -> dict[str, Any]:
-    return documents.presign_download(
+    answer = documents.presign_download(
         services(request),
         collection,
         document_id,
@@ -143,6 +147,8 @@ def download(
         request_id=current_request_id(),
         client_ip=client_ip(request),
     )
+    note_usage(request.state, "download", collection)
+    return answer
 
 
 @router.delete(
@@ -175,4 +181,5 @@ def delete_doc(
         )
     except psycopg.errors.LockNotAvailable:
         raise HTTPError(409, "document is being indexed right now; retry shortly") from None
+    note_usage(request.state, "delete", collection)
     return Response(status_code=204)

@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
+from ..analytics.events import note_usage, score_bucket
 from ..schemas import AUTH_ERRORS, EDGE_ERRORS, SearchRequest, SearchResponse, error_doc
 from ..services import search as search_service
 from .deps import ReaderKey, services
@@ -27,4 +28,8 @@ router = APIRouter(tags=["search"])
 )
 def search(request: Request, body: SearchRequest, principal: ReaderKey) -> dict[str, Any]:
     principal.require_access(body.collection)
-    return search_service.search(services(request), body.collection, body.query, body.k, body.mode)
+    answer = search_service.search(services(request), body.collection, body.query, body.k, body.mode)
+    results = answer["results"]
+    note_usage(request.state, "search", body.collection,
+               score_bucket(body.mode, results[0]["score"] if results else None))
+    return answer
