@@ -88,6 +88,24 @@ def ensure_app_schema(plan: StackPlan):
     )
 
 
+@deploy("Analytics database role")
+def ensure_analytics_role(plan: StackPlan):
+    """Created before any app color starts, so that migrations can grant it the events view."""
+    s = plan.settings
+    if not s.analytics.enabled:
+        return
+    postgres_login_role(
+        name=f"Postgres role {plan.analytics_role} (usage events only)",
+        project=s.project,
+        compose_file=s.compose_file,
+        role=plan.analytics_role,
+        database=s.postgres.database,
+        password_file=secret_path(s, "postgres_analytics_password"),
+        attributes=("NOSUPERUSER", "NOCREATEDB", "NOCREATEROLE", "CONNECTION LIMIT 10"),
+        connect=True,
+    )
+
+
 @deploy("App color")
 def start_app_color(plan: StackPlan, color: Color, version: str, wait: bool = True):
     """``wait=False`` only starts it (a release waits in a step of its own)."""
@@ -95,7 +113,7 @@ def start_app_color(plan: StackPlan, color: Color, version: str, wait: bool = Tr
         name=f"App {color} ({version}) {'up and healthy' if wait else 'started'}",
         project=plan.app_project(color),
         compose_file=plan.app_compose_file(color),
-        service_images={"api": plan.app_image(version), "worker": plan.app_image(version)},
+        service_images={service: plan.app_image(version) for service in plan.app_services},
         wait_timeout_s=plan.settings.healthy_timeout_s,
         wait=wait,
     )

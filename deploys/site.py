@@ -84,6 +84,7 @@ if plan.has_role("data"):
     if settings.backup.enabled:
         backup.ensure_backup_role(plan)
     monitoring.ensure_monitor_role(plan)
+    app.ensure_analytics_role(plan)
 if plan.split:
     all_hosts_reached(name="Data tier and edge up on their hosts", step="data tier and edge up")
 if roles_split and plan.has_role("app") and is_first_app_host(plan, host.name):

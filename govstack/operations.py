@@ -694,8 +694,9 @@ def app_color_idle(project: str, compose_file: str, stop_timeout_s: int = 40):
 
 
 def color_stop_command(project: str, compose_file: str, stop_timeout_s: int) -> str:
-    """Shell that stops a color's API and worker, keeping the containers for a rollback."""
+    """Shell that stops every service of a color (API, worker, analytics), keeping the
+    containers for a rollback."""
     return (
-        f"{compose(project, 'stop', '-t', stop_timeout_s, 'api', 'worker', files=compose_file)} >/dev/null 2>&1 "
+        f"{compose(project, 'stop', '-t', stop_timeout_s, files=compose_file)} >/dev/null 2>&1 "
         f"|| {{ echo 'govstack: could not stop the previous color {project}' >&2; exit 1; }}"
     )

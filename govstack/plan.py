@@ -13,7 +13,14 @@ from govstack import images
 from govstack.backup.plan import BackupPlan
 from govstack.monitoring import catalog as monitoring_catalog
 from govstack.release import Color, Release, first_release
-from govstack.roles import ALL_ROLES, APP_HOST_PORTS, WORKER_METRICS_HOST_PORTS, Member, Topology
+from govstack.roles import (
+    ALL_ROLES,
+    ANALYTICS_HOST_PORTS,
+    APP_HOST_PORTS,
+    WORKER_METRICS_HOST_PORTS,
+    Member,
+    Topology,
+)
 from govstack.secrets import SECRET_SPECS, host_secret_names
 from govstack.settings import NGINX_UID, POSTGRES_UID, SERVICE_UID, Resources, Settings
 from govstack.settings.paths import TEXTFILE_DIR
@@ -25,6 +32,7 @@ INTERNAL_PORTS = {
     "seaweedfs_s3": 8333,
     "chroma": 8000,
     "app": 8000,
+    "analytics": 8000,
     "nginx_http": 8080,
     "nginx_https": 8443,
     # With edge.real_ip_header proxy_protocol the two above accept PROXY-protocol
@@ -41,6 +49,8 @@ INTERNAL_PORTS = {
 # and WAL senders (10) at their defaults, and docker exec sessions
 # (pg_isready, psql) with room to spare.
 POSTGRES_FIXED_PROCESSES = 32
+# The analytics service's Postgres role: it reads usage events only (app migration 0006).
+ANALYTICS_ROLE = "govstack_analytics"
 
 # Where the edge serves presigned object downloads (proxied to the S3 gateway).
 S3_PUBLIC_PATH = "/s3"
@@ -57,6 +67,7 @@ SERVICE_UIDS = {
     "nginx": NGINX_UID,
     "app": SERVICE_UID,
     "worker": SERVICE_UID,
+    "analytics": SERVICE_UID,
     "backup": SERVICE_UID,
     **{service: SERVICE_UID for service in (*monitoring_catalog.MONITORING_IMAGES, "grafana")},
 }
@@ -290,6 +301,19 @@ class StackPlan:
         """Split inventory: address:port of the color's API on every app host."""
         return [f"{address}:{self.app_host_port(color)}" for address in self.topology.app_addresses]
 
+    @staticmethod
+    def analytics_host_port(color: Color) -> int:
+        """Split inventory: the port a color's analytics service is published on, on each app host."""
+        return ANALYTICS_HOST_PORTS[color]
+
+    @staticmethod
+    def analytics_upstream_name(color: Color) -> str:
+        return f"analytics_{color}"
+
+    def analytics_upstream_servers(self, color: Color) -> list[str]:
+        """Split inventory: address:port of the color's analytics service on every app host."""
+        return [f"{address}:{self.analytics_host_port(color)}" for address in self.topology.app_addresses]
+
     @property
     def firewall_openings(self) -> list[tuple[int, list[str]]]:
         """Split inventory: (port published on this host's private address,
@@ -316,6 +340,8 @@ class StackPlan:
             for color in APP_HOST_PORTS:
                 # Prometheus scrapes the API's /metrics.
                 openings.setdefault(self.app_host_port(color), set()).update(edge + monitoring_)
+                if self.settings.analytics.enabled:
+                    openings.setdefault(self.analytics_host_port(color), set()).update(edge + monitoring_)
                 if scrapers:
                     openings.setdefault(self.worker_metrics_host_port(color), set()).update(scrapers)
         return [(port, sorted(sources - {self.address})) for port, sources in sorted(openings.items())]
@@ -399,6 +425,20 @@ class StackPlan:
         """DNS name of a color's API on the data network (service names clash across colors)."""
         return f"app-{color}"
 
+    @staticmethod
+    def analytics_alias(color: Color) -> str:
+        """DNS name of a color's analytics service on the data network."""
+        return f"analytics-{color}"
+
+    @property
+    def analytics_role(self) -> str:
+        return ANALYTICS_ROLE
+
+    @property
+    def app_services(self) -> list[str]:
+        """The services of each color's Compose project."""
+        return ["api", "worker", *(["analytics"] if self.settings.analytics.enabled else [])]
+
     def app_image(self, version: str) -> str:
         return images.app_image(self.settings, version).tag
 
@@ -412,6 +452,7 @@ class StackPlan:
 
     @property
     def app_secrets(self) -> list[str]:
+        """What the API and the worker both read."""
         return ["postgres_app_password", "s3_access_key", "s3_secret_key", "app_admin_api_key"]
 
     @property
@@ -421,6 +462,16 @@ class StackPlan:
         return ["postgres_owner_password", "app_admin_api_key"]
 
     @property
+    def api_secrets(self) -> list[str]:
+        """The API alone also holds the key that pseudonymises usage-event actors."""
+        return [*self.app_secrets, *(["analytics_actor_key"] if self.settings.analytics.enabled else [])]
+
+    @property
+    def analytics_secrets(self) -> list[str]:
+        """The analytics service reads its own role's password, nothing else."""
+        return ["postgres_analytics_password"] if self.settings.analytics.enabled else []
+
+    @property
     def app_project_secrets(self) -> list[str]:
         """Every secret a color's Compose project mounts somewhere."""
-        return list(dict.fromkeys(self.app_secrets + self.migrate_secrets))
+        return list(dict.fromkeys(self.api_secrets + self.migrate_secrets + self.analytics_secrets))

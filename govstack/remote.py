@@ -37,8 +37,9 @@ from govstack.release import COLORS
 from govstack.settings import Settings
 from govstack.tuning import HostResources
 
-# The app's Compose services (templates/compose/app.yml.j2): its writers.
-APP_SERVICES = ("api", "worker")
+# The app's Compose services (templates/compose/app.yml.j2): its writers (the analytics
+# service writes its ledger).
+APP_SERVICES = ("api", "worker", "analytics")
 
 
 def testinfra_spec(name: str, data: dict[str, Any]) -> str:
@@ -160,7 +161,7 @@ class StackHost:
         return cid
 
     def app_containers(self) -> list[str]:
-        """Running api and worker containers of both colors: the writers."""
+        """Running api, worker and analytics containers of both colors: the writers."""
         ids = []
         for color in COLORS:
             for service in APP_SERVICES:

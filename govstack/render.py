@@ -14,7 +14,7 @@ from govstack.templating import MANAGED_BANNER, TEMPLATES_DIR, environment
 APPARMOR_PROFILE = "docker-default"
 
 # Services that fork children they must reap (Python servers, weed) get an init.
-_NEEDS_INIT = {"seaweedfs", "chroma", "app", "worker"}
+_NEEDS_INIT = {"seaweedfs", "chroma", "app", "worker", "analytics"}
 
 
 def _hardening(plan: StackPlan):
@@ -177,8 +177,8 @@ def edge_script_files(plan: StackPlan) -> dict[str, str]:
 def render_app_target_files(plan: StackPlan, colors: tuple[str, ...], serving: str) -> dict[str, str]:
     """Prometheus file_sd lists of the running app colors (cf. govstack.monitoring.render.render_app_targets).
 
-    Split inventory: each color's API and worker metrics on every app host,
-    by private address.
+    Split inventory: each color's API, worker and analytics metrics on every
+    app host, by private address.
     """
     if not plan.split:
         return render_app_targets(colors, serving)
@@ -191,4 +191,5 @@ def render_app_target_files(plan: StackPlan, colors: tuple[str, ...], serving: s
         ]
         return json.dumps(groups, indent=2) + "\n"
 
-    return {"app.json": targets(plan.app_host_port), "worker.json": targets(plan.worker_metrics_host_port)}
+    return {"app.json": targets(plan.app_host_port), "worker.json": targets(plan.worker_metrics_host_port),
+            "analytics.json": targets(plan.analytics_host_port)}

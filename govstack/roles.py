@@ -29,6 +29,8 @@ from govstack.settings.catalog import ALL_ROLES, ROLES
 # Ports published on a host's private address in a split inventory. The app
 # colors get one each, so blue and green can run side by side on one host.
 APP_HOST_PORTS = {"blue": 8001, "green": 8002}
+# The analytics service of each color, likewise (the edges proxy /analytics/ to it).
+ANALYTICS_HOST_PORTS = {"blue": 8011, "green": 8012}
 # The workers' metrics, likewise, for Prometheus on the monitoring hosts.
 WORKER_METRICS_HOST_PORTS = {"blue": 9201, "green": 9202}
 

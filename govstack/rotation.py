@@ -37,6 +37,9 @@ from govstack.secrets import SECRET_SPECS, new_secret_value, rotated_with
 NOT_ROTATED = {
     "app_admin_api_key": "the app's keys are rotated through its key API (POST, then DELETE /api/v1/keys; "
                          "runbooks/rotate-secrets.md)",
+    "analytics_actor_key": "a new key would give every actor a new pseudonym, so releases over days before and "
+                           "after it would count one person as two (runbooks/privacy-analytics.md); it is meant "
+                           "to stay for the events' retention",
     "grafana_admin_password": "Grafana keeps the password of its first start: reset it with "
                               "`grafana cli admin reset-admin-password` (runbooks/rotate-secrets.md)",
 }
@@ -57,6 +60,7 @@ class RotationRefused(ValueError):
 def postgres_role_of(settings: Any, name: str) -> str:
     from govstack.backup.plan import BACKUP_ROLE
     from govstack.monitoring.catalog import MONITOR_ROLE
+    from govstack.plan import ANALYTICS_ROLE
 
     return {
         "postgres_password": "postgres",
@@ -64,6 +68,7 @@ def postgres_role_of(settings: Any, name: str) -> str:
         "postgres_app_password": settings.postgres.app_user,
         "postgres_backup_password": BACKUP_ROLE,
         "postgres_monitor_password": MONITOR_ROLE,
+        "postgres_analytics_password": ANALYTICS_ROLE,
     }[name]
 
 

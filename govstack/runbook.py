@@ -60,9 +60,9 @@ gs_serving_color() {  # the color that serves traffic (state/release.json)
   "$GOVSTACK_PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["color"])' \
     "$STACK_ROOT/state/release.json"
 }
-gs_container() {  # gs_container SERVICE: its running container (api/worker: of the serving color)
+gs_container() {  # gs_container SERVICE: its running container (api/worker/analytics: of the serving color)
   local project="$PROJECT"
-  case "$1" in api|worker) project="$PROJECT-$(gs_serving_color)" ;; esac
+  case "$1" in api|worker|analytics) project="$PROJECT-$(gs_serving_color)" ;; esac
   local id
   id=$(docker ps -q --filter "label=com.docker.compose.project=$project" \
     --filter "label=com.docker.compose.service=$1" --filter status=running | head -n 1)

@@ -120,7 +120,7 @@ class Stack:
         return result
 
     def service_container(self, service: str) -> str:
-        project = self.app_project if service in ("api", "worker") else self.settings.project
+        project = self.app_project if service in ("api", "worker", "analytics") else self.settings.project
         out = subprocess.run(
             ["docker", "ps", "-a", "-q", "--filter", f"label=com.docker.compose.project={project}",
              "--filter", f"label=com.docker.compose.service={service}"],

@@ -1,5 +1,5 @@
 """Compliance jobs and operator reports (audit retention, access review,
-residency, storage, counts).
+residency, storage, privacy, counts).
 
 - settings: ``govstack.settings.compliance`` (``Settings.compliance``)
 - ``ops``: the jobs and reports, as functions of a ComplianceHost

@@ -18,7 +18,9 @@ from govstack.compliance.ops import (
     access_review_path,
     apply_storage,
     collect_counts,
+    collect_privacy,
     collect_storage,
+    render_privacy,
     render_residency,
     render_storage,
     residency_facts,
@@ -113,7 +115,7 @@ def access_review(inventory: str, host_name: str | None, output: str | None) -> 
 
 @click.group("report")
 def report_group() -> None:
-    """Operator reports: residency, storage, counts, quarantine."""
+    """Operator reports: residency, storage, privacy, counts, quarantine."""
 
 
 @report_group.command("residency")
@@ -177,6 +179,28 @@ def _report_storage(inventory: str, host_name: str | None, apply: bool, drop_lef
                           if "leftovers_removed" in done else ""))
 
 
+@report_group.command("privacy")
+@inventory_option
+@host_option
+@click.option("--since", default="1970-01-01", show_default=True,
+              help="first budget period to include (YYYY-MM-DD, UTC)")
+@click.option("--json", "as_json", is_flag=True)
+def report_privacy(inventory: str, host_name: str | None, since: str, as_json: bool) -> None:
+    """The analytics privacy ledger: budget spent per consumer, each release's parameters."""
+    from datetime import date
+
+    try:
+        date.fromisoformat(since)
+    except ValueError:
+        _fail(f"--since {since!r} is not a date (YYYY-MM-DD)", 2)
+    for shell in _shells(inventory, host_name):
+        try:
+            report = collect_privacy(shell, since)
+        except ComplianceError as error:
+            _fail(str(error))
+        click.echo(json.dumps(report, indent=2, sort_keys=True, default=str) if as_json else render_privacy(report))
+
+
 @report_group.command("counts")
 @inventory_option
 @host_option
@@ -192,7 +216,7 @@ def report_counts(inventory: str, host_name: str | None) -> None:
 
 
 def register(main_group: click.Group) -> None:
-    """Add audit-retention, access-review and report (residency, storage) to the main CLI."""
+    """Add audit-retention, access-review and report (residency, storage, privacy, counts) to the main CLI."""
     main_group.add_command(audit_retention)
     main_group.add_command(access_review)
     main_group.add_command(report_group)

@@ -16,6 +16,10 @@ over SSH alike; the data stays on that host and only the answers travel):
   applying it moves orphan objects to the quarantine (the app's own cleanup,
   paused after a restore) and deletes no vector.
 - counts: rows, objects and vectors, to compare two copies of the data.
+- privacy: the analytics service's privacy-budget ledger for auditors: epsilon
+  spent per consumer and period, every release with its mechanism's
+  parameters, every refusal (read by the analytics service's own role, in its
+  container: ``govstack-app privacy-report``).
 """
 
 from __future__ import annotations
@@ -181,6 +185,13 @@ def residency_report(entry: InventoryHost, facts: dict[str, Any]) -> dict[str, A
          "where": plan.data_path("postgres"), "encrypted_at_rest": disk,
          "note": "PostgreSQL has no built-in encryption at rest"},
     ]
+    if s.analytics.enabled:
+        items.append({"data": "usage events (pseudonymous actor, minute, collection, latency and score buckets; "
+                      "no query text, no key name), analytics releases and the privacy ledger",
+                      "store": "PostgreSQL (schema analytics)", "where": plan.data_path("postgres"),
+                      "encrypted_at_rest": disk,
+                      "note": f"events deleted after {s.analytics.events_retention_days} days; released only as "
+                      "differentially private aggregates (runbooks/privacy-analytics.md)"})
     if s.object_store.kind == "seaweedfs":
         sse = facts.get("bucket_sse")
         if sse and sse.get("sse"):
@@ -467,6 +478,66 @@ def render_storage(report: dict[str, Any], limit: int = 15) -> str:
                                                                    for c in left["collections"]) or "none"),
               "- data directories set aside by drills: " + (", ".join(f"{d['path']} ({_size(d['bytes'])})"
                                                                       for d in left["drill_aside"]) or "none")]
+    return "\n".join(lines) + "\n"
+
+
+# == privacy (the analytics ledger) ================================================================
+def collect_privacy(shell: ComplianceHost, since: str) -> dict[str, Any]:
+    """The ledger report, made in the serving color's analytics container (its role reads the ledger)."""
+    if not shell.settings.analytics.enabled:
+        raise ComplianceError(f"{shell.name}: analytics is not enabled (analytics.enabled)")
+    ids = shell.containers(shell.serving_project(), "analytics")
+    if not ids:
+        raise ComplianceError(f"{shell.name}: the analytics service of the serving color is not running "
+                              "(`govstack up` starts it)")
+    report = last_json(shell.out(f"{docker_exec(ids[0], 'govstack-app', 'privacy-report', '--since', since)}",
+                                 timeout=300))
+    if not isinstance(report, dict):
+        raise ComplianceError("govstack-app privacy-report gave no answer")
+    settings = shell.settings.analytics.model_dump(mode="json", exclude={"enabled"})
+    return {"host": shell.name, "settings": settings, **report}
+
+
+def _query_text(query: dict[str, Any]) -> str:
+    params = {k: v for k, v in query.items() if k not in ("release", "start", "end") and v is not None}
+    extra = " ".join(f"{k}={','.join(v) if isinstance(v, list) else v}" for k, v in sorted(params.items()))
+    return f"{query.get('start')}..{query.get('end')}" + (f" {extra}" if extra else "")
+
+
+def render_privacy(report: dict[str, Any]) -> str:
+    a = report["settings"]
+    lines = [f"# Privacy budget ledger on {report['host']} (periods from {report['since']})", "",
+             f"Every release costs epsilon {a['epsilon_per_release']:g} (discrete Laplace, OpenDP); each consumer "
+             f"may spend {a['consumer_epsilon_per_period']:g} and all consumers together "
+             f"{a['total_epsilon_per_period']:g} per {a['budget_period']} (UTC), composed sequentially. "
+             f"Contribution bound: {a['max_events_per_actor_day']} events per actor and day; groups below "
+             f"k = {a['k_threshold']} are suppressed. A repeated question in the same period is answered from "
+             "the cache at epsilon 0 (outcome cached).", "",
+             "## Budget spent per consumer", "",
+             "| period | consumer | epsilon spent | limit | released | cached | refused | first | last |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    totals: dict[str, float] = {}
+    for row in report["spent"]:
+        period = str(row["period_start"])[:10]
+        totals[period] = totals.get(period, 0.0) + float(row["epsilon_spent"])
+        lines.append(f"| {period} | {row['consumer']} | {float(row['epsilon_spent']):g} | "
+                     f"{a['consumer_epsilon_per_period']:g} | {row['released']} | {row['cached']} | {row['refused']} | "
+                     f"{str(row['first'])[:19]} | {str(row['last'])[:19]} |")
+    lines += ["", "Total per period: " + (", ".join(f"{p}: {e:g} of {a['total_epsilon_per_period']:g}"
+                                                   for p, e in sorted(totals.items())) or "nothing spent"), "",
+              "## Releases", "",
+              "| id | made | consumer | release | question | epsilon | sensitivity | scale | error bound | k | "
+              "suppressed |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in report["releases"]:
+        p = r.get("parameters") or {}
+        bound = p.get("error_bound") or {}
+        lines.append(f"| {r['id']} | {str(r['created_at'])[:19]} | {r['consumer']} | {r['release']} | "
+                     f"{_query_text(r['query'])} | {float(r['epsilon']):g} | {p.get('sensitivity_l1')} | "
+                     f"{p.get('scale')} | ±{bound.get('plus_minus')} at {1 - float(bound.get('alpha', 0)):.0%} | "
+                     f"{p.get('k_threshold')} | {p.get('suppressed_groups')} of {p.get('groups_in_domain')} |")
+    lines += ["", "## Refused (over budget)", ""]
+    lines += [f"- {str(r['at'])[:19]} {r['consumer']}: {r['release']} {_query_text(r['query'])}"
+              for r in report["refused"]] or ["- none"]
     return "\n".join(lines) + "\n"
 
 

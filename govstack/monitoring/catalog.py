@@ -66,6 +66,7 @@ PORTS = {
     "blackbox-exporter": 9115,
     "seaweedfs_metrics": 9327,
     "app": 8000,
+    "analytics": 8000,
     # app/govstack_app/worker.py METRICS_PORT
     "worker_metrics": 9100,
     "grafana": 3000,

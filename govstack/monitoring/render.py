@@ -186,10 +186,12 @@ def render_app_targets(colors: Sequence[str] = ("blue",), serving: str | None = 
         ]
         return json.dumps(groups, indent=2) + "\n"
 
-    # The API and worker network aliases of a color (templates/compose/app.yml.j2).
+    # The API, worker and analytics network aliases of a color (templates/compose/app.yml.j2);
+    # Prometheus scrapes analytics.json only when analytics is enabled.
     return {
         "app.json": targets(lambda color: f"{StackPlan.app_alias(color)}:{PORTS['app']}"),
         "worker.json": targets(lambda color: f"{StackPlan.app_alias(color)}-worker:{PORTS['worker_metrics']}"),
+        "analytics.json": targets(lambda color: f"{StackPlan.analytics_alias(color)}:{PORTS['analytics']}"),
     }
 
 

@@ -8,6 +8,7 @@ govstack module, so every feature (backup, monitoring, compliance …) can
 read it.
 """
 
+from govstack.settings.analytics import ANALYTICS_TEST_PROFILE, AnalyticsSettings
 from govstack.settings.app import AppSettings
 from govstack.settings.backup import BackupSettings, OffsiteSettings
 from govstack.settings.base import Section, SettingsError
@@ -34,9 +35,9 @@ from govstack.settings.postgres import PostgresSettings
 from govstack.settings.resources import Resources
 
 __all__ = [
-    "ALL_ROLES", "ENV_PREFIX", "INVENTORY_KEY", "NGINX_UID", "POSTGRES_UID", "ROLES", "SERVICE_UID",
-    "AppSettings", "BackupSettings", "ComplianceSettings", "CostSettings", "EdgeSettings", "EngineSettings",
-    "ImageSettings", "MonitoringSettings", "NetworkSettings", "ObjectStoreSettings", "OffsiteSettings",
-    "PostgresSettings", "Resources", "Section", "Settings", "SettingsError", "StackPaths", "build_settings",
-    "deep_merge", "env_layer", "settings_for_host",
+    "ALL_ROLES", "ANALYTICS_TEST_PROFILE", "ENV_PREFIX", "INVENTORY_KEY", "NGINX_UID", "POSTGRES_UID", "ROLES",
+    "SERVICE_UID", "AnalyticsSettings", "AppSettings", "BackupSettings", "ComplianceSettings", "CostSettings",
+    "EdgeSettings", "EngineSettings", "ImageSettings", "MonitoringSettings", "NetworkSettings", "ObjectStoreSettings",
+    "OffsiteSettings", "PostgresSettings", "Resources", "Section", "Settings", "SettingsError", "StackPaths",
+    "build_settings", "deep_merge", "env_layer", "settings_for_host",
 ]

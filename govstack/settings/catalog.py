@@ -65,10 +65,11 @@ def _by(*roles: str) -> frozenset[str]:
 # Who reads what (keep in step with the templates and the deploy steps):
 # - data: Postgres (superuser), the SeaweedFS gateway (S3 keys), the backup
 #   service (restic, backup role, S3 and offsite keys), and the deploy steps
-#   that set the owner's, the app's, the backup's and the exporter's role
-#   passwords (also after a restore, govstack/backup/ops.py);
+#   that set the owner's, the app's, the backup's, the exporter's and the analytics
+#   service's role passwords (also after a restore, govstack/backup/ops.py);
 # - app: the API and worker (templates/compose/app.yml.j2, StackPlan.app_secrets),
-#   and the one-off migrate service, the only reader of the owner's password
+#   the API alone the analytics HMAC key, the analytics service alone its role's
+#   password, and the one-off migrate service, the only reader of the owner's password
 #   (StackPlan.migrate_secrets);
 # - monitoring: postgres-exporter, Alertmanager's SMTP login, Grafana;
 # - edge: nothing but its TLS key (made by the deploy, not listed here).
@@ -89,6 +90,12 @@ SECRET_SPECS: dict[str, SecretSpec] = {
         SecretSpec("s3_secret_key", SERVICE_UID, "object store secret key", needed_by=_by("data", "app"),
                    rotation="s3"),
         SecretSpec("app_admin_api_key", SERVICE_UID, "bootstrap admin API key of the app",
+                   needed_by=_by("app")),
+        SecretSpec("postgres_analytics_password", SERVICE_UID,
+                   "Postgres role of the analytics service (reads usage events only)", needed_by=_by("data", "app"),
+                   rotation="postgres-role"),
+        SecretSpec("analytics_actor_key", SERVICE_UID,
+                   "HMAC key that makes usage-event actors pseudonymous (read by the API only)", length=64,
                    needed_by=_by("app")),
         SecretSpec("restic_password", SERVICE_UID, "restic repository password (keep a copy off the host)",
                    length=64, needed_by=_by("data"), pinned_by="restic", rotation="restic"),

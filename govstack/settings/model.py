@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
+from govstack.settings.analytics import AnalyticsSettings
 from govstack.settings.app import AppSettings
 from govstack.settings.backup import BackupSettings
 from govstack.settings.base import Section
@@ -46,6 +47,7 @@ class Settings(Section):
     object_store: ObjectStoreSettings = ObjectStoreSettings()
     edge: EdgeSettings = EdgeSettings()
     app: AppSettings = AppSettings()
+    analytics: AnalyticsSettings = AnalyticsSettings()
     network: NetworkSettings = NetworkSettings()
     backup: BackupSettings = BackupSettings()
     monitoring: MonitoringSettings = MonitoringSettings()

@@ -78,6 +78,10 @@ class AlertRules(Section):
         _rule("0s", "warning", 5),
         description="threshold: documents that ended failed in the last hour, per cause (one bad upload is not news)",
     )
+    analytics_events_lost: AlertRule = Field(
+        _rule("15m", "warning", 0.01),
+        description="threshold: share of usage events dropped or not written (analytics undercounts)",
+    )
     disk_space_low: AlertRule = Field(
         _rule("5m", "critical", 0.10), description="threshold: free share of the data filesystem"
     )

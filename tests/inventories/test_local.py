@@ -5,6 +5,7 @@ stack that `make up` left running (/opt/govstack, project govstack, 80/443).
 """
 
 from govstack.monitoring import TEST_PROFILE
+from govstack.settings import ANALYTICS_TEST_PROFILE
 
 test_local = [
     (
@@ -22,6 +23,8 @@ test_local = [
                 "network": {"data_subnet": "10.253.10.0/24"},
                 # Short `for:` durations and the test's webhook receiver.
                 "monitoring": {**TEST_PROFILE, "query_port": 39090},
+                # Less noise and ample budgets for the live analytics tests.
+                "analytics": ANALYTICS_TEST_PROFILE,
             },
         },
     ),

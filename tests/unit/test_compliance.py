@@ -175,4 +175,35 @@ def test_register_adds_the_commands():
     group = click.Group()
     cli.register(group)
     assert set(group.commands) == {"audit-retention", "access-review", "report"}
-    assert set(group.commands["report"].commands) >= {"residency", "storage", "counts"}
+    assert set(group.commands["report"].commands) >= {"residency", "storage", "privacy", "counts"}
+
+
+def test_the_privacy_report_shows_spending_parameters_and_refusals():
+    settings = build_settings([{"stack_root": "/srv/gs"}], environ={})
+    parameters = {"epsilon": 1.0, "sensitivity_l1": 5, "scale": 5.0, "k_threshold": 10, "suppressed_groups": 3,
+                  "groups_in_domain": 14, "error_bound": {"alpha": 0.05, "plus_minus": 15}}
+    report = {
+        "host": "@local", "since": "2026-12-01", "settings": settings.analytics.model_dump(mode="json"),
+        "spent": [{"period_start": "2026-12-01", "consumer": "dpo-reports", "epsilon_spent": 2.0, "released": 2,
+                   "cached": 5, "refused": 1, "first": "2026-12-04 10:00:00+00", "last": "2026-12-04 11:00:00+00"}],
+        "releases": [{"id": 7, "created_at": "2026-12-04 10:00:00+00", "consumer": "dpo-reports",
+                      "release": "usage.daily", "epsilon": 1.0, "parameters": parameters,
+                      "query": {"release": "usage.daily", "start": "2026-11-28", "end": "2026-12-04",
+                                "collections": ["big", "small"], "kind": "search"}}],
+        "refused": [{"at": "2026-12-04 11:00:00+00", "consumer": "dpo-reports", "release": "usage.daily",
+                     "query": {"release": "usage.daily", "start": "2026-12-01", "end": "2026-12-04",
+                               "collections": None, "kind": "view"}}],
+    }
+    text = compliance.render_privacy(report)
+    assert "| 2026-12-01 | dpo-reports | 2 | 10 | 2 | 5 | 1 |" in text
+    assert "Total per period: 2026-12-01: 2 of 30" in text
+    assert ("| 7 | 2026-12-04 10:00:00 | dpo-reports | usage.daily | 2026-11-28..2026-12-04 "
+            "collections=big,small kind=search | 1 | 5 | 5.0 | ±15 at 95% | 10 | 3 of 14 |") in text
+    assert "- 2026-12-04 11:00:00 dpo-reports: usage.daily 2026-12-01..2026-12-04 kind=view" in text
+
+
+def test_residency_names_the_usage_events_and_their_retention():
+    settings = build_settings([{"stack_root": "/srv/gs", "analytics": {"events_retention_days": 30}}], environ={})
+    report = compliance.residency_report(Entry(settings), {})
+    item = next(i for i in report["items"] if i["store"] == "PostgreSQL (schema analytics)")
+    assert "no query text" in item["data"] and "deleted after 30 days" in item["note"]

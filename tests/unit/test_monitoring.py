@@ -26,7 +26,7 @@ HOST = HostResources(memory_mb=8 * 1024, cpus=2)
 # The alerts (plus EdgeDown), each of which must exist, be annotated and be tested.
 ALERTS = {
     "TargetDown", "PostgresDown", "ObjectStoreDown", "VectorStoreDown", "EdgeDown", "HighErrorRate",
-    "DatabaseConnectionsHigh", "VectorSearchLatencyHigh", "IndexingBacklog", "CleanupPaused", "DiskSpaceLow",
+    "DatabaseConnectionsHigh", "VectorSearchLatencyHigh", "IndexingBacklog", "CleanupPaused", "AnalyticsEventsLost", "DiskSpaceLow",
     "DiskWillFillIn4h", "HostMemoryHigh", "BackupStale", "BackupFailed", "CertificateExpiringSoon",
     "DocumentsFailing",
 }
@@ -137,7 +137,7 @@ def test_prometheus_scrapes_every_job_by_docker_name():
     config = yaml.safe_load(monitoring.render_prometheus_config(plan_for()))
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     assert set(jobs) == {
-        "prometheus", "alertmanager", "blackbox", "app", "worker", "node", "postgres", "nginx",
+        "prometheus", "alertmanager", "blackbox", "app", "worker", "analytics", "node", "postgres", "nginx",
         "seaweedfs", "s3", "chroma", "edge-tls",
     }
     static = {
@@ -170,6 +170,8 @@ def test_app_targets_list_the_running_colors_and_mark_the_serving_one():
     assert [group["targets"] for group in app] == [["app-blue:8000"], ["app-green:8000"]]
     assert [group["labels"]["serving"] for group in app] == ["false", "true"]
     assert json.loads(files["worker.json"])[0]["targets"] == ["app-blue-worker:9100"]
+    assert [group["targets"] for group in json.loads(files["analytics.json"])] == [
+        ["analytics-blue:8000"], ["analytics-green:8000"]]
     with pytest.raises(ValueError):
         monitoring.render_app_targets(("blue",), serving="green")
 

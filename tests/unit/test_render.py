@@ -235,3 +235,43 @@ def test_readme_settings_table_is_generated_from_the_model():
 
     current = README.read_text()
     assert render_readme(current) == current, "README settings table is stale: run `python -m govstack.docs`"
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_analytics_runs_beside_the_app_in_each_color_with_least_privilege(enabled, tmp_path, compose_binary):
+    from govstack.render import render_app_compose
+
+    plan = StackPlan(plan_for(analytics={"enabled": enabled}).settings.model_copy(
+        update={"stack_root": str(tmp_path)}), HOST)
+    (tmp_path / "secrets").mkdir()
+    for name in plan.compose_secrets:
+        (tmp_path / "secrets" / name).write_text("x" * 20)
+    path = tmp_path / "green.yml"
+    path.write_text(render_app_compose(plan, "green", "v7"))
+    result = compose_config(compose_binary, path, "--format", "yaml")
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    nginx = render_nginx_conf(plan)
+    api_env = services["api"]["environment"]
+    if not enabled:
+        assert set(services) == {"api", "worker"}
+        assert "GOVSTACK_ANALYTICS_ACTOR_KEY_FILE" not in api_env and "/analytics/" not in nginx
+        return
+    assert set(services) == {"api", "worker", "analytics"} == set(plan.app_services)
+    analytics = services["analytics"]
+    assert analytics["command"] == ["analytics"] and analytics["image"] == services["api"]["image"]
+    assert analytics["user"] == "10001:10001" and analytics["read_only"] is True
+    assert analytics["cap_drop"] == ["ALL"] and "no-new-privileges:true" in analytics["security_opt"]
+    assert analytics["deploy"]["resources"]["limits"]["memory"]
+    assert list(analytics["networks"]) == ["data"]  # no egress, nothing published
+    assert [s["source"] for s in analytics["secrets"]] == ["postgres_analytics_password"]
+    env = analytics["environment"]
+    assert env["GOVSTACK_ANALYTICS_DATABASE_USER"] == "govstack_analytics" and env["GOVSTACK_APP_COLOR"] == "green"
+    assert not any(key.startswith(("GOVSTACK_S3", "GOVSTACK_CHROMA", "GOVSTACK_ADMIN")) for key in env)
+    # Only the API can pseudonymise; the worker keeps the events to their retention.
+    assert api_env["GOVSTACK_ANALYTICS_ACTOR_KEY_FILE"] == "/run/secrets/analytics_actor_key"
+    assert "GOVSTACK_ANALYTICS_ACTOR_KEY_FILE" not in services["worker"]["environment"]
+    assert services["worker"]["environment"]["GOVSTACK_ANALYTICS_EVENTS_RETENTION_DAYS"] == "90"
+    assert "analytics_actor_key" not in [s["source"] for s in services["worker"]["secrets"]]
+    # The edge sends /analytics/ to the serving color's analytics service.
+    assert "location /analytics/ {" in nginx and 'default "analytics-blue:8000";' in nginx

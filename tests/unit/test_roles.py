@@ -220,9 +220,12 @@ def test_each_host_holds_only_the_secrets_its_roles_read():
     email = {"to": ["ops@example.gov"], "sender": "alerts@example.gov", "smarthost": "smtp.example.gov:587",
              "auth_username": "alerts"}
     plans = split_plans(monitoring={"email": email}, secrets={"alertmanager_smtp_password": "s" * 20})
+    # The data host sets the analytics role's password; only the app hosts hold the actor key.
     data = {"postgres_password", "postgres_owner_password", "postgres_app_password", "s3_access_key",
-            "s3_secret_key", "restic_password", "postgres_backup_password", "postgres_monitor_password"}
-    app = {"postgres_owner_password", "postgres_app_password", "s3_access_key", "s3_secret_key", "app_admin_api_key"}
+            "s3_secret_key", "restic_password", "postgres_backup_password", "postgres_monitor_password",
+            "postgres_analytics_password"}
+    app = {"postgres_owner_password", "postgres_app_password", "s3_access_key", "s3_secret_key", "app_admin_api_key",
+           "postgres_analytics_password", "analytics_actor_key"}
     monitoring = {"postgres_monitor_password", "grafana_admin_password", "alertmanager_smtp_password"}
     assert _secret_files(plans["data1"]) == data
     assert _secret_files(plans["app1"]) == _secret_files(plans["app2"]) == app
@@ -244,12 +247,18 @@ def test_each_host_holds_only_the_secrets_its_roles_read():
         used = {secret for service in compose["services"].values() for secret in service.get("secrets", [])}
         assert used <= _secret_files(plan), name
     app_compose = yaml.safe_load(render_app_compose(plans["app1"], "blue", "v1"))
-    assert set(app_compose["secrets"]) == set(plans["app1"].app_project_secrets)
+    assert set(app_compose["secrets"]) == set(plans["app1"].app_project_secrets) == app
     # Only the one-off migrate service reads the schema owner's password.
     readers = {name for name, service in app_compose["services"].items()
                if "postgres_owner_password" in service.get("secrets", [])}
     assert readers == {"migrate"}
     assert app_compose["services"]["migrate"]["profiles"] == ["migrate"]
+    # Least privilege inside the color: the actor key is the API's, the analytics service holds
+    # only its role's password.
+    services = app_compose["services"]
+    assert set(services["api"]["secrets"]) == set(plans["app1"].app_secrets) | {"analytics_actor_key"}
+    assert set(services["worker"]["secrets"]) == set(plans["app1"].app_secrets)
+    assert services["analytics"]["secrets"] == ["postgres_analytics_password"]
 
 
 def test_offsite_keys_and_grpc_material_stay_on_the_data_host():

@@ -25,7 +25,7 @@ REQUIRED_PARTS = ("**When to use it.**", "**Preconditions.**", "**Expected durat
 EXPECTED = {
     "restore-postgres", "restore-objects", "restore-vectors", "rebuild-vector-index", "dr-drill",
     "blue-green-deploy", "rotate-secrets", "move-to-new-host", "add-app-host", "disk-full", "lost-data-host",
-    "incident-communication",
+    "incident-communication", "privacy-analytics",
 }
 
 
