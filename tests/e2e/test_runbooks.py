@@ -31,7 +31,7 @@ from tests.e2e.test_app_support import Api, wait_indexed
 RUNBOOKS = REPO_ROOT / "runbooks"
 # Read-only and cheap first, destructive later; move-to-new-host last (a second stack).
 ORDER = [
-    "README", "alerts", "incident-communication", "add-app-host", "disk-full", "lost-data-host",
+    "README", "alerts", "privacy-analytics", "incident-communication", "add-app-host", "disk-full", "lost-data-host",
     "rebuild-vector-index", "blue-green-deploy", "restore-objects", "restore-vectors", "restore-postgres",
     "dr-drill", "rotate-secrets", "move-to-new-host",
 ]
