@@ -21,6 +21,8 @@ def expected_jobs(settings) -> set[str]:
     }
     if settings.object_store.kind == "seaweedfs":
         jobs |= {"seaweedfs", "s3"}
+    if settings.analytics.enabled:
+        jobs.add("analytics")
     return jobs
 
 
