@@ -165,6 +165,14 @@ def test_app_hosts_reach_the_data_host_and_publish_each_color():
         assert api["environment"]["GOVSTACK_S3_ENDPOINT"] == "10.0.0.31:8333"
         assert api["environment"]["GOVSTACK_TRUSTED_PROXIES"] == "10.0.0.10/32"
         assert "networks" not in compose
+        # The analytics service of the color: published the same way, on its own port.
+        analytics = compose["services"]["analytics"]
+        assert analytics["ports"] == [f"10.0.0.22:{port + 10}:8000"]
+        assert analytics["environment"]["GOVSTACK_DATABASE_HOST"] == "10.0.0.31"
+        openings = dict(plan.firewall_openings)
+        assert openings[port + 10] == openings[port] == ["10.0.0.10"]  # the edge and monitoring host
+    targets = json.loads(render_app_target_files(plan, ("blue",), "blue")["analytics.json"])
+    assert targets[0]["targets"] == ["10.0.0.21:8011", "10.0.0.22:8011"]
 
 
 def test_the_edge_upstream_lists_every_app_host_of_the_serving_color():
@@ -176,6 +184,8 @@ def test_the_edge_upstream_lists_every_app_host_of_the_serving_color():
     assert "proxy_next_upstream error timeout http_502 http_503 http_504;" in conf
     assert "non_idempotent" not in conf.split("proxy_next_upstream ", 1)[1].split(";")[0]
     assert 'set $s3_upstream "10.0.0.31:8333";' in conf
+    assert "upstream analytics_blue {" in conf and 'default "analytics_blue";' in conf
+    assert "server 10.0.0.21:8011 max_fails=1 fail_timeout=10s;" in conf
 
 
 def test_shared_secrets_are_made_once_private_and_stable(tmp_path):
