@@ -76,4 +76,7 @@ class AnalyticsSettings(BaseSettings):
             password=self.database_password(),
             connect_timeout=5,
             application_name=f"govstack-analytics-{self.app_color}",
+            # Releases take milliseconds; one that waits on the release lock or a query longer
+            # than this is stuck: fail it (the consumer retries) rather than pile up behind it.
+            options="-c statement_timeout=30s -c lock_timeout=15s",
         )
