@@ -115,6 +115,8 @@ def role_secrets(stack: BackupHost) -> dict[str, str]:
     roles = {s.postgres.owner_user: secret_path(s, "postgres_owner_password"),
              s.postgres.app_user: secret_path(s, "postgres_app_password"), BACKUP_ROLE: secret_path(s, ROLE_SECRET)}
     roles[MONITOR_ROLE] = secret_path(s, MONITOR_SECRET)
+    if s.analytics.enabled:
+        roles[stack.plan.analytics_role] = secret_path(s, "postgres_analytics_password")
     return roles
 
 

@@ -276,3 +276,17 @@ def test_drill_compares_top_k_by_rank_exactly_and_scores_within_float32_noise():
     assert compare_topk(before, {"c | vector | q": [[1, 0, -0.0757], [2, 3, -0.07]],
                                  "d | vector | q": []}) == ["c | vector | q", "d | vector | q"]
     assert compare_topk(before, {"c | vector | q": before["c | vector | q"]}) == ["d | vector | q"]
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_a_restored_database_lets_the_analytics_role_in_again(enabled):
+    """A restore creates the database anew (its CONNECT grants are not in the dump), grants
+    CONNECT to every login role of role_secrets but the owner, and resets their passwords: the
+    analytics service's role is among them when enabled."""
+    from govstack.backup.ops import role_secrets
+
+    stack = BackupHost(FakeHost({}), plan_for(analytics={"enabled": enabled}))
+    roles = role_secrets(stack)
+    assert ("govstack_analytics" in roles) == enabled
+    if enabled:
+        assert roles["govstack_analytics"].endswith("/secrets/postgres_analytics_password")
