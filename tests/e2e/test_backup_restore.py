@@ -132,3 +132,8 @@ def test_backup_during_live_uploads_restores_rows_and_objects_consistently(stack
     mine = stack.psql(f"SELECT count(*) FROM documents d JOIN collections c ON c.id = d.collection_id "
                       f"WHERE c.name = '{collection}'")
     assert 0 < int(mine[0][0]) <= len(uploaded)
+    # The database's other clients can still connect to the database the restore created.
+    db = stack.settings.postgres.database
+    clients = stack.psql(f"SELECT rolname, has_database_privilege(rolname, '{db}', 'CONNECT') FROM pg_roles "
+                         "WHERE rolname IN ('govstack_monitor', 'govstack_analytics') ORDER BY 1")
+    assert clients and all(allowed == "t" for _, allowed in clients), clients
