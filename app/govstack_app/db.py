@@ -99,7 +99,8 @@ ANALYTICS_ROLE_PRIVILEGES = (
     ("SCHEMA", "analytics", "USAGE"),
     ("TABLE", "analytics.actor_day_events", "SELECT"),
     ("TABLE", "analytics.collections", "SELECT"),
-    *(("TABLE", table, p) for table in ("analytics.releases", "analytics.privacy_ledger") for p in ("SELECT", "INSERT")),
+    *(("TABLE", table, p) for table in ("analytics.releases", "analytics.privacy_ledger")
+      for p in ("SELECT", "INSERT")),
     ("FUNCTION", "analytics.consumer_of_key(text)", "EXECUTE"),
 )
 _HAS_PRIVILEGE = {"SCHEMA": "has_schema_privilege", "TABLE": "has_table_privilege",

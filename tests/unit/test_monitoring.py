@@ -26,7 +26,8 @@ HOST = HostResources(memory_mb=8 * 1024, cpus=2)
 # The alerts (plus EdgeDown), each of which must exist, be annotated and be tested.
 ALERTS = {
     "TargetDown", "PostgresDown", "ObjectStoreDown", "VectorStoreDown", "EdgeDown", "HighErrorRate",
-    "DatabaseConnectionsHigh", "VectorSearchLatencyHigh", "IndexingBacklog", "CleanupPaused", "AnalyticsEventsLost", "DiskSpaceLow",
+    "DatabaseConnectionsHigh", "VectorSearchLatencyHigh", "IndexingBacklog", "CleanupPaused", "AnalyticsEventsLost",
+    "DiskSpaceLow",
     "DiskWillFillIn4h", "HostMemoryHigh", "BackupStale", "BackupFailed", "CertificateExpiringSoon",
     "DocumentsFailing",
 }

@@ -118,6 +118,7 @@ def test_every_problem_is_named_in_one_line():
     ("no_such_secret", {}, "unknown secret 'no_such_secret'"),
     ("app_admin_api_key", {}, "rotated through its key API"),
     ("grafana_admin_password", {}, "reset-admin-password"),
+    ("analytics_actor_key", {}, "every actor a new pseudonym"),
     ("backup_offsite_access_key", {}, "supplied by the operator"),
     ("restic_password", {"secrets": {"restic_password": "r" * 64}}, "supplied by the inventory"),
     ("s3_secret_key", {"secrets": {"s3_access_key": "a" * 20}}, "s3_access_key is supplied by the inventory"),
@@ -150,4 +151,5 @@ def test_an_s3_key_rotates_with_its_pair_and_each_kind_has_a_role_or_a_repositor
              if spec.rotation == "postgres-role"}
     assert roles == {"postgres_password": "postgres", "postgres_owner_password": "govstack_owner",
                      "postgres_app_password": "govstack", "postgres_backup_password": "govstack_backup",
-                     "postgres_monitor_password": "govstack_monitor"}
+                     "postgres_monitor_password": "govstack_monitor",
+                     "postgres_analytics_password": "govstack_analytics"}

@@ -197,7 +197,9 @@ def create_analytics_app(settings: AnalyticsSettings, pool: ConnectionPool | Non
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         own = pool is None
         if own:
-            app.state.pool = ConnectionPool(settings.conninfo(), min_size=1, max_size=4, timeout=POOL_WAIT_S,
+            # A callable: the password file is read for each new connection, so a rotated password
+            # (`govstack secret rotate postgres_analytics_password`) is used without a restart.
+            app.state.pool = ConnectionPool(settings.conninfo, min_size=1, max_size=4, timeout=POOL_WAIT_S,
                                             check=ConnectionPool.check_connection, name="analytics", open=False)
             app.state.pool.open(wait=False)
         else:
