@@ -30,8 +30,8 @@ from govstack_app.analytics.events import (
 from govstack_app.analytics.ledger import OverBudget, period_bounds
 from govstack_app.analytics.mechanisms import bound_contributions, count_mechanism
 from govstack_app.analytics.releases import SPECS, BadQuery, resolve_window, shape
-from govstack_app.analytics.service import ReleaseService
 from govstack_app.analytics.settings import AnalyticsSettings
+from govstack_app.services.analytics import ReleaseService
 
 TODAY = date(2026, 12, 4)
 

@@ -1,5 +1,5 @@
-"""Answering one question: the cache, the budget, the release, the ledger, in one transaction
-under one lock.
+"""The analytics service's use case, answering one question: the cache, the budget, the
+release, the ledger, in one transaction under one lock.
 
     lock -> same question this period? -> the cached release, ledger "cached", epsilon 0
          -> budget has room?           -> no: ledger "refused", 429 with what is left
@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from .ledger import Budget, BudgetPolicy, OverBudget, ReleaseStore
-from .mechanisms import count_mechanism
-from .releases import (
+from ..analytics.ledger import Budget, BudgetPolicy, OverBudget, ReleaseStore
+from ..analytics.mechanisms import count_mechanism
+from ..analytics.releases import (
     SPECS,
     bounded_counts,
     canonical_query,
@@ -26,7 +26,7 @@ from .releases import (
     resolve_window,
     rows_sql,
 )
-from .settings import AnalyticsSettings
+from ..analytics.settings import AnalyticsSettings
 
 
 @dataclass(frozen=True)
