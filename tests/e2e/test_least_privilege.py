@@ -5,6 +5,8 @@
   the audit trail, DDL of any kind and the partition-drop function below the
   floor all fail; reading and appending the audit trail works, and so does
   the app (upload, index, search, delete).
+- In schema analytics (migration 0006) the app's role may append usage
+  events and delete old ones, nothing else.
 - Only the one-off migrate service mounts the owner's password.
 - A stack whose app role owned everything (as before the split) is upgraded
   in place by `govstack up`; a second `up` changes nothing.
@@ -59,6 +61,13 @@ def as_app_role(stack, statements: list[str]) -> dict[str, str]:
     return json.loads(out.strip().splitlines()[-1])
 
 
+def assert_app_role_may(stack, *, refused: list[str], allowed: list[str]) -> None:
+    results = as_app_role(stack, refused + allowed)
+    assert {statement: results[statement] for statement in refused} == {
+        statement: INSUFFICIENT_PRIVILEGE for statement in refused}
+    assert {statement: results[statement] for statement in allowed} == {statement: "ok" for statement in allowed}
+
+
 def owned_by(stack, role: str) -> int:
     return int(stack.psql(
         "SELECT (SELECT count(*) FROM pg_class WHERE relowner = r.oid) + (SELECT count(*) FROM pg_proc "  # noqa: S608
@@ -101,10 +110,34 @@ def test_the_app_role_owns_nothing_and_cannot_drop_truncate_or_delete_audit_rows
         "UPDATE api_keys SET collections = collections WHERE false",
         "INSERT INTO bootstrap_key_seeds (key_hash) VALUES ('probe')",
     ]
-    results = as_app_role(stack, refused + allowed)
-    assert {statement: results[statement] for statement in refused} == {
-        statement: INSUFFICIENT_PRIVILEGE for statement in refused}
-    assert {statement: results[statement] for statement in allowed} == {statement: "ok" for statement in allowed}
+    assert_app_role_may(stack, refused=refused, allowed=allowed)
+
+
+def test_in_schema_analytics_the_app_role_writes_and_expires_events_only(stack):
+    """Migration 0006: the API appends usage events and the worker's retention deletes old ones
+    (grants made by migrate, as the owner); nothing else there is the app's, and neither the app's
+    role nor the analytics service's owns anything."""
+    if not stack.settings.analytics.enabled:
+        pytest.skip("analytics is disabled in this inventory: schema analytics has no readers")
+    assert owned_by(stack, stack.settings.postgres.app_user) == owned_by(stack, "govstack_analytics") == 0
+    refused = [
+        "DROP TABLE analytics.events",
+        "TRUNCATE analytics.events",
+        "UPDATE analytics.events SET kind = kind WHERE false",
+        "SELECT count(*) FROM analytics.releases",
+        "SELECT count(*) FROM analytics.privacy_ledger",
+        "INSERT INTO analytics.privacy_ledger (consumer, period_start, release, query, outcome, epsilon)"
+        " VALUES ('forged', current_date, 'x', '{}', 'refused', 0)",
+        "SELECT * FROM analytics.consumer_of_key('x')",
+        "CREATE TABLE analytics.forged (x int)",
+    ]
+    allowed = [
+        "INSERT INTO analytics.events (occurred_at, kind, actor, latency_bucket)"
+        " VALUES (date_trunc('minute', now()), 'view', repeat('0', 32), 0)",
+        "SELECT count(*) FROM analytics.events",
+        "DELETE FROM analytics.events WHERE false",
+    ]
+    assert_app_role_may(stack, refused=refused, allowed=allowed)
 
 
 def test_only_the_migrate_service_reads_the_owners_password(stack):
