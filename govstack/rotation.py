@@ -92,6 +92,8 @@ def check_rotatable(name: str, hosts: list[InventoryHost]) -> tuple[str, ...]:
                                   "then `govstack up`")
         if spec.rotation == "restic" and not s.backup.enabled:
             raise RotationRefused(f"{name}: the backup service is disabled (backup.enabled), nothing reads it")
+        if name == "postgres_analytics_password" and not s.analytics.enabled:
+            raise RotationRefused(f"{name}: the analytics service is disabled (analytics.enabled), nothing reads it")
         if spec.rotation == "s3" and s.object_store.kind != "seaweedfs":
             raise RotationRefused(f"{name}: the keys of an external object store are rotated at that store, "
                                   "then supplied in the inventory")

@@ -371,3 +371,34 @@ def test_the_privacy_report_prints_the_ledger_for_auditors(stack: Any, traffic: 
     asked = ",".join(sorted((traffic["big"], traffic["small"], traffic["empty"])))
     assert f"collections={asked} kind=search" in text
     assert f"an-{traffic['marker']}-spender: usage.daily" in text  # its refusal
+
+
+_CONNECTS_WITH = (
+    "import sys, psycopg\n"
+    "from psycopg.conninfo import make_conninfo\n"
+    "from govstack_app.analytics.settings import AnalyticsSettings\n"
+    "try:\n"
+    "    psycopg.connect(make_conninfo(AnalyticsSettings().conninfo(), password=sys.stdin.read())).close()\n"
+    "    print('connects')\n"
+    "except psycopg.OperationalError:\n"
+    "    print('refused')\n"
+)
+
+
+def test_the_analytics_password_rotates_with_no_restart(stack: Any, consumer: Analytics) -> None:
+    """`govstack secret rotate postgres_analytics_password` (issue 12's machinery): ALTER ROLE,
+    then the file in place; the service's pool reads it per new connection, so the service keeps
+    answering without a restart, the new value opens a connection and the old one no longer does."""
+    container = stack.service_container("analytics")
+    started = docker("inspect", "-f", "{{.State.StartedAt}}", container).stdout.strip()
+    path = Path(stack.settings.secrets_dir, "postgres_analytics_password")
+    old = path.read_text()
+    result = run_govstack("secret", "rotate", "postgres_analytics_password", "--lock-wait", "120",
+                          "-i", stack.inventory, timeout=900)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-2000:]
+    new = path.read_text()
+    assert new != old
+    assert app_exec(stack, "python3", "-c", _CONNECTS_WITH, service="analytics", input=new).stdout.strip() == "connects"
+    assert app_exec(stack, "python3", "-c", _CONNECTS_WITH, service="analytics", input=old).stdout.strip() == "refused"
+    assert consumer.get("budget").status_code == 200
+    assert docker("inspect", "-f", "{{.State.StartedAt}}", container).stdout.strip() == started

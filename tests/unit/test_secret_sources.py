@@ -119,6 +119,7 @@ def test_every_problem_is_named_in_one_line():
     ("app_admin_api_key", {}, "rotated through its key API"),
     ("grafana_admin_password", {}, "reset-admin-password"),
     ("analytics_actor_key", {}, "every actor a new pseudonym"),
+    ("postgres_analytics_password", {"analytics": {"enabled": False}}, "analytics service is disabled"),
     ("backup_offsite_access_key", {}, "supplied by the operator"),
     ("restic_password", {"secrets": {"restic_password": "r" * 64}}, "supplied by the inventory"),
     ("s3_secret_key", {"secrets": {"s3_access_key": "a" * 20}}, "s3_access_key is supplied by the inventory"),
