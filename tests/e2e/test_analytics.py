@@ -88,7 +88,8 @@ def traffic(stack: Any) -> Iterator[dict[str, Any]]:
 
     big, small, empty = f"an-big-{marker}", f"an-small-{marker}", f"an-empty-{marker}"
     writer_name = f"an-{marker}-writer"
-    writer = key(writer_name, "writer")
+    # Its uploads create the two collections: that takes the curator role (scoped keys).
+    writer = key(writer_name, "curator")
     docs = {}
     for collection in (big, small):
         r = writer.upload(collection, "notice.txt", f"Road maintenance notice {marker} for {collection}.".encode())
