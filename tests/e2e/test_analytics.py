@@ -303,6 +303,19 @@ def test_the_analytics_role_reads_only_the_events_view(stack: Any, traffic: dict
     assert "S3" not in env and "CHROMA" not in env and "ACTOR_KEY" not in env
 
 
+def test_a_key_scoped_to_collections_may_not_read_analytics(stack: Any, traffic: dict[str, Any]) -> None:
+    """Releases cover every collection: a scoped key is refused by name (403), not as unknown."""
+    admin = Api(stack, stack.admin_api_key)
+    name = f"an-{traffic['marker']}-scoped"
+    r = admin.call("POST", "/api/v1/keys", json={"name": name, "role": "writer", "collections": [traffic["small"]]})
+    assert r.status_code == 201, r.text
+    try:
+        r = Analytics(stack, r.json()["api_key"]).get("budget")
+        assert r.status_code == 403 and "scoped to collections" in r.json()["detail"], r.text
+    finally:
+        admin.call("DELETE", f"/api/v1/keys/{name}")
+
+
 def test_writing_events_never_fails_a_request(stack: Any, traffic: dict[str, Any]) -> None:
     """With the events table gone, searches still answer 200; the lost events are counted."""
     reader = Api(stack, traffic["keys"][traffic["readers"][0]])

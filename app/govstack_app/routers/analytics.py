@@ -26,7 +26,7 @@ from ..analytics.schemas import AnalyticsHealth, BudgetExhausted, BudgetState, R
 from ..analytics.settings import AnalyticsSettings
 from ..http_errors import HTTPError, current_request_id
 from ..schemas import AUTH_ERRORS, ReadyResponse, error_doc
-from ..security import hash_api_key, role_allows, valid_collection_name
+from ..security import SCOPED_HASH_PREFIX, hash_api_key, role_allows, valid_collection_name
 from ..services.analytics import ReleaseService
 from ..services.backends import db
 
@@ -57,9 +57,16 @@ def consumer(request: Request, key: Annotated[str | None, Security(api_key_heade
     """The API key's name, when its role may consume analytics."""
     if not key:
         raise HTTPError(401, "missing API key (X-API-Key header)", {"WWW-Authenticate": "ApiKey"})
+    digest = hash_api_key(key)
     with db(request.app.state.pool) as conn:
-        row = conn.execute("SELECT name, role FROM analytics.consumer_of_key(%s)", (hash_api_key(key),)).fetchone()
+        row = conn.execute("SELECT name, role FROM analytics.consumer_of_key(%s)", (digest,)).fetchone()
+        # A key scoped to collections is stored under a prefixed hash: releases cover every
+        # collection, so such a key is refused by name rather than as unknown.
+        scoped = row is None and conn.execute("SELECT 1 FROM analytics.consumer_of_key(%s)",
+                                              (SCOPED_HASH_PREFIX + digest,)).fetchone() is not None
         conn.rollback()
+    if scoped:
+        raise HTTPError(403, "a key scoped to collections may not read analytics: releases cover every collection")
     if row is None:
         raise HTTPError(401, "invalid API key", {"WWW-Authenticate": "ApiKey"})
     needed = request.app.state.settings.analytics_consumer_role
