@@ -114,9 +114,19 @@ def names_code(dotted: str) -> bool:
     return False
 
 
+def database_names() -> set[str]:
+    """Names in the database that share a settings section's name (schema ``analytics``, migration
+    0006): the schema-qualified objects of the migrations and the audit actions the app writes."""
+    app = REPO / "app" / "govstack_app"
+    sql = " ".join(path.read_text() for path in (app / "migrations").glob("*.sql"))
+    actions = (app / "retention.py").read_text()
+    return set(re.findall(r"\b[a-z_]+\.[a-z_]+\b", sql)) | set(re.findall(r'"([a-z_]+\.[a-z_]+)"', actions))
+
+
 def settings_keys(document: Path) -> list[str]:
     keys = []
     sections = set(Settings.model_fields)
+    in_database = database_names()
     for code in INLINE.findall(FENCE.sub("", document.read_text())):
         code = code.strip()
         key = code.removeprefix("govstack.")
@@ -124,7 +134,7 @@ def settings_keys(document: Path) -> list[str]:
             continue
         if code.startswith("govstack.") and names_code(code):
             continue
-        if key.rsplit(".", 1)[1] in FILE_SUFFIXES:
+        if key.rsplit(".", 1)[1] in FILE_SUFFIXES or code in in_database:
             continue
         keys.append(key)
     return keys
