@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 INVENTORY = REPO / "bench" / "inventories" / "bench_local.py"
 sys.path.insert(0, str(REPO))
 
-from govstack import images  # noqa: E402
+from govstack import catalog, images  # noqa: E402
 from govstack.inventory import load_inventory  # noqa: E402
 
 
@@ -37,7 +37,8 @@ def image_build_seconds(settings) -> float:
     base = "govstack-bench/base:nocache"
     script = images.IMAGE_TEMPLATES / "base" / "build-rootfs.sh"
     total += timed(["sh", str(script), settings.images.debian_suite, settings.images.debian_mirror, base, "bench"])
-    for image in images.offline_images(settings):
+    # The data tier's and the edge's servers (the backup job is FROM the real postgres tag).
+    for image in catalog.offline_builds(settings, ["postgres", "seaweedfs", "chroma", "nginx"]):
         with tempfile.TemporaryDirectory() as ctx:
             subprocess.run(["cp", "-r", f"{image.context}/.", ctx], check=True)
             certs = Path(ctx) / "certs"

@@ -6,9 +6,7 @@ from __future__ import annotations
 from pyinfra.api import deploy
 from pyinfra.operations import files
 
-from govstack import images
-from govstack.backup.plan import backup_image
-from govstack.monitoring import catalog as monitoring_catalog
+from govstack import catalog, images
 from govstack.operations import base_image_built, files_mirrored, image_built
 from govstack.plan import StackPlan
 
@@ -44,17 +42,10 @@ def build_offline_images(plan: StackPlan):
         mirror=s.images.debian_mirror,
     )
 
-    wanted = images.offline_images(s)
-    if s.monitoring.enabled:
-        wanted += monitoring_catalog.offline_images()
-    if plan.split:
-        # Only what this host's part of the stack runs (the others were
-        # built once and shipped, or are built where they run).
-        wanted = [image for image in wanted if image.service in plan.services]
-    for image in wanted:
+    # Only what this host's part of the stack runs (in a split inventory the
+    # others were built once and shipped, or are built where they run).
+    for image in catalog.offline_builds(s, plan.services):
         build_offline_image(plan, image, base_tag, base_hash)
-    if s.backup.enabled and "backup" in plan.services:
-        build_offline_image(plan, backup_image(s), base_tag, base_hash)
     if plan.has_role("app"):
         build_app_image(plan, plan.release.version)
 

@@ -29,6 +29,7 @@ from pyinfra.operations import files, python
 from deploys import app, images
 from govstack import faults
 from govstack.facts import DockerAppArmor, HostResourcesFact
+from govstack.monitoring.render import render_app_target_files
 from govstack.operations import (
     app_migrated,
     compose_project_healthy,
@@ -42,7 +43,6 @@ from govstack.render import (
     nginx_candidate_path,
     nginx_live_path,
     render_app_compose,
-    render_app_target_files,
     render_nginx_conf,
 )
 from govstack.role_operations import all_hosts_reached, app_color_stopped, edge_drained

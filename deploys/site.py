@@ -9,8 +9,8 @@ from pyinfra import host, inventory, logger
 from deploys import app, engine, images, stack
 from govstack import faults, secret_store
 from govstack.backup import deploy as backup
+from govstack.catalog import require_wheel_locks
 from govstack.facts import DockerAppArmor, HostResourcesFact
-from govstack.images import require_wheel_locks
 from govstack.monitoring import deploy as monitoring
 from govstack.plan import StackPlan
 from govstack.release import ReleaseState, release_path

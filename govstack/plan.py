@@ -9,39 +9,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from govstack import images
-from govstack.backup.plan import BackupPlan
-from govstack.monitoring import catalog as monitoring_catalog
+from govstack import catalog, images
+from govstack.catalog import HOST_PORTS, SERVICES, BackupContainerPaths
 from govstack.release import Color, Release, first_release
-from govstack.roles import (
-    ALL_ROLES,
-    ANALYTICS_HOST_PORTS,
-    APP_HOST_PORTS,
-    WORKER_METRICS_HOST_PORTS,
-    Member,
-    Topology,
-)
+from govstack.roles import ALL_ROLES, Member, Topology
 from govstack.secrets import SECRET_SPECS, host_secret_names
-from govstack.settings import NGINX_UID, POSTGRES_UID, SERVICE_UID, Resources, Settings
-from govstack.settings.paths import TEXTFILE_DIR
+from govstack.settings import Resources, Settings
+from govstack.settings.paths import TEXTFILE_DIR, BackupPaths
 from govstack.tuning import HostResources, postgres_memory_budget_mb, postgres_tuning
 
-# Ports inside the stack's networks; only nginx publishes anything.
-INTERNAL_PORTS = {
-    "postgres": 5432,
-    "seaweedfs_s3": 8333,
-    "chroma": 8000,
-    "app": 8000,
-    "analytics": 8000,
-    "nginx_http": 8080,
-    "nginx_https": 8443,
-    # With edge.real_ip_header proxy_protocol the two above accept PROXY-protocol
-    # connections only; in-stack clients (healthcheck, TLS probe) use these.
-    "nginx_http_in_stack": 8079,
-    "nginx_https_in_stack": 8444,
-    "nginx_status": 8081,
-    "nginx_ops": 8082,
-}
+# Ports inside the stack's networks (service catalog); only nginx publishes anything.
+INTERNAL_PORTS = catalog.internal_ports()
 
 # Postgres' own processes beside connections and background workers: its
 # helpers (postmaster, checkpointer, background writer, walwriter, the
@@ -60,34 +38,56 @@ GRPC_PREFIX = "seaweedfs_grpc"
 GRPC_FILES = [f"{GRPC_PREFIX}_ca.crt", f"{GRPC_PREFIX}.crt", f"{GRPC_PREFIX}.key"]
 
 # Service -> uid it runs as; secret files and data dirs are owned to match.
-SERVICE_UIDS = {
-    "postgres": POSTGRES_UID,
-    "seaweedfs": SERVICE_UID,
-    "chroma": SERVICE_UID,
-    "nginx": NGINX_UID,
-    "app": SERVICE_UID,
-    "worker": SERVICE_UID,
-    "analytics": SERVICE_UID,
-    "backup": SERVICE_UID,
-    **{service: SERVICE_UID for service in (*monitoring_catalog.MONITORING_IMAGES, "grafana")},
-}
+SERVICE_UIDS = {name: svc.uid for name, svc in SERVICES.items()}
 
-# Exporters that run beside what they measure: node-exporter on every host of a
-# split inventory (the backup job's textfiles are on the data host), nginx-exporter
-# beside nginx (it reads stub_status over the local network).
-HOST_EXPORTERS = ("node-exporter", "nginx-exporter")
 
-# Data directories under <stack_root>/data, with their owners.
-DATA_DIRS = {
-    "postgres": POSTGRES_UID,
-    "seaweedfs": SERVICE_UID,
-    "chroma": SERVICE_UID,
-    "prometheus": SERVICE_UID,
-    "alertmanager": SERVICE_UID,
-    "grafana": SERVICE_UID,
-    # Textfiles for node-exporter (the backup job writes its freshness here).
-    TEXTFILE_DIR: SERVICE_UID,
-}
+def data_dirs() -> dict[str, int]:
+    """Data directories under <stack_root>/data, with their owners."""
+    return {
+        **{name: svc.uid for name, svc in SERVICES.items() if svc.data_dir},
+        # Textfiles for node-exporter (the backup job writes its freshness here).
+        TEXTFILE_DIR: SERVICES["node-exporter"].uid,
+    }
+
+
+DATA_DIRS = data_dirs()
+
+
+class BackupPlan:
+    """What the compose template reads as ``plan.backup`` (the job's commands,
+    roles and files are govstack/backup/)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.stack_settings = settings
+        self.settings = settings.backup
+
+    @property
+    def enabled(self) -> bool:
+        return self.settings.enabled
+
+    @cached_property
+    def image(self) -> str:
+        return SERVICES["backup"].image(self.stack_settings)
+
+    @property
+    def uid(self) -> int:
+        return SERVICES["backup"].uid
+
+    @property
+    def paths(self) -> BackupPaths:
+        return self.stack_settings.paths.backup
+
+    @property
+    def container(self) -> BackupContainerPaths:
+        return BackupContainerPaths()
+
+    @property
+    def secrets(self) -> list[str]:
+        return catalog.backup_secrets(self.stack_settings)
+
+    @property
+    def offsite(self) -> bool:
+        return self.settings.offsite is not None
 
 
 @dataclass(frozen=True)
@@ -152,32 +152,21 @@ class StackPlan:
         return self.settings.postgres.max_connections + workers + POSTGRES_FIXED_PROCESSES
 
     def image(self, service: str) -> str:
-        if service == "backup":
-            return self.backup.image
-        if service in self.monitoring_services:
-            return monitoring_catalog.image(self.settings, service)
-        return images.service_image(self.settings, service)
+        return SERVICES[service].image(self.settings)
 
     @property
     def monitoring_services(self) -> list[str]:
-        m = self.settings.monitoring
-        if not m.enabled:
-            return []
-        services = list(monitoring_catalog.MONITORING_IMAGES)
-        if self.settings.images.lane == "upstream" and m.grafana:
-            services.append("grafana")
-        return services
+        return [svc.name for svc in catalog.stack_services(self.settings) if svc.tier == "monitoring"]
 
     @property
     def host_images(self) -> list[str]:
         """Offline lane: every image this host's part of the stack runs (what
         the controller ships it with images.ship_from_controller)."""
-        offline = {image.service: image.tag for image in images.offline_images(self.settings)}
-        offline.update({image.service: image.tag for image in monitoring_catalog.offline_images()})
+        built = [SERVICES[name] for name in self.services if SERVICES[name].offline is not None]
+        # The backup job's image is FROM postgres': after it.
+        built.sort(key=lambda svc: svc.name == "backup")
         tags = [images.base_image_tag(self.settings)]
-        tags += [offline[service] for service in self.services if service in offline]
-        if "backup" in self.services:
-            tags.append(self.backup.image)
+        tags += [svc.offline(self.settings).tag for svc in built]
         if self.has_role("app"):
             tags.append(self.app_image(self.release.version))
         return tags
@@ -186,11 +175,11 @@ class StackPlan:
     def data_dirs(self) -> dict[str, int]:
         """Data directories this host needs, with their owners."""
         wanted = set(self.services) | {TEXTFILE_DIR}
-        return {name: uid for name, uid in DATA_DIRS.items() if name in wanted}
+        return {name: uid for name, uid in data_dirs().items() if name in wanted}
 
     @cached_property
     def backup(self) -> BackupPlan:
-        """The backup service's paths, image and secrets (govstack/backup/plan.py)."""
+        """The backup service's paths, image and secrets."""
         return BackupPlan(self.settings)
 
     @property
@@ -200,26 +189,24 @@ class StackPlan:
 
     @property
     def data_services(self) -> list[str]:
-        services = ["postgres", "chroma"]
-        if self.settings.object_store.kind == "seaweedfs":
-            services.insert(1, "seaweedfs")
-        return services
+        """The data tier's servers (not its backup job)."""
+        return [svc.name for svc in catalog.stack_services(self.settings)
+                if svc.tier == "data" and svc.published is not None]
 
     @property
     def services(self) -> list[str]:
-        """The services of this host's main Compose project (its roles' part)."""
-        backup = ["backup"] if self.settings.backup.enabled else []
+        """The services of this host's main Compose project (its roles' part):
+        all-in-one in catalog order, split by tier (data, edge, monitoring)."""
+        enabled = catalog.stack_services(self.settings)
         if not self.split:
-            return [*self.data_services, "nginx", *self.monitoring_services, *backup]
-        services = []
-        if self.has_role("data"):
-            services += [*self.data_services, *backup]
-        if self.has_role("edge"):
-            services.append("nginx")
-        beside = {"node-exporter"} | ({"nginx-exporter"} if self.has_role("edge") else set())
-        services += [name for name in self.monitoring_services
-                     if name in beside or (self.has_role("monitoring") and name not in HOST_EXPORTERS)]
-        return services
+            return [svc.name for svc in enabled]
+        mine = [svc for svc in enabled if svc.role is None or self.has_role(svc.role)]
+        return [svc.name for svc in sorted(mine, key=lambda svc: catalog.TIERS.index(svc.tier))]
+
+    @property
+    def service_records(self) -> list[catalog.Service]:
+        """This host's services' catalog records, in catalog order (the compose file's)."""
+        return [svc for svc in SERVICES.values() if svc.name in self.services]
 
     # Where one part of the stack reaches another: Docker DNS names on one
     # host, the data host's private address (published ports) when split.
@@ -256,22 +243,17 @@ class StackPlan:
         """Split inventory, data host: service -> port published on its private address."""
         if not (self.split and self.has_role("data")):
             return {}
-        ports = {"postgres": INTERNAL_PORTS["postgres"], "chroma": INTERNAL_PORTS["chroma"]}
-        if "seaweedfs" in self.data_services:
-            ports["seaweedfs"] = INTERNAL_PORTS["seaweedfs_s3"]
-        return ports
+        return {name: SERVICES[name].ports[SERVICES[name].published] for name in self.data_services}
 
     @property
     def published_metrics_ports(self) -> dict[str, int]:
         """Split inventory: service -> metrics port published on this host's
         private address, for Prometheus on the other monitoring hosts (one on
         this host scrapes it over the local network)."""
-        if not (self.split and self.scraped_from):
+        if not (self.split and self.scraped_from and self.settings.monitoring.enabled):
             return {}
-        ports = {name: monitoring_catalog.PORTS[name] for name in HOST_EXPORTERS if name in self.services}
-        if "seaweedfs" in self.services and self.settings.monitoring.enabled:
-            ports["seaweedfs"] = monitoring_catalog.PORTS["seaweedfs_metrics"]
-        return ports
+        return {name: SERVICES[name].metrics.port for name in self.services
+                if SERVICES[name].metrics is not None and SERVICES[name].metrics.published}
 
     @property
     def scraped_from(self) -> list[str]:
@@ -280,18 +262,36 @@ class StackPlan:
             return []
         return sorted(set(self.topology.addresses("monitoring")) - {self.address})
 
+    def members_running(self, svc: catalog.Service) -> list[Member]:
+        """Split inventory: the hosts that run a service (one data host runs the
+        data tier: roles.Topology.data_address)."""
+        if svc.role is None:
+            return list(self.topology.members)
+        members = self.topology.with_role(svc.role)
+        return members[:1] if svc.role == "data" else members
+
+    def published_ports(self, service: str) -> list[tuple[int, int]]:
+        """Split inventory: (port on this host's private address, port in the container) of a service."""
+        svc = SERVICES[service]
+        ports = []
+        if service in self.published_data_ports:
+            ports.append((self.published_data_ports[service], svc.ports[svc.published]))
+        if service in self.published_metrics_ports:
+            ports.append((self.published_metrics_ports[service], svc.metrics.port))
+        return ports
+
     def is_this_host(self, member: Member) -> bool:
         return not self.split or member.address == self.address
 
     @staticmethod
     def worker_metrics_host_port(color: Color) -> int:
         """Split inventory: the port a color's worker metrics are published on, on each app host."""
-        return WORKER_METRICS_HOST_PORTS[color]
+        return HOST_PORTS["worker"][color]
 
     @staticmethod
     def app_host_port(color: Color) -> int:
         """Split inventory: the port a color's API is published on, on each app host."""
-        return APP_HOST_PORTS[color]
+        return HOST_PORTS["app"][color]
 
     @staticmethod
     def app_upstream_name(color: Color) -> str:
@@ -304,7 +304,7 @@ class StackPlan:
     @staticmethod
     def analytics_host_port(color: Color) -> int:
         """Split inventory: the port a color's analytics service is published on, on each app host."""
-        return ANALYTICS_HOST_PORTS[color]
+        return HOST_PORTS["analytics"][color]
 
     @staticmethod
     def analytics_upstream_name(color: Color) -> str:
@@ -314,36 +314,35 @@ class StackPlan:
         """Split inventory: address:port of the color's analytics service on every app host."""
         return [f"{address}:{self.analytics_host_port(color)}" for address in self.topology.app_addresses]
 
+    def _allowed(self, name: str) -> set[str]:
+        """The addresses a service's firewall openings admit (its record's clients,
+        plus the monitoring hosts where it is probed or scraped)."""
+        svc = SERVICES[name]
+        allowed = {address for role in svc.clients for address in self.topology.addresses(role)}
+        if svc.probed and self.settings.monitoring.enabled:
+            allowed.update(self.topology.addresses("monitoring"))
+        return allowed
+
     @property
     def firewall_openings(self) -> list[tuple[int, list[str]]]:
         """Split inventory: (port published on this host's private address,
         addresses of the hosts allowed to open connections to it)."""
         if not self.split:
             return []
-        topology = self.topology
-        app, edge, monitoring_ = (topology.addresses(role) for role in ("app", "edge", "monitoring"))
         openings: dict[int, set[str]] = {}
-        scrapers = monitoring_ if self.settings.monitoring.enabled else []
-        clients = {
-            # postgres-exporter runs on the monitoring host.
-            "postgres": app + monitoring_,
-            # presigned downloads go through the edge's /s3/; blackbox probes
-            # the gateway and Chroma's heartbeat from the monitoring host.
-            "seaweedfs": app + edge + scrapers,
-            "chroma": app + scrapers,
-        }
         for service, port in self.published_data_ports.items():
-            openings.setdefault(port, set()).update(clients[service])
+            openings.setdefault(port, set()).update(self._allowed(service))
+        scrapers = set(self.topology.addresses("monitoring")) if self.settings.monitoring.enabled else set()
         for port in self.published_metrics_ports.values():
             openings.setdefault(port, set()).update(scrapers)
         if self.has_role("app"):
-            for color in APP_HOST_PORTS:
-                # Prometheus scrapes the API's /metrics.
-                openings.setdefault(self.app_host_port(color), set()).update(edge + monitoring_)
-                if self.settings.analytics.enabled:
-                    openings.setdefault(self.analytics_host_port(color), set()).update(edge + monitoring_)
-                if scrapers:
-                    openings.setdefault(self.worker_metrics_host_port(color), set()).update(scrapers)
+            for service, ports in HOST_PORTS.items():
+                if not SERVICES[service].enabled(self.settings):
+                    continue
+                allowed = self._allowed(service)
+                for port in ports.values():
+                    if allowed or SERVICES[service].clients:
+                        openings.setdefault(port, set()).update(allowed)
         return [(port, sorted(sources - {self.address})) for port, sources in sorted(openings.items())]
 
     def edge_in_stack_port(self, scheme: str) -> int:
@@ -408,7 +407,7 @@ class StackPlan:
 
     @property
     def uids(self) -> dict[str, int]:
-        return SERVICE_UIDS
+        return {name: svc.uid for name, svc in SERVICES.items()}
 
     def data_path(self, service: str) -> str:
         return self.settings.paths.data_path(service)

@@ -5,16 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 
+from govstack.catalog import SERVICES, Service
 from govstack.monitoring.catalog import MONITOR_ROLE, PORTS
-from govstack.monitoring.render import monitoring_files, render_app_targets
+from govstack.monitoring.render import monitoring_files
 from govstack.plan import StackPlan
 from govstack.templating import MANAGED_BANNER, TEMPLATES_DIR, environment
 
 # The profile Docker generates and loads itself wherever AppArmor is enabled.
 APPARMOR_PROFILE = "docker-default"
-
-# Services that fork children they must reap (Python servers, weed) get an init.
-_NEEDS_INIT = {"seaweedfs", "chroma", "app", "worker", "analytics"}
 
 
 def _hardening(plan: StackPlan):
@@ -22,8 +20,8 @@ def _hardening(plan: StackPlan):
     log rotation (the CIS Docker Benchmark's runtime section, README)."""
 
     def block(service: str, indent: int = 4) -> str:
-        # Resource keys are identifiers; Compose service names may have dashes.
-        res = plan.resources(service.replace("-", "_"))
+        svc = SERVICES[service]
+        res = plan.resources(svc.resources_key)
         pad = " " * indent
         lines = [
             "restart: unless-stopped",
@@ -37,7 +35,9 @@ def _hardening(plan: StackPlan):
             f"      cpus: \"{res.cpus}\"",
             f"      pids: {res.pids}",
         ]
-        if service in _NEEDS_INIT:
+        # A service that forks children it must reap gets an init (the
+        # backup block says so itself, beside why).
+        if svc.init and service != "backup":
             lines.insert(1, "init: true")
         return "\n".join(pad + line for line in lines)
 
@@ -54,6 +54,12 @@ def security_options(plan: StackPlan) -> list[str]:
     return options
 
 
+def service_template(svc: Service) -> str:
+    """A service's compose block: its own template, or the one the record alone fills."""
+    own = f"compose/services/{svc.name}.yml.j2"
+    return own if (TEMPLATES_DIR / own).is_file() else "compose/services/default.yml.j2"
+
+
 def render(template: str, plan: StackPlan, **extra) -> str:
     env = environment()
     context = {
@@ -61,22 +67,27 @@ def render(template: str, plan: StackPlan, **extra) -> str:
         "plan": plan,
         "managed_banner": MANAGED_BANNER,
         "hardening": _hardening(plan),
+        "service_template": service_template,
         **extra,
     }
     return env.get_template(template).render(context)
 
 
-def render_compose(plan: StackPlan) -> str:
+def render_compose(plan: StackPlan, config_files: dict[str, str] | None = None) -> str:
+    """The host's main Compose file; ``config_files``: the host's other files,
+    already rendered (``rendered_files``), so each file is rendered once."""
+    files = _config_files(plan) if config_files is None else config_files
+    conf = plan.settings.config_dir
     # Compose hashes the service definition, not the files it mounts: a label
     # carrying the digest of postgresql.conf makes a tuning change recreate
     # Postgres (it needs a restart for most of them anyway). nginx reloads
-    # its config in place instead (deploys/stack.py).
-    digests = {"postgres": _digest(render_postgres_conf(plan))}
-    if plan.settings.monitoring.enabled:
-        # Prometheus, Alertmanager and the blackbox exporter are recreated when
-        # their config changes; the app target lists (file_sd) are re-read live.
-        conf = plan.settings.config_dir
-        files = monitoring_files(plan)
+    # its config in place instead (deploys/stack.py). Prometheus, Alertmanager
+    # and the blackbox exporter are recreated when their config changes; the
+    # app target lists (file_sd) are re-read live.
+    digests = {}
+    if f"{conf}/postgres/postgresql.conf" in files:
+        digests["postgres"] = _digest(files[f"{conf}/postgres/postgresql.conf"])
+    if f"{conf}/prometheus/prometheus.yml" in files:
         digests["prometheus"] = _digest(
             "".join(text for path, text in sorted(files.items()) if path.startswith(f"{conf}/prometheus/")
                     and "/targets/" not in path)
@@ -126,42 +137,30 @@ def nginx_candidate_path(plan: StackPlan) -> str:
     return f"{plan.settings.config_dir}/nginx/nginx.conf.candidate"
 
 
-def rendered_files(plan: StackPlan) -> dict[str, str]:
-    """Host path -> content of every rendered file of the stack."""
+def _config_files(plan: StackPlan) -> dict[str, str]:
+    """Host path -> content of the host's config files (its roles' part; all-in-one: every role)."""
     s = plan.settings
-    release = plan.release
-    if plan.split:
-        return _rendered_role_files(plan)
-    monitoring = monitoring_files(plan) if plan.settings.monitoring.enabled else {}
-    return {
-        **monitoring,
-        s.compose_file: render_compose(plan),
-        plan.app_compose_file(release.color): render_app_compose(plan, release.color, release.version),
-        f"{s.config_dir}/postgres/postgresql.conf": render_postgres_conf(plan),
-        # Installed by nginx_config_applied only after `nginx -t` accepts it.
-        nginx_candidate_path(plan): render_nginx_conf(plan),
-        **edge_script_files(plan),
-    }
-
-
-def _rendered_role_files(plan: StackPlan) -> dict[str, str]:
-    """A host of a split inventory: only its roles' files."""
-    s = plan.settings
-    release = plan.release
     files: dict[str, str] = {}
-    if plan.services:
-        files[s.compose_file] = render_compose(plan)
     if plan.has_role("monitoring") and s.monitoring.enabled:
         files.update(monitoring_files(plan))
-        files.update({f"{s.config_dir}/prometheus/targets/{name}": text for name, text in
-                      render_app_target_files(plan, (release.color,), release.color).items()})
-    if plan.has_role("app"):
-        files[plan.app_compose_file(release.color)] = render_app_compose(plan, release.color, release.version)
     if plan.has_role("data"):
         files[f"{s.config_dir}/postgres/postgresql.conf"] = render_postgres_conf(plan)
     if plan.has_role("edge"):
+        # Installed by nginx_config_applied only after `nginx -t` accepts it.
         files[nginx_candidate_path(plan)] = render_nginx_conf(plan)
         files.update(edge_script_files(plan))
+    return files
+
+
+def rendered_files(plan: StackPlan) -> dict[str, str]:
+    """Host path -> content of every file of the stack this host gets, each rendered once."""
+    s = plan.settings
+    release = plan.release
+    files = _config_files(plan)
+    if plan.services:
+        files[s.compose_file] = render_compose(plan, files)
+    if plan.has_role("app"):
+        files[plan.app_compose_file(release.color)] = render_app_compose(plan, release.color, release.version)
     return files
 
 
@@ -172,24 +171,3 @@ def edge_script_files(plan: StackPlan) -> dict[str, str]:
         return {}
     script = (TEMPLATES_DIR / "nginx" / "api_key.js").read_text()
     return {f"{plan.settings.config_dir}/nginx/api_key.js": script}
-
-
-def render_app_target_files(plan: StackPlan, colors: tuple[str, ...], serving: str) -> dict[str, str]:
-    """Prometheus file_sd lists of the running app colors (cf. govstack.monitoring.render.render_app_targets).
-
-    Split inventory: each color's API, worker and analytics metrics on every
-    app host, by private address.
-    """
-    if not plan.split:
-        return render_app_targets(colors, serving)
-
-    def targets(port) -> str:
-        groups = [
-            {"targets": [f"{address}:{port(color)}" for address in plan.topology.app_addresses],
-             "labels": {"color": color, "serving": str(color == serving).lower()}}
-            for color in colors
-        ]
-        return json.dumps(groups, indent=2) + "\n"
-
-    return {"app.json": targets(plan.app_host_port), "worker.json": targets(plan.worker_metrics_host_port),
-            "analytics.json": targets(plan.analytics_host_port)}

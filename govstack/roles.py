@@ -26,14 +26,6 @@ from typing import Any
 # The roles themselves are a fact settings validate against.
 from govstack.settings.catalog import ALL_ROLES, ROLES
 
-# Ports published on a host's private address in a split inventory. The app
-# colors get one each, so blue and green can run side by side on one host.
-APP_HOST_PORTS = {"blue": 8001, "green": 8002}
-# The analytics service of each color, likewise (the edges proxy /analytics/ to it).
-ANALYTICS_HOST_PORTS = {"blue": 8011, "green": 8012}
-# The workers' metrics, likewise, for Prometheus on the monitoring hosts.
-WORKER_METRICS_HOST_PORTS = {"blue": 9201, "green": 9202}
-
 
 class TopologyError(ValueError):
     """The inventory's groups cannot make a working stack (the message says why)."""

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 from govstack import images
-from govstack.monitoring.catalog import MONITORING_IMAGES
+from govstack.catalog import SERVICES
 from govstack.monitoring.render import (
     dashboard_files,
     dashboard_queries_as_rules,
@@ -50,7 +50,7 @@ def ensure_tool_image(settings: Settings | None = None, service: str = "promethe
     settings = settings or Settings()
     if not docker_available():
         raise ToolImageUnavailable("no Docker engine answers (docker version failed)")
-    spec = MONITORING_IMAGES[service].offline
+    spec = SERVICES[service].offline(settings)
     base_tag = images.base_image_tag(settings)
     base_hash = images.base_context_hash(settings)
     wanted = images.context_hash(spec.context, spec.build_args, base_hash)
@@ -89,7 +89,7 @@ def run_tool(image_tag: str, tool: str, workdir: Path, mount: str, *args: str) -
 
 def run_promtool(workdir: Path, *args: str, image_tag: str | None = None) -> subprocess.CompletedProcess:
     """``promtool ARGS`` in the Prometheus image, with ``workdir`` as /etc/prometheus."""
-    tag = image_tag or MONITORING_IMAGES["prometheus"].offline_tag
+    tag = image_tag or SERVICES["prometheus"].offline(Settings()).tag
     return run_tool(tag, "promtool", workdir, "/etc/prometheus", *args)
 
 

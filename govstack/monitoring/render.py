@@ -16,14 +16,16 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 from jinja2 import Environment
 
+from govstack import catalog
 from govstack.monitoring.catalog import BACKUP_METRICS, MONITOR_ROLE, PORTS
-from govstack.plan import INTERNAL_PORTS, StackPlan
+from govstack.plan import StackPlan
 from govstack.roles import Member
 from govstack.settings import MonitoringSettings
 from govstack.templating import MANAGED_BANNER, REPO_ROOT, environment
@@ -69,13 +71,31 @@ def _context(plan: StackPlan, monitoring: MonitoringSettings) -> dict[str, Any]:
     }
 
 
-def scrape_targets(plan: StackPlan) -> dict[str, list[dict[str, Any]]]:
-    """Job -> static_configs groups of what Prometheus on this host scrapes or
-    probes beyond the app colors (those are file_sd lists).
+# The scrape jobs prometheus.yml.j2 writes out itself, each with why it is
+# there; every other job of the service catalog follows them, from its record.
+TEMPLATE_JOBS = ("prometheus", "alertmanager", "blackbox", "postgres", "node", "nginx", "seaweedfs", "s3",
+                 "chroma", "edge-tls")
 
-    One host: Docker DNS names on the data network. Split inventory: what runs
-    on this host by the same names, what runs on another host by that host's
-    private address and published port, labelled with the host's name.
+
+@dataclass(frozen=True)
+class ScrapeJob:
+    """A static scrape job of the catalog: what Prometheus on this host scrapes
+    (``module``: probes through the blackbox exporter)."""
+
+    name: str
+    groups: list[dict[str, Any]]
+    metrics_path: str = "/metrics"
+    module: str | None = None
+
+
+def scrape_jobs(plan: StackPlan) -> dict[str, ScrapeJob]:
+    """Job -> what Prometheus on this host scrapes or probes, for every catalog
+    service with a metrics job or a probe (the app colors are file_sd lists).
+
+    One host: Docker DNS names on the data network. Split inventory: a
+    service whose metrics are published, or that is probed, on every host
+    that runs it: by name on this host, by private address on another,
+    labelled with the host's name.
     """
     s = plan.settings
 
@@ -85,34 +105,47 @@ def scrape_targets(plan: StackPlan) -> dict[str, list[dict[str, Any]]]:
             labels["host"] = member.name
         return {"targets": [target], "labels": labels}
 
-    def on(members: list[Member], component: str, local: str, remote: Callable[[str], str]) -> list[dict[str, Any]]:
+    def on(svc: catalog.Service, component: str, local: str, remote: Callable[[str], str]) -> list[dict[str, Any]]:
         if not plan.split:
             return [group(local, component)]
-        return [group(local if plan.is_this_host(m) else remote(m.address), component, m) for m in members]
+        return [group(local if plan.is_this_host(m) else remote(m.address), component, m)
+                for m in plan.members_running(svc)]
 
-    topology = plan.topology
-    every_host = list(topology.members) if plan.split else []
-    edge = topology.with_role("edge") if plan.split else []
-    # One data host runs the S3 gateway and Chroma (roles.Topology.data_address).
-    data = topology.with_role("data")[:1] if plan.split else []
-    s3, chroma, https = INTERNAL_PORTS["seaweedfs_s3"], INTERNAL_PORTS["chroma"], plan.edge_in_stack_port("https")
-    jobs = {
-        "node": on(every_host, "host", f"node-exporter:{PORTS['node-exporter']}",
-                   lambda address: f"{address}:{PORTS['node-exporter']}"),
-        "nginx": on(edge, "edge", f"nginx-exporter:{PORTS['nginx-exporter']}",
-                    lambda address: f"{address}:{PORTS['nginx-exporter']}"),
-        "chroma": on(data, "vector-store", f"http://chroma:{chroma}/api/v2/heartbeat",
-                     lambda address: f"http://{address}:{chroma}/api/v2/heartbeat"),
-        # The edge hosts publish HTTPS on edge.bind_address (default: every address).
-        "edge-tls": on(edge, "edge", f"https://nginx:{https}/health",
-                       lambda address: f"https://{address}:{s.edge.https_port}/health"),
-    }
-    if _has_seaweedfs(plan):
-        jobs["seaweedfs"] = on(data, "object-store", f"seaweedfs:{PORTS['seaweedfs_metrics']}",
-                               lambda address: f"{address}:{PORTS['seaweedfs_metrics']}")
-        jobs["s3"] = on(data, "object-store", f"http://seaweedfs:{s3}/healthz",
-                        lambda address: f"http://{address}:{s3}/healthz")
-    return jobs
+    jobs: dict[str, ScrapeJob] = {}
+    for svc in catalog.stack_services(s):
+        metrics = svc.metrics
+        if metrics is not None and metrics.job is not None:
+            port = metrics.port
+            if metrics.published:
+                groups = on(svc, metrics.component, f"{svc.name}:{port}",
+                            lambda address, port=port: f"{address}:{port}")
+            else:
+                groups = [group(f"{svc.name}:{port}", metrics.component)]
+            jobs[metrics.job] = ScrapeJob(metrics.job, groups, metrics.path)
+        for probe in svc.probes:
+            jobs[probe.job] = _probe_job(plan, svc, probe, on)
+    return dict(sorted(jobs.items(), key=lambda item: _job_order(item[0])))
+
+
+def _job_order(name: str) -> int:
+    return TEMPLATE_JOBS.index(name) if name in TEMPLATE_JOBS else len(TEMPLATE_JOBS)
+
+
+def _probe_job(plan: StackPlan, svc: catalog.Service, probe: catalog.Probe, on) -> ScrapeJob:
+    local_port = remote_port = svc.ports[probe.port]
+    if svc.name == "nginx":
+        # nginx's in-stack port (not the PROXY-protocol one); the edge hosts
+        # publish it on edge.bind_address (default: every address).
+        local_port = plan.edge_in_stack_port(probe.port)
+        remote_port = getattr(plan.settings.edge, f"{probe.port}_port")
+    groups = on(svc, probe.component, probe.url.format(host=svc.name, port=local_port),
+                lambda address: probe.url.format(host=address, port=remote_port))
+    return ScrapeJob(probe.job, groups, "/probe", probe.module)
+
+
+def scrape_targets(plan: StackPlan) -> dict[str, list[dict[str, Any]]]:
+    """Job -> static_configs groups (``scrape_jobs``), as prometheus.yml.j2 reads them."""
+    return {name: job.groups for name, job in scrape_jobs(plan).items()}
 
 
 def _has_seaweedfs(plan: StackPlan) -> bool:
@@ -153,7 +186,10 @@ def render_rule_tests(plan: StackPlan, monitoring: MonitoringSettings | None = N
 
 
 def render_prometheus_config(plan: StackPlan, monitoring: MonitoringSettings | None = None) -> str:
-    return _render("prometheus/prometheus.yml.j2", plan, _monitoring(plan, monitoring), jobs=scrape_targets(plan))
+    jobs = scrape_jobs(plan)
+    return _render("prometheus/prometheus.yml.j2", plan, _monitoring(plan, monitoring),
+                   jobs={name: job.groups for name, job in jobs.items()},
+                   more_jobs=[job for name, job in jobs.items() if name not in TEMPLATE_JOBS])
 
 
 def render_blackbox_config(plan: StackPlan, monitoring: MonitoringSettings | None = None) -> str:
@@ -195,6 +231,25 @@ def render_app_targets(colors: Sequence[str] = ("blue",), serving: str | None = 
     }
 
 
+def render_app_target_files(plan: StackPlan, colors: Sequence[str], serving: str | None) -> dict[str, str]:
+    """Prometheus file_sd lists of the running app colors: on one host the
+    colors' network aliases (``render_app_targets``); in a split inventory
+    each color's API, worker and analytics metrics on every app host, by private address."""
+    if not plan.split:
+        return render_app_targets(colors, serving)
+
+    def targets(port: Callable[[str], int]) -> str:
+        groups = [
+            {"targets": [f"{address}:{port(color)}" for address in plan.topology.app_addresses],
+             "labels": {"color": color, "serving": str(color == serving).lower()}}
+            for color in colors
+        ]
+        return json.dumps(groups, indent=2) + "\n"
+
+    return {"app.json": targets(plan.app_host_port), "worker.json": targets(plan.worker_metrics_host_port),
+            "analytics.json": targets(plan.analytics_host_port)}
+
+
 def dashboard_files() -> dict[str, str]:
     return {path.name: path.read_text() for path in sorted(DASHBOARDS_DIR.glob("*.json"))}
 
@@ -232,7 +287,8 @@ def monitoring_files(
         f"{conf}/alertmanager/alertmanager.yml": render_alertmanager_config(plan, m),
     }
     files.update({f"{conf}/prometheus/rules/{n}": t for n, t in render_rule_files(plan, m).items()})
-    files.update({f"{conf}/prometheus/targets/{n}": t for n, t in render_app_targets(colors, serving).items()})
+    files.update({f"{conf}/prometheus/targets/{n}": t
+                  for n, t in render_app_target_files(plan, colors, serving).items()})
     if plan.settings.images.lane == "upstream" and m.grafana:
         files.update({f"{conf}/grafana/{n}": t for n, t in render_grafana_files(plan, m).items()})
     return files

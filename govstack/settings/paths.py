@@ -13,6 +13,22 @@ TEXTFILE_DIR = "metrics"
 
 
 @dataclass(frozen=True)
+class BackupPaths:
+    """The backup job's paths on the host."""
+
+    root: str
+    repository: str
+    cache: str
+    evidence: str
+    config_dir: str
+    config_file: str
+    crontab: str
+    metrics_dir: str
+    metrics_file: str
+    drill_aside: str
+
+
+@dataclass(frozen=True)
 class StackPaths:
     root: str
     backup_root: str | None = None
@@ -112,3 +128,20 @@ class StackPaths:
     def drill_aside(self) -> str:
         """Where a drill moves data directories: the data's own filesystem (a rename)."""
         return self.data_path(".drill-aside")
+
+    @property
+    def backup(self) -> BackupPaths:
+        root = self.backups_dir
+        config = f"{self.config_dir}/backup"
+        return BackupPaths(
+            root=root,
+            repository=f"{root}/restic",
+            cache=f"{root}/cache",
+            evidence=f"{root}/evidence",
+            config_dir=config,
+            config_file=f"{config}/backup.json",
+            crontab=f"{config}/crontab",
+            metrics_dir=self.metrics_dir,
+            metrics_file=f"{self.metrics_dir}/backup.prom",
+            drill_aside=self.drill_aside,
+        )

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from govstack import images
-from govstack.monitoring import catalog as monitoring_catalog
+from govstack import catalog, images
 from govstack.settings import Settings
 
 
 def all_in_one_images(settings: Settings, app_version: str) -> list[str]:
     """Every offline image of the all-in-one stack (what deploys/images.py builds)."""
     tags = [images.base_image_tag(settings)]
-    tags += [image.tag for image in images.offline_images(settings)]
-    if settings.monitoring.enabled:
-        tags += [image.tag for image in monitoring_catalog.offline_images()]
+    # The backup job's image is not among them (built where it runs).
+    tags += [image.tag for image in catalog.offline_builds(settings) if image.service != "backup"]
     tags.append(images.app_image(settings, app_version).tag)
     return tags
 

@@ -102,15 +102,14 @@ def plans(case_name: str) -> dict[str, Any]:
 
 def _plan_summary(plan: Any) -> str:
     """What a host's plan decides beyond its files: services, images, builds, secrets, ports."""
-    from govstack import images
-    from govstack.backup.plan import backup_image
-    from govstack.monitoring import catalog as monitoring_catalog
+    from govstack import catalog, images
 
     s = plan.settings
-    builds = [*images.offline_images(s), *monitoring_catalog.offline_images(),
-              images.app_image(s, RELEASE[1])]
+    # Every offline build of the catalog (either lane), the app's, and the backup job's when enabled.
+    builds = [svc.offline(s) for svc in catalog.SERVICES.values() if svc.offline and svc.name != "backup"]
+    builds.append(images.app_image(s, RELEASE[1]))
     if s.backup.enabled:
-        builds.append(backup_image(s))
+        builds.append(catalog.backup_image(s))
     summary = {
         "services": plan.services,
         "images": {service: plan.image(service) for service in plan.services},
@@ -140,8 +139,8 @@ def host_files(plan: Any) -> dict[str, str]:
     """Path -> content of everything rendered for one host. Host paths as they are
     (without the leading /); what is not a host file under ``_plan/``."""
     from govstack.backup.render import backup_files
-    from govstack.monitoring.render import render_rule_tests
-    from govstack.render import render_app_compose, render_app_target_files, render_daemon_json, rendered_files
+    from govstack.monitoring.render import render_app_target_files, render_rule_tests
+    from govstack.render import render_app_compose, render_daemon_json, rendered_files
 
     s = plan.settings
     files = dict(rendered_files(plan))

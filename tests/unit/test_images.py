@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from govstack import images
-from govstack.backup.plan import backup_image
-from govstack.monitoring import catalog as monitoring_catalog
+from govstack import catalog, images
+from govstack.catalog import SERVICES, backup_image
 from govstack.settings import SettingsError, build_settings
 
 BASE = "govstack/base:bookworm"
@@ -63,13 +62,21 @@ def uses(instructions: list[str], name: str) -> bool:
 
 
 def built_images() -> list[images.OfflineImage]:
+    """Every image the catalog builds in either lane (every service enabled), and the app's."""
     out = []
     for lane in ("offline", "upstream"):
         settings = build_settings([{"images": {"lane": lane}}], environ={})
-        if lane == "offline":
-            out += images.offline_images(settings) + monitoring_catalog.offline_images()
-        out += [backup_image(settings), images.app_image(settings, "1.0.0")]
+        out += catalog.every_offline_build(settings) + [images.app_image(settings, "1.0.0")]
     return out
+
+
+def test_every_catalog_service_with_an_image_is_built_in_some_lane():
+    built = {image.service for image in IMAGES}
+    for svc in SERVICES.values():
+        if svc.own_project:
+            continue  # the app colors: images.app_image, above
+        assert svc.name in built or svc.upstream_only, f"{svc.name}: no offline build and not upstream-only"
+        assert svc.offline is not None or svc.upstream is not None, svc.name
 
 
 IMAGES = built_images()
@@ -107,7 +114,7 @@ def test_the_version_in_the_tag_is_the_version_the_dockerfile_gets(image):
 
 def test_a_new_seaweedfs_or_chroma_version_reaches_the_install_command():
     settings = build_settings([{"images": {"seaweedfs_version": "9.9", "chroma_version": "8.8.8"}}], environ={})
-    built = {image.service: image for image in images.offline_images(settings)}
+    built = {image.service: image for image in catalog.offline_builds(settings)}
     for service, arg, version in (("seaweedfs", "SEAWEEDFS_VERSION", "9.9"), ("chroma", "CHROMA_VERSION", "8.8.8")):
         image = built[service]
         assert image.tag.endswith(f":{version}") and image.build_args[arg] == version
@@ -117,12 +124,12 @@ def test_a_new_seaweedfs_or_chroma_version_reaches_the_install_command():
         assert installs and all(f"${{{arg}}}" in text for text in installs), service
     # The version has no lock yet: refused before any host is touched, naming the key.
     with pytest.raises(SettingsError, match=r"images\.seaweedfs_version 9\.9: no hash-pinned lock"):
-        images.require_wheel_locks(settings)
-    images.require_wheel_locks(build_settings([], environ={}))
+        catalog.require_wheel_locks(settings)
+    catalog.require_wheel_locks(build_settings([], environ={}))
 
 
 def test_a_changed_build_arg_changes_the_context_hash():
-    image = next(i for i in images.offline_images(build_settings([], environ={})) if i.service == "seaweedfs")
+    image = SERVICES["seaweedfs"].offline(build_settings([], environ={}))
     other = images.context_hash(image.context, {**image.build_args, "SEAWEEDFS_VERSION": "9.9"}, "base")
     assert images.context_hash(image.context, image.build_args, "base") != other
 

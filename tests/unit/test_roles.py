@@ -8,11 +8,10 @@ import stat
 import pytest
 import yaml
 
-from govstack.monitoring.render import render_prometheus_config
+from govstack.monitoring.render import render_app_target_files, render_prometheus_config
 from govstack.plan import StackPlan
 from govstack.render import (
     render_app_compose,
-    render_app_target_files,
     render_compose,
     render_nginx_conf,
     rendered_files,
