@@ -19,6 +19,7 @@ govstack/faults.py) leaves either the old release serving and recorded, or
 the new one; the next command finds the attempt interrupted (ledger.py).
 """
 
+import json
 import os
 from io import StringIO
 
@@ -38,7 +39,7 @@ from govstack.operations import (
     postgres_safety_copy,
 )
 from govstack.plan import StackPlan
-from govstack.release import Release, ReleaseState, other_color, release_path
+from govstack.release import Release, ReleaseState, kept_color_unusable, other_color, release_path
 from govstack.render import (
     nginx_candidate_path,
     nginx_live_path,
@@ -59,13 +60,15 @@ except (SettingsError, faults.FaultError) as error:
     raise SystemExit(2) from None
 
 version = os.environ["GOVSTACK_RELEASE_VERSION"]
+is_rollback = os.environ.get("GOVSTACK_RELEASE_ACTION") == "rollback"
 resources = host.get_fact(HostResourcesFact)
 current = host.get_fact(ReleaseState, path=release_path(settings))
 if current is None:
     logger.error(f"govstack: {host.name}: no release yet; run `govstack up` first")
     raise SystemExit(2)
 
-new = Release(color=other_color(current.color), version=version, previous=current.without_previous())
+new = Release(color=other_color(current.color), version=version, previous=current.without_previous(),
+              config_hash=settings.config_hash())
 try:
     role_fields = plan_fields(host, inventory, settings)
 except TopologyError as error:
@@ -105,19 +108,56 @@ def fault_point(point: str) -> None:
         python.call(name=f"Injected crash: {point}", function=faults.crash_controller)
 
 
+
+
+def kept_containers_unusable() -> str | None:
+    """Why this rollback cannot just start the containers the last release
+    kept (stopped) of the color it returns to; None when it can, on every
+    app host (each host decides the same way, so all take the same path)."""
+    app_hosts = [inventory.get_host(h.name) for h in after.topology.with_role("app")] if after.split else [host]
+    for app_host in app_hosts:
+        recorded = app_host.get_fact(ReleaseState, path=release_path(s)) if app_host is not host else current
+        why = kept_color_unusable(
+            app_host, settings_for_host(app_host) if app_host is not host else s,
+            after.app_project(new.color), after.app_compose_file(new.color), after.app_image(version),
+            recorded.previous if recorded and recorded.previous else new,
+        )
+        if why:
+            return f"{app_host.name}: {why}" if after.split else why
+    return None
+
+
+# A rollback to the color the last release stopped: its containers, kept
+# with their image, were serving this very version under these settings,
+# against a schema its successor only extended. So nothing is built, copied
+# or migrated: they are started, gated on health and switched to, as Kamal
+# does. Otherwise (they were removed, or the image or the settings changed)
+# the rollback takes a deploy's full path, and says why.
+fallback = kept_containers_unusable() if is_rollback else None
+kept = is_rollback and fallback is None
+if is_rollback:
+    files.put(
+        name=f"Rollback path: {'kept containers of ' + new.color if kept else 'full release'}",
+        src=StringIO(json.dumps({"path": "kept" if kept else "full", "reason": fallback}) + "\n"),
+        dest=s.paths.rollback_path_file,
+        mode="600",
+    )
+    if fallback:
+        logger.warning(f"note: {host.name}: rollback takes the full release path: {fallback}")
+
 # 1. The image.
-if is_app:
+if is_app and not kept:
     images.build_app_image(after, version)
 
 # 2. A safety copy of the database, then the new version's migrations (one app host runs them).
-if is_app:
+if is_app and not kept:
     files.put(
         name=f"Compose file of {new.color} ({version})",
         src=StringIO(render_app_compose(after, new.color, version)),
         dest=after.app_compose_file(new.color),
         mode="644",
     )
-if is_data:
+if is_data and not kept:
     # The roles first: a stack upgraded from before the owner role existed
     # gets it here, so the new version's migrations run as the owner.
     app.ensure_app_database(after, app.serving_image_splits_roles(inventory, after))
@@ -132,7 +172,7 @@ if is_data:
     else:
         logger.warning(f"govstack: {host.name}: backups are disabled (backup.enabled): no pre-deploy copy of Postgres")
 step("pre-deploy copy")
-if is_app and is_first_app_host(after, host.name):
+if is_app and not kept and is_first_app_host(after, host.name):
     app_migrated(
         name=f"Migrations of {version}",
         project=after.app_project(new.color),

@@ -104,17 +104,26 @@ def _report_interrupted(hosts, found_by: str) -> None:
 def _recorded_run(hosts, inventory: str, action: str, version: str | None, deploy_file: str,
                   env: dict[str, str] | None = None) -> tuple[int, str | None, float]:
     """run_pyinfra between an attempt record and a ledger line on every host."""
-    from govstack.ledger import append_outcome, begin_attempt, end_attempt, take_safety_copy
+    from govstack.ledger import append_outcome, begin_attempt, end_attempt, take_rollback_path, take_safety_copy
 
     for entry in hosts:
         begin_attempt(entry, action, version)
     started = time.monotonic()
     code, cause = run_pyinfra(inventory, deploy_file=deploy_file, env=env)
     duration = round(time.monotonic() - started, 1)
+    paths = set()
     for entry in hosts:
-        append_outcome(entry, action, version, code, cause, duration,
-                       **({"pre_deploy_copy": copy} if (copy := take_safety_copy(entry)) else {}))
+        extra = {}
+        if copy := take_safety_copy(entry):
+            extra["pre_deploy_copy"] = copy
+        if path := take_rollback_path(entry):
+            extra["rollback_path"] = path
+            paths.add(path)
+        append_outcome(entry, action, version, code, cause, duration, **extra)
         end_attempt(entry)
+    for path in sorted(paths):
+        click.echo("rollback: started the containers the last release kept" if path == "kept"
+                   else f"rollback: took the full release path ({path.removeprefix('full: ')})")
     return code, cause, duration
 
 
@@ -139,7 +148,8 @@ def _release(inventory: str, action: str, version: str | None, lock_wait: float)
             version = previous.pop()
         assert version is not None
         code, cause, duration = _recorded_run(hosts, inventory, action, version, "release.py",
-                                              env={"GOVSTACK_RELEASE_VERSION": version})
+                                              env={"GOVSTACK_RELEASE_VERSION": version,
+                                                   "GOVSTACK_RELEASE_ACTION": action})
         switched = code != 0 and any(read_release(entry) != current[entry.name] for entry in hosts)
     if switched:
         # The record is written with the switch: past it, the new release serves.

@@ -126,15 +126,31 @@ def end_attempt(entry: InventoryHost) -> None:
     testinfra_host(entry.name, entry.data).run(f"rm -f {shlex.quote(attempt_path(entry))}")
 
 
-def take_safety_copy(entry: InventoryHost) -> str | None:
-    """The run id of the pre-deploy copy the last release took on this host
-    (data hosts), once: the file is removed as its ledger line takes it."""
-    path = shlex.quote(entry.settings.paths.pre_deploy_copy_file)
+def _take_record(entry: InventoryHost, path: str) -> dict[str, Any] | None:
+    """The JSON record a release step left on the host, once: the file is
+    removed as its ledger line takes it."""
+    path = shlex.quote(path)
     raw = testinfra_host(entry.name, entry.data).run(f"cat {path} 2>/dev/null; rm -f {path}").stdout.strip()
     try:
-        return json.loads(raw.splitlines()[-1]).get("run") if raw else None
-    except (ValueError, AttributeError):
+        record = json.loads(raw.splitlines()[-1]) if raw else None
+    except ValueError:
         return None
+    return record if isinstance(record, dict) else None
+
+
+def take_safety_copy(entry: InventoryHost) -> str | None:
+    """The run id of the pre-deploy copy the last release took on this host (data hosts)."""
+    record = _take_record(entry, entry.settings.paths.pre_deploy_copy_file)
+    return record.get("run") if record else None
+
+
+def take_rollback_path(entry: InventoryHost) -> str | None:
+    """How the last rollback went back on this host: ``kept`` (it started the
+    containers the release before kept) or ``full: <why not>``."""
+    record = _take_record(entry, entry.settings.paths.rollback_path_file)
+    if not record:
+        return None
+    return "kept" if record.get("path") == "kept" else f"full: {record.get('reason')}"
 
 
 def take_interrupted(entry: InventoryHost, found_by: str) -> dict[str, Any] | None:
@@ -161,6 +177,7 @@ def take_interrupted(entry: InventoryHost, found_by: str) -> dict[str, Any] | No
         "result": "interrupted",
         "duration_s": None,
         "pre_deploy_copy": take_safety_copy(entry),
+        "rollback_path": take_rollback_path(entry),
         "cause": f"the command stopped before it recorded a result; found by `{found_by}`",
     }
     append_ledger(entry, record)

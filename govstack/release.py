@@ -26,9 +26,12 @@ class Release:
     version: str
     # What served before this release: where `govstack rollback` goes.
     previous: Release | None = None
+    # The settings it was deployed with (Settings.config_hash): a rollback
+    # restarts its kept containers only under the same settings.
+    config_hash: str | None = None
 
     def without_previous(self) -> Release:
-        return Release(self.color, self.version)
+        return Release(self.color, self.version, config_hash=self.config_hash)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True) + "\n"
@@ -40,6 +43,7 @@ class Release:
             color=data["color"],
             version=data["version"],
             previous=cls.from_dict(previous) if previous else None,
+            config_hash=data.get("config_hash"),
         )
 
 
@@ -53,7 +57,8 @@ def source_version() -> str:
 
 
 def first_release(settings: Settings) -> Release:
-    return Release(color="blue", version=settings.app.version or source_version())
+    return Release(color="blue", version=settings.app.version or source_version(),
+                   config_hash=settings.config_hash())
 
 
 def release_path(settings: Settings) -> str:
@@ -69,3 +74,43 @@ class ReleaseState(FactBase):
     def process(self, output):
         data = json.loads("".join(output) or "null")
         return Release.from_dict(data) if data else None
+
+
+def kept_color_unusable(target, settings: Settings, project: str, compose_file: str, image: str,
+                        release: Release) -> str | None:
+    """Why the containers a release left of ``release``'s color (stopped, for
+    a rollback) cannot simply be started again on ``target``; None when they can.
+
+    They can when ``release`` was recorded under the settings in force now,
+    the color's api and worker containers still exist, each made from the
+    compose file on the host as it is (Compose's config-hash label), and from
+    the image ``image`` names now."""
+    from govstack.facts import ComposeProject, ContainerImageIds, ImageIds
+
+    if release.config_hash is None:
+        return f"the record of {release.version} names no settings hash (recorded by an older govstack)"
+    if release.config_hash != settings.config_hash():
+        return f"the settings changed since {release.version} served"
+    state = target.get_fact(ComposeProject, project=project, compose_file=compose_file)
+    if state["desired"] is None:
+        return f"the compose file {compose_file} is gone or invalid"
+    image_id = target.get_fact(ImageIds, images=(image,))[image]
+    if image_id is None:
+        return f"the image {image} is gone"
+    containers = {c["service"]: c for c in state["containers"]}
+    made_from = target.get_fact(ContainerImageIds, container_ids=tuple(sorted(c["id"] for c in containers.values())))
+    for service in KEPT_SERVICES:
+        container = containers.get(service)
+        if container is None:
+            return f"the {service} container of {project} was removed"
+        if container["image"] != image:
+            return f"the {service} container of {project} runs {container['image']}, not {image}"
+        if container["config_hash"] != state["desired"].get(service):
+            return f"the {service} container of {project} was made from another definition"
+        if made_from.get(container["id"]) != image_id:
+            return f"the {service} container of {project} was made from another image than {image}"
+    return None
+
+
+# The long-running services of a color, which a release stops and keeps.
+KEPT_SERVICES = ("api", "worker")

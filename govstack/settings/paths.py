@@ -105,6 +105,12 @@ class StackPaths:
         return f"{self.state_dir}/pre-deploy-copy.json"
 
     @property
+    def rollback_path_file(self) -> str:
+        """Which path the last rollback took (its kept containers, or a full
+        release and why), until the ledger takes it."""
+        return f"{self.state_dir}/rollback-path.json"
+
+    @property
     def backups_dir(self) -> str:
         """The backup root: the restic repository, its cache, drill evidence."""
         return self.backup_root or f"{self.root}/backups"

@@ -215,6 +215,50 @@ def test_crashes_before_the_switch_leave_the_old_release_serving(stack):
     print(f"\ncrashes before the switch and their next commands: {time.monotonic() - started:.0f} s")
 
 
+def kept_containers(stack, color: str) -> list[str]:
+    project = stack.plan.app_project(color)
+    return subprocess.run(["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={project}"],
+                          capture_output=True, text=True, check=True).stdout.split()
+
+
+def test_rollback_starts_the_kept_containers_and_falls_back_when_they_were_removed(stack):
+    """A rollback starts the containers the deploy before it kept (stopped);
+    once they were removed it takes the full release path, says so on its
+    output and in the ledger, and serves the previous release all the same."""
+    started = time.monotonic()
+    # Two deploys: the previous release is then one recorded with its settings hash.
+    ok(stack, "deploy", "--version", alias(stack, "kept-a"))
+    v2 = alias(stack, "kept-b")
+    ok(stack, "deploy", "--version", v2)
+    deployed = assert_serving_matches_the_record(stack)
+    previous = deployed["previous"]
+    kept = kept_containers(stack, previous["color"])
+    assert kept and idle_runs(stack) == [], "the deploy should keep the old color's containers, stopped"
+
+    back = ok(stack, "rollback")
+    assert "rollback: started the containers the last release kept" in back.stdout, back.stdout[-2000:]
+    assert "Pre-deploy copy" not in back.stdout and "Migrations of" not in back.stdout
+    rolled = assert_serving_matches_the_record(stack)
+    assert (rolled["color"], rolled["version"]) == (previous["color"], previous["version"])
+    assert sorted(kept_containers(stack, previous["color"])) == sorted(kept), "the kept containers were replaced"
+    assert (ledger(stack)[-1]["action"], ledger(stack)[-1]["rollback_path"]) == ("rollback", "kept")
+
+    # The containers of v2's color (kept by the rollback) are removed: the next
+    # rollback cannot start them and takes the full path, saying why.
+    removed = kept_containers(stack, deployed["color"])
+    subprocess.run(["docker", "rm", "-f", *removed], check=True, capture_output=True)
+    again = ok(stack, "rollback")
+    assert "rollback: took the full release path" in again.stdout and "was removed" in again.stdout, again.stdout
+    assert "Migrations of" in again.stdout
+    final = assert_serving_matches_the_record(stack)
+    assert (final["color"], final["version"]) == (deployed["color"], v2)
+    line = ledger(stack)[-1]
+    assert (line["action"], line["result"]) == ("rollback", "ok")
+    assert line["rollback_path"].startswith("full: ") and "was removed" in line["rollback_path"]
+    assert not state(stack, "rollback-path.json").exists(), "the ledger line did not take the path record"
+    print(f"\nkept-container rollback, then the full-path fallback: {time.monotonic() - started:.0f} s")
+
+
 def marker(stack, name: str | None = None) -> str | None:
     """A row written after the backup: there while the database is the one
     the restore replaces, gone once the restored one is swapped in."""
