@@ -3,10 +3,13 @@ uses pinned official images (pulled by Compose)."""
 
 from __future__ import annotations
 
+from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import files
 
 from govstack import catalog, images
+from govstack.facts import ImageLabels
+from govstack.images import CONTEXT_HASH_LABEL
 from govstack.operations import base_image_built, files_mirrored, image_built
 from govstack.plan import StackPlan
 
@@ -44,8 +47,13 @@ def build_offline_images(plan: StackPlan):
 
     # Only what this host's part of the stack runs (in a split inventory the
     # others were built once and shipped, or are built where they run).
-    for image in catalog.offline_builds(s, plan.services):
-        build_offline_image(plan, image, base_tag, base_hash)
+    wanted = list(catalog.offline_builds(s, plan.services))
+    # Their context-hash labels, read in one command before anything runs:
+    # an image labelled with the hash of its inputs now is current.
+    labels = host.get_fact(ImageLabels, images=tuple(sorted({image.tag for image in wanted})),
+                           label=CONTEXT_HASH_LABEL)
+    for image in wanted:
+        build_offline_image(plan, image, base_tag, base_hash, built_with=labels.get(image.tag))
     if plan.has_role("app"):
         build_app_image(plan, plan.release.version)
 
@@ -55,8 +63,10 @@ def build_app_image(plan: StackPlan, version: str):
     s = plan.settings
     image = images.app_image(s, version)
     base_tag = images.base_image_tag(s)
+    built_with = host.get_fact(ImageLabels, images=(image.tag,), label=CONTEXT_HASH_LABEL).get(image.tag)
     build_offline_image(
-        plan, image, base_tag, images.base_context_hash(s), context_name="app", only_if_missing=True
+        plan, image, base_tag, images.base_context_hash(s), context_name="app", only_if_missing=True,
+        built_with=built_with,
     )
 
 
@@ -67,9 +77,18 @@ def build_offline_image(
     base_hash: str,
     context_name: str | None = None,
     only_if_missing: bool = False,
+    built_with: str | None = None,
 ):
+    """``built_with``: the context-hash label the image has now (None: absent).
+    An image built from the inputs it would be built from now, or an
+    immutable version's tag that exists (``only_if_missing``: that version,
+    whatever built it), is left alone without mirroring its build context:
+    syncing thirteen contexts file by file was most of a no-op `up`."""
     s = plan.settings
     context = f"{s.build_dir}/{context_name or image.service}"
+    context_hash = images.context_hash(image.context, image.build_args, base_hash)
+    if built_with == context_hash or (only_if_missing and built_with is not None):
+        return
     files.sync(
         name=f"Build context of {image.tag}",
         src=str(image.context),
@@ -90,7 +109,7 @@ def build_offline_image(
         name=f"Image {image.tag}",
         tag=image.tag,
         context_dir=context,
-        context_hash=images.context_hash(image.context, image.build_args, base_hash),
+        context_hash=context_hash,
         dockerfile=image.dockerfile,
         build_args=image.docker_build_args(base_tag),
         timeout_s=s.images.build_timeout_s,

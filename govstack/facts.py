@@ -106,6 +106,29 @@ class ImageLabel(FactBase):
         return "" if value == "<no value>" else value
 
 
+class ImageLabels(FactBase):
+    """Image reference -> one label of that local image ('' when unset), None
+    when absent: every reference in one ``docker image inspect``."""
+
+    def command(self, images: tuple[str, ...], label: str) -> str:
+        if not images:
+            return "true"
+        fmt = "{{json .RepoTags}}\t{{index .Config.Labels " + json.dumps(label) + "}}"
+        return f"docker image inspect --format {q(fmt)} {' '.join(q(image) for image in images)} 2>/dev/null || true"
+
+    def process(self, output) -> dict:
+        found = {}
+        for line in output:
+            tags, _, value = line.rstrip("\n").partition("\t")
+            try:
+                names = json.loads(tags)
+            except ValueError:
+                continue
+            for name in names or ():
+                found[name] = "" if value == "<no value>" else value
+        return found
+
+
 class ImageIds(FactBase):
     """Image reference -> local image id (sha256:…), None when absent."""
 

@@ -6,6 +6,7 @@ from govstack.facts import (
     DockerAppArmor,
     HostResourcesFact,
     ImageLabel,
+    ImageLabels,
     PathState,
     SecretFile,
 )
@@ -52,6 +53,15 @@ def test_image_label_absent_unset_and_set():
     assert ImageLabel().process(["__absent__"]) is None
     assert ImageLabel().process(["<no value>"]) == ""
     assert ImageLabel().process(["abc123"]) == "abc123"
+
+
+def test_image_labels_of_many_images_in_one_answer():
+    answer = ['["govstack/app:v1","govstack/app:v2"]\tabc\n', '["govstack/nginx:x"]\t<no value>\n',
+              '[]\tdangling\n', "Error: No such image: govstack/gone:1\n"]
+    labels = ImageLabels().process(answer)
+    assert labels == {"govstack/app:v1": "abc", "govstack/app:v2": "abc", "govstack/nginx:x": ""}
+    assert labels.get("govstack/gone:1") is None
+    assert ImageLabels().command((), "l") == "true"
 
 
 def test_path_and_secret_state():
