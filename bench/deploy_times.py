@@ -1,35 +1,51 @@
-"""Deploy timings, printed as ratios against the cold deploy measured in the same run.
+"""Deploy timings, each printed as a ratio against a baseline measured in the same run.
 
-    .venv/bin/python bench/deploy_times.py [--skip-image-build]
+    .venv/bin/python bench/deploy_times.py [--inventory INV] [--skip-image-build] [--rounds N]
 
-1. image build: every offline image rebuilt without cache (the base included),
-   under throwaway tags so the deployed images stay as they are;
-2. cold deploy: a fresh stack root and project, images already built;
-3. no-op redeploy: the same deploy again (the idempotent path).
-Prints; asserts nothing.
+Without --inventory it deploys the bench's own stack cold (bench/inventories/
+bench_local.py) and tears it down at the end; with one it uses that deployed
+stack as it is (and leaves it serving what served before).
+
+1. no-op `govstack up` against `pyinfra @local exec -- true` (pyinfra's own
+   floor: start, connect, one command);
+2. `govstack deploy` of a new version (an alias tag of the serving image: no
+   build) against the cold deploy, when there is one;
+3. `govstack rollback` that starts the containers the deploy kept, against
+   one whose kept containers were removed (the full release path it falls
+   back to), which is what every rollback cost before;
+4. image build without cache (unless --skip-image-build, or with --inventory).
+
+Each figure is the median of --rounds runs (default 3). Prints; asserts nothing.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-INVENTORY = REPO / "bench" / "inventories" / "bench_local.py"
+BENCH_INVENTORY = REPO / "bench" / "inventories" / "bench_local.py"
 sys.path.insert(0, str(REPO))
 
 from govstack import catalog, images  # noqa: E402
 from govstack.inventory import load_inventory  # noqa: E402
 
 
-def timed(cmd: list[str], **kwargs) -> float:
+def timed(cmd: list[str], expect: str | None = None, **kwargs) -> float:
     start = time.monotonic()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kwargs)
-    return time.monotonic() - start
+    result = subprocess.run(cmd, check=True, capture_output=True, text=True, **kwargs)
+    elapsed = time.monotonic() - start
+    if expect is not None and expect not in result.stdout:
+        raise SystemExit(f"{' '.join(cmd[-3:])}: expected {expect!r} in its output:\n{result.stdout[-2000:]}")
+    return elapsed
 
 
 def image_build_seconds(settings) -> float:
@@ -52,20 +68,77 @@ def image_build_seconds(settings) -> float:
     return total
 
 
+class Stack:
+    def __init__(self, inventory: Path):
+        self.inventory = str(inventory)
+        self.settings = load_inventory(self.inventory)[0].settings
+
+    def govstack(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "govstack.cli", *args, "-i", self.inventory]
+
+    def record(self) -> dict:
+        return json.loads(Path(self.settings.paths.release_file).read_text())
+
+    def alias(self) -> str:
+        """A new version without a build: the serving image under another tag."""
+        version = f"bench-{uuid.uuid4().hex[:8]}"
+        subprocess.run(["docker", "tag", f"govstack/app:{self.record()['version']}", f"govstack/app:{version}"],
+                       check=True)
+        return version
+
+    def remove_kept_containers(self) -> None:
+        """The containers of the color a rollback would return to, gone (as an operator's prune does)."""
+        project = f"{self.settings.project}-{self.record()['previous']['color']}"
+        ids = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={project}"],
+                             capture_output=True, text=True, check=True).stdout.split()
+        if ids:
+            subprocess.run(["docker", "rm", "-f", *ids], check=True, capture_output=True)
+
+
+def ratio(label: str, seconds: list[float], base: float | None, base_name: str) -> None:
+    median = statistics.median(seconds)
+    against = f"{median / base:6.2f} x {base_name}" if base else ""
+    print(f"{label:34} {median:7.1f} s  (n={len(seconds)}, {min(seconds):.1f}-{max(seconds):.1f})  {against}")
+
+
 def main() -> None:
-    settings = load_inventory(str(INVENTORY))[0].settings
-    subprocess.run([sys.executable, "-m", "tests.e2e.teardown", str(INVENTORY)], cwd=REPO, check=True,
-                   stdout=subprocess.DEVNULL)
-    govstack = [sys.executable, "-m", "govstack.cli", "up", "-i", str(INVENTORY)]
-    cold = timed(govstack, cwd=REPO)
-    noop = timed(govstack, cwd=REPO)
-    build = None if "--skip-image-build" in sys.argv else image_build_seconds(settings)
-    print(f"cold deploy (images cached): {cold:7.1f} s   1.00 x")
-    print(f"no-op redeploy:              {noop:7.1f} s   {noop / cold:.2f} x cold deploy")
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--inventory", type=Path)
+    parser.add_argument("--skip-image-build", action="store_true")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    own = args.inventory is None
+    stack = Stack(BENCH_INVENTORY if own else args.inventory)
+    teardown = [sys.executable, "-m", "tests.e2e.teardown", stack.inventory]
+    cold = None
+    if own:
+        subprocess.run(teardown, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+        cold = timed(stack.govstack("up"), cwd=REPO)
+    floor = [timed([sys.executable, "-m", "pyinfra", "-y", "@local", "exec", "--", "true"], cwd=REPO)
+             for _ in range(args.rounds)]
+    noop = [timed(stack.govstack("up"), cwd=REPO) for _ in range(args.rounds)]
+    deploys, kept, full = [], [], []
+    for _ in range(args.rounds):
+        deploys.append(timed(stack.govstack("deploy", "--version", stack.alias()), cwd=REPO))
+        kept.append(timed(stack.govstack("rollback"), "started the containers the last release kept", cwd=REPO))
+        deploys.append(timed(stack.govstack("deploy", "--version", stack.alias()), cwd=REPO))
+        stack.remove_kept_containers()
+        full.append(timed(stack.govstack("rollback"), "took the full release path", cwd=REPO))
+    build = None if args.skip_image_build or not own else image_build_seconds(stack.settings)
+
+    floor_s = statistics.median(floor)
+    ratio("pyinfra @local exec -- true", floor, floor_s, "itself")
+    ratio("no-op govstack up", noop, floor_s, "pyinfra @local exec -- true")
+    full_s = statistics.median(full)
+    ratio("rollback, full path (the old one)", full, full_s, "itself")
+    ratio("rollback, kept containers", kept, full_s, "full-path rollback")
+    ratio("deploy (image present)", deploys, full_s, "full-path rollback")
+    if cold is not None:
+        ratio("cold deploy (images cached)", [cold], full_s, "full-path rollback")
     if build is not None:
-        print(f"offline image build, no cache:{build:6.1f} s   {build / cold:.2f} x cold deploy")
-    subprocess.run([sys.executable, "-m", "tests.e2e.teardown", str(INVENTORY)], cwd=REPO, check=True,
-                   stdout=subprocess.DEVNULL)
+        ratio("offline image build, no cache", [build], cold, "cold deploy")
+    if own:
+        subprocess.run(teardown, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
 
 
 if __name__ == "__main__":
