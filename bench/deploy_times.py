@@ -4,7 +4,7 @@
 
 Without --inventory it deploys the bench's own stack cold (bench/inventories/
 bench_local.py) and tears it down at the end; with one it uses that deployed
-stack as it is (and leaves it serving what served before).
+stack as it is (it ends serving an alias tag of the image it served).
 
 1. no-op `govstack up` against `pyinfra @local exec -- true` (pyinfra's own
    floor: start, connect, one command);

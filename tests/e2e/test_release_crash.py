@@ -86,10 +86,18 @@ def assert_serving_matches_the_record(stack) -> dict:
     assert ready.headers["x-govstack-color"] == color
     project = stack.plan.app_project(color)
     for service in ("api", "worker"):
-        out = subprocess.run(
-            ["docker", "ps", "--filter", f"label=com.docker.compose.project={project}",
-             "--filter", f"label=com.docker.compose.service={service}", "--format", "{{.Image}} {{.Status}}"],
-            capture_output=True, text=True, check=True).stdout.split("\n")[0]
+        # The release switched on the container's own healthcheck passing
+        # (operations._all_healthy_or_fail); the engine says "healthy" at its
+        # next interval, a few seconds later (bounded wait, no time asserted).
+        deadline = time.monotonic() + 60
+        while True:
+            out = subprocess.run(
+                ["docker", "ps", "--filter", f"label=com.docker.compose.project={project}",
+                 "--filter", f"label=com.docker.compose.service={service}", "--format", "{{.Image}} {{.Status}}"],
+                capture_output=True, text=True, check=True).stdout.split("\n")[0]
+            if "(health: starting)" not in out or time.monotonic() > deadline:
+                break
+            time.sleep(1)
         assert out.startswith(f"govstack/app:{version} ") and "(healthy)" in out, f"{service} of {color}: {out!r}"
     return rec
 
