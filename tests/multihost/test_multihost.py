@@ -40,6 +40,7 @@ from urllib.parse import quote
 import pytest
 import requests
 
+from govstack.remote import APP_SERVICES
 from tests.multihost.conftest import Lane, govstack, parallel, tail
 from tests.support.loadgen import LoadGenerator, Sample
 
@@ -240,23 +241,25 @@ def test_data_ports_answer_only_the_hosts_that_use_them(deployed):
 
 
 def test_restore_stops_and_restarts_the_writers_on_every_app_host(deployed, edge_ca, admin_api_key):
-    """A restore run against the data host stops the api and worker of every
-    app host (they write to its database), under every host's lock, and
-    starts them again once the restore verified. The run restored is the
-    backup of the test before, so no data is lost."""
+    """A restore run against the data host stops the app's writers (api,
+    worker, analytics) of every app host (they write to its database), under
+    every host's lock, and starts them again once the restore verified. The
+    run restored is the backup of the test before, so no data is lost."""
     data, app_hosts = deployed.group("data")[0], deployed.group("app")
     listing = "docker ps -q --no-trunc --filter label=com.docker.compose.service={}"
-    writers = {host.name: sorted(deployed.ssh(host, listing.format("api")).stdout.split()
-                                 + deployed.ssh(host, listing.format("worker")).stdout.split())
+    writers = {host.name: sorted(cid for service in APP_SERVICES
+                                 for cid in deployed.ssh(host, listing.format(service)).stdout.split())
                for host in app_hosts}
-    assert all(len(ids) == 2 for ids in writers.values()), writers
+    # One running container of each writer service per app host (the serving color's).
+    assert all(len(ids) == len(APP_SERVICES) for ids in writers.values()), writers
     started = deployed.ssh(data, "date -u +%Y-%m-%dT%H:%M:%S.%NZ").stdout.strip()
     result = govstack("restore", "--snapshot", "latest", "--component", "postgres", "--force", "--json",
                       "-i", str(deployed.inventory), "--host", data.name, timeout=900,
                       log=deployed.workdir / "restore-split.log")
     assert result.returncode == 0, tail(result)
     report = json.loads(result.stdout)
-    assert report["writers_stopped"] == report["writers_restarted"] == 4, report
+    expected = sum(len(ids) for ids in writers.values())
+    assert report["writers_stopped"] == report["writers_restarted"] == expected, report
     # The report names containers by their short ids.
     assert {name: sorted(ids) for name, ids in report["writers"].items()} == {
         name: sorted(cid[:12] for cid in ids) for name, ids in writers.items()}
