@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 
+from govstack import templating
 from govstack.catalog import SERVICES, Service
 from govstack.monitoring.catalog import MONITOR_ROLE, PORTS
 from govstack.monitoring.render import monitoring_files
 from govstack.plan import StackPlan
-from govstack.templating import MANAGED_BANNER, TEMPLATES_DIR, environment
+from govstack.templating import MANAGED_BANNER, TEMPLATES_DIR
 
 # The profile Docker generates and loads itself wherever AppArmor is enabled.
 APPARMOR_PROFILE = "docker-default"
@@ -61,7 +62,7 @@ def service_template(svc: Service) -> str:
 
 
 def render(template: str, plan: StackPlan, **extra) -> str:
-    env = environment()
+    """A config template with the plan's context (templating.render)."""
     context = {
         "s": plan.settings,
         "plan": plan,
@@ -70,7 +71,7 @@ def render(template: str, plan: StackPlan, **extra) -> str:
         "service_template": service_template,
         **extra,
     }
-    return env.get_template(template).render(context)
+    return templating.render(template, context)
 
 
 def render_compose(plan: StackPlan, config_files: dict[str, str] | None = None) -> str:

@@ -8,7 +8,7 @@ Prometheus scrapes every service by its Docker DNS name on the internal
 ``data`` network (split inventories: by the other hosts' private addresses);
 Alertmanager routes by severity to the receivers in settings; in the upstream
 lane Grafana shows provisioned dashboards. Rule and promtool-test templates
-live in ``monitoring/`` and use ``[[ ]]`` for values (govstack/templating.py).
+live in ``monitoring/`` (govstack/templating.py).
 """
 
 from __future__ import annotations
@@ -21,14 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from jinja2 import Environment
 
-from govstack import catalog
+from govstack import catalog, templating
 from govstack.monitoring.catalog import BACKUP_METRICS, MONITOR_ROLE, PORTS
 from govstack.plan import StackPlan
 from govstack.roles import Member
 from govstack.settings import MonitoringSettings
-from govstack.templating import MANAGED_BANNER, REPO_ROOT, environment
+from govstack.templating import MANAGED_BANNER, REPO_ROOT
 
 MONITORING_DIR = REPO_ROOT / "monitoring"
 RULES_DIR = MONITORING_DIR / "rules"
@@ -39,18 +38,6 @@ DASHBOARDS_DIR = MONITORING_DIR / "dashboards"
 def _monitoring(plan: StackPlan, monitoring: MonitoringSettings | None) -> MonitoringSettings:
     """The plan's section, or another one (the tests render variants of it)."""
     return monitoring if monitoring is not None else plan.settings.monitoring
-
-
-def _number(value: float) -> str:
-    """10.0 -> "10", 0.5 -> "0.5": thresholds as people write them."""
-    return format(value, "g")
-
-
-def _environment() -> Environment:
-    env = environment(brackets=True)
-    env.filters["g"] = _number
-    env.filters["pct"] = lambda value: _number(round(value * 100, 6)) + "%"
-    return env
 
 
 def _context(plan: StackPlan, monitoring: MonitoringSettings) -> dict[str, Any]:
@@ -153,7 +140,7 @@ def _has_seaweedfs(plan: StackPlan) -> bool:
 
 
 def _render(template: str, plan: StackPlan, monitoring: MonitoringSettings, **extra: Any) -> str:
-    return _environment().get_template(template).render({**_context(plan, monitoring), **extra})
+    return templating.render(template, {**_context(plan, monitoring), **extra})
 
 
 def rule_templates() -> list[Path]:
