@@ -236,7 +236,7 @@ if s.monitoring.enabled and after.has_role("monitoring"):
         files.put(
             name=f"Scrape targets {name}: {new.color}",
             src=StringIO(content),
-            dest=f"{s.config_dir}/prometheus/targets/{name}",
+            dest=f"{s.paths.config.prometheus_targets_dir}/{name}",
             mode="644",
         )
 fault_point("after_switch")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import posixpath
 from io import StringIO
 
 from pyinfra.api import deploy
@@ -34,8 +35,8 @@ def create_stack_directories(plan: StackPlan):
         path_owned(name=f"Data of {name}", path=plan.data_path(name), uid=uid, gid=uid, mode="700")
     path_owned(name="App compose directory", path=s.paths.app_dir, uid=0, gid=0, mode="755")
     for sub in ("postgres", "nginx", "seaweedfs"):
-        path_owned(name=f"Config of {sub}", path=f"{s.config_dir}/{sub}", uid=0, gid=0, mode="755")
-    path_owned(name="TLS directory", path=f"{s.config_dir}/nginx/tls", uid=0, gid=0, mode="755")
+        path_owned(name=f"Config of {sub}", path=s.paths.config.service_dir(sub), uid=0, gid=0, mode="755")
+    path_owned(name="TLS directory", path=s.paths.config.edge_tls_dir, uid=0, gid=0, mode="755")
 
 
 @deploy("Secrets")
@@ -71,19 +72,19 @@ def ensure_secrets(plan: StackPlan, values: dict[str, str | None]):
 
 def edge_tls_files(plan: StackPlan) -> str:
     """Shell glob of the edge certificate and key on the host."""
-    return f"{plan.settings.config_dir}/nginx/tls/tls.*"
+    return f"{plan.settings.paths.config.edge_tls_dir}/tls.*"
 
 
 @deploy("Edge TLS")
 def ensure_edge_certificate(plan: StackPlan) -> bool:
     """The edge certificate and key on the host; True when this deploy renews or replaces them."""
     s = plan.settings
-    tls_dir = f"{s.config_dir}/nginx/tls"
+    config = s.paths.config
     if s.edge.tls_cert_path is None:
         return self_signed_certificate(
             name=f"Self-signed certificate for {s.edge.hostname}",
-            cert_path=f"{tls_dir}/tls.crt",
-            key_path=f"{tls_dir}/tls.key",
+            cert_path=config.edge_cert,
+            key_path=config.edge_key,
             hostname=s.edge.hostname,
             key_owner_uid=TLS_KEY_OWNER_UID,
         ).will_change
@@ -91,13 +92,14 @@ def ensure_edge_certificate(plan: StackPlan) -> bool:
     # 101) can read the key without loosening the original's permissions.
     installed = [
         file_installed(
-            name=f"Edge {dest} from {src}",
+            name=f"Edge {posixpath.basename(dest)} from {src}",
             src=src,
-            dest=f"{tls_dir}/{dest}",
+            dest=dest,
             uid=TLS_KEY_OWNER_UID,
             mode=mode,
         )
-        for src, dest, mode in ((s.edge.tls_cert_path, "tls.crt", "644"), (s.edge.tls_key_path, "tls.key", "600"))
+        for src, dest, mode in ((s.edge.tls_cert_path, config.edge_cert, "644"),
+                                (s.edge.tls_key_path, config.edge_key, "600"))
     ]
     return any(op.will_change for op in installed)
 
@@ -110,7 +112,7 @@ def render_stack_files(plan: StackPlan):
         files.put(
             name="SeaweedFS entrypoint for the official image",
             src=str(IMAGE_TEMPLATES / "seaweedfs" / "seaweedfs-entrypoint"),
-            dest=f"{plan.settings.config_dir}/seaweedfs/seaweedfs-entrypoint",
+            dest=plan.settings.paths.config.seaweedfs_entrypoint,
             mode="755",
         )
 

@@ -78,7 +78,7 @@ def render_compose(plan: StackPlan, config_files: dict[str, str] | None = None) 
     """The host's main Compose file; ``config_files``: the host's other files,
     already rendered (``rendered_files``), so each file is rendered once."""
     files = _config_files(plan) if config_files is None else config_files
-    conf = plan.settings.config_dir
+    conf = plan.settings.paths.config
     # Compose hashes the service definition, not the files it mounts: a label
     # carrying the digest of postgresql.conf makes a tuning change recreate
     # Postgres (it needs a restart for most of them anyway). nginx reloads
@@ -86,15 +86,15 @@ def render_compose(plan: StackPlan, config_files: dict[str, str] | None = None) 
     # and the blackbox exporter are recreated when their config changes; the
     # app target lists (file_sd) are re-read live.
     digests = {}
-    if f"{conf}/postgres/postgresql.conf" in files:
-        digests["postgres"] = _digest(files[f"{conf}/postgres/postgresql.conf"])
-    if f"{conf}/prometheus/prometheus.yml" in files:
+    if conf.postgres_conf in files:
+        digests["postgres"] = _digest(files[conf.postgres_conf])
+    if conf.prometheus_config in files:
         digests["prometheus"] = _digest(
-            "".join(text for path, text in sorted(files.items()) if path.startswith(f"{conf}/prometheus/")
-                    and "/targets/" not in path)
+            "".join(text for path, text in sorted(files.items()) if path.startswith(f"{conf.prometheus_dir}/")
+                    and not path.startswith(f"{conf.prometheus_targets_dir}/"))
         )
-        digests["alertmanager"] = _digest(files[f"{conf}/alertmanager/alertmanager.yml"])
-        digests["blackbox"] = _digest(files[f"{conf}/blackbox/config.yml"])
+        digests["alertmanager"] = _digest(files[conf.alertmanager_config])
+        digests["blackbox"] = _digest(files[conf.blackbox_config])
     return render("docker-compose.yml.j2", plan, config_digests=digests, monitor_role=MONITOR_ROLE)
 
 
@@ -131,11 +131,11 @@ def render_daemon_json(plan: StackPlan) -> str:
 
 
 def nginx_live_path(plan: StackPlan) -> str:
-    return f"{plan.settings.config_dir}/nginx/nginx.conf"
+    return plan.settings.paths.config.nginx_conf
 
 
 def nginx_candidate_path(plan: StackPlan) -> str:
-    return f"{plan.settings.config_dir}/nginx/nginx.conf.candidate"
+    return plan.settings.paths.config.nginx_candidate
 
 
 def _config_files(plan: StackPlan) -> dict[str, str]:
@@ -145,7 +145,7 @@ def _config_files(plan: StackPlan) -> dict[str, str]:
     if plan.has_role("monitoring") and s.monitoring.enabled:
         files.update(monitoring_files(plan))
     if plan.has_role("data"):
-        files[f"{s.config_dir}/postgres/postgresql.conf"] = render_postgres_conf(plan)
+        files[s.paths.config.postgres_conf] = render_postgres_conf(plan)
     if plan.has_role("edge"):
         # Installed by nginx_config_applied only after `nginx -t` accepts it.
         files[nginx_candidate_path(plan)] = render_nginx_conf(plan)
@@ -171,4 +171,4 @@ def edge_script_files(plan: StackPlan) -> dict[str, str]:
     if plan.settings.images.lane != "upstream":
         return {}
     script = (TEMPLATES_DIR / "nginx" / "api_key.js").read_text()
-    return {f"{plan.settings.config_dir}/nginx/api_key.js": script}
+    return {plan.settings.paths.config.nginx_api_key_script: script}

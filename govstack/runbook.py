@@ -234,7 +234,7 @@ def stack_environment(inventory: str, host: str | None = None) -> dict[str, str]
         # curl from the host reaches its own edge by loopback, whatever the public name resolves to.
         "EDGE_RESOLVE": f"{s.edge.hostname}:{s.edge.https_port}:127.0.0.1",
         # A self-signed edge's certificate, for curl --cacert; empty with an operator's certificate.
-        "EDGE_CA": f"{s.config_dir}/nginx/tls/tls.crt" if s.edge.tls_cert_path is None else "",
+        "EDGE_CA": s.paths.config.edge_cert if s.edge.tls_cert_path is None else "",
     }
 
 

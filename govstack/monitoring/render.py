@@ -242,7 +242,7 @@ def dashboard_files() -> dict[str, str]:
 
 
 def render_grafana_files(plan: StackPlan, monitoring: MonitoringSettings | None = None) -> dict[str, str]:
-    """Relative path (under <config_dir>/grafana) -> content: provisioning + dashboards."""
+    """Relative path (under ConfigPaths.grafana_dir) -> content: provisioning + dashboards."""
     m = _monitoring(plan, monitoring)
     files = {
         "provisioning/datasources/prometheus.yml": _render("monitoring/grafana/datasources.yml.j2", plan, m),
@@ -264,20 +264,20 @@ def monitoring_files(
     blue/green deploy passes both colors while a new one starts.
     """
     m = _monitoring(plan, monitoring)
-    conf = plan.settings.config_dir
+    conf = plan.settings.paths.config
     if colors is None:
         colors = (plan.release.color,)
         serving = plan.release.color
     files = {
-        f"{conf}/prometheus/prometheus.yml": render_prometheus_config(plan, m),
-        f"{conf}/blackbox/config.yml": render_blackbox_config(plan, m),
-        f"{conf}/alertmanager/alertmanager.yml": render_alertmanager_config(plan, m),
+        conf.prometheus_config: render_prometheus_config(plan, m),
+        conf.blackbox_config: render_blackbox_config(plan, m),
+        conf.alertmanager_config: render_alertmanager_config(plan, m),
     }
-    files.update({f"{conf}/prometheus/rules/{n}": t for n, t in render_rule_files(plan, m).items()})
-    files.update({f"{conf}/prometheus/targets/{n}": t
+    files.update({f"{conf.prometheus_rules_dir}/{n}": t for n, t in render_rule_files(plan, m).items()})
+    files.update({f"{conf.prometheus_targets_dir}/{n}": t
                   for n, t in render_app_target_files(plan, colors, serving).items()})
     if plan.settings.images.lane == "upstream" and m.grafana:
-        files.update({f"{conf}/grafana/{n}": t for n, t in render_grafana_files(plan, m).items()})
+        files.update({f"{conf.grafana_dir}/{n}": t for n, t in render_grafana_files(plan, m).items()})
     return files
 
 

@@ -29,6 +29,107 @@ class BackupPaths:
 
 
 @dataclass(frozen=True)
+class ConfigPaths:
+    """The services' config directories below ``<stack_root>/config`` and the
+    files govstack writes there; each directory is mounted read-only into its
+    service (templates/compose/services/)."""
+
+    root: str
+
+    def service_dir(self, service: str) -> str:
+        return f"{self.root}/{service}"
+
+    @property
+    def postgres_dir(self) -> str:
+        return self.service_dir("postgres")
+
+    @property
+    def postgres_conf(self) -> str:
+        return f"{self.postgres_dir}/postgresql.conf"
+
+    @property
+    def nginx_dir(self) -> str:
+        return self.service_dir("nginx")
+
+    @property
+    def nginx_conf(self) -> str:
+        """The config nginx serves."""
+        return f"{self.nginx_dir}/nginx.conf"
+
+    @property
+    def nginx_candidate(self) -> str:
+        """A new nginx.conf, installed only after `nginx -t` accepts it."""
+        return f"{self.nginx_dir}/nginx.conf.candidate"
+
+    @property
+    def nginx_api_key_script(self) -> str:
+        """The njs module nginx.conf imports (upstream lane)."""
+        return f"{self.nginx_dir}/api_key.js"
+
+    @property
+    def edge_tls_dir(self) -> str:
+        return f"{self.nginx_dir}/tls"
+
+    @property
+    def edge_cert(self) -> str:
+        return f"{self.edge_tls_dir}/tls.crt"
+
+    @property
+    def edge_key(self) -> str:
+        return f"{self.edge_tls_dir}/tls.key"
+
+    @property
+    def seaweedfs_dir(self) -> str:
+        return self.service_dir("seaweedfs")
+
+    @property
+    def seaweedfs_entrypoint(self) -> str:
+        """The entrypoint the official SeaweedFS image runs (upstream lane)."""
+        return f"{self.seaweedfs_dir}/seaweedfs-entrypoint"
+
+    @property
+    def prometheus_dir(self) -> str:
+        return self.service_dir("prometheus")
+
+    @property
+    def prometheus_config(self) -> str:
+        return f"{self.prometheus_dir}/prometheus.yml"
+
+    @property
+    def prometheus_rules_dir(self) -> str:
+        return f"{self.prometheus_dir}/rules"
+
+    @property
+    def prometheus_targets_dir(self) -> str:
+        """The app's file_sd target lists, re-read live (not part of Prometheus' config digest)."""
+        return f"{self.prometheus_dir}/targets"
+
+    @property
+    def alertmanager_dir(self) -> str:
+        return self.service_dir("alertmanager")
+
+    @property
+    def alertmanager_config(self) -> str:
+        return f"{self.alertmanager_dir}/alertmanager.yml"
+
+    @property
+    def blackbox_dir(self) -> str:
+        return self.service_dir("blackbox")
+
+    @property
+    def blackbox_config(self) -> str:
+        return f"{self.blackbox_dir}/config.yml"
+
+    @property
+    def grafana_dir(self) -> str:
+        return self.service_dir("grafana")
+
+    @property
+    def backup_dir(self) -> str:
+        return self.service_dir("backup")
+
+
+@dataclass(frozen=True)
 class StackPaths:
     root: str
     backup_root: str | None = None
@@ -41,6 +142,10 @@ class StackPaths:
     @property
     def config_dir(self) -> str:
         return f"{self.root}/config"
+
+    @property
+    def config(self) -> ConfigPaths:
+        return ConfigPaths(self.config_dir)
 
     @property
     def data_dir(self) -> str:
@@ -138,7 +243,7 @@ class StackPaths:
     @property
     def backup(self) -> BackupPaths:
         root = self.backups_dir
-        config = f"{self.config_dir}/backup"
+        config = self.config.backup_dir
         return BackupPaths(
             root=root,
             repository=f"{root}/restic",
