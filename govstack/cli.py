@@ -22,6 +22,7 @@ from govstack.compliance.cli import report_group
 from govstack.faults import CONTROLLER_PID_ENV
 from govstack.inventory import InventoryError, load_inventory
 from govstack.lock import command_lock, lock_wait_option
+from govstack.monitoring.cli import register as register_monitoring
 from govstack.reconcile.cli import register as register_reconcile
 from govstack.runbook import register as register_runbook
 from govstack.secrets import SECRET_SPECS, secret_path
@@ -329,27 +330,6 @@ def rotate_secret(inventory: str, lock_wait: float, grace_s: float | None, name:
 
 @main.command()
 @inventory_option
-@click.option("--json", "as_json", is_flag=True, help="machine-readable, for CI")
-def status(inventory: str, as_json: bool) -> None:
-    """Targets, firing alerts, serving color and version, backup age, p95s, indexing backlog."""
-    import json
-
-    from govstack.status import StatusError, format_status, host_status
-
-    results = []
-    for entry in _hosts(inventory):
-        try:
-            results.append(host_status(entry))
-        except StatusError as error:
-            _fail(str(error))
-    if as_json:
-        click.echo(json.dumps(results, indent=2, sort_keys=True))
-    else:
-        click.echo("\n".join(format_status(result) for result in results))
-
-
-@main.command()
-@inventory_option
 @click.option("--window", "window_s", type=float, default=60, show_default=True, help="seconds to average over")
 @click.option("--json", "as_json", is_flag=True)
 def cost(inventory: str, window_s: float, as_json: bool) -> None:
@@ -357,13 +337,13 @@ def cost(inventory: str, window_s: float, as_json: bool) -> None:
     import json
     from dataclasses import asdict
 
-    from govstack.status import StatusError, container_costs
+    from govstack.cost import CostError, container_costs
 
     for entry in _hosts(inventory):
         prices = entry.settings.cost
         try:
             costs = container_costs(entry, prices, window_s=window_s)
-        except StatusError as error:
+        except CostError as error:
             _fail(str(error))
         if as_json:
             click.echo(json.dumps({"host": entry.name, "currency": prices.currency,
@@ -383,6 +363,7 @@ register_compliance(main)
 register_admin_key(main)
 register_reconcile(main, report_group)
 register_runbook(main)
+register_monitoring(main)
 main.add_command(backup)
 main.add_command(restore)
 main.add_command(drill)
