@@ -83,6 +83,8 @@ if plan.has_role("data"):
     app.ensure_app_database(plan, roles_split)
     if settings.backup.enabled:
         backup.ensure_backup_role(plan)
+    if settings.pitr_enabled:
+        backup.ensure_pitr(plan)
     monitoring.ensure_monitor_role(plan)
     app.ensure_analytics_role(plan)
 if plan.split:

@@ -19,7 +19,7 @@ from govstack.operations import (
     secret_file,
     self_signed_certificate,
 )
-from govstack.plan import GRPC_PREFIX, SERVICE_UIDS, StackPlan
+from govstack.plan import GROUP_WRITABLE_DATA_DIRS, GRPC_PREFIX, SERVICE_UIDS, StackPlan
 from govstack.render import nginx_candidate_path, nginx_live_path, rendered_files
 from govstack.secrets import SECRET_SPECS, TLS_KEY_OWNER_UID, secret_path
 
@@ -32,7 +32,8 @@ def create_stack_directories(plan: StackPlan):
     path_owned(name="Config directory", path=s.config_dir, uid=0, gid=0, mode="755")
     path_owned(name="Data directory", path=s.data_dir, uid=0, gid=0, mode="755")
     for name, uid in plan.data_dirs.items():
-        path_owned(name=f"Data of {name}", path=plan.data_path(name), uid=uid, gid=uid, mode="700")
+        mode = "770" if name in GROUP_WRITABLE_DATA_DIRS else "700"
+        path_owned(name=f"Data of {name}", path=plan.data_path(name), uid=uid, gid=uid, mode=mode)
     path_owned(name="App compose directory", path=s.paths.app_dir, uid=0, gid=0, mode="755")
     for sub in ("postgres", "nginx", "seaweedfs"):
         path_owned(name=f"Config of {sub}", path=s.paths.config.service_dir(sub), uid=0, gid=0, mode="755")

@@ -28,6 +28,7 @@ from types import MappingProxyType
 from govstack import images
 from govstack.images import IMAGE_TEMPLATES, REPO_ROOT, OfflineImage, versioned
 from govstack.settings import NGINX_UID, POSTGRES_UID, SERVICE_UID, Settings, SettingsError
+from govstack.settings.catalog import OFFSITE_SECRETS, PITR_OFFSITE_SECRETS
 
 # Where a service sits in a host's main Compose project: a split host lists
 # its data tier first, then the edge, then monitoring (the order of the plan's
@@ -193,13 +194,48 @@ class BackupContainerPaths:
 # The backup job's secrets.
 BACKUP_PASSWORD_SECRET = "restic_password"  # noqa: S105 - a secret's name
 BACKUP_ROLE_SECRET = "postgres_backup_password"  # noqa: S105
-BACKUP_OFFSITE_SECRETS = ("backup_offsite_access_key", "backup_offsite_secret_key")
+BACKUP_OFFSITE_SECRETS = OFFSITE_SECRETS
 
 
 def backup_secrets(settings: Settings) -> list[str]:
     names = [BACKUP_PASSWORD_SECRET, BACKUP_ROLE_SECRET, "s3_access_key", "s3_secret_key"]
     if settings.backup.offsite is not None:
         names += list(BACKUP_OFFSITE_SECRETS)
+    return names
+
+
+# Point-in-time recovery: pgBackRest archives WAL from the Postgres container
+# and a sidecar of the same uid (Postgres' own, 999: it reads the data
+# directory) takes the base backups on its schedule, from the backup image
+# (which is built FROM the Postgres image, so it has the same pgBackRest).
+PITR_SERVICE = "pgbackrest"
+PITR_SECRET = "pgbackrest_cipher_pass"  # noqa: S105 - a secret's name
+# Docker volume shared by Postgres and the sidecar: Postgres' unix socket, the
+# only way pgBackRest connects to a local Postgres. The socket trusts local
+# connections, so only these two containers (uid 999 both) mount it.
+PITR_SOCKET_VOLUME = "postgres-socket"
+
+
+@dataclass(frozen=True)
+class PitrContainerPaths:
+    """pgBackRest's files, and Postgres' own, inside the Postgres, sidecar and restore containers."""
+
+    repository: str = "/var/lib/pgbackrest"
+    config_dir: str = "/etc/pgbackrest"
+    config_file: str = "/etc/pgbackrest/pgbackrest.conf"
+    pgdata: str = "/var/lib/postgresql/data"
+    socket_dir: str = "/var/run/postgresql"
+    crontab: str = "/etc/govstack-backup/pgbackrest.crontab"
+    metrics_file: str = "/metrics/pgbackrest.prom"
+    # The image's wrapper: pgBackRest with the repository secrets from their files.
+    command: str = "/usr/local/bin/govstack-pgbackrest"
+
+
+def pitr_secrets(settings: Settings) -> list[str]:
+    """What the Postgres container and the sidecar read (besides Postgres' own)."""
+    names = [PITR_SECRET]
+    if settings.backup.offsite is not None:
+        names += list(PITR_OFFSITE_SECRETS)
     return names
 
 
@@ -267,6 +303,11 @@ _RECORDS = (
     # start restic and pg_dump: an init reaps whatever `docker exec` leaves orphaned.
     Service("backup", "data", "data", SERVICE_UID, offline=backup_image,
             enabled=lambda s: s.backup.enabled, init=True, job=True),
+    # pgBackRest's sidecar (continuous archiving's base backups, verify, the
+    # stanza's upkeep): the backup job's image, as Postgres' uid (it reads the
+    # data directory read-only and connects over Postgres' socket).
+    Service(PITR_SERVICE, "data", "data", POSTGRES_UID, offline=backup_image,
+            enabled=lambda s: s.pitr_enabled, init=True, job=True),
     # The app colors: their own Compose projects (templates/compose/app.yml.j2).
     # Prometheus scrapes the API's /metrics (file_sd lists of the running colors).
     Service("app", "app", "app", SERVICE_UID, {"": 8000}, init=True, own_project=True,
@@ -297,20 +338,23 @@ def stack_services(settings: Settings) -> list[Service]:
 
 def offline_builds(settings: Settings, names: list[str] | None = None) -> list[OfflineImage]:
     """What the offline lane builds on a host (``names``: only these services),
-    in catalog order; the backup job's image is built in both lanes."""
-    builds = []
+    in catalog order, each image once (the pgbackrest sidecar runs the backup
+    job's); the backup job's image is built in both lanes."""
+    builds: dict[str, OfflineImage] = {}
     for svc in stack_services(settings):
         if svc.offline is None or (names is not None and svc.name not in names):
             continue
         if settings.images.lane == "offline" or svc.upstream is None:
-            builds.append(svc.offline(settings))
-    return builds
+            image = svc.offline(settings)
+            builds.setdefault(image.tag, image)
+    return list(builds.values())
 
 
 def every_offline_build(settings: Settings) -> list[OfflineImage]:
     """Every image the offline lane can build for these settings' lane, whether or not enabled."""
-    return [svc.offline(settings) for svc in SERVICES.values()
-            if svc.offline is not None and (settings.images.lane == "offline" or svc.upstream is None)]
+    builds = [svc.offline(settings) for svc in SERVICES.values()
+              if svc.offline is not None and (settings.images.lane == "offline" or svc.upstream is None)]
+    return list({image.tag: image for image in builds}.values())
 
 
 def internal_ports() -> dict[str, int]:

@@ -10,7 +10,7 @@ import json
 
 from pyinfra.api import FactBase
 
-from govstack.commands import compose, compose_exec, login_probe, psql, q
+from govstack.commands import compose, compose_exec, last_json, login_probe, psql, q
 from govstack.tuning import HostResources
 
 
@@ -415,3 +415,18 @@ class AppSchemaPending(FactBase):
                 except (ValueError, KeyError, TypeError):
                     return None
         return None
+
+
+class PgbackrestStanza(FactBase):
+    """Where pgBackRest's stanza stands against the running cluster, as the
+    pgbackrest sidecar sees it (``govstack-backup pitr state``): a dict with
+    ``ok`` (stanza matches the cluster and has a backup), or None when the
+    sidecar does not answer."""
+
+    def command(self, project: str, compose_file: str, service: str) -> str:
+        state = compose_exec(project, compose_file, service, "govstack-backup", "pitr", "state")
+        return f"{state} 2>/dev/null || true"
+
+    def process(self, output):
+        answer = last_json("\n".join(output))
+        return answer if isinstance(answer, dict) else None

@@ -33,6 +33,7 @@ from govstack.facts import (
     ImageIds,
     ImageLabel,
     PathState,
+    PgbackrestStanza,
     PostgresLogin,
     PostgresOwnership,
     SecretFile,
@@ -614,6 +615,26 @@ def migrate_command(project: str, compose_file: str, timeout_s: int) -> str:
         f"|| {{ echo \"govstack: migrations of the new version failed: "
         f"$(grep -v '^[[:space:]]*$' {log} | tail -n 1)\" >&2; exit 1; }}"
     )
+
+
+@operation()
+def pgbackrest_stanza_ready(project: str, compose_file: str, service: str = "pgbackrest"):
+    """
+    pgBackRest's stanza exists and describes the running cluster, WAL archiving
+    works, and the cluster has a base backup to recover from.
+
+    + project, compose_file: the Compose project Postgres and the sidecar run in
+    + service: the pgbackrest sidecar
+
+    Read with ``govstack-backup pitr state`` in the sidecar; when it is not ok,
+    ``pitr ensure`` creates the stanza (or upgrades it after a restore into a new
+    cluster), runs ``pgbackrest check`` and takes the first full backup.
+    """
+    state = host.get_fact(PgbackrestStanza, project=project, compose_file=compose_file, service=service)
+    if state and state.get("ok"):
+        host.noop(f"stanza {state.get('stanza')} matches the cluster, {state.get('backups')} base backups")
+        return
+    yield compose_exec(project, compose_file, service, "govstack-backup", "pitr", "ensure")
 
 
 # Release steps (blue/green). Each runs once per release: not idempotent by

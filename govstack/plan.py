@@ -10,12 +10,12 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from govstack import catalog, images
-from govstack.catalog import HOST_PORTS, SERVICES, BackupContainerPaths
+from govstack.catalog import HOST_PORTS, SERVICES, BackupContainerPaths, PitrContainerPaths
 from govstack.release import Color, Release, first_release
 from govstack.roles import ALL_ROLES, Member, Topology
 from govstack.secrets import SECRET_SPECS, host_secret_names
 from govstack.settings import Resources, Settings
-from govstack.settings.paths import TEXTFILE_DIR, BackupPaths
+from govstack.settings.paths import TEXTFILE_DIR, BackupPaths, PitrPaths
 from govstack.tuning import HostResources, postgres_memory_budget_mb, postgres_tuning
 
 # Ports inside the stack's networks (service catalog); only nginx publishes anything.
@@ -51,6 +51,9 @@ def data_dirs() -> dict[str, int]:
 
 
 DATA_DIRS = data_dirs()
+# Group-writable data directories: the pgbackrest sidecar (Postgres' uid, in
+# the owner's group) writes its textfile beside the backup job's.
+GROUP_WRITABLE_DATA_DIRS = frozenset({TEXTFILE_DIR})
 
 
 class BackupPlan:
@@ -88,6 +91,35 @@ class BackupPlan:
     @property
     def offsite(self) -> bool:
         return self.settings.offsite is not None
+
+    @property
+    def pitr(self) -> bool:
+        return self.stack_settings.pitr_enabled
+
+    @property
+    def pitr_paths(self) -> PitrPaths:
+        return self.stack_settings.paths.pitr
+
+    @property
+    def pitr_container(self) -> PitrContainerPaths:
+        return PitrContainerPaths()
+
+    @property
+    def pitr_secrets(self) -> list[str]:
+        return catalog.pitr_secrets(self.stack_settings)
+
+    @property
+    def pitr_uid(self) -> int:
+        return SERVICES[catalog.PITR_SERVICE].uid
+
+    @property
+    def pitr_socket_volume(self) -> str:
+        return catalog.PITR_SOCKET_VOLUME
+
+    @property
+    def stanza(self) -> str:
+        """pgBackRest's name for this stack's cluster: the Compose project (govstack.backup.plan.stanza)."""
+        return self.stack_settings.project
 
 
 @dataclass(frozen=True)
@@ -163,10 +195,10 @@ class StackPlan:
         """Offline lane: every image this host's part of the stack runs (what
         the controller ships it with images.ship_from_controller)."""
         built = [SERVICES[name] for name in self.services if SERVICES[name].offline is not None]
-        # The backup job's image is FROM postgres': after it.
-        built.sort(key=lambda svc: svc.name == "backup")
+        # The backup job's image (the pgbackrest sidecar's too) is FROM postgres': after it.
+        built.sort(key=lambda svc: svc.offline is catalog.backup_image)
         tags = [images.base_image_tag(self.settings)]
-        tags += [svc.offline(self.settings).tag for svc in built]
+        tags += dict.fromkeys(svc.offline(self.settings).tag for svc in built)
         if self.has_role("app"):
             tags.append(self.app_image(self.release.version))
         return tags

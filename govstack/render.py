@@ -95,6 +95,7 @@ def render_compose(plan: StackPlan, config_files: dict[str, str] | None = None) 
         )
         digests["alertmanager"] = _digest(files[conf.alertmanager_config])
         digests["blackbox"] = _digest(files[conf.blackbox_config])
+        digests["postgres_exporter"] = _digest(files[conf.postgres_exporter_queries])
     return render("docker-compose.yml.j2", plan, config_digests=digests, monitor_role=MONITOR_ROLE)
 
 

@@ -42,6 +42,11 @@ NOT_ROTATED = {
                            "to stay for the events' retention",
     "grafana_admin_password": "Grafana keeps the password of its first start: reset it with "
                               "`grafana cli admin reset-admin-password` (runbooks/rotate-secrets.md)",
+    # pgBackRest has no command that re-encrypts a repository: a new passphrase would
+    # leave every archived WAL segment and base backup unreadable.
+    "pgbackrest_cipher_pass": "pgBackRest cannot re-encrypt its repository (every archived WAL segment and base "
+                              "backup stays under this passphrase); start a new repository instead "
+                              "(runbooks/rotate-secrets.md)",
 }
 SUPPLIED = "it is supplied by the operator: change it at its provider, then in the inventory, then `govstack up`"
 

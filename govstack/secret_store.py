@@ -29,11 +29,13 @@ def data_markers(settings: Any, roles: frozenset[str]) -> tuple[tuple[str, str],
     """(kind, path) whose existence means the host holds data a secret unlocks."""
     if "data" not in roles:
         return ()
-    from govstack.backup.plan import host_paths
+    from govstack.backup.plan import host_paths, pitr_paths
 
     return (
         ("postgres", f"{settings.data_dir}/postgres/PG_VERSION"),
         ("restic", f"{host_paths(settings).repository}/config"),
+        # A stanza's archive info: WAL and base backups encrypted with the cipher passphrase.
+        ("pgbackrest", f"{pitr_paths(settings).repository}/archive/{settings.project}/archive.info"),
     )
 
 

@@ -32,6 +32,22 @@ def percent(value: float) -> str:
     return number(round(value * 100, 6)) + "%"
 
 
+def humanize_duration(seconds: float) -> str:
+    """Prometheus' ``humanizeDuration`` (template/template.go), for the promtool
+    tests' expected annotations: ``97200`` -> ``1d 3h 0m 0s``."""
+    if seconds < 1:
+        return f"{seconds * 1000:.4g}ms"
+    whole = int(seconds)
+    days, hours, minutes, secs = whole // 86400, whole // 3600 % 24, whole // 60 % 60, whole % 60
+    if days:
+        return f"{days}d {hours}h {minutes}m {secs}s"
+    if hours:
+        return f"{hours}h {minutes}m {secs}s"
+    if minutes:
+        return f"{minutes}m {secs}s"
+    return f"{seconds:.4g}s"
+
+
 @functools.cache
 def environment() -> Environment:
     """Config files (YAML, nginx, postgresql.conf), not HTML: no autoescape, which would corrupt them."""
@@ -45,6 +61,7 @@ def environment() -> Environment:
     )
     env.filters["g"] = number
     env.filters["pct"] = percent
+    env.filters["hd"] = humanize_duration
     return env
 
 

@@ -110,17 +110,32 @@ def backup(inventory: str, host_name: str | None, list_runs: bool, source: str, 
 @click.command()
 @inventory_option
 @host_option
-@click.option("--snapshot", required=True, help="latest, a run id (govstack backup --list) or a snapshot id")
-@click.option("--component", type=click.Choice(["postgres", "objects", "vectors", "all"]), default="all",
-              show_default=True)
+@click.option("--snapshot", default=None, help="latest, a run id (govstack backup --list) or a snapshot id")
+@click.option("--to-time", "to_time", default=None, metavar="'YYYY-MM-DD HH:MM:SS+00'",
+              help="Postgres as it was at that moment (pgBackRest's WAL archive)")
+@click.option("--to-latest", is_flag=True, help="Postgres as of the newest archived WAL (pgBackRest)")
+@click.option("--component", type=click.Choice(["postgres", "objects", "vectors", "all"]), default=None,
+              help="what to restore from a run [default: all]; --to-time/--to-latest restore postgres")
 @click.option("--force", is_flag=True, help="restore over existing data (the previous data is kept aside)")
 @click.option("--from", "source", type=click.Choice(["local", "offsite"]), default="local", show_default=True,
               help="repository to restore from")
 @click.option("--json", "as_json", is_flag=True, help="print the full report as JSON")
 @lock_wait_option
-def restore(inventory: str, host_name: str | None, snapshot: str, component: str, force: bool, source: str,
-            as_json: bool, lock_wait: float) -> None:
-    """Stop the app (on every app host), restore a backup run, verify it against its manifest, restart the app."""
+def restore(inventory: str, host_name: str | None, snapshot: str | None, to_time: str | None, to_latest: bool,
+            component: str | None, force: bool, source: str, as_json: bool, lock_wait: float) -> None:
+    """Stop the app (on every app host), restore a backup run (or Postgres to a moment), verify it, restart the
+    app."""
+    chosen = [name for name, given in (("--snapshot", snapshot), ("--to-time", to_time), ("--to-latest", to_latest))
+              if given]
+    if len(chosen) != 1:
+        _fail("name what to restore: one of --snapshot RUN, --to-time 'YYYY-MM-DD HH:MM:SS+00' or --to-latest"
+              + (f" (not {' and '.join(chosen)})" if chosen else ""), 2)
+    if snapshot is None:
+        if component not in (None, "postgres"):
+            _fail(f"{chosen[0]} restores Postgres only (objects and vectors come from backup runs: --snapshot)", 2)
+        _restore_to_moment(inventory, host_name, to_time, source, as_json, lock_wait)
+        return
+    component = component or "all"
     hosts = inventory_hosts(inventory)
     stack = stack_for(inventory, host_name, hosts)
     with command_lock(hosts, f"restore {snapshot}", lock_wait):
@@ -147,6 +162,46 @@ def restore(inventory: str, host_name: str | None, snapshot: str, component: str
     kept = (report["components"].get("postgres") or {}).get("kept_previous_as")
     if kept:
         click.echo(f"the previous database is kept as {kept}")
+    click.echo("cleanup is paused: no orphan is moved or expired until `govstack cleanup resume`")
+    click.echo(report["reconciliation"].get("summary") or report["reconciliation"]["error"])
+
+
+def _restore_to_moment(inventory: str, host_name: str | None, to_time: str | None, source: str,
+                       as_json: bool, lock_wait: float) -> None:
+    """`restore --to-time T | --to-latest`: Postgres from pgBackRest (govstack/backup/pitr.py)."""
+    from govstack.backup.pitr import parse_target, restore_to
+
+    try:
+        target = parse_target(to_time) if to_time is not None else None
+    except BackupError as error:
+        _fail(str(error), 2)
+    hosts = inventory_hosts(inventory)
+    stack = stack_for(inventory, host_name, hosts)
+    what = f"--to-time {to_time}" if to_time is not None else "--to-latest"
+    with command_lock(hosts, f"restore {what}", lock_wait):
+        for line in report_interrupted(hosts, "restore"):
+            click.echo(f"govstack: {line}", err=True)
+        for entry in hosts:
+            begin_attempt(entry, "restore", what)
+        started = time.monotonic()
+        try:
+            report = restore_to(stack, target, source=source, app_hosts=other_app_hosts(hosts, stack))
+        except BackupError as error:
+            _ledger_restore(hosts, what, "postgres", started, str(error))
+            _fail(str(error), {"usage": 2}.get(error.kind, 1))
+        _ledger_restore(hosts, report["run"], "postgres", started, None)
+        report["reconciliation"] = reconcile_after_restore(inventory, host_name, report)
+    if as_json:
+        _echo_json(report)
+        return
+    recovery = report["recovery"]
+    pg = report["components"]["postgres"]
+    click.echo(f"restored Postgres to {report['target']} (last commit replayed: "
+               f"{recovery.get('last_replayed_commit') or 'none'}; base backup {report['base_backup']}) in "
+               f"{report['restore_s']:.1f}s; {pg['table_count']} tables verified against the recovered cluster; "
+               f"app down for {report['outage_s']:.1f}s")
+    if pg.get("kept_previous_as"):
+        click.echo(f"the previous database is kept as {pg['kept_previous_as']}")
     click.echo("cleanup is paused: no orphan is moved or expired until `govstack cleanup resume`")
     click.echo(report["reconciliation"].get("summary") or report["reconciliation"]["error"])
 

@@ -17,11 +17,14 @@ from govstack.backup.plan import (
     BACKUP_ROLE_ATTRIBUTES,
     BACKUP_ROLE_GROUPS,
     BACKUP_UID,
+    PITR_SERVICE,
+    PITR_UID,
     ROLE_SECRET,
     host_paths,
+    pitr_paths,
 )
 from govstack.backup.render import backup_files
-from govstack.operations import path_owned, postgres_login_role
+from govstack.operations import path_owned, pgbackrest_stanza_ready, postgres_login_role
 from govstack.plan import StackPlan
 from govstack.secrets import secret_path
 
@@ -35,6 +38,10 @@ def prepare_backup(plan: StackPlan):
     path_owned(name="restic cache", path=paths.cache, uid=BACKUP_UID, gid=BACKUP_UID, mode="700")
     path_owned(name="Drill evidence", path=paths.evidence, uid=0, gid=0, mode="750")
     path_owned(name="Backup config directory", path=paths.config_dir, uid=0, gid=0, mode="755")
+    if plan.settings.pitr_enabled:
+        pitr = pitr_paths(plan.settings)
+        path_owned(name="pgBackRest repository", path=pitr.repository, uid=PITR_UID, gid=PITR_UID, mode="700")
+        path_owned(name="pgBackRest config directory", path=pitr.config_dir, uid=0, gid=0, mode="755")
     for path, content in backup_files(plan).items():
         files.put(name=f"Render {path}", src=StringIO(content), dest=path, mode="644")
 
@@ -52,4 +59,18 @@ def ensure_backup_role(plan: StackPlan):
         attributes=BACKUP_ROLE_ATTRIBUTES,
         member_of=BACKUP_ROLE_GROUPS,
         connect=True,
+    )
+
+
+@deploy("Point-in-time recovery")
+def ensure_pitr(plan: StackPlan):
+    """pgBackRest's stanza describes the running cluster, archiving works and a
+    full backup exists (after the first deploy, and after a restore into a new
+    cluster). Runs in the pgbackrest sidecar; a second deploy changes nothing."""
+    s = plan.settings
+    pgbackrest_stanza_ready(
+        name=f"pgBackRest stanza {plan.backup.stanza}: archiving checked, a full backup present",
+        project=s.project,
+        compose_file=s.compose_file,
+        service=PITR_SERVICE,
     )

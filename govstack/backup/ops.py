@@ -129,6 +129,11 @@ def _restore_roles(stack: BackupHost, run: str, source: str) -> None:
         f"| grep -v -E '^(CREATE|ALTER) ROLE postgres( |;)' "
         f"| {docker_exec(pg, *psql(SUPERUSER, on_error_stop=False))} >/dev/null 2>&1; true",
     )
+    set_role_passwords(stack)
+
+
+def set_role_passwords(stack: BackupHost) -> None:
+    """The login roles' passwords from the host's secrets (a dump of the roles carries none)."""
     for role, path in role_secrets(stack).items():
         exists = stack.sh(f"test -s {q(path)}").ok
         if not exists:
@@ -144,22 +149,11 @@ def restore_postgres(stack: BackupHost, entry: dict[str, Any], source: str, stam
                      pause: dict[str, Any] | None = None) -> dict[str, Any]:
     """Restore into a scratch database, verify it there, pause its cleanup (``pause``), then swap
     it in by rename."""
-    s = stack.settings
-    db, owner = s.postgres.database, s.postgres.owner_user
-    scratch = f"{db}_restore"
-    kept = f"{db}_pre_restore_{stamp.lower()}"
+    db = stack.settings.postgres.database
     pg = stack.require_service("postgres")
     t0 = time.monotonic()
     _restore_roles(stack, entry["run"], source)
-    stack.psql(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
-    stack.psql(f'CREATE DATABASE "{scratch}" OWNER "{owner}"')
-    # Every login role but the owner connects to the app's database: the app, the backup job,
-    # postgres-exporter (without it the exporter lost the database until the next `up`).
-    # Only the roles that exist (no monitor role without monitoring).
-    connecting = ", ".join(f"'{role}'" for role in role_secrets(stack) if role != owner)
-    stack.psql(f'REVOKE ALL ON DATABASE "{scratch}" FROM PUBLIC;\n'
-               f"SELECT format('GRANT CONNECT ON DATABASE %I TO %I', '{scratch}', rolname) "  # noqa: S608
-               f"FROM pg_roles WHERE rolname IN ({connecting}) \\gexec")
+    scratch = new_scratch_database(stack)
     # --single-transaction: all of it or none of it (implies --exit-on-error).
     result = stack.sh(
         f"{stack.job('dump', entry['run'], 'postgres', '--from', source, oneoff=True)} "
@@ -175,6 +169,33 @@ def restore_postgres(stack: BackupHost, entry: dict[str, Any], source: str, stam
                           f"(left as {scratch} for inspection; {db} untouched)", "verify-failed")
     if pause is not None:
         reconcile.pause_cleanup(stack.psql, scratch, pause)
+    kept = swap_database_in(stack, scratch, stamp)
+    return {**check, "database": db, "kept_previous_as": kept, "restore_s": round(restored_s, 3)}
+
+
+def new_scratch_database(stack: BackupHost) -> str:
+    """``<db>_restore``, empty, owned by the schema's owner, connectable by the roles that
+    connect to the app's database: where a restore lands before it is verified."""
+    s = stack.settings
+    db, owner = s.postgres.database, s.postgres.owner_user
+    scratch = f"{db}_restore"
+    stack.psql(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
+    stack.psql(f'CREATE DATABASE "{scratch}" OWNER "{owner}"')
+    # Every login role but the owner connects to the app's database: the app, the backup job,
+    # postgres-exporter (without it the exporter lost the database until the next `up`).
+    # Only the roles that exist (no monitor role without monitoring).
+    connecting = ", ".join(f"'{role}'" for role in role_secrets(stack) if role != owner)
+    stack.psql(f'REVOKE ALL ON DATABASE "{scratch}" FROM PUBLIC;\n'
+               f"SELECT format('GRANT CONNECT ON DATABASE %I TO %I', '{scratch}', rolname) "  # noqa: S608
+               f"FROM pg_roles WHERE rolname IN ({connecting}) \\gexec")
+    return scratch
+
+
+def swap_database_in(stack: BackupHost, scratch: str, stamp: str) -> str | None:
+    """The verified ``scratch`` becomes the app's database by rename; the one it replaces is
+    kept as ``<db>_pre_restore_<stamp>`` (its name returned; None when there was none)."""
+    db = stack.settings.postgres.database
+    kept = f"{db}_pre_restore_{stamp.lower()}"
     # The swap: nothing may be connected to either database.
     stack.psql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity "  # noqa: S608 - validated names
                f"WHERE datname IN ('{db}', '{scratch}') AND pid <> pg_backend_pid()")
@@ -183,8 +204,7 @@ def restore_postgres(stack: BackupHost, entry: dict[str, Any], source: str, stam
     if existed:
         stack.psql(f'ALTER DATABASE "{db}" RENAME TO "{kept}"')
     stack.psql(f'ALTER DATABASE "{scratch}" RENAME TO "{db}"')
-    return {**check, "database": db, "kept_previous_as": kept if existed else None,
-            "restore_s": round(restored_s, 3)}
+    return kept if existed else None
 
 
 # -- the whole restore ----------------------------------------------------------------------------

@@ -1,10 +1,12 @@
-"""The two files the backup service reads on a host: the job's config
-(backup.json, secrets as paths only) and its crontab."""
+"""The files the backup services read on a host: the job's config
+(backup.json, secrets as paths only), its crontab, and with point-in-time
+recovery pgBackRest's config and the pgbackrest sidecar's crontab."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import urlsplit
 
 from govstack.backup.plan import (
     BACKUP_ROLE,
@@ -12,8 +14,11 @@ from govstack.backup.plan import (
     PASSWORD_SECRET,
     ROLE_SECRET,
     ContainerPaths,
+    PitrContainerPaths,
     backup_settings,
     host_paths,
+    pitr_paths,
+    stanza,
 )
 from govstack.plan import StackPlan
 from govstack.render import render
@@ -56,6 +61,7 @@ def job_config(plan: StackPlan) -> dict[str, Any]:
         "schedule_file": c.crontab,
         "object_refs": b.object_refs,
         "offsite": None,
+        "pitr": {"stanza": stanza(s), "metrics_file": PitrContainerPaths().metrics_file} if s.pitr_enabled else None,
     }
     if b.offsite is not None:
         config["offsite"] = {
@@ -75,7 +81,24 @@ def render_crontab(plan: StackPlan) -> str:
     return render("backup/crontab.j2", plan, schedule=backup_settings(plan.settings).schedule)
 
 
+def render_pgbackrest_conf(plan: StackPlan) -> str:
+    offsite = backup_settings(plan.settings).offsite
+    endpoint = urlsplit(offsite.endpoint) if offsite is not None else None
+    return render("backup/pgbackrest.conf.j2", plan, b=plan.backup,
+                  offsite_host=endpoint.hostname if endpoint else None,
+                  offsite_port=endpoint.port if endpoint else None)
+
+
+def render_pgbackrest_crontab(plan: StackPlan) -> str:
+    return render("backup/pgbackrest.crontab.j2", plan, p=backup_settings(plan.settings).pitr)
+
+
 def backup_files(plan: StackPlan) -> dict[str, str]:
-    """Host path -> content of the files the backup service reads."""
+    """Host path -> content of the files the backup services read."""
     paths = host_paths(plan.settings)
-    return {paths.config_file: render_job_config(plan), paths.crontab: render_crontab(plan)}
+    files = {paths.config_file: render_job_config(plan), paths.crontab: render_crontab(plan)}
+    if plan.settings.pitr_enabled:
+        pitr = pitr_paths(plan.settings)
+        files[pitr.config_file] = render_pgbackrest_conf(plan)
+        files[pitr.crontab] = render_pgbackrest_crontab(plan)
+    return files

@@ -379,6 +379,9 @@ def collect_storage(shell: ComplianceHost, min_age_s: float) -> dict[str, Any]:
     aside = f"{s.data_dir}/{DRILL_ASIDE}"
     drill_dirs = [{"path": r[1], "bytes": int(r[0])} for r in _rows(shell.out(
         f"[ -d {q(aside)} ] && du -sb {q(aside)}/* 2>/dev/null | tr -s ' \\t' '\\t' || true", timeout=300))]
+    # A point-in-time restore that failed after its recovery leaves its scratch cluster for inspection.
+    pitr_dirs = [{"path": r[1], "bytes": int(r[0])} for r in _rows(shell.out(
+        f"du -sb {q(s.paths.pitr_scratch_prefix)}* 2>/dev/null | tr -s ' \\t' '\\t' || true", timeout=300))]
     data_dirs = {r[1].rsplit("/", 1)[-1]: int(r[0]) for r in _rows(shell.out(
         f"du -sb {q(s.data_dir)}/*/ 2>/dev/null | sed 's#/$##' | tr -s ' \\t' '\\t' || true", timeout=300))}
     return {
@@ -397,6 +400,7 @@ def collect_storage(shell: ComplianceHost, min_age_s: float) -> dict[str, Any]:
             "databases": leftover_dbs,
             "collections": [c for c in collections if PRE_RESTORE_COLLECTION in c["name"]],
             "drill_aside": drill_dirs,
+            "pitr_scratch": pitr_dirs,
         },
         "data_dirs": data_dirs,
     }
@@ -425,8 +429,16 @@ def apply_storage(shell: ComplianceHost, report: dict[str, Any], drop_leftovers:
             if not entry["path"].startswith(aside) or "/../" in entry["path"]:
                 raise ComplianceError(f"refusing to remove {entry['path']}: not under {aside}")
             shell.out(f"rm -rf --one-file-system {q(entry['path'])}", timeout=1800)
+        prefix = shell.settings.paths.pitr_scratch_prefix
+        for entry in left.get("pitr_scratch", []):
+            name = entry["path"].rsplit("/", 1)[-1]
+            if not entry["path"].startswith(prefix) or "/" in entry["path"][len(prefix):]:
+                raise ComplianceError(f"refusing to remove {entry['path']}: not a point-in-time scratch directory")
+            shell.out(f"docker rm -f {q(shell.settings.project + '-' + name)} >/dev/null 2>&1; "
+                      f"rm -rf --one-file-system {q(entry['path'])}", timeout=1800)
         done["leftovers_removed"] = {"databases": [d["name"] for d in left["databases"]], "collections": names,
-                                     "drill_aside": [d["path"] for d in left["drill_aside"]]}
+                                     "drill_aside": [d["path"] for d in left["drill_aside"]],
+                                     "pitr_scratch": [d["path"] for d in left.get("pitr_scratch", [])]}
     return done
 
 
@@ -477,7 +489,9 @@ def render_storage(report: dict[str, Any], limit: int = 15) -> str:
               "- collections set aside by restores: " + (", ".join(f"{c['name']} ({c['count']} vectors)"
                                                                    for c in left["collections"]) or "none"),
               "- data directories set aside by drills: " + (", ".join(f"{d['path']} ({_size(d['bytes'])})"
-                                                                      for d in left["drill_aside"]) or "none")]
+                                                                      for d in left["drill_aside"]) or "none"),
+              "- scratch clusters of failed point-in-time restores: " + (
+                  ", ".join(f"{d['path']} ({_size(d['bytes'])})" for d in left.get("pitr_scratch", [])) or "none")]
     return "\n".join(lines) + "\n"
 
 

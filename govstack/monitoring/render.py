@@ -27,17 +27,29 @@ from govstack.monitoring.catalog import BACKUP_METRICS, MONITOR_ROLE, PORTS
 from govstack.plan import StackPlan
 from govstack.roles import Member
 from govstack.settings import MonitoringSettings
+from govstack.settings.cron import max_gap_seconds
 from govstack.templating import MANAGED_BANNER, REPO_ROOT
 
 MONITORING_DIR = REPO_ROOT / "monitoring"
 RULES_DIR = MONITORING_DIR / "rules"
 RULE_TESTS_DIR = MONITORING_DIR / "tests"
+POSTGRES_EXPORTER_QUERIES = "monitoring/postgres-exporter/queries.yaml.j2"
 DASHBOARDS_DIR = MONITORING_DIR / "dashboards"
 
 
 def _monitoring(plan: StackPlan, monitoring: MonitoringSettings | None) -> MonitoringSettings:
     """The plan's section, or another one (the tests render variants of it)."""
     return monitoring if monitoring is not None else plan.settings.monitoring
+
+
+def base_backup_stale_hours(plan: StackPlan, monitoring: MonitoringSettings) -> float:
+    """BaseBackupStale's limit: the setting, or the longest gap between two base
+    backups of the pgBackRest schedules plus two hours for the backup itself."""
+    threshold = monitoring.alerts.base_backup_stale.threshold
+    if threshold is not None:
+        return threshold
+    pitr = plan.settings.backup.pitr
+    return max_gap_seconds(pitr.full_schedule, pitr.diff_schedule) / 3600 + 2
 
 
 def _context(plan: StackPlan, monitoring: MonitoringSettings) -> dict[str, Any]:
@@ -55,6 +67,9 @@ def _context(plan: StackPlan, monitoring: MonitoringSettings) -> dict[str, Any]:
         "managed_banner": MANAGED_BANNER,
         "backup_metrics": BACKUP_METRICS,
         "monitor_role": MONITOR_ROLE,
+        "pitr": plan.settings.pitr_enabled,
+        "archive_timeout_s": plan.settings.backup.pitr.archive_timeout_s,
+        "base_backup_stale_hours": base_backup_stale_hours(plan, monitoring),
     }
 
 
@@ -179,6 +194,10 @@ def render_prometheus_config(plan: StackPlan, monitoring: MonitoringSettings | N
                    more_jobs=[job for name, job in jobs.items() if name not in TEMPLATE_JOBS])
 
 
+def render_postgres_exporter_queries(plan: StackPlan, monitoring: MonitoringSettings | None = None) -> str:
+    return _render(POSTGRES_EXPORTER_QUERIES, plan, _monitoring(plan, monitoring))
+
+
 def render_blackbox_config(plan: StackPlan, monitoring: MonitoringSettings | None = None) -> str:
     return _render("prometheus/blackbox.yml.j2", plan, _monitoring(plan, monitoring))
 
@@ -272,6 +291,7 @@ def monitoring_files(
         conf.prometheus_config: render_prometheus_config(plan, m),
         conf.blackbox_config: render_blackbox_config(plan, m),
         conf.alertmanager_config: render_alertmanager_config(plan, m),
+        conf.postgres_exporter_queries: render_postgres_exporter_queries(plan, m),
     }
     files.update({f"{conf.prometheus_rules_dir}/{n}": t for n, t in render_rule_files(plan, m).items()})
     files.update({f"{conf.prometheus_targets_dir}/{n}": t

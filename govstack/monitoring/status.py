@@ -25,6 +25,13 @@ QUERIES = {
     "search_p95_s": "histogram_quantile(0.95, sum by (le) (rate(govstack_vector_search_duration_seconds_bucket[5m])))",
     "indexing_backlog": "max(govstack_unindexed_documents)",
     "backup_age_s": "time() - max(govstack_backup_last_success_timestamp_seconds > 0)",
+    # WAL archiving (pgBackRest): how long ago a segment was last archived, how many
+    # complete segments wait, and how long the oldest has waited (the archive's lag).
+    "wal_archived_age_s": "max(time() - (pg_wal_archive_last_archived_timestamp_seconds > 0))",
+    "wal_pending_segments": "max(pg_wal_archive_pending_segments)",
+    "wal_archive_lag_s": "max(pg_wal_archive_oldest_pending_age_seconds)",
+    "wal_archive_failing": "max(pg_wal_archive_failing)",
+    "base_backup_age_s": "time() - max(govstack_pgbackrest_last_backup_timestamp_seconds > 0)",
 }
 
 
@@ -102,7 +109,20 @@ def format_status(status: dict[str, Any]) -> str:
         f"  firing alerts: {len(status['firing_alerts'])}"
         + "".join(f"\n    {a['alert']} ({a['severity']})" for a in status["firing_alerts"]),
         f"  backup age: {seconds(status['backup_age_s']) if status['backup_age_s'] is not None else 'never'}",
+        _wal_line(status, seconds),
         f"  API p95: {seconds(status['api_p95_s'])}   search p95: {seconds(status['search_p95_s'])}",
         f"  indexing backlog: {status['indexing_backlog'] if status['indexing_backlog'] is not None else 'no data'}",
     ]
     return "\n".join(lines)
+
+
+def _wal_line(status: dict[str, Any], seconds) -> str:
+    if status.get("wal_pending_segments") is None:
+        return "  WAL archive: no data (point-in-time recovery off, or Postgres unreachable)"
+    archived = status.get("wal_archived_age_s")
+    base = status.get("base_backup_age_s")
+    state = "FAILING, " if status.get("wal_archive_failing") else ""
+    return (f"  WAL archive: {state}lag {status.get('wal_archive_lag_s') or 0:.0f} s "
+            f"({status['wal_pending_segments']:.0f} segments waiting), last archived "
+            f"{'never' if archived is None else f'{archived:.0f} s ago'}; base backup age: "
+            f"{'never' if base is None else seconds(base)}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import PurePosixPath
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -32,6 +33,52 @@ class OffsiteSettings(Section):
     @property
     def repository(self) -> str:
         return f"s3:{self.endpoint}/{self.bucket}/{self.prefix.strip('/')}"
+
+
+def _cron_expression(value: str) -> str:
+    try:
+        parse(value)
+    except CronError as exc:
+        raise ValueError(str(exc)) from None
+    return value.strip()
+
+
+class PitrSettings(Section):
+    """Postgres continuous archiving and point-in-time recovery with pgBackRest
+    (in the offline lane's Postgres image): every WAL segment is archived within
+    ``archive_timeout_s`` of its first commit, full and differential base backups
+    run on their schedules, all into an encrypted repository on the backup volume
+    (and the offsite S3 store when ``backup.offsite`` is set)."""
+
+    # None: on wherever it can run (backups enabled, the offline lane's Postgres
+    # image); the upstream lane's official postgres image has no pgBackRest.
+    enabled: bool | None = Field(
+        None, description="WAL archiving and base backups with pgBackRest; null = on in the offline lane"
+    )
+    # Postgres switches to a new WAL segment at most this long after the first
+    # write into it, so a committed row waits at most this long to be archived:
+    # the recovery point objective of a lost data host, as far as Postgres goes.
+    archive_timeout_s: int = Field(
+        60, ge=10, le=3600, description="Postgres archive_timeout: longest a commit waits to be archived (the RPO)"
+    )
+    full_schedule: str = Field("30 1 * * 0", description="cron (UTC) of the full base backups")
+    diff_schedule: str = Field("30 1 * * 1-6", description="cron (UTC) of the differential base backups")
+    verify_schedule: str = Field(
+        "30 4 * * 0", description="cron (UTC) of `pgbackrest verify` (reads and checks the whole repository)"
+    )
+    # Full backups kept; the WAL they need is kept with them, so the oldest point
+    # that can be restored is the oldest kept full backup's start.
+    retention_full: int = Field(2, ge=1, le=100, description="full base backups kept (with the WAL they need)")
+    retention_diff: int = Field(7, ge=1, le=100, description="differential base backups kept")
+    compress_type: Literal["zst", "lz4", "gz", "none"] = Field(
+        "zst", description="compression of the repository's files (zst: smallest for its speed)"
+    )
+    process_max: int = Field(2, ge=1, le=16, description="parallel processes of a backup, restore or verify")
+
+    @field_validator("full_schedule", "diff_schedule", "verify_schedule")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        return _cron_expression(value)
 
 
 class BackupSettings(Section):
@@ -81,15 +128,12 @@ class BackupSettings(Section):
                     "the drill's backup run time must fit in it",
     )
     timeout_s: int = Field(6 * 3600, ge=60, description="longest backup or restore step the CLI waits for")
+    pitr: PitrSettings = PitrSettings()
 
     @field_validator("schedule")
     @classmethod
     def _cron(cls, value: str) -> str:
-        try:
-            parse(value)
-        except CronError as exc:
-            raise ValueError(str(exc)) from None
-        return value.strip()
+        return _cron_expression(value)
 
     @field_validator("root")
     @classmethod

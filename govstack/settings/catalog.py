@@ -22,7 +22,7 @@ SERVICE_UID = 10001
 
 
 # Data on a host that a secret's value unlocks (SecretSpec.pinned_by).
-DATA_KINDS = ("postgres", "restic")
+DATA_KINDS = ("postgres", "restic", "pgbackrest")
 ROTATIONS = ("postgres-role", "restic", "s3")
 
 
@@ -56,6 +56,13 @@ class SecretSpec:
             raise ValueError(f"secret {self.name}: pinned_by must be one of {DATA_KINDS}, not {self.pinned_by!r}")
         if self.rotation not in (None, *ROTATIONS):
             raise ValueError(f"secret {self.name}: rotation must be one of {ROTATIONS}, not {self.rotation!r}")
+
+
+# The restic job's key pair for the offsite store (backup.offsite), and
+# pgBackRest's (its uid cannot read the restic job's files): the settings copy
+# the former into the latter unless the inventory gives pgBackRest its own.
+OFFSITE_SECRETS = ("backup_offsite_access_key", "backup_offsite_secret_key")
+PITR_OFFSITE_SECRETS = ("pgbackrest_offsite_access_key", "pgbackrest_offsite_secret_key")
 
 
 def _by(*roles: str) -> frozenset[str]:
@@ -101,9 +108,20 @@ SECRET_SPECS: dict[str, SecretSpec] = {
                    length=64, needed_by=_by("data"), pinned_by="restic", rotation="restic"),
         SecretSpec("postgres_backup_password", SERVICE_UID, "Postgres role govstack_backup (pg_read_all_data)",
                    needed_by=_by("data"), pinned_by="postgres", rotation="postgres-role"),
-        SecretSpec("backup_offsite_access_key", SERVICE_UID, "offsite S3 access key (supplied, with backup.offsite)",
+        SecretSpec(OFFSITE_SECRETS[0], SERVICE_UID, "offsite S3 access key (supplied, with backup.offsite)",
                    length=20, generated=False, needed_by=_by("data")),
-        SecretSpec("backup_offsite_secret_key", SERVICE_UID, "offsite S3 secret key (supplied, with backup.offsite)",
+        SecretSpec(OFFSITE_SECRETS[1], SERVICE_UID, "offsite S3 secret key (supplied, with backup.offsite)",
+                   generated=False, needed_by=_by("data")),
+        # Decrypts the pgBackRest repositories (WAL and base backups). Postgres'
+        # uid reads it: archive_command runs in the Postgres container.
+        SecretSpec("pgbackrest_cipher_pass", POSTGRES_UID,
+                   "pgBackRest repository encryption passphrase (keep a copy off the host)",
+                   length=64, needed_by=_by("data"), pinned_by="pgbackrest"),
+        SecretSpec(PITR_OFFSITE_SECRETS[0], POSTGRES_UID,
+                   "pgBackRest's offsite S3 access key (with backup.offsite; default: the restic one)",
+                   length=20, generated=False, needed_by=_by("data")),
+        SecretSpec(PITR_OFFSITE_SECRETS[1], POSTGRES_UID,
+                   "pgBackRest's offsite S3 secret key (with backup.offsite; default: the restic one)",
                    generated=False, needed_by=_by("data")),
         SecretSpec("postgres_monitor_password", SERVICE_UID, "Postgres role of postgres-exporter (pg_monitor)",
                    needed_by=_by("data", "monitoring"), pinned_by="postgres", rotation="postgres-role"),

@@ -99,11 +99,12 @@ def fire_times(expression: str, start: datetime, end: datetime) -> list[datetime
     return out
 
 
-def max_gap_seconds(expression: str, start: datetime | None = None) -> int:
+def max_gap_seconds(expression: str, *more: str, start: datetime | None = None) -> int:
     """The longest time between two consecutive runs over a year: the recovery
-    point the schedule promises, before the run's own duration."""
+    point the schedule promises, before the run's own duration. Several
+    expressions: runs of any of them (full and differential backups, say)."""
     start = start or datetime(2025, 1, 1)
-    times = fire_times(expression, start, start + timedelta(days=366))
+    times = sorted({t for expr in (expression, *more) for t in fire_times(expr, start, start + timedelta(days=366))})
     if len(times) < 2:
         return 366 * 86400
     return int(max((b - a).total_seconds() for a, b in zip(times, times[1:], strict=False)))

@@ -16,7 +16,7 @@ from govstack.settings.analytics import AnalyticsSettings
 from govstack.settings.app import AppSettings
 from govstack.settings.backup import BackupSettings
 from govstack.settings.base import Section
-from govstack.settings.catalog import SECRET_SPECS
+from govstack.settings.catalog import OFFSITE_SECRETS, PITR_OFFSITE_SECRETS, SECRET_SPECS
 from govstack.settings.compliance import ComplianceSettings
 from govstack.settings.cost import CostSettings
 from govstack.settings.edge import EdgeSettings
@@ -133,11 +133,57 @@ class Settings(Section):
 
     @model_validator(mode="after")
     def _offsite_keys_supplied(self) -> Settings:
-        missing = [name for name in ("backup_offsite_access_key", "backup_offsite_secret_key")
-                   if name not in self.secrets]
+        missing = [name for name in OFFSITE_SECRETS if name not in self.secrets]
         if self.backup.offsite is not None and missing:
             raise ValueError(f"backup.offsite needs secrets.{missing[0]} (the offsite store's key)")
         return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pitr_offsite_keys_default(cls, data: Any) -> Any:
+        """pgBackRest uses the restic job's offsite key pair unless the inventory gives it
+        its own (an S3 identity of its own, say): one pair to supply, two files (each
+        tool's uid reads its own copy)."""
+        if not isinstance(data, Mapping):
+            return data
+        backup, secrets = data.get("backup") or {}, data.get("secrets") or {}
+        pitr = (backup.get("pitr") or {}) if isinstance(backup, Mapping) else {}
+        lane = (data.get("images") or {}).get("lane", "offline") if isinstance(data.get("images"), Mapping) \
+            else "offline"
+        wanted = isinstance(backup, Mapping) and backup.get("offsite") and isinstance(secrets, Mapping) \
+            and pitr.get("enabled", lane == "offline") is not False and lane == "offline"
+        if wanted and all(name in secrets for name in OFFSITE_SECRETS):
+            derived = {pg: secrets[restic] for pg, restic in zip(PITR_OFFSITE_SECRETS, OFFSITE_SECRETS, strict=True)
+                       if pg not in secrets}
+            if derived:
+                data = {**data, "secrets": {**secrets, **derived}}
+        return data
+
+    @model_validator(mode="after")
+    def _pitr_possible(self) -> Settings:
+        wanted = self.backup.pitr.enabled
+        if wanted and self.images.lane == "upstream":
+            raise ValueError("backup.pitr.enabled: the upstream lane's postgres image has no pgBackRest "
+                             "(leave it null there; see docs/operations.md)")
+        if wanted and not self.backup.enabled:
+            raise ValueError("backup.pitr.enabled needs backup.enabled (the repository lives on the backup volume)")
+        if self.pitr_enabled and self.backup.offsite is not None:
+            if not self.backup.offsite.endpoint.startswith("https://"):
+                raise ValueError("backup.offsite.endpoint must be https:// while backup.pitr is on "
+                                 "(pgBackRest reaches S3 over TLS only)")
+            missing = [name for name in PITR_OFFSITE_SECRETS if name not in self.secrets]
+            if missing:
+                raise ValueError(f"backup.offsite with backup.pitr needs secrets.{missing[0]} "
+                                 "(pgBackRest's key for the offsite store; may equal the restic one)")
+        return self
+
+    @property
+    def pitr_enabled(self) -> bool:
+        """pgBackRest archives WAL and takes base backups on this stack."""
+        pitr = self.backup.pitr
+        if pitr.enabled is not None:
+            return pitr.enabled
+        return self.backup.enabled and self.images.lane == "offline"
 
     @field_validator("secrets")
     @classmethod

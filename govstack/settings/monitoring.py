@@ -95,6 +95,19 @@ class AlertRules(Section):
         _rule("10m", "critical", 26), description="threshold: hours since the last successful backup"
     )
     backup_failed: AlertRule = Field(_rule("0s", "critical"), description="the last backup run failed")
+    wal_archive_failing: AlertRule = Field(
+        _rule("5m", "critical", 2),
+        description="archive_command keeps failing, or WAL waits while nothing was archived for threshold x "
+        "backup.pitr.archive_timeout_s",
+    )
+    base_backup_stale: AlertRule = Field(
+        _rule("10m", "critical"),
+        description="threshold: hours since the newest pgBackRest base backup; null = the longest gap of "
+        "backup.pitr's full and diff schedules + 2 h",
+    )
+    base_backup_failed: AlertRule = Field(
+        _rule("0s", "warning"), description="the last pgBackRest job (base backup, verify, stanza upkeep) failed"
+    )
     certificate_expiring_soon: AlertRule = Field(
         _rule("1h", "warning", 14), description="threshold: days until the edge certificate expires"
     )
@@ -202,7 +215,8 @@ TEST_PROFILE: dict[str, Any] = {
     "resolve_timeout": "1m",
     "alerts": {
         name: {"duration": "15s"}
-        for name in ("target_down", "postgres_down", "object_store_down", "vector_store_down", "edge_down")
+        for name in ("target_down", "postgres_down", "object_store_down", "vector_store_down", "edge_down",
+                     "wal_archive_failing")
     },
 }
 

@@ -128,6 +128,40 @@ class ConfigPaths:
     def backup_dir(self) -> str:
         return self.service_dir("backup")
 
+    @property
+    def pgbackrest_crontab(self) -> str:
+        """The pgbackrest sidecar's schedule (full/diff backups, verify), beside the backup job's."""
+        return f"{self.backup_dir}/pgbackrest.crontab"
+
+    @property
+    def pgbackrest_dir(self) -> str:
+        """pgBackRest's config, mounted into Postgres (archive_command) and the pgbackrest sidecar."""
+        return self.service_dir("pgbackrest")
+
+    @property
+    def pgbackrest_conf(self) -> str:
+        return f"{self.pgbackrest_dir}/pgbackrest.conf"
+
+    @property
+    def postgres_exporter_dir(self) -> str:
+        return self.service_dir("postgres-exporter")
+
+    @property
+    def postgres_exporter_queries(self) -> str:
+        """The exporter's custom queries (WAL archive lag)."""
+        return f"{self.postgres_exporter_dir}/queries.yaml"
+
+
+@dataclass(frozen=True)
+class PitrPaths:
+    """pgBackRest's files on the host."""
+
+    repository: str
+    config_dir: str
+    config_file: str
+    crontab: str
+    metrics_file: str
+
 
 @dataclass(frozen=True)
 class StackPaths:
@@ -236,6 +270,12 @@ class StackPaths:
         return self.data_path(TEXTFILE_DIR)
 
     @property
+    def pitr_scratch_prefix(self) -> str:
+        """A point-in-time restore's scratch cluster: ``<prefix><time>`` beside the data (its
+        container is named ``<project>-<that directory's name>``)."""
+        return self.data_path("postgres-pitr-")
+
+    @property
     def drill_aside(self) -> str:
         """Where a drill moves data directories: the data's own filesystem (a rename)."""
         return self.data_path(".drill-aside")
@@ -255,4 +295,15 @@ class StackPaths:
             metrics_dir=self.metrics_dir,
             metrics_file=f"{self.metrics_dir}/backup.prom",
             drill_aside=self.drill_aside,
+        )
+
+    @property
+    def pitr(self) -> PitrPaths:
+        config = self.config
+        return PitrPaths(
+            repository=f"{self.backups_dir}/pgbackrest",
+            config_dir=config.pgbackrest_dir,
+            config_file=config.pgbackrest_conf,
+            crontab=config.pgbackrest_crontab,
+            metrics_file=f"{self.metrics_dir}/pgbackrest.prom",
         )

@@ -44,6 +44,8 @@ def default_resources() -> dict[str, Resources]:
         "analytics": Resources(memory_mb=512, cpus=0.5, pids=128),
         # pg_dump, restic and the Python job: RSS peaked at 250 MB backing up 1 GB of objects.
         "backup": Resources(memory_mb=768, cpus=1.0, pids=128),
+        # pgBackRest's base backups and verify (process_max workers, zstd).
+        "pgbackrest": Resources(memory_mb=512, cpus=1.0, pids=128),
         # Monitoring (measured use 6-50 MB each; Prometheus grows with series).
         "prometheus": Resources(memory_mb=768, cpus=1.0, pids=128),
         "alertmanager": Resources(memory_mb=128, cpus=0.25, pids=128),

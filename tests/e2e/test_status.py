@@ -21,8 +21,12 @@ def test_status_reports_targets_alerts_release_and_figures(stack):
     assert {"prometheus", "app", "postgres", "nginx", "node", "alertmanager"} <= jobs
     assert all(t["up"] for t in status["targets"]), [t for t in status["targets"] if not t["up"]]
     assert status["indexing_backlog"] is not None
+    if stack.settings.pitr_enabled:
+        assert status["wal_pending_segments"] is not None and status["base_backup_age_s"] is not None
     human = run_govstack("status", "-i", stack.inventory, timeout=60).stdout
     assert f"serving {release.color} {release.version}" in human
+    if stack.settings.pitr_enabled:
+        assert "WAL archive: lag" in human and "base backup age" in human
 
 
 def test_status_fails_fast_and_names_prometheus_when_it_is_down(stack):

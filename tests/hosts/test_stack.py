@@ -330,3 +330,27 @@ def test_backup_service_runs_the_rendered_schedule_unprivileged(target):
     assert info["HostConfig"]["CapDrop"] == ["ALL"]
     inside = target.host.check_output(f"docker exec {target.container('backup')} cat /etc/govstack-backup/crontab")
     assert inside.strip() == crontab.content_string.strip()
+
+
+def test_postgres_archives_wal_and_the_sidecar_runs_the_rendered_schedule(target):
+    """Point-in-time recovery: archive_mode on with pgBackRest's archive_command, the
+    stanza matches the running cluster with a base backup, and the sidecar's crontab
+    is the rendered one."""
+    from govstack.backup.plan import PITR_SERVICE, pitr_paths
+    from govstack.backup.render import render_pgbackrest_crontab
+
+    target.requires("data")
+    if not target.settings.pitr_enabled:
+        pytest.skip("point-in-time recovery is off (backup.pitr)")
+    settings = target.host.check_output(
+        f"docker exec {target.container('postgres')} psql -U postgres -tA -F'|' -c "
+        "\"select name, setting from pg_settings where name in ('archive_mode', 'archive_timeout', "
+        "'track_commit_timestamp')\"")
+    values = dict(line.split("|") for line in settings.splitlines())
+    assert values == {"archive_mode": "on", "archive_timeout": str(target.settings.backup.pitr.archive_timeout_s),
+                      "track_commit_timestamp": "on"}
+    crontab = target.host.file(pitr_paths(target.settings).crontab)
+    assert crontab.content_string == render_pgbackrest_crontab(target.plan())
+    state = json.loads(target.host.check_output(
+        f"docker exec {target.container(PITR_SERVICE)} govstack-backup pitr state").splitlines()[-1])
+    assert state["ok"] and state["matches_cluster"] and state["backups"] >= 1, state

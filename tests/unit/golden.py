@@ -106,7 +106,8 @@ def _plan_summary(plan: Any) -> str:
 
     s = plan.settings
     # Every offline build of the catalog (either lane), the app's, and the backup job's when enabled.
-    builds = [svc.offline(s) for svc in catalog.SERVICES.values() if svc.offline and svc.name != "backup"]
+    builds = [svc.offline(s) for svc in catalog.SERVICES.values()
+              if svc.offline and svc.offline is not catalog.backup_image]
     builds.append(images.app_image(s, RELEASE[1]))
     if s.backup.enabled:
         builds.append(catalog.backup_image(s))

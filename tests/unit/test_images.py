@@ -71,11 +71,14 @@ def built_images() -> list[images.OfflineImage]:
 
 
 def test_every_catalog_service_with_an_image_is_built_in_some_lane():
-    built = {image.service for image in IMAGES}
+    built = {image.tag for image in IMAGES}
+    settings = build_settings([{"images": {"lane": "offline"}}], environ={})
     for svc in SERVICES.values():
         if svc.own_project:
             continue  # the app colors: images.app_image, above
-        assert svc.name in built or svc.upstream_only, f"{svc.name}: no offline build and not upstream-only"
+        # A service may run another's image (the pgbackrest sidecar runs the backup job's).
+        runs = svc.offline(settings).tag if svc.offline is not None else None
+        assert runs in built or svc.upstream_only, f"{svc.name}: no offline build and not upstream-only"
         assert svc.offline is not None or svc.upstream is not None, svc.name
 
 

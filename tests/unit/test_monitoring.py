@@ -29,7 +29,7 @@ ALERTS = {
     "DatabaseConnectionsHigh", "VectorSearchLatencyHigh", "IndexingBacklog", "CleanupPaused", "AnalyticsEventsLost",
     "DiskSpaceLow",
     "DiskWillFillIn4h", "HostMemoryHigh", "BackupStale", "BackupFailed", "CertificateExpiringSoon",
-    "DocumentsFailing",
+    "DocumentsFailing", "WalArchiveFailing", "BaseBackupStale", "BaseBackupFailed",
 }
 PROFILES = {
     "defaults": MonitoringSettings(),

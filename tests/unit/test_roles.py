@@ -232,7 +232,7 @@ def test_each_host_holds_only_the_secrets_its_roles_read():
     # The data host sets the analytics role's password; only the app hosts hold the actor key.
     data = {"postgres_password", "postgres_owner_password", "postgres_app_password", "s3_access_key",
             "s3_secret_key", "restic_password", "postgres_backup_password", "postgres_monitor_password",
-            "postgres_analytics_password"}
+            "postgres_analytics_password", "pgbackrest_cipher_pass"}
     app = {"postgres_owner_password", "postgres_app_password", "s3_access_key", "s3_secret_key", "app_admin_api_key",
            "postgres_analytics_password", "analytics_actor_key"}
     monitoring = {"postgres_monitor_password", "grafana_admin_password", "alertmanager_smtp_password"}
@@ -243,8 +243,9 @@ def test_each_host_holds_only_the_secrets_its_roles_read():
     for name, plan in plans.items():
         stale = {path.rsplit("/", 1)[1] for path in plan.stale_secret_files}
         assert not stale & _secret_files(plan), name
-        assert stale | _secret_files(plan) >= set(SECRET_SPECS) - {"backup_offsite_access_key",
-                                                                   "backup_offsite_secret_key"}, name
+        assert stale | _secret_files(plan) >= set(SECRET_SPECS) - {
+            "backup_offsite_access_key", "backup_offsite_secret_key", "pgbackrest_offsite_access_key",
+            "pgbackrest_offsite_secret_key"}, name
     # What the containers mount is what the host holds.
     assert set(plans["app1"].app_secrets) <= _secret_files(plans["app1"])
     assert set(plans["data1"].backup.secrets) <= _secret_files(plans["data1"])

@@ -19,7 +19,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"govstack-backup {__version__}")
     p.add_argument("--config", default=None, help="backup.json (default: $GOVSTACK_BACKUP_CONFIG)")
     sub = p.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("schedule", help="run the crontab's schedule until stopped (the service's command)")
+    schedule = sub.add_parser("schedule", help="run the crontab's schedule until stopped (the service's command)")
+    schedule.add_argument("--crontab", help="another crontab than the config's schedule_file (the pgbackrest sidecar)")
     run = sub.add_parser("run", help="one backup run now")
     run.add_argument("--json", action="store_true", help="print the run's summary as JSON")
     run.add_argument("--repository", help="another local repository path, for this run only (no metrics)")
@@ -41,6 +42,16 @@ def _parser() -> argparse.ArgumentParser:
             cmd.add_argument("--force", action="store_true", help="restore over existing data (kept aside)")
         if name == "verify-postgres":
             cmd.add_argument("--database", required=True)
+    pitr = sub.add_parser("pitr", help="pgBackRest (the pgbackrest sidecar): one JSON line")
+    pitr_sub = pitr.add_subparsers(dest="pitr_cmd", required=True)
+    for name, helptext in (("state", "the stanza against the running cluster"),
+                           ("ensure", "stanza created or upgraded, archiving checked, a full backup present"),
+                           ("info", "the repository's backups and WAL (pgbackrest info)"),
+                           ("verify", "read and check the whole repository"),
+                           ("metrics", "rewrite the freshness metrics from the repository")):
+        pitr_sub.add_parser(name, help=helptext)
+    pitr_backup = pitr_sub.add_parser("backup", help="a base backup now")
+    pitr_backup.add_argument("--type", dest="kind", choices=("full", "diff", "incr"), default="diff")
     dump = sub.add_parser("dump", help="a run's component stream to stdout")
     dump.add_argument("run")
     dump.add_argument("component", choices=("postgres", "postgres_globals", "objects", "vectors", "manifest"))
@@ -74,12 +85,40 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.config:  # the jobs it starts read the same file
             os.environ["GOVSTACK_BACKUP_CONFIG"] = args.config
-        return schedule(cfg.schedule_file)
+        return schedule(args.crontab or cfg.schedule_file)
     if args.cmd == "run":
         return _run(cfg, args)
     if args.cmd == "pre-deploy":
         return _pre_deploy(cfg, args)
+    if args.cmd == "pitr":
+        return _pitr(cfg, args)
     return _restore_side(cfg, args)
+
+
+def _pitr(cfg: Any, args: argparse.Namespace) -> int:
+    from govstack_backup import pitr
+    from govstack_backup.restore import emit
+
+    if not cfg.pitr:
+        emit({"ok": False, "kind": "config", "error": "point-in-time recovery is off (settings backup.pitr)"})
+        return 2
+    stanza, metrics_file = cfg.pitr["stanza"], cfg.pitr.get("metrics_file")
+    try:
+        result = {
+            "state": lambda: {"ok": True, **pitr.state(stanza)},
+            "ensure": lambda: pitr.ensure(stanza, metrics_file),
+            "info": lambda: {"ok": True, **pitr.info(stanza)},
+            "verify": lambda: pitr.verify(stanza, metrics_file),
+            "metrics": lambda: {"ok": True, "stanza": stanza, "backups": len(pitr.record(stanza, metrics_file)
+                                                                            .get("backup") or [])},
+            "backup": lambda: pitr.backup(stanza, args.kind, metrics_file),
+        }[args.pitr_cmd]()
+    except pitr.PitrError as exc:
+        print(f"govstack-backup: {exc}", file=sys.stderr)
+        emit({"ok": False, "kind": exc.kind, "error": str(exc)})
+        return 1
+    emit(result)
+    return 0 if result.get("ok") else 1
 
 
 def _run(cfg: Any, args: argparse.Namespace) -> int:

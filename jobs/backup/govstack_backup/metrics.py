@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 METRICS = {
     "govstack_backup_last_success_timestamp_seconds": ("gauge", "End of the last successful backup run (0 = never)."),
@@ -22,21 +22,23 @@ METRICS = {
     "govstack_backup_last_size_bytes": ("gauge", "Bytes streamed into the repository by the last successful run."),
     "govstack_backup_failures_total": ("counter", "Failed backup runs since the metrics file was created."),
 }
-_LINE = re.compile(r"^(govstack_backup_[a-z_]+)(?:\{[^}]*\})?\s+([-+0-9.eE]+|NaN)\s*$")
+_LINE = re.compile(r"^(govstack_[a-z_]+)(?:\{[^}]*\})?\s+([-+0-9.eE]+|NaN)\s*$")
+
+Spec = Mapping[str, tuple[str, str]]
 
 
-def parse(text: str) -> dict[str, float]:
+def parse(text: str, spec: Spec = METRICS) -> dict[str, float]:
     values = {}
     for line in text.splitlines():
         match = _LINE.match(line.strip())
-        if match and match.group(1) in METRICS:
+        if match and match.group(1) in spec:
             values[match.group(1)] = float(match.group(2))
     return values
 
 
-def render(values: Mapping[str, float]) -> str:
+def render(values: Mapping[str, float], spec: Spec = METRICS) -> str:
     lines = []
-    for name, (kind, help_text) in METRICS.items():
+    for name, (kind, help_text) in spec.items():
         lines.append(f"# HELP {name} {help_text}")
         lines.append(f"# TYPE {name} {kind}")
         value = float(values.get(name, 0.0))
@@ -58,17 +60,23 @@ def updated(previous: Mapping[str, float], *, ok: bool, finished_at: float, dura
 
 
 def record(path: str, *, ok: bool, finished_at: float, duration_s: float, size_bytes: int) -> dict[str, float]:
+    return rewrite(path, METRICS, lambda previous: updated(previous, ok=ok, finished_at=finished_at,
+                                                           duration_s=duration_s, size_bytes=size_bytes))
+
+
+def rewrite(path: str, spec: Spec, update: Callable[[dict[str, float]], dict[str, float]]) -> dict[str, float]:
+    """Replace the textfile ``path`` atomically with ``update(previous values)``."""
     try:
         with open(path, encoding="utf-8") as fh:
-            previous = parse(fh.read())
+            previous = parse(fh.read(), spec)
     except FileNotFoundError:
         previous = {}
-    values = updated(previous, ok=ok, finished_at=finished_at, duration_s=duration_s, size_bytes=size_bytes)
+    values = update(previous)
     directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".backup.prom.", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=directory)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(render(values))
+            fh.write(render(values, spec))
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
