@@ -27,7 +27,8 @@ from typing import Any
 
 from govstack.backup import evidence as evidence_mod
 from govstack.backup.ops import backup_now, find_run, restore
-from govstack.backup.plan import backup_settings
+from govstack.backup.pitr_drill import failed_stage, pitr_stage
+from govstack.backup.plan import PITR_SERVICE, backup_settings
 from govstack.backup.remote import BackupError, BackupHost
 from govstack.commands import docker_exec, q
 from govstack.plan import DATA_DIRS
@@ -163,7 +164,10 @@ def drill(stack: BackupHost, queries: tuple[str, ...] | None = None, k: int | No
     workers = [c for c in writers if c not in apis]
     t_stop = time.monotonic()
     stack.stop(writers)
-    stack.sh(stack.compose("stop", "-t", 60, "backup"), timeout=180, check=True)
+    # The pgbackrest sidecar reads Postgres' data directory: it stops before the
+    # directory moves and starts on the restored one.
+    jobs = ["backup", *([PITR_SERVICE] if stack.settings.pitr_enabled else [])]
+    stack.sh(stack.compose("stop", "-t", 60, *jobs), timeout=180, check=True)
     aside = f"{stack.paths.drill_aside}/{drill_id}"
     t_destroy = time.monotonic()
     destroyed_at = datetime.now(UTC)
@@ -173,6 +177,8 @@ def drill(stack: BackupHost, queries: tuple[str, ...] | None = None, k: int | No
         _start_data(stack, services)
         timeline.append(("data services running on empty directories", now()))
         report = restore(stack, summary["run"], "all", force=False, restart_app=False)
+        if PITR_SERVICE in jobs:
+            stack.sh(stack.compose("start", PITR_SERVICE), timeout=180, check=True)
         restore_s = time.monotonic() - t_destroy
         timeline.append((f"restore verified ({report['restore_s']:.1f}s in the restore step)", now()))
         stack.start(apis)
@@ -193,7 +199,7 @@ def drill(stack: BackupHost, queries: tuple[str, ...] | None = None, k: int | No
         timeline.append((f"FAILED: {exc}; putting the original data back", now()))
         try:
             _rollback(stack, aside, services)
-            stack.sh(stack.compose("start", "backup"), timeout=180)
+            stack.sh(stack.compose("start", *jobs), timeout=180)
             stack.start(writers)
             stack.wait_healthy(writers)
         except BackupError as rollback_error:
@@ -202,12 +208,21 @@ def drill(stack: BackupHost, queries: tuple[str, ...] | None = None, k: int | No
         raise
 
     differences = compare_topk(before, after)
+    pitr = None
+    if stack.settings.pitr_enabled:
+        timeline.append(("point-in-time stage started", now()))
+        try:
+            pitr = pitr_stage(stack, drill_id, timeline)
+        except BackupError as exc:
+            pitr = failed_stage(str(exc), stack.settings.backup.pitr.archive_timeout_s)
+        timeline.append((f"point-in-time stage {'passed' if pitr['ok'] else 'FAILED: ' + pitr.get('error', '')}",
+                         now()))
     evidence = build_evidence(
         stack, drill_id=drill_id, summary=summary, entry=entry, manifest=manifest, report=report,
         topk_before=before, differences=differences, k=k, timeline=timeline, aside=aside,
         timings={"restore_s": restore_s, "rto_s": rto_s, "outage_s": outage_s,
                  "restore_step_s": report.get("restore_s")},
-        destroyed_at=destroyed_at,
+        destroyed_at=destroyed_at, pitr=pitr,
     )
     if write_evidence:
         base = f"{stack.paths.evidence}/drill-{drill_id}"
@@ -235,7 +250,7 @@ def _parse_time(text: str) -> datetime:
 
 def build_evidence(stack: BackupHost, *, drill_id: str, summary: dict, entry: dict, manifest: dict, report: dict,
                    topk_before: dict, differences: list[str], k: int, timeline: list, aside: str,
-                   timings: dict, destroyed_at: datetime) -> dict[str, Any]:
+                   timings: dict, destroyed_at: datetime, pitr: dict[str, Any] | None = None) -> dict[str, Any]:
     comps = report["components"]
     pg, objs, vecs = comps["postgres"], comps["objects"], comps["vectors"]
     mpg = manifest["components"]["postgres"]
@@ -280,6 +295,8 @@ def build_evidence(stack: BackupHost, *, drill_id: str, summary: dict, entry: di
            "schedule": schedule, "schedule_max_gap_s": max_gap_seconds(schedule)}
     targets = evidence_mod.objectives(timings, rpo, summary["duration_s"], settings.rto_target_s,
                                       settings.rpo_target_s)
+    if pitr is not None:
+        results["pitr"] = pitr
     ok = all(r["ok"] for name, r in results.items() if name != "consistency") and all(
         target["ok"] for target in targets.values())
     return {

@@ -50,6 +50,18 @@ def render_json(evidence: dict[str, Any]) -> str:
     return json.dumps(evidence, indent=2, sort_keys=True) + "\n"
 
 
+def _pitr_objectives(pitr: dict[str, Any] | None) -> list[str]:
+    if not pitr:
+        return []
+    rpo = pitr["rpo"]
+    return [
+        f"| RPO achieved by WAL archiving (failure -> newest archived commit; archive_timeout "
+        f"{rpo['archive_timeout_s']} s) | {_s(rpo['rpo_s'])} |",
+        f"| RTO: point-in-time restore (base backup + WAL to T, copy, verify, swap) | "
+        f"{_s(pitr['timings']['restore_s'])} (writers down {_s(pitr['timings']['outage_s'])}) |",
+    ]
+
+
 def render_markdown(ev: dict[str, Any]) -> str:
     res = ev["results"]
     lines = [
@@ -73,6 +85,7 @@ def render_markdown(ev: dict[str, Any]) -> str:
         f"| RPO promised by the schedule `{ev['rpo']['schedule']}` (longest gap between runs) | "
         f"{_s(ev['rpo']['schedule_max_gap_s'])} |",
         f"| backup run duration / size | {_s(ev['backup']['duration_s'])} / {_bytes(ev['backup']['bytes'])} |",
+        *_pitr_objectives(ev["results"].get("pitr")),
     ]
     targets = ev.get("objectives")
     if targets:
@@ -109,6 +122,12 @@ def render_markdown(ev: dict[str, Any]) -> str:
     tk = res["topk"]
     lines.append(f"| identical top-{tk['k']} search results | {_mark(tk['ok'])} | {tk['queries']} queries "
                  f"(collections x queries x modes vector/keyword/hybrid); {len(tk['differences'])} differ |")
+    pitr = res.get("pitr")
+    if pitr:
+        lines.append(f"| point in time: restored markers = those committed by T | {_mark(pitr['ok'])} | "
+                     f"{pitr['markers_restored']} of {pitr['markers_written']} restored, "
+                     f"{pitr['markers_committed_by_target']} committed by T; {len(pitr['missing'])} missing, "
+                     f"{len(pitr['extra'])} extra |")
     co = res.get("consistency") or {}
     if co:
         lines.append(f"| every row's object captured ({co.get('object_refs')}) | {_mark(not co.get('missing_count'))} "
@@ -123,6 +142,9 @@ def render_markdown(ev: dict[str, Any]) -> str:
     for name, c in sorted(ev["checksums"]["collections"].items()):
         lines.append(f"| Chroma | `{name}` | {c['count']} | `{c['digest']}` {'=' if c['equal'] else '!='} |")
     problems = pg["problems"] + ve["problems"] + [f"top-k differs: {d}" for d in tk["differences"][:10]]
+    if pitr and not pitr["ok"]:
+        problems.append(f"point in time: {pitr.get('error') or ''} missing markers {pitr['missing']}, "
+                        f"extra markers {pitr['extra']}")
     if problems:
         lines += ["", "## Differences", ""] + [f"- {p}" for p in problems[:50]]
     lines += ["", "## Integrity of the backup", "",
