@@ -215,6 +215,10 @@ def drill(stack: BackupHost, queries: tuple[str, ...] | None = None, k: int | No
             pitr = pitr_stage(stack, drill_id, timeline)
         except BackupError as exc:
             pitr = failed_stage(str(exc), stack.settings.backup.pitr.archive_timeout_s)
+        if pitr["ok"] and paused_before is None:
+            # Its restore paused cleanup; it brought back exactly the rows it proved (its markers,
+            # dropped since): nothing to reconcile.
+            reconcile.clear_pause(stack.psql, database)
         timeline.append((f"point-in-time stage {'passed' if pitr['ok'] else 'FAILED: ' + pitr.get('error', '')}",
                          now()))
     evidence = build_evidence(

@@ -316,7 +316,8 @@ def copy_scratch_in(stack: BackupHost, pitr: PitrHost, name: str) -> dict[str, A
     if problems:
         raise BackupError(f"the copy does not match the recovered cluster: {problems[:5]} (left as {scratch} for "
                           f"inspection; {db} untouched)", "verify-failed")
-    return {"scratch": scratch, "tables": copied_tables, "restore_s": round(restored_s, 3)}
+    tables = {n: {**t, "expected": source_tables[n]} for n, t in copied_tables.items()}
+    return {"scratch": scratch, "tables": tables, "restore_s": round(restored_s, 3)}
 
 
 def restore_to(stack: BackupHost, target: datetime | None, *, source: str = "local", stamp: str | None = None,

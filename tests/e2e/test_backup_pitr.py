@@ -16,6 +16,7 @@ from govstack.backup.plan import PITR_SERVICE, pitr_paths
 from tests.e2e.backup_support import (  # noqa: F401 - fixtures
     admin,
     cause,
+    cleanup_resumed,
     cli,
     cli_json,
     compose,
@@ -138,7 +139,8 @@ def test_restore_to_a_moment_refuses_bad_input_and_touches_nothing(stack, seeded
     assert running_ids(stack, stack.app_project) == apps  # nothing stopped
 
 
-def test_restore_to_the_latest_moment_keeps_every_committed_row(stack, seeded, drop_kept_databases):
+def test_restore_to_the_latest_moment_keeps_every_committed_row(stack, seeded, drop_kept_databases,
+                                                                 cleanup_resumed):
     in_test_stack(stack)
     stack.psql("CREATE TABLE IF NOT EXISTS pitr_latest_probe (id serial PRIMARY KEY, note text)")
     stack.psql("INSERT INTO pitr_latest_probe (note) VALUES ('committed before the restore')")
@@ -148,6 +150,7 @@ def test_restore_to_the_latest_moment_keeps_every_committed_row(stack, seeded, d
         assert report["ok"] and report["target"] == "latest"
         pg = report["components"]["postgres"]
         assert pg["kept_previous_as"] and pg["problems"] == []
+        assert report["cleanup_paused"] and "error" not in report["reconciliation"], report["reconciliation"]
         assert pg["tables"]["public.documents"]["rows"] == pg["tables"]["public.documents"]["expected"]["rows"]
         [(after,)] = stack.psql("SELECT count(*) FROM pitr_latest_probe")
         assert after == count  # the archive held everything committed before the restore began
