@@ -241,6 +241,24 @@ def preflight(stack: BackupHost, snapshot: str, components: tuple[str, ...], for
     return entry, busy
 
 
+def pause_and_stop_writers(stack: BackupHost, report: dict[str, Any], run: str, components: tuple[str, ...],
+                           stamp: str, app_hosts: list[BackupHost] | None) -> tuple[dict[str, Any], Writers, float]:
+    """Before a restore touches anything: cleanup paused (no cleanup may take what the restore
+    leaves unnamed for orphans), then the writers on every app host and the backup job stopped.
+    The pause record, the writers and when they stopped."""
+    pause = reconcile.pause_record(run=run, components=components, operator=operator(),
+                                   report=reconcile.report_paths(stack.settings, stamp)[0])
+    report["cleanup_paused"] = pause
+    reconcile.pause_cleanup(stack.psql, stack.settings.postgres.database, pause)
+    writers = Writers([stack, *(app_hosts or [])])
+    t_stop = time.monotonic()
+    writers.stop()
+    stack.sh(stack.compose("stop", "-t", 60, "backup"), timeout=180, check=True)
+    report["writers_stopped"] = len(writers)
+    crash_at("restore_after_stop")
+    return pause, writers, t_stop
+
+
 def restore(stack: BackupHost, snapshot: str = "latest", component: str = "all", force: bool = False,
             source: str = "local", restart_app: bool = True, app_hosts: list[BackupHost] | None = None
             ) -> dict[str, Any]:
@@ -259,18 +277,7 @@ def restore(stack: BackupHost, snapshot: str = "latest", component: str = "all",
     report: dict[str, Any] = {"run": entry["run"], "source": source, "components": {}, "forced_over": busy,
                               "manifest_snapshot": entry["snapshots"]["manifest"], "started_at": stamp,
                               "snapshot_time": snapshot_time(entry)}
-    # Before anything is touched: no cleanup may take what the restore leaves unnamed for orphans.
-    pause = reconcile.pause_record(run=entry["run"], components=components, operator=operator(),
-                                   report=reconcile.report_paths(stack.settings, stamp)[0])
-    report["cleanup_paused"] = pause
-    reconcile.pause_cleanup(stack.psql, stack.settings.postgres.database, pause)
-
-    writers = Writers([stack, *(app_hosts or [])])
-    t_stop = time.monotonic()
-    writers.stop()
-    stack.sh(stack.compose("stop", "-t", 60, "backup"), timeout=180, check=True)
-    report["writers_stopped"] = len(writers)
-    crash_at("restore_after_stop")
+    pause, writers, t_stop = pause_and_stop_writers(stack, report, entry["run"], components, stamp, app_hosts)
     changed = False
     ok = False
     try:

@@ -324,9 +324,8 @@ def restore_to(stack: BackupHost, target: datetime | None, *, source: str = "loc
                restart_app: bool = True, app_hosts: list[BackupHost] | None = None) -> dict[str, Any]:
     """Postgres to ``target`` (None: the newest WAL the archive holds). A report; raises BackupError,
     the live database untouched unless the message says otherwise."""
-    from govstack.backup.ops import Writers, swap_database_in
+    from govstack.backup.ops import pause_and_stop_writers, swap_database_in
     from govstack.faults import crash_at
-    from govstack.ledger import operator
     from govstack.reconcile import ops as reconcile
 
     started = time.monotonic()
@@ -358,18 +357,7 @@ def restore_to(stack: BackupHost, target: datetime | None, *, source: str = "loc
         report["recovery_s"] = round(time.monotonic() - t_restore, 3)
         reached = report["recovery"].get("last_replayed_commit")
         report["snapshot_time"] = reached or report["target"]
-        # Before the live cluster is touched: no cleanup may take what the restored rows do not name.
-        pause = reconcile.pause_record(run=label, components=("postgres",), operator=operator(),
-                                       report=reconcile.report_paths(stack.settings, stamp)[0])
-        report["cleanup_paused"] = pause
-        reconcile.pause_cleanup(stack.psql, stack.settings.postgres.database, pause)
-
-        writers = Writers([stack, *(app_hosts or [])])
-        t_stop = time.monotonic()
-        writers.stop()
-        stack.sh(stack.compose("stop", "-t", 60, "backup"), timeout=180, check=True)
-        report["writers_stopped"] = len(writers)
-        crash_at("restore_after_stop")
+        pause, writers, t_stop = pause_and_stop_writers(stack, report, label, ("postgres",), stamp, app_hosts)
         try:
             copy = copy_scratch_in(stack, pitr, name)
             reconcile.pause_cleanup(stack.psql, copy["scratch"], pause)
