@@ -205,3 +205,18 @@ def test_checksums_fold_into_64_bits_and_compare_both_ways():
     assert "table public.b: only in the restored cluster" in problems
     assert "table public.c: only in the copy" in problems
     assert pitr.sequences("public.s\t41\npublic.t\t\n") == {"public.s": "41", "public.t": ""}
+
+
+# -- its secret ------------------------------------------------------------------------------------
+def test_the_cipher_passphrase_is_pinned_by_the_repository_and_rotation_is_refused_with_the_reason():
+    from govstack.rotation import RotationRefused, check_rotatable
+    from govstack.secret_store import data_markers
+    from govstack.settings.catalog import SECRET_SPECS
+
+    settings = plan_for().settings
+    spec = SECRET_SPECS[pitr.PITR_SECRET]
+    assert spec.generated and spec.pinned_by == "pgbackrest" and spec.owner_uid == 999
+    markers = dict(data_markers(settings, frozenset({"data"})))
+    assert markers["pgbackrest"] == f"{pitr_paths(settings).repository}/archive/{settings.project}/archive.info"
+    with pytest.raises(RotationRefused, match="cannot re-encrypt its repository"):
+        check_rotatable(pitr.PITR_SECRET, [])
