@@ -166,7 +166,7 @@ class PitrHost:
 
     def _docker_run(self, name: str, scratch: str, *args: str, detach: bool = False, entrypoint: str) -> str:
         """A hardened one-off container of the Postgres image on the scratch directory."""
-        image = self.stack.plan.image("postgres")
+        image = self.server_image()
         network = "none" if self.source == "local" else self.stack.plan.networks["edge"]
         flags = ["-d"] if detach else ["--rm"]
         argv = ["docker", "run", *flags, "--name", name, "--user", f"{PITR_UID}:{PITR_UID}", "--network", network,
@@ -176,6 +176,15 @@ class PitrHost:
         for mount in self._mounts(scratch):
             argv += ["-v", mount]
         return words(*argv, "--entrypoint", entrypoint, image, *args)
+
+    def server_image(self) -> str:
+        """The image ID the live Postgres runs: the scratch cluster gets the very same binaries
+        and pgBackRest (a tag may have been rebuilt since the container started)."""
+        pg = self.stack.require_service("postgres")
+        image = self.stack.sh(f"docker inspect -f '{{{{.Image}}}}' {q(pg)}", timeout=60).stdout.strip()
+        if not image.startswith("sha256:"):
+            raise BackupError(f"cannot read the image of the running Postgres ({pg})", "restore-failed")
+        return image
 
     def restore_scratch(self, scratch: str, name: str, target: datetime | None) -> dict[str, Any]:
         """pgBackRest restore into ``scratch``; a scratch Postgres replays WAL to the target and
