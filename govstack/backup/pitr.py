@@ -381,6 +381,7 @@ def restore_to(stack: BackupHost, target: datetime | None, *, source: str = "loc
             }
         finally:
             stack.sh(stack.compose("start", "backup"), timeout=180)
+            stack.wait_healthy(stack.containers(stack.settings.project, "backup"), timeout_s=120)
             # Nothing swapped: the app serves the untouched database again. Swapped: it serves the restored one.
             if restart_app or not swapped:
                 writers.start()

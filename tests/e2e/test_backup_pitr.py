@@ -45,8 +45,11 @@ def archiver(stack) -> dict[str, str]:
 
 
 def switch_wal(stack) -> str:
-    """A write and a segment switch: one more WAL segment for the archiver."""
-    [(segment,)] = stack.psql("SELECT pg_walfile_name(pg_switch_wal()) FROM (SELECT txid_current()) AS t")
+    """A committed write, then a segment switch: one more WAL segment for the archiver (in one
+    transaction the switch would come before the commit record, and an empty segment is not
+    switched: the same name twice)."""
+    stack.psql("SELECT txid_current()")
+    [(segment,)] = stack.psql("SELECT pg_walfile_name(pg_switch_wal())")
     return segment
 
 
