@@ -145,21 +145,23 @@ def test_restore_to_a_moment_refuses_bad_input_and_touches_nothing(stack, seeded
 def test_restore_to_the_latest_moment_keeps_every_committed_row(stack, seeded, drop_kept_databases,
                                                                  cleanup_resumed):
     in_test_stack(stack)
-    stack.psql("CREATE TABLE IF NOT EXISTS pitr_latest_probe (id serial PRIMARY KEY, note text)")
-    stack.psql("INSERT INTO pitr_latest_probe (note) VALUES ('committed before the restore')")
-    [(count,)] = stack.psql("SELECT count(*) FROM pitr_latest_probe")
-    report = cli_json(stack, "restore", "--to-latest")
+    # Its own schema: a table of the superuser's in the app's schema would stop the app's migrations.
+    stack.psql("CREATE SCHEMA IF NOT EXISTS pitr_probe")
     try:
+        stack.psql("CREATE TABLE IF NOT EXISTS pitr_probe.rows (id serial PRIMARY KEY, note text)")
+        stack.psql("INSERT INTO pitr_probe.rows (note) VALUES ('committed before the restore')")
+        [(count,)] = stack.psql("SELECT count(*) FROM pitr_probe.rows")
+        report = cli_json(stack, "restore", "--to-latest")
         assert report["ok"] and report["target"] == "latest"
         pg = report["components"]["postgres"]
         assert pg["kept_previous_as"] and pg["problems"] == []
         assert report["cleanup_paused"] and "error" not in report["reconciliation"], report["reconciliation"]
         assert pg["tables"]["public.documents"]["rows"] == pg["tables"]["public.documents"]["expected"]["rows"]
-        [(after,)] = stack.psql("SELECT count(*) FROM pitr_latest_probe")
+        [(after,)] = stack.psql("SELECT count(*) FROM pitr_probe.rows")
         assert after == count  # the archive held everything committed before the restore began
         assert all(c.endswith("(healthy)") for c in _statuses(stack, stack.app_project))
     finally:
-        stack.psql("DROP TABLE IF EXISTS pitr_latest_probe")
+        stack.psql("DROP SCHEMA IF EXISTS pitr_probe CASCADE")
 
 
 def _statuses(stack, project) -> list[str]:
