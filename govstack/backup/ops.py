@@ -196,14 +196,16 @@ def swap_database_in(stack: BackupHost, scratch: str, stamp: str) -> str | None:
     kept as ``<db>_pre_restore_<stamp>`` (its name returned; None when there was none)."""
     db = stack.settings.postgres.database
     kept = f"{db}_pre_restore_{stamp.lower()}"
-    # The swap: nothing may be connected to either database.
-    stack.psql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity "  # noqa: S608 - validated names
-               f"WHERE datname IN ('{db}', '{scratch}') AND pid <> pg_backend_pid()")
     crash_at("restore_before_swap")
     existed = bool(stack.psql(f"SELECT 1 FROM pg_database WHERE datname = '{db}'").strip())  # noqa: S608
-    if existed:
-        stack.psql(f'ALTER DATABASE "{db}" RENAME TO "{kept}"')
-    stack.psql(f'ALTER DATABASE "{scratch}" RENAME TO "{db}"')
+    # The swap: nothing may be connected to either database. Terminating and renaming in one
+    # psql session leaves no gap for a client to reconnect in (postgres-exporter's next scrape
+    # did, between two docker execs seconds apart on a loaded host); a rename waits up to 5 s
+    # for the terminated sessions to exit.
+    terminate = (f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity "  # noqa: S608 - validated names
+                 f"WHERE datname IN ('{db}', '{scratch}') AND pid <> pg_backend_pid();")
+    rename_old = f'ALTER DATABASE "{db}" RENAME TO "{kept}";' if existed else ""
+    stack.psql(f'{terminate}\n{rename_old}\nALTER DATABASE "{scratch}" RENAME TO "{db}";')
     return kept if existed else None
 
 
