@@ -55,6 +55,9 @@ def job_config(plan: StackPlan) -> dict[str, Any]:
         "metrics_file": c.metrics_file,
         "schedule_file": c.crontab,
         "object_refs": b.object_refs,
+        "mirror_dir": c.mirror,
+        "transfers": b.transfers,
+        "mirror_min_free_bytes": b.mirror_min_free_mb * 1_000_000,
         "offsite": None,
     }
     if b.offsite is not None:

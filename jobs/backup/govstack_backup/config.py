@@ -43,6 +43,10 @@ class Config:
     object_refs: str | None = None  # "table.column" naming object keys, for the consistency check
     keep_pre_deploy: int = 5  # pre-deploy copies of Postgres kept by the scheduled runs' retention
     offsite: Offsite | None = None
+    # The objects mirror (govstack_backup/mirror.py); None = objects streamed as one tar, every run.
+    mirror_dir: str | None = None
+    transfers: int = 4  # parallel S3 downloads (backup) and uploads (restore)
+    mirror_min_free_bytes: int = 0  # free space the mirror's downloads must leave on its volume
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -70,7 +70,13 @@ def find_run(restic: Restic, wanted: str) -> dict[str, Any]:
 
 
 def stream_component(restic: Restic, entry: dict[str, Any], name: str, out: Any) -> None:
-    with restic.dump(entry["snapshots"][name], FILES[name]) as stream:
+    """A component's stream; the objects of a mirror run: its directory as a tar (state.json
+    names each file's bucket and key)."""
+    filename = FILES[name]
+    part = entry["manifest"]["components"].get(name) or {}
+    if name == "objects" and part.get("format") == "mirror":
+        filename = part["mirror_dir"].strip("/")
+    with restic.dump(entry["snapshots"][name], filename) as stream:
         for chunk in iter(lambda: stream.read(1 << 20), b""):
             out.write(chunk)
     out.flush()
@@ -94,9 +100,12 @@ def restore_objects(cfg: Config, restic: Restic, entry: dict[str, Any], force: b
     busy = objects.non_empty(mc, sorted(expected["buckets"]))
     if busy and not force:
         raise RestoreError(f"buckets already hold objects: {busy} (use --force to restore over them)", "non-empty")
-    with restic.dump(entry["snapshots"]["objects"], FILES["objects"]) as stream:
-        put = objects.restore(mc, stream, expected)
-    checks = objects.verify(mc, expected)
+    if expected.get("format") == "mirror":
+        put = objects.restore_mirror(mc, restic, entry["snapshots"]["objects"], expected, cfg.transfers)
+    else:  # runs made before the mirror: one tar stream
+        with restic.dump(entry["snapshots"]["objects"], FILES["objects"]) as stream:
+            put = objects.restore(mc, stream, expected)
+    checks = objects.verify(mc, expected, cfg.transfers)
     return {"restored": put, "buckets": checks, "ok": all(c["ok"] for c in checks.values())}
 
 
