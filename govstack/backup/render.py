@@ -11,6 +11,8 @@ from govstack.backup.plan import (
     OFFSITE_SECRETS,
     PASSWORD_SECRET,
     ROLE_SECRET,
+    VECTOR_DATABASE,
+    VECTOR_WATERMARK_SQL,
     ContainerPaths,
     backup_settings,
     host_paths,
@@ -58,6 +60,8 @@ def job_config(plan: StackPlan) -> dict[str, Any]:
         "mirror_dir": c.mirror,
         "transfers": b.transfers,
         "mirror_min_free_bytes": b.mirror_min_free_mb * 1_000_000,
+        "vector_watermark": ({"database": VECTOR_DATABASE, "sql": VECTOR_WATERMARK_SQL}
+                             if b.vectors_incremental else None),
         "offsite": None,
     }
     if b.offsite is not None:

@@ -90,6 +90,11 @@ class BackupSettings(Section):
         description="free space (MB) the objects mirror's downloads must leave on the backup volume; a run "
                     "that would leave less fails before downloading",
     )
+    vectors_incremental: bool = Field(
+        True,
+        description="export only the Chroma collections whose indexing watermark (the app's documents) or "
+                    "vector count changed since the last run; false = every collection every run",
+    )
     timeout_s: int = Field(6 * 3600, ge=60, description="longest backup or restore step the CLI waits for")
 
     @field_validator("schedule")

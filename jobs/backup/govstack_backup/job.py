@@ -21,6 +21,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import os
 import platform
 import socket
 import subprocess
@@ -206,12 +207,16 @@ def _run(cfg: Config, repository: str | None, check_subset: str | None, started:
                                            "missing_objects": missing[:100], "missing_count": len(missing)}
                 if missing:
                     log(f"warning: {len(missing)} rows name objects deleted during the run, e.g. {missing[0]}")
+        watermarks = _vector_watermarks(cfg, snap)
     finally:
         snap.close()
 
     with _step("vectors"):
-        streams["vectors"] = restic.backup_stream(
-            FILES["vectors"], [*tags, "component:vectors"], lambda w: vectors.export(chroma, w))
+        if cfg.mirror_dir:
+            streams["vectors"] = backup_vectors_dir(cfg, restic, chroma, watermarks, [*tags, "component:vectors"])
+        else:
+            streams["vectors"] = restic.backup_stream(
+                FILES["vectors"], [*tags, "component:vectors"], lambda w: vectors.export(chroma, w))
         manifest["components"]["vectors"] = streams["vectors"].pop("produced")
 
     for name, stream in streams.items():
@@ -263,6 +268,8 @@ def _run(cfg: Config, repository: str | None, check_subset: str | None, started:
         # What this run read from S3 and what restic found new: the incremental run's proof.
         "objects": {k: manifest["components"]["objects"][k] for k in ("counters", "restic")
                     if k in manifest["components"]["objects"]},
+        "vectors": {k: manifest["components"]["vectors"][k] for k in ("counters", "restic")
+                    if k in manifest["components"]["vectors"]},
         "offsite": offsite.repository if offsite is not None else None,
         "repository": restic.repository,
     }
@@ -323,6 +330,46 @@ def backup_objects_mirror(cfg: Config, restic: Restic, mc: Any, bucket_names: li
         "data_added": stored["data_added"],
         "produced": part,
     }
+
+
+VECTORS_SUBDIR = "vectors"
+
+
+def _vector_watermarks(cfg: Config, snap: postgres.Snapshot) -> dict[str, Any]:
+    """database/collection -> the app's indexing watermark, read inside the run's snapshot;
+    {} (every collection exported) when there is none or it cannot be read."""
+    wm = cfg.vector_watermark
+    if not wm:
+        return {}
+    try:
+        rows = snap.watermarks(wm["sql"])
+    except Exception as exc:  # noqa: BLE001 - a missing watermark costs a full export, not the run
+        log(f"vectors: no indexing watermark ({type(exc).__name__}: {str(exc)[:200]}); exporting every collection")
+        snap.conn.rollback()
+        return {}
+    return {vectors.key(wm["database"], name): values for name, values in rows.items()}
+
+
+def backup_vectors_dir(cfg: Config, restic: Restic, chroma: vectors.Chroma, watermarks: dict[str, Any],
+                       tags: list[str]) -> dict[str, Any]:
+    """Vectors incrementally: only collections changed since the last run are exported (one
+    JSONL file each, next to the objects mirror), then ``restic backup`` of that directory."""
+    assert cfg.mirror_dir
+    root = f"{cfg.mirror_dir.rstrip('/')}/{VECTORS_SUBDIR}"
+    with mirror.Mirror(cfg.mirror_dir).locked():
+        part = vectors.export_dir(chroma, root, watermarks)
+        c = part["counters"]
+        log(f"vectors: {c['exported']} collections exported ({c['records_read']} records), "
+            f"{c['unchanged']} unchanged")
+        state_file = f"{root}/{vectors.DIR_STATE}"
+        with open(state_file, "rb") as fh:
+            state_bytes = fh.read()
+        stored = restic.backup_paths([root], tags)
+    part["restic"] = {k: stored[k] for k in ("files_new", "files_changed", "files_unmodified", "data_added")}
+    return {"snapshot": stored["snapshot"], "file": state_file, "readback_file": state_file.lstrip("/"),
+            "bytes": sum(os.path.getsize(f"{root}/{e['file']}") for e in part["collections"].values()),
+            "state_bytes": len(state_bytes), "sha256": hashlib.sha256(state_bytes).hexdigest(),
+            "data_added": stored["data_added"], "produced": part}
 
 
 def _read_back(restic: Restic, streams: dict[str, dict[str, Any]]) -> None:

@@ -165,6 +165,9 @@ class Mirror:
 
     def write_state(self, state: dict[str, Any]) -> None:
         data = (json.dumps(state, sort_keys=True, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
+        with contextlib.suppress(OSError), open(self.path(STATE), "rb") as fh:
+            if fh.read() == data:  # unchanged: left alone, so restic finds it unmodified too
+                return
         tmp = self.path(f".{STATE}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
