@@ -442,7 +442,7 @@ def test_vectors_export_dir_reads_only_changed_collections_and_round_trips(tmp_p
     chroma, root = _two_collections(), tmp_path / "vectors"
     marks = {"default_database/govstack_a": ["30", "t1", "h1"], "default_database/govstack_b": ["1", "t1", "h2"]}
     first = vectors.export_dir(chroma, str(root), marks)
-    assert first["counters"] == {"exported": 2, "unchanged": 0, "records_read": 31}
+    assert first["counters"] == {"exported": 2, "unchanged": 0, "records_read": 31, "no_watermark": 0}
 
     chroma.pages = 0
     again = vectors.export_dir(chroma, str(root), marks)
@@ -453,13 +453,14 @@ def test_vectors_export_dir_reads_only_changed_collections_and_round_trips(tmp_p
     chroma.cols[("default_database", "govstack_b")]["records"].append(
         {"id": "b2", "embedding": [0.0, 1.0], "metadata": None, "document": "b2", "uri": None})
     third = vectors.export_dir(chroma, str(root), {**marks, "default_database/govstack_b": ["2", "t2", "h3"]})
-    assert third["counters"] == {"exported": 1, "unchanged": 1, "records_read": 2}
+    assert third["counters"] == {"exported": 1, "unchanged": 1, "records_read": 2, "no_watermark": 0}
     # A change the watermark misses but the count shows (vectors deleted after the row's commit).
     chroma.cols[("default_database", "govstack_a")]["records"].pop()
     fourth = vectors.export_dir(chroma, str(root), {**marks, "default_database/govstack_b": ["2", "t2", "h3"]})
     assert fourth["counters"]["exported"] == 1 and fourth["collections"]["default_database/govstack_a"]["count"] == 29
     # No watermark: exported every run.
     assert vectors.export_dir(chroma, str(root), {})["counters"]["exported"] == 2
+    assert vectors.export_dir(chroma, str(root), {})["counters"]["no_watermark"] == 2
     # A removed collection's file leaves the directory.
     del chroma.cols[("default_database", "govstack_b")]
     last = vectors.export_dir(chroma, str(root), marks)

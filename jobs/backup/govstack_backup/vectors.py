@@ -201,7 +201,9 @@ def export_dir(chroma: Chroma, root: str, watermarks: dict[str, Any] | None = No
         previous = {}
     api = chroma.version()
     collections: dict[str, Any] = {}
-    counters = {"exported": 0, "unchanged": 0, "records_read": 0}
+    # no_watermark: collections the app does not name (e.g. ones a forced restore set aside),
+    # exported every run.
+    counters = {"exported": 0, "unchanged": 0, "records_read": 0, "no_watermark": 0}
     for database in chroma.databases():
         for coll in chroma.collections(database):
             full = key(database, coll["name"])
@@ -214,6 +216,8 @@ def export_dir(chroma: Chroma, root: str, watermarks: dict[str, Any] | None = No
                 collections[full] = old
                 counters["unchanged"] += 1
                 continue
+            if sig["watermark"] is None:
+                counters["no_watermark"] += 1
             entry = _export_collection(chroma, database, coll, path, api)
             after = chroma.count(database, coll["id"])
             counters["exported"] += 1
