@@ -184,6 +184,7 @@ class BackupContainerPaths:
 
     repository: str = "/backups/restic"
     cache: str = "/backups/cache"
+    mirror: str = "/backups/mirror"  # the objects mirror (jobs/backup/govstack_backup/mirror.py)
     config_dir: str = "/etc/govstack-backup"
     config_file: str = "/etc/govstack-backup/backup.json"
     crontab: str = "/etc/govstack-backup/crontab"

@@ -36,6 +36,7 @@ def prepare_backup(plan: StackPlan):
     path_owned(name="Backup root", path=paths.root, uid=0, gid=0, mode="750")
     path_owned(name="restic repository", path=paths.repository, uid=BACKUP_UID, gid=BACKUP_UID, mode="700")
     path_owned(name="restic cache", path=paths.cache, uid=BACKUP_UID, gid=BACKUP_UID, mode="700")
+    path_owned(name="Objects mirror", path=paths.mirror, uid=BACKUP_UID, gid=BACKUP_UID, mode="700")
     path_owned(name="Drill evidence", path=paths.evidence, uid=0, gid=0, mode="750")
     path_owned(name="Backup config directory", path=paths.config_dir, uid=0, gid=0, mode="755")
     if plan.settings.pitr_enabled:

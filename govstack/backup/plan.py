@@ -36,10 +36,23 @@ BACKUP_ROLE_GROUPS = ("pg_read_all_data",)
 # Postgres' own uid: the sidecar reads the data directory.
 PITR_UID = SERVICES[PITR_SERVICE].uid
 
+# The app's indexing watermark of each Chroma collection (app/govstack_app/migrations): its rows,
+# newest indexed_at, and an order-independent hash over every row's id, indexed_at, failure and
+# chunk count. The app writes a document's vectors before it commits indexed_at, and commits a
+# deletion before it deletes the vectors (which the collection's count then shows), so a run
+# whose watermark and count equal the last export's has nothing new to export.
+VECTOR_WATERMARK_SQL = (
+    "SELECT c.chroma_name, count(d.id), coalesce(max(d.indexed_at)::text, ''), "
+    "coalesce(sum(hashtextextended(d.id::text || '/' || coalesce(d.indexed_at::text, '') || '/' "
+    "|| d.index_failed::text || '/' || coalesce(d.chunk_count, -1)::text, 0)), 0) "
+    "FROM collections c LEFT JOIN documents d ON d.collection_id = c.id GROUP BY c.chroma_name"
+)
+VECTOR_DATABASE = "default_database"  # the app's Chroma database (app/govstack_app/chroma.py)
+
 __all__ = ["IMAGE_CONTEXT", "OFFSITE_SECRETS", "PASSWORD_SECRET", "PITR_SECRET", "PITR_SERVICE",
-           "PITR_SOCKET_VOLUME", "PITR_UID", "ROLE_SECRET", "ContainerPaths", "HostPaths", "PitrContainerPaths",
-           "PitrPaths", "backup_image", "backup_settings", "host_paths", "pitr_paths", "pitr_secrets", "secrets",
-           "stanza"]
+           "PITR_SOCKET_VOLUME", "PITR_UID", "ROLE_SECRET", "VECTOR_DATABASE", "VECTOR_WATERMARK_SQL",
+           "ContainerPaths", "HostPaths", "PitrContainerPaths", "PitrPaths", "backup_image", "backup_settings",
+           "host_paths", "pitr_paths", "pitr_secrets", "secrets", "stanza"]
 
 
 def backup_settings(settings: Settings) -> BackupSettings:

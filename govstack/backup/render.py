@@ -13,6 +13,8 @@ from govstack.backup.plan import (
     OFFSITE_SECRETS,
     PASSWORD_SECRET,
     ROLE_SECRET,
+    VECTOR_DATABASE,
+    VECTOR_WATERMARK_SQL,
     ContainerPaths,
     PitrContainerPaths,
     backup_settings,
@@ -60,6 +62,11 @@ def job_config(plan: StackPlan) -> dict[str, Any]:
         "metrics_file": c.metrics_file,
         "schedule_file": c.crontab,
         "object_refs": b.object_refs,
+        "mirror_dir": c.mirror,
+        "transfers": b.transfers,
+        "mirror_min_free_bytes": b.mirror_min_free_mb * 1_000_000,
+        "vector_watermark": ({"database": VECTOR_DATABASE, "sql": VECTOR_WATERMARK_SQL}
+                             if b.vectors_incremental else None),
         "offsite": None,
         "pitr": {"stanza": stanza(s), "metrics_file": PitrContainerPaths().metrics_file} if s.pitr_enabled else None,
     }

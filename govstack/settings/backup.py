@@ -127,6 +127,21 @@ class BackupSettings(Section):
         description="drill pass/fail: most recent data a loss may take (s); the schedule's longest gap plus "
                     "the drill's backup run time must fit in it",
     )
+    transfers: int = Field(
+        4, ge=1, le=32,
+        description="parallel S3 transfers of the backup job: object downloads into the mirror, uploads and "
+                    "re-reads of a restore",
+    )
+    mirror_min_free_mb: int = Field(
+        1024, ge=0,
+        description="free space (MB) the objects mirror's downloads must leave on the backup volume; a run "
+                    "that would leave less fails before downloading",
+    )
+    vectors_incremental: bool = Field(
+        True,
+        description="export only the Chroma collections whose indexing watermark (the app's documents) or "
+                    "vector count changed since the last run; false = every collection every run",
+    )
     timeout_s: int = Field(6 * 3600, ge=60, description="longest backup or restore step the CLI waits for")
     pitr: PitrSettings = PitrSettings()
 

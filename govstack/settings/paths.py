@@ -19,6 +19,7 @@ class BackupPaths:
     root: str
     repository: str
     cache: str
+    mirror: str
     evidence: str
     config_dir: str
     config_file: str
@@ -251,7 +252,7 @@ class StackPaths:
 
     @property
     def backups_dir(self) -> str:
-        """The backup root: the restic repository, its cache, drill evidence."""
+        """The backup root: the restic repository, its cache, the objects mirror, drill evidence."""
         return self.backup_root or f"{self.root}/backups"
 
     @property
@@ -288,6 +289,7 @@ class StackPaths:
             root=root,
             repository=f"{root}/restic",
             cache=f"{root}/cache",
+            mirror=f"{root}/mirror",
             evidence=f"{root}/evidence",
             config_dir=config,
             config_file=f"{config}/backup.json",

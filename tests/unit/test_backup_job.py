@@ -407,3 +407,79 @@ def test_crontab_parsing_and_next_time():
                      ("# nothing", "no schedule")):
         with pytest.raises(CrontabError, match=why):
             parse_crontab(bad)
+
+
+# -- vectors, incrementally: one file per collection, re-read only when it changed -------------
+class _CountingChroma(FakeChroma):
+    def __init__(self, collections=None):
+        super().__init__(collections)
+        self.pages = 0
+
+    def page(self, database, cid, offset, limit=vectors.PAGE):
+        self.pages += 1
+        return super().page(database, cid, offset, limit)
+
+
+def _two_collections():
+    chroma = _CountingChroma(_chroma(30).cols)
+    chroma.cols[("default_database", "govstack_b")] = {
+        "metadata": None, "configuration": {}, "records": [{"id": "b1", "embedding": [1.0, 0.0], "metadata": None,
+                                                            "document": "b", "uri": None}]}
+    return chroma
+
+
+def _dir_tar(root: Path) -> io.BytesIO:
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.add(root, arcname="backups/mirror/vectors")
+    buf.seek(0)
+    return buf
+
+
+def test_vectors_export_dir_reads_only_changed_collections_and_round_trips(tmp_path):
+    chroma, root = _two_collections(), tmp_path / "vectors"
+    marks = {"default_database/govstack_a": ["30", "t1", "h1"], "default_database/govstack_b": ["1", "t1", "h2"]}
+    first = vectors.export_dir(chroma, str(root), marks)
+    assert first["counters"] == {"exported": 2, "unchanged": 0, "records_read": 31, "no_watermark": 0}
+
+    chroma.pages = 0
+    again = vectors.export_dir(chroma, str(root), marks)
+    assert again["counters"]["exported"] == 0 and chroma.pages == 0
+    assert again["collections"] == first["collections"]
+
+    # The app indexed a document into b: only b is read again.
+    chroma.cols[("default_database", "govstack_b")]["records"].append(
+        {"id": "b2", "embedding": [0.0, 1.0], "metadata": None, "document": "b2", "uri": None})
+    third = vectors.export_dir(chroma, str(root), {**marks, "default_database/govstack_b": ["2", "t2", "h3"]})
+    assert third["counters"] == {"exported": 1, "unchanged": 1, "records_read": 2, "no_watermark": 0}
+    # A change the watermark misses but the count shows (vectors deleted after the row's commit).
+    chroma.cols[("default_database", "govstack_a")]["records"].pop()
+    fourth = vectors.export_dir(chroma, str(root), {**marks, "default_database/govstack_b": ["2", "t2", "h3"]})
+    assert fourth["counters"]["exported"] == 1 and fourth["collections"]["default_database/govstack_a"]["count"] == 29
+    # No watermark: exported every run.
+    assert vectors.export_dir(chroma, str(root), {})["counters"]["exported"] == 2
+    assert vectors.export_dir(chroma, str(root), {})["counters"]["no_watermark"] == 2
+    # A removed collection's file leaves the directory.
+    del chroma.cols[("default_database", "govstack_b")]
+    last = vectors.export_dir(chroma, str(root), marks)
+    assert sorted(p.name for p in root.iterdir()) == sorted(["state.json", last["collections"][
+        "default_database/govstack_a"]["file"]])
+
+    target = FakeChroma()
+    files = [e["file"] for e in last["collections"].values()]
+    put = vectors.restore(target, vectors.lines_of_dir_tar(_dir_tar(root), files), force=False, aside_suffix="_x")
+    assert put["collections"] == {"default_database/govstack_a": 29}
+    assert target.cols[("default_database", "govstack_a")]["records"] == \
+        chroma.cols[("default_database", "govstack_a")]["records"]
+
+
+def test_vectors_export_dir_redoes_a_collection_whose_file_was_lost_or_half_written(tmp_path):
+    chroma, root = _two_collections(), tmp_path / "vectors"
+    marks = {"default_database/govstack_a": ["30", "t1", "h1"], "default_database/govstack_b": ["1", "t1", "h2"]}
+    first = vectors.export_dir(chroma, str(root), marks)
+    (root / first["collections"]["default_database/govstack_a"]["file"]).write_bytes(b"truncated")
+    (root / "leftover.jsonl.tmp").write_bytes(b"a crashed run's")
+    again = vectors.export_dir(chroma, str(root), marks)
+    assert again["counters"]["exported"] == 1 and not (root / "leftover.jsonl.tmp").exists()

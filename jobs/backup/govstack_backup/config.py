@@ -45,6 +45,13 @@ class Config:
     offsite: Offsite | None = None
     # pgBackRest (the sidecar's commands): {"stanza": …, "metrics_file": …}; None = off.
     pitr: dict[str, Any] | None = None
+    # The objects mirror (govstack_backup/mirror.py); None = objects streamed as one tar, every run.
+    mirror_dir: str | None = None
+    transfers: int = 4  # parallel S3 downloads (backup) and uploads (restore)
+    mirror_min_free_bytes: int = 0  # free space the mirror's downloads must leave on its volume
+    # The app's indexing watermark per Chroma collection: {"database": ..., "sql": ...}; None = every
+    # collection is exported every run.
+    vector_watermark: dict[str, str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -19,7 +19,9 @@ Any failure stops the run, exits non-zero, and prunes nothing.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
+import os
 import platform
 import socket
 import subprocess
@@ -29,7 +31,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from govstack_backup import __version__, metrics, objects, postgres, vectors
+from govstack_backup import __version__, metrics, mirror, objects, postgres, vectors
 from govstack_backup.config import Config
 from govstack_backup.manifest import (
     FILES,
@@ -184,8 +186,11 @@ def _run(cfg: Config, repository: str | None, check_subset: str | None, started:
 
         with _step("objects"):
             bucket_names = objects.buckets(mc, cfg.s3.get("buckets"))
-            streams["objects"] = restic.backup_stream(
-                FILES["objects"], [*tags, "component:objects"], lambda w: objects.export(mc, bucket_names, w))
+            if cfg.mirror_dir:
+                streams["objects"] = backup_objects_mirror(cfg, restic, mc, bucket_names, [*tags, "component:objects"])
+            else:
+                streams["objects"] = restic.backup_stream(
+                    FILES["objects"], [*tags, "component:objects"], lambda w: objects.export(mc, bucket_names, w))
             manifest["components"]["objects"] = streams["objects"].pop("produced")
 
         if cfg.object_refs:
@@ -202,12 +207,16 @@ def _run(cfg: Config, repository: str | None, check_subset: str | None, started:
                                            "missing_objects": missing[:100], "missing_count": len(missing)}
                 if missing:
                     log(f"warning: {len(missing)} rows name objects deleted during the run, e.g. {missing[0]}")
+        watermarks = _vector_watermarks(cfg, snap)
     finally:
         snap.close()
 
     with _step("vectors"):
-        streams["vectors"] = restic.backup_stream(
-            FILES["vectors"], [*tags, "component:vectors"], lambda w: vectors.export(chroma, w))
+        if cfg.mirror_dir:
+            streams["vectors"] = backup_vectors_dir(cfg, restic, chroma, watermarks, [*tags, "component:vectors"])
+        else:
+            streams["vectors"] = restic.backup_stream(
+                FILES["vectors"], [*tags, "component:vectors"], lambda w: vectors.export(chroma, w))
         manifest["components"]["vectors"] = streams["vectors"].pop("produced")
 
     for name, stream in streams.items():
@@ -256,6 +265,11 @@ def _run(cfg: Config, repository: str | None, check_subset: str | None, started:
         "bytes": total,
         "duration_s": round(time.time() - started, 3),
         "forgotten_snapshots": len(forgotten),
+        # What this run read from S3 and what restic found new: the incremental run's proof.
+        "objects": {k: manifest["components"]["objects"][k] for k in ("counters", "restic")
+                    if k in manifest["components"]["objects"]},
+        "vectors": {k: manifest["components"]["vectors"][k] for k in ("counters", "restic")
+                    if k in manifest["components"]["vectors"]},
         "offsite": offsite.repository if offsite is not None else None,
         "repository": restic.repository,
     }
@@ -287,12 +301,85 @@ def backup_postgres(cfg: Config, restic: Restic, snap: postgres.Snapshot, tags: 
             **stats}
 
 
+def backup_objects_mirror(cfg: Config, restic: Restic, mc: Any, bucket_names: list[str],
+                          tags: list[str]) -> dict[str, Any]:
+    """Objects through the mirror: download what changed, then ``restic backup`` of the mirror
+    (its data directory and state file), the mirror locked throughout so restic reads one state."""
+    assert cfg.mirror_dir
+    m = mirror.Mirror(cfg.mirror_dir, transfers=cfg.transfers, min_free_bytes=cfg.mirror_min_free_bytes, log=log)
+    with m.locked():
+        update = m.update_locked(mc, bucket_names)
+        c = update.counters
+        log(f"mirror: {c.listed} objects listed, {c.fetched} downloaded ({c.fetched_bytes / 1e6:.1f} MB), "
+            f"{c.unchanged} unchanged, {c.deleted} deleted, {c.swept} stray files removed")
+        state_file = m.path(mirror.STATE)
+        with open(state_file, "rb") as fh:
+            state_bytes = fh.read()
+        stored = restic.backup_paths([m.path(mirror.DATA), state_file], tags)
+    part = update.manifest_part()
+    part["mirror_dir"] = cfg.mirror_dir
+    part["restic"] = {k: stored[k] for k in ("files_new", "files_changed", "files_unmodified", "data_added")}
+    return {
+        "snapshot": stored["snapshot"],
+        # What the read back compares: the state file (every object's sha256) as restic holds it.
+        "file": state_file,
+        "readback_file": state_file.lstrip("/"),
+        "bytes": sum(entry["bytes"] for entry in part["buckets"].values()),
+        "state_bytes": len(state_bytes),
+        "sha256": hashlib.sha256(state_bytes).hexdigest(),
+        "data_added": stored["data_added"],
+        "produced": part,
+    }
+
+
+VECTORS_SUBDIR = "vectors"
+
+
+def _vector_watermarks(cfg: Config, snap: postgres.Snapshot) -> dict[str, Any]:
+    """database/collection -> the app's indexing watermark, read inside the run's snapshot;
+    {} (every collection exported) when there is none or it cannot be read."""
+    wm = cfg.vector_watermark
+    if not wm:
+        return {}
+    try:
+        rows = snap.watermarks(wm["sql"])
+    except Exception as exc:  # noqa: BLE001 - a missing watermark costs a full export, not the run
+        log(f"vectors: no indexing watermark ({type(exc).__name__}: {str(exc)[:200]}); exporting every collection")
+        snap.conn.rollback()
+        return {}
+    return {vectors.key(wm["database"], name): values for name, values in rows.items()}
+
+
+def backup_vectors_dir(cfg: Config, restic: Restic, chroma: vectors.Chroma, watermarks: dict[str, Any],
+                       tags: list[str]) -> dict[str, Any]:
+    """Vectors incrementally: only collections changed since the last run are exported (one
+    JSONL file each, next to the objects mirror), then ``restic backup`` of that directory."""
+    assert cfg.mirror_dir
+    root = f"{cfg.mirror_dir.rstrip('/')}/{VECTORS_SUBDIR}"
+    with mirror.Mirror(cfg.mirror_dir).locked():
+        part = vectors.export_dir(chroma, root, watermarks)
+        c = part["counters"]
+        log(f"vectors: {c['exported']} collections exported ({c['records_read']} records), "
+            f"{c['unchanged']} unchanged")
+        state_file = f"{root}/{vectors.DIR_STATE}"
+        with open(state_file, "rb") as fh:
+            state_bytes = fh.read()
+        stored = restic.backup_paths([root], tags)
+    part["restic"] = {k: stored[k] for k in ("files_new", "files_changed", "files_unmodified", "data_added")}
+    return {"snapshot": stored["snapshot"], "file": state_file, "readback_file": state_file.lstrip("/"),
+            "bytes": sum(os.path.getsize(f"{root}/{e['file']}") for e in part["collections"].values()),
+            "state_bytes": len(state_bytes), "sha256": hashlib.sha256(state_bytes).hexdigest(),
+            "data_added": stored["data_added"], "produced": part}
+
+
 def _read_back(restic: Restic, streams: dict[str, dict[str, Any]]) -> None:
     for name, stream in streams.items():
-        sha, size = restic.read_sha256(stream["snapshot"], FILES[name])
-        if (sha, size) != (stream["sha256"], stream["bytes"]):
-            raise BackupFailed("read back", f"{FILES[name]} in snapshot {stream['snapshot']} reads back as "
-                                            f"{size} bytes sha256 {sha}, written {stream['bytes']} bytes "
+        filename = stream.get("readback_file", FILES[name])
+        sha, size = restic.read_sha256(stream["snapshot"], filename)
+        want = stream.get("state_bytes", stream["bytes"])
+        if (sha, size) != (stream["sha256"], want):
+            raise BackupFailed("read back", f"{filename} in snapshot {stream['snapshot']} reads back as "
+                                            f"{size} bytes sha256 {sha}, written {want} bytes "
                                             f"sha256 {stream['sha256']}")
 
 

@@ -11,17 +11,26 @@ from __future__ import annotations
 
 import email.utils
 import hashlib
+import io
+import json
+import os
 import tarfile
+import threading
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import IO, Any
 
 from minio import Minio
 from minio.error import S3Error
 
+from govstack_backup import mirror
 from govstack_backup.config import read_secret
 from govstack_backup.manifest import BucketDigest, compare_objects
 
 PAX_PREFIX = "GOVSTACK."
+# A restore holds objects up to this size in memory to upload them in parallel (bounded by
+# 2 x transfers of them in flight); larger ones stream from the snapshot one at a time.
+IN_MEMORY_MAX = 16 << 20
 _MISSING = ("NoSuchKey", "NoSuchObject", "NotFound", "NoSuchBucket")
 CHUNK = 1 << 20
 
@@ -130,24 +139,83 @@ def restore(mc: Minio, stream: IO[bytes], expected: dict[str, Any]) -> dict[str,
     return {"objects": count, "bytes": size}
 
 
-def read_back(mc: Minio, bucket: str) -> Iterator[tuple[str, str, int]]:
-    """(key, sha256, size) of every object in the bucket, as stored now."""
+def restore_mirror(mc: Minio, restic: Any, snapshot: str, expected: dict[str, Any],
+                   transfers: int = 4) -> dict[str, Any]:
+    """Put back the objects of a mirror snapshot (jobs/backup/govstack_backup/mirror.py): its
+    state file names each file's bucket, key, content type and metadata; the data directory
+    comes out of restic as one tar stream; uploads run ``transfers`` at a time."""
+    root = expected["mirror_dir"].strip("/")
+    state = json.loads(restic.read_bytes(snapshot, f"{root}/{mirror.STATE}"))
+    by_name = mirror.index(state)
+    for bucket in sorted(set(expected.get("buckets", {})) | set(state["buckets"])):
+        if not mc.bucket_exists(bucket):
+            mc.make_bucket(bucket)
+    count = size = 0
+    slots = threading.BoundedSemaphore(2 * transfers)
+    errors: list[BaseException] = []
+
+    def put(bucket: str, key: str, entry: dict[str, Any], body: IO[bytes], length: int) -> None:
+        mc.put_object(bucket, key, body, length, content_type=entry.get("content_type") or "application/octet-stream",
+                      metadata=entry.get("metadata") or None, part_size=64 * CHUNK)
+
+    def done(future: Future) -> None:
+        slots.release()
+        if future.exception() is not None:
+            errors.append(future.exception())  # type: ignore[arg-type]
+
+    with ThreadPoolExecutor(max_workers=transfers) as pool, \
+            restic.dump(snapshot, f"{root}/{mirror.DATA}") as stream, \
+            tarfile.open(fileobj=stream, mode="r|") as tar:
+        for member in tar:
+            if errors:
+                break
+            found = by_name.get(os.path.basename(member.name)) if member.isfile() else None
+            if found is None:  # a directory, or a stray file the state does not name
+                continue
+            bucket, key, entry = found
+            body = tar.extractfile(member)
+            assert body is not None
+            if member.size <= IN_MEMORY_MAX:
+                data = body.read()
+                slots.acquire()
+                pool.submit(put, bucket, key, entry, io.BytesIO(data), len(data)).add_done_callback(done)
+            else:
+                put(bucket, key, entry, body, member.size)
+            count += 1
+            size += member.size
+    if errors:
+        raise errors[0]
+    return {"objects": count, "bytes": size}
+
+
+def _sha256_of(mc: Minio, bucket: str, key: str) -> tuple[str, str, int]:
+    resp = mc.get_object(bucket, key)
+    try:
+        digest, size = hashlib.sha256(), 0
+        for chunk in resp.stream(CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    finally:
+        resp.close()
+        resp.release_conn()
+    return key, digest.hexdigest(), size
+
+
+def read_back(mc: Minio, bucket: str, transfers: int = 1) -> Iterator[tuple[str, str, int]]:
+    """(key, sha256, size) of every object in the bucket, as stored now, in key order
+    (``transfers`` reads at a time)."""
     if not mc.bucket_exists(bucket):
         return
-    for obj in mc.list_objects(bucket, recursive=True):
-        resp = mc.get_object(bucket, obj.object_name)
-        try:
-            digest, size = hashlib.sha256(), 0
-            for chunk in resp.stream(CHUNK):
-                digest.update(chunk)
-                size += len(chunk)
-        finally:
-            resp.close()
-            resp.release_conn()
-        yield obj.object_name, digest.hexdigest(), size
+    keys = (obj.object_name for obj in mc.list_objects(bucket, recursive=True))
+    if transfers <= 1:
+        for key in keys:
+            yield _sha256_of(mc, bucket, key)
+        return
+    with ThreadPoolExecutor(max_workers=transfers) as pool:
+        yield from pool.map(lambda key: _sha256_of(mc, bucket, key), list(keys))
 
 
-def verify(mc: Minio, expected: dict[str, Any]) -> dict[str, Any]:
+def verify(mc: Minio, expected: dict[str, Any], transfers: int = 1) -> dict[str, Any]:
     """Every object of the manifest, re-read from the store and compared."""
     result = {}
     for bucket, entry in sorted(expected.get("buckets", {}).items()):
@@ -155,7 +223,7 @@ def verify(mc: Minio, expected: dict[str, Any]) -> dict[str, Any]:
 
         def observed(bucket: str = bucket, entry: dict = entry,
                      digest: BucketDigest = digest) -> Iterator[tuple[str, str, int]]:
-            for key, sha, size in read_back(mc, bucket):
+            for key, sha, size in read_back(mc, bucket, transfers):
                 if key in entry["objects"]:
                     digest.add(key, sha, size)
                 yield key, sha, size

@@ -99,6 +99,10 @@ class Snapshot:
         return ["pg_dump", "-Fc", "-Z0", f"--snapshot={self.snapshot_id}", "--no-password",
                 "-h", pg["host"], "-p", str(pg["port"]), "-U", pg["user"], "-d", pg["database"]]
 
+    def watermarks(self, query: str) -> dict[str, list[str]]:
+        """Rows of ``query`` (name, then any columns) in the snapshot, as name -> [columns as text]."""
+        return {str(row[0]): [str(v) for v in row[1:]] for row in self.conn.execute(query).fetchall()}
+
     def references(self, spec: str) -> Iterator[str]:
         """Values of ``table.column`` (e.g. documents.object_name) in the snapshot."""
         table, column = spec.rsplit(".", 1)

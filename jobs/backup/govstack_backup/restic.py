@@ -240,6 +240,27 @@ class Restic:
             "produced": produced,
         }
 
+    def backup_paths(self, paths: list[str], tags: list[str], timeout: float | None = None) -> dict[str, Any]:
+        """``restic backup`` of files and directories: restic picks the newest snapshot of the
+        same paths and host as the parent and re-reads only files whose mtime, ctime, inode or
+        size changed. Returns the snapshot id and restic's own counters."""
+        args = ["backup", "--host", self.host, "--json", "--quiet"]
+        for tag in tags:
+            args += ["--tag", tag]
+        proc = self.run(*args, *paths, timeout=timeout)
+        summary: dict[str, Any] = {}
+        for line in proc.stdout.splitlines():
+            with contextlib.suppress(ValueError):
+                message = json.loads(line)
+                if message.get("message_type") == "summary":
+                    summary = message
+        if not summary.get("snapshot_id"):
+            raise ResticError(f"restic backup of {paths} printed no snapshot id ({last_lines(proc.stderr)})")
+        return {"snapshot": summary["snapshot_id"],
+                **{k: summary.get(k, 0) for k in ("files_new", "files_changed", "files_unmodified",
+                                                   "data_added", "total_files_processed",
+                                                   "total_bytes_processed")}}
+
     @contextlib.contextmanager
     def dump(self, snapshot: str, filename: str) -> Iterator[IO[bytes]]:
         """The content of ``/<filename>`` in ``snapshot``, as a stream."""

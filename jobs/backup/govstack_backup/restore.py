@@ -7,6 +7,7 @@ container (superuser over its local socket); see govstack/backup/ on the host.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from typing import Any
@@ -70,7 +71,15 @@ def find_run(restic: Restic, wanted: str) -> dict[str, Any]:
 
 
 def stream_component(restic: Restic, entry: dict[str, Any], name: str, out: Any) -> None:
-    with restic.dump(entry["snapshots"][name], FILES[name]) as stream:
+    """A component's stream; the objects of a mirror run: its directory as a tar (state.json
+    names each file's bucket and key)."""
+    filename = FILES[name]
+    part = entry["manifest"]["components"].get(name) or {}
+    if name == "objects" and part.get("format") == "mirror":
+        filename = part["mirror_dir"].strip("/")
+    if name == "vectors" and part.get("format") == "dir":
+        filename = part["dir"].strip("/")
+    with restic.dump(entry["snapshots"][name], filename) as stream:
         for chunk in iter(lambda: stream.read(1 << 20), b""):
             out.write(chunk)
     out.flush()
@@ -94,9 +103,12 @@ def restore_objects(cfg: Config, restic: Restic, entry: dict[str, Any], force: b
     busy = objects.non_empty(mc, sorted(expected["buckets"]))
     if busy and not force:
         raise RestoreError(f"buckets already hold objects: {busy} (use --force to restore over them)", "non-empty")
-    with restic.dump(entry["snapshots"]["objects"], FILES["objects"]) as stream:
-        put = objects.restore(mc, stream, expected)
-    checks = objects.verify(mc, expected)
+    if expected.get("format") == "mirror":
+        put = objects.restore_mirror(mc, restic, entry["snapshots"]["objects"], expected, cfg.transfers)
+    else:  # runs made before the mirror: one tar stream
+        with restic.dump(entry["snapshots"]["objects"], FILES["objects"]) as stream:
+            put = objects.restore(mc, stream, expected)
+    checks = objects.verify(mc, expected, cfg.transfers)
     return {"restored": put, "buckets": checks, "ok": all(c["ok"] for c in checks.values())}
 
 
@@ -104,7 +116,21 @@ def restore_vectors(cfg: Config, restic: Restic, entry: dict[str, Any], force: b
     expected = entry["manifest"]["components"]["vectors"]["collections"]
     chroma = vectors.Chroma(cfg.chroma["url"], cfg.chroma.get("tenant", "default_tenant"))
     suffix = f"__pre_restore_{entry['run']}"
-    with restic.dump(entry["snapshots"]["vectors"], FILES["vectors"]) as stream:
+    part = entry["manifest"]["components"]["vectors"]
+
+    @contextlib.contextmanager
+    def lines():
+        """The run's vectors as one JSONL stream: the stream itself, or an export directory's
+        files (a run with the objects mirror) one after another."""
+        if part.get("format") == "dir":
+            files = [e["file"] for e in expected.values()]
+            with restic.dump(entry["snapshots"]["vectors"], part["dir"].strip("/")) as stream:
+                yield vectors.lines_of_dir_tar(stream, files)
+        else:
+            with restic.dump(entry["snapshots"]["vectors"], FILES["vectors"]) as stream:
+                yield stream
+
+    with lines() as stream:
         try:
             put = vectors.restore(chroma, stream, force=force, aside_suffix=suffix)
         except vectors.ChromaError as exc:
@@ -112,7 +138,7 @@ def restore_vectors(cfg: Config, restic: Restic, entry: dict[str, Any], force: b
             raise RestoreError(str(exc), kind) from None
     observed = vectors.observe(chroma, sorted(expected))
     problems = compare_collections(expected, observed)
-    with restic.dump(entry["snapshots"]["vectors"], FILES["vectors"]) as stream:
+    with lines() as stream:
         embeddings = vectors.compare_embeddings(chroma, stream)
     for name, check in sorted(embeddings.items()):
         if check["missing"] or check["over_tolerance"]:

@@ -11,8 +11,12 @@ choice, app/govstack_app/chroma.py).
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
-from collections.abc import Iterator
+import os
+import tarfile
+from collections.abc import Iterable, Iterator
 from typing import IO, Any
 from urllib.parse import quote
 
@@ -160,6 +164,134 @@ def export(chroma: Chroma, out: IO[bytes]) -> dict[str, Any]:
                 "changed_during_export": before != after,
             }
     return result
+
+
+# -- incremental: one JSONL file per collection, re-exported only when it changed ---------------
+DIR_STATE = "state.json"
+
+
+def collection_file(full: str) -> str:
+    return hashlib.sha256(full.encode()).hexdigest() + ".jsonl"
+
+
+def signature(coll: dict[str, Any], count: int, watermark: Any) -> dict[str, Any]:
+    """What must be equal for a collection to count as unchanged since the last export. Chroma
+    (1.x, single node) reports no modification time (its ``log_position`` and ``version`` stay
+    0), so: its id, count, metadata and configuration, plus the app's indexing watermark of it
+    (rows, newest indexed_at and a hash over every row's id/indexed_at/failure, read inside
+    the run's database snapshot). Without a watermark a collection is exported every run."""
+    return {"id": coll["id"], "count": count, "metadata": coll.get("metadata"),
+            "configuration": coll.get("configuration_json"), "dimension": coll.get("dimension"),
+            "watermark": watermark}
+
+
+def export_dir(chroma: Chroma, root: str, watermarks: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Bring ``root`` (one ``<sha256>.jsonl`` per collection, and ``state.json``) up to the
+    collections now; collections whose signature equals the last export's are not read.
+    Each file is written to a temp name and renamed; the state last. Returns the manifest part."""
+    watermarks = watermarks or {}
+    os.makedirs(root, mode=0o700, exist_ok=True)
+    for name in os.listdir(root):
+        if name.endswith(".tmp"):
+            os.unlink(os.path.join(root, name))
+    try:
+        with open(os.path.join(root, DIR_STATE), encoding="utf-8") as fh:
+            previous = json.load(fh).get("collections", {})
+    except (OSError, ValueError):
+        previous = {}
+    api = chroma.version()
+    collections: dict[str, Any] = {}
+    # no_watermark: collections the app does not name (e.g. ones a forced restore set aside),
+    # exported every run.
+    counters = {"exported": 0, "unchanged": 0, "records_read": 0, "no_watermark": 0}
+    for database in chroma.databases():
+        for coll in chroma.collections(database):
+            full = key(database, coll["name"])
+            before = chroma.count(database, coll["id"])
+            sig = signature(coll, before, watermarks.get(full))
+            old = previous.get(full)
+            path = os.path.join(root, collection_file(full))
+            if (old is not None and sig["watermark"] is not None and old.get("signature") == sig
+                    and not old.get("changed_during_export") and _size_of(path) == old.get("file_bytes")):
+                collections[full] = old
+                counters["unchanged"] += 1
+                continue
+            if sig["watermark"] is None:
+                counters["no_watermark"] += 1
+            entry = _export_collection(chroma, database, coll, path, api)
+            after = chroma.count(database, coll["id"])
+            counters["exported"] += 1
+            counters["records_read"] += entry["count"]
+            # Written to during the export: the count may not match the DB snapshot exactly, and
+            # the next run exports it again.
+            collections[full] = {**entry, "signature": sig, "changed_during_export": before != after}
+    state = {"format": 1, "chroma_api_version": api, "collections": dict(sorted(collections.items()))}
+    _write_atomic(os.path.join(root, DIR_STATE), (json.dumps(state, sort_keys=True) + "\n").encode())
+    keep = {collection_file(full) for full in collections} | {DIR_STATE}
+    for name in os.listdir(root):
+        if name not in keep:
+            os.unlink(os.path.join(root, name))
+    return {"format": "dir", "dir": root, "chroma_api_version": api, "counters": counters,
+            "collections": {full: {k: e[k] for k in ("count", "digest", "dimension", "metadata",
+                                                      "changed_during_export", "file")}
+                            for full, e in state["collections"].items()}}
+
+
+def _size_of(path: str) -> int | None:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return None
+
+
+def _export_collection(chroma: Chroma, database: str, coll: dict[str, Any], path: str, api: str) -> dict[str, Any]:
+    tmp = path + ".tmp"
+    digest = CollectionDigest()
+    with open(tmp, "wb") as out:
+        out.write((json.dumps({"type": "export", "format": 1, "tenant": chroma.tenant,
+                               "chroma_api_version": api}, sort_keys=True) + "\n").encode())
+        header = {"type": "collection", "database": database, "name": coll["name"],
+                  "metadata": coll.get("metadata"), "configuration": coll.get("configuration_json"),
+                  "dimension": coll.get("dimension")}
+        out.write((json.dumps(header, sort_keys=True) + "\n").encode())
+        for rec in chroma.records(database, coll["id"]):
+            digest.add(rec["id"], rec["embedding"], rec["metadata"], rec["document"])
+            line = {"type": "record", "database": database, "collection": coll["name"], **rec}
+            out.write((json.dumps(line, separators=(",", ":"), ensure_ascii=False) + "\n").encode())
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)
+    return {"count": digest.count, "digest": digest.hexdigest(), "dimension": coll.get("dimension"),
+            "metadata": coll.get("metadata"), "file": os.path.basename(path), "file_bytes": _size_of(path)}
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    with contextlib.suppress(OSError), open(path, "rb") as fh:
+        if fh.read() == data:  # unchanged: left alone, so restic finds it unmodified too
+            return
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def lines_of_dir_tar(stream: IO[bytes], files: Iterable[str]) -> Iterator[bytes]:
+    """The JSONL lines of a ``restic dump`` tar of an export directory, in the order of
+    ``files`` (the manifest's): one stream, as :func:`restore` and :func:`compare_embeddings`
+    read it. Files the manifest does not name are skipped."""
+    wanted = set(files)
+    with tarfile.open(fileobj=stream, mode="r|") as tar:
+        for member in tar:
+            name = os.path.basename(member.name)
+            if not member.isfile() or name not in wanted:
+                continue
+            body = tar.extractfile(member)
+            assert body is not None
+            with contextlib.closing(body):
+                yield from body
 
 
 def observe(chroma: Chroma, names: list[str]) -> dict[str, dict[str, Any]]:

@@ -1,0 +1,104 @@
+# ruff: noqa: F811  (pytest fixtures are imported from backup_support and used as arguments)
+"""Incremental backups: a run after a change reads from S3 only the changed object and
+from Chroma only the changed collection; an unchanged object is not read again, as the
+job's own counters, restic's and SeaweedFS' S3 request metrics all show (not timing)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import subprocess
+
+from govstack.catalog import SERVICES
+from tests.e2e.backup_support import (  # noqa: F401 - fixtures
+    admin,
+    cli_json,
+    in_test_stack,
+    job,
+    running_ids,
+    seeded,
+)
+from tests.e2e.test_app_support import samples, wait_indexed
+
+KEEP, CHANGE = "incr-keep-test", "incr-change-test"
+
+
+def s3_gets(stack, bucket: str) -> int:
+    """SeaweedFS' own count of S3 object GETs in ``bucket`` (its Prometheus endpoint, read
+    inside its container; listings count as type LIST)."""
+    seaweedfs = running_ids(stack, stack.settings.project)["seaweedfs"]
+    port = SERVICES["seaweedfs"].metrics.port
+    text = subprocess.run(["docker", "exec", seaweedfs, "busybox", "wget", "-q", "-O", "-",
+                           f"http://127.0.0.1:{port}/metrics"], capture_output=True, text=True, check=True,
+                          timeout=30).stdout
+    total = 0
+    for line in text.splitlines():
+        if line.startswith("SeaweedFS_s3_request_total{") and f'bucket="{bucket}"' in line and 'type="GET"' in line:
+            total += int(float(line.rsplit(" ", 1)[1]))
+    return total
+
+
+def put(s3, bucket: str, key: str, data: bytes) -> None:
+    s3.put_object(bucket, key, io.BytesIO(data), len(data))
+
+
+def test_a_changed_object_is_read_and_an_unchanged_one_is_not(stack, admin, seeded):
+    in_test_stack(stack)
+    s3 = stack.s3()
+    for bucket in (KEEP, CHANGE):
+        if not s3.bucket_exists(bucket):
+            s3.make_bucket(bucket)
+    keep = os.urandom(256 * 1024)
+    put(s3, KEEP, "unchanged/odd key ü #%.bin", keep)
+    put(s3, KEEP, "zero-byte", b"")
+    put(s3, CHANGE, "doc.bin", b"version 1")
+    try:
+        first = cli_json(stack, "backup")
+        assert first["ok"] and first["objects"]["counters"]["listed"] >= 3
+
+        # Nothing changed: nothing read from S3, nothing new for restic, no collection exported.
+        before = s3_gets(stack, KEEP), s3_gets(stack, CHANGE)
+        again = cli_json(stack, "backup")
+        oc, orc, vc = again["objects"]["counters"], again["objects"]["restic"], again["vectors"]["counters"]
+        assert oc["fetched"] == 0 and oc["unchanged"] == oc["listed"] == first["objects"]["counters"]["listed"]
+        assert orc["files_new"] == orc["files_changed"] == 0 and orc["files_unmodified"] >= 3
+        # (Collections the app does not name, e.g. ones an earlier forced restore set aside, are
+        # exported every run.)
+        assert vc["exported"] == vc["no_watermark"] and vc["unchanged"] >= 1, vc
+        assert (s3_gets(stack, KEEP), s3_gets(stack, CHANGE)) == before
+
+        # One object rewritten, one document indexed into the seeded collection.
+        put(s3, CHANGE, "doc.bin", b"version 2, longer")
+        name, data = samples.topic_document(next(iter(samples.TOPICS)), salt="incremental")
+        r = admin.upload(seeded["collection"], name, data)
+        assert r.status_code in (200, 201), r.text
+        wait_indexed(stack, [r.json()["id"]])
+        keep_before = s3_gets(stack, KEEP)
+        change_before = s3_gets(stack, CHANGE)
+        third = cli_json(stack, "backup")
+        oc, orc, vc = third["objects"]["counters"], third["objects"]["restic"], third["vectors"]["counters"]
+        # Of the objects there before, exactly one (the rewritten) was read again; the rest are
+        # the new document's.
+        assert oc["unchanged"] == again["objects"]["counters"]["listed"] - 1, oc
+        assert oc["fetched"] == oc["listed"] - oc["unchanged"] >= 2, oc
+        # restic: the rewritten object and the state file changed, the new document's objects are new.
+        assert orc["files_changed"] == 2 and orc["files_new"] == oc["fetched"] - 1, orc
+        # Only the collection the document went into.
+        assert vc["exported"] - vc["no_watermark"] == 1, vc
+        assert vc["unchanged"] == again["vectors"]["counters"]["unchanged"] - 1, vc
+        assert s3_gets(stack, KEEP) == keep_before
+        assert s3_gets(stack, CHANGE) == change_before + 1
+
+        # The run's manifest carries the new sha256 and the unchanged one forward.
+        manifest = job(stack, "manifest", third["run"])["manifest"]
+        objs = manifest["components"]["objects"]["buckets"]
+        assert objs[CHANGE]["objects"]["doc.bin"]["sha256"] == hashlib.sha256(b"version 2, longer").hexdigest()
+        assert objs[KEEP]["objects"]["unchanged/odd key ü #%.bin"]["sha256"] == hashlib.sha256(keep).hexdigest()
+        assert objs[KEEP]["objects"]["zero-byte"]["size"] == 0
+    finally:
+        for bucket in (KEEP, CHANGE):
+            if s3.bucket_exists(bucket):
+                for obj in s3.list_objects(bucket, recursive=True):
+                    s3.remove_object(bucket, obj.object_name)
+                s3.remove_bucket(bucket)
