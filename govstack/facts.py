@@ -10,7 +10,7 @@ import json
 
 from pyinfra.api import FactBase
 
-from govstack.commands import compose, compose_exec, last_json, login_probe, psql, q
+from govstack.commands import compose, compose_exec, last_json, login_probe, psql, q, service_exec
 from govstack.tuning import HostResources
 
 
@@ -129,23 +129,61 @@ class ImageLabels(FactBase):
         return found
 
 
+def image_reference(name: str) -> str:
+    """``name`` as the engine lists it among an image's RepoTags: without the
+    default registry and ``library/``, with ``:latest`` when it names no tag."""
+    for prefix in ("docker.io/library/", "docker.io/", "index.docker.io/library/", "index.docker.io/"):
+        if name.startswith(prefix):
+            name = name[len(prefix):]
+            break
+    if "@" not in name and ":" not in name.rsplit("/", 1)[-1]:
+        name += ":latest"
+    return name
+
+
+class ImageRefs(dict):
+    """Image reference -> local image id; a reference that is absent, or
+    spelled as the engine does not list it, reads as None (``[ref]`` too)."""
+
+    def __missing__(self, name: str):
+        normal = image_reference(name)
+        return dict.get(self, normal) if normal != name else None
+
+    def get(self, name, default=None):
+        value = self[name]
+        return default if value is None else value
+
+
 class ImageIds(FactBase):
-    """Image reference -> local image id (sha256:…), None when absent."""
+    """Image reference -> local image id (sha256:…), None when absent: every
+    reference in one ``docker image inspect`` (a per-image command each cost
+    an engine round trip on every no-op deploy)."""
 
     def command(self, images: tuple[str, ...]) -> str:
-        parts = [
-            f"printf '%s ' {q(image)}; "
-            f"docker image inspect --format '{{{{.Id}}}}' {q(image)} 2>/dev/null || echo -"
-            for image in images
-        ]
-        return "; ".join(parts) or "true"
+        if not images:
+            return "true"
+        fmt = "{{.Id}}\t{{json .RepoTags}}\t{{json .RepoDigests}}"
+        return f"docker image inspect --format {q(fmt)} {' '.join(q(image) for image in images)} 2>/dev/null || true"
 
-    def process(self, output) -> dict:
-        result = {}
+    def process(self, output) -> ImageRefs:
+        found = ImageRefs()
         for line in output:
-            name, _, image_id = line.strip().partition(" ")
-            result[name] = None if image_id in ("", "-") else image_id
-        return result
+            image_id, _, rest = line.strip().partition("\t")
+            tags, _, digests = rest.partition("\t")
+            for names in (tags, digests):
+                try:
+                    for name in json.loads(names) or ():
+                        found[name] = image_id
+                except ValueError:
+                    continue
+        return found
+
+    def default(self) -> ImageRefs:
+        return ImageRefs()
+
+
+# docker inspect's State.Health.Status, as `docker ps` words it in its Status column.
+_HEALTH = {"": None, "healthy": "healthy", "unhealthy": "unhealthy", "starting": "health: starting"}
 
 
 class ComposeProject(FactBase):
@@ -154,22 +192,24 @@ class ComposeProject(FactBase):
     Returns ``{"desired": {service: config_hash}, "containers": [...]}`` where
     ``desired`` is what the rendered compose file asks for (``compose config
     --hash``) and each container carries its service, state, health,
-    config-hash label and image id. ``desired`` is None when the compose file
-    is missing or invalid.
+    config-hash label, image (as created) and the id of the image it was made
+    from: one ``docker inspect`` over all of the project's containers.
+    ``desired`` is None when the compose file is missing or invalid.
     """
 
     def command(self, project: str, compose_file: str) -> str:
         fmt = (
-            '{{.Label "com.docker.compose.service"}}\t{{.State}}\t{{.Status}}\t'
-            '{{.Label "com.docker.compose.config-hash"}}\t{{.Image}}\t{{.ID}}'
+            '{{index .Config.Labels "com.docker.compose.service"}}\t{{.State.Status}}\t'
+            "{{if .State.Health}}{{.State.Health.Status}}{{end}}\t"
+            '{{index .Config.Labels "com.docker.compose.config-hash"}}\t{{.Config.Image}}\t{{.Id}}\t{{.Image}}'
         )
         return (
             f"echo '#desired'; "
             f"{compose(project, 'config', '--hash', '*', files=compose_file)} 2>/dev/null "
             "|| echo __invalid__; "
             "echo '#containers'; "
-            f"docker ps -a --no-trunc --filter label=com.docker.compose.project={q(project)} "
-            f"--format {q(fmt)} 2>/dev/null || true"
+            f"ids=$(docker ps -aq --no-trunc --filter label=com.docker.compose.project={q(project)} 2>/dev/null); "
+            f'[ -z "$ids" ] || docker inspect --format {q(fmt)} $ids 2>/dev/null; true'
         )
 
     def process(self, output) -> dict:
@@ -190,20 +230,17 @@ class ComposeProject(FactBase):
                     service, _, config_hash = line.strip().partition(" ")
                     desired[service] = config_hash.strip()
             elif section == "#containers":
-                service, state, status, config_hash, image, container_id = (line.split("\t") + [""] * 6)[:6]
-                health = None
-                for word in ("healthy", "unhealthy", "health: starting"):
-                    if f"({word})" in status:
-                        health = word
-                        break
+                fields = [("" if field == "<no value>" else field) for field in (line.split("\t") + [""] * 7)[:7]]
+                service, state, health, config_hash, image, container_id, image_id = fields
                 containers.append(
                     {
                         "service": service,
                         "state": state,
-                        "health": health,
+                        "health": _HEALTH.get(health, health),
                         "config_hash": config_hash,
                         "image": image,
                         "id": container_id,
+                        "image_id": image_id,
                     }
                 )
         return {"desired": desired, "containers": containers}
@@ -320,7 +357,7 @@ class PostgresLogin(FactBase):
     def command(self, project: str, compose_file: str, role: str, database: str, password_file: str,
                 member_of: tuple[str, ...] = ()) -> str:
         probe = login_probe(role, database, member_of=member_of)
-        in_postgres = compose_exec(project, compose_file, "postgres", "sh", "-c", probe)
+        in_postgres = service_exec(project, "postgres", "sh", "-c", probe)
         return f"{in_postgres} < {q(password_file)} 2>/dev/null || true"
 
     def process(self, output) -> bool:
@@ -386,7 +423,7 @@ class PostgresOwnership(FactBase):
     the superuser sees them; None when Postgres does not answer."""
 
     def command(self, project: str, compose_file: str, database: str, query: str) -> str:
-        in_postgres = compose_exec(project, compose_file, "postgres", *psql(database, rows=True), "-c", query)
+        in_postgres = service_exec(project, "postgres", *psql(database, rows=True), "-c", query)
         return f"{in_postgres} 2>/dev/null || true"
 
     def process(self, output):

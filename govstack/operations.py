@@ -27,7 +27,6 @@ from govstack.facts import (
     AppSchemaPending,
     CertificateState,
     ComposeProject,
-    ContainerImageIds,
     DockerEngine,
     FilesDigest,
     ImageIds,
@@ -192,9 +191,6 @@ def compose_project_up(
     reasons = []
     containers = {c["service"]: c for c in state["containers"]}
     image_ids = host.get_fact(ImageIds, images=tuple(sorted(set(service_images.values()))))
-    container_images = host.get_fact(
-        ContainerImageIds, container_ids=tuple(sorted(c["id"] for c in containers.values()))
-    )
     for service, config_hash in sorted(desired.items()):
         container = containers.get(service)
         if container is None:
@@ -205,9 +201,7 @@ def compose_project_up(
             reasons.append(f"{service}: {container['health']}")
         elif container["config_hash"] != config_hash:
             reasons.append(f"{service}: definition changed")
-        elif service in service_images and container_images.get(container["id"]) != image_ids.get(
-            service_images[service]
-        ):
+        elif service in service_images and container["image_id"] != image_ids.get(service_images[service]):
             reasons.append(f"{service}: image rebuilt")
     orphans = sorted(set(containers) - set(desired))
     reasons.extend(f"{service}: orphaned" for service in orphans)

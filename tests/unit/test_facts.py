@@ -5,6 +5,7 @@ from govstack.facts import (
     ComposeProject,
     DockerAppArmor,
     HostResourcesFact,
+    ImageIds,
     ImageLabel,
     ImageLabels,
     PathState,
@@ -36,17 +37,29 @@ def test_compose_project_state():
         "postgres abc",
         "nginx def",
         "#containers",
-        "postgres\trunning\tUp 2 minutes (healthy)\tabc\tgovstack/postgres:15\tid1",
-        "nginx\texited\tExited (1) 3 seconds ago\tdef\tgovstack/nginx:1.22\tid2",
+        "postgres\trunning\thealthy\tabc\tgovstack/postgres:15\tid1\tsha256:i1",
+        "nginx\texited\t\tdef\tgovstack/nginx:1.22\tid2\tsha256:i2",
+        "api\trunning\tstarting\t<no value>\tgovstack/app:v1\tid3\tsha256:i3",
     ]
     state = ComposeProject().process(output)
     assert state["desired"] == {"postgres": "abc", "nginx": "def"}
     assert state["containers"][0] == {
         "service": "postgres", "state": "running", "health": "healthy", "config_hash": "abc",
-        "image": "govstack/postgres:15", "id": "id1",
+        "image": "govstack/postgres:15", "id": "id1", "image_id": "sha256:i1",
     }
     assert state["containers"][1]["health"] is None
+    assert (state["containers"][2]["health"], state["containers"][2]["config_hash"]) == ("health: starting", "")
     assert ComposeProject().process(["#desired", "__invalid__", "#containers"])["desired"] is None
+
+
+def test_image_ids_of_many_images_in_one_answer():
+    ids = ImageIds().process(['sha256:a\t["govstack/app:v1","postgres:15"]\t[]\n',
+                              'sha256:b\t[]\t["nginx@sha256:fff"]\n', "Error: No such image: gone:1\n"])
+    assert ids["govstack/app:v1"] == "sha256:a"
+    assert ids["docker.io/library/postgres:15"] == ids.get("postgres:15") == "sha256:a"
+    assert ids["nginx@sha256:fff"] == "sha256:b"
+    assert ids["gone:1"] is None and ids.get("govstack/app:v2") is None
+    assert ImageIds().command(()) == "true"
 
 
 def test_image_label_absent_unset_and_set():
