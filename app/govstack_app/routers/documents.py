@@ -17,6 +17,8 @@ from .deps import CollectionReaderKey, CollectionWriterKey, client_ip, services,
 
 router = APIRouter(prefix="/api/v1/collections/{collection}/documents", tags=["documents"])
 
+PG_BIGINT_MAX = 2**63 - 1
+
 
 @router.post(
     "",
@@ -99,7 +101,8 @@ def list_docs(
     collection: CollectionPath,
     principal: CollectionReaderKey,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    # OFFSET is a Postgres bigint: a larger number is the client's error (422), not the database's (500).
+    offset: Annotated[int, Query(ge=0, le=PG_BIGINT_MAX)] = 0,
 ) -> dict[str, Any]:
     return documents.list_documents(services(request).pool, collection, limit, offset)
 

@@ -187,3 +187,15 @@ def test_seed_metric_names_exist() -> None:
         "govstack_unindexed_documents",
     ):
         assert f"# TYPE {name.removesuffix('_total')}" in text, name
+
+
+def test_paging_parameters_are_bounded_by_what_postgres_accepts(app) -> None:  # noqa: ANN001
+    # Found by schemathesis through the edge: ?offset=32589158477190044730 reached Postgres' OFFSET
+    # (a bigint) and answered 500. The schema bounds it, so FastAPI answers 422 before any query.
+    from govstack_app.routers.documents import PG_BIGINT_MAX
+
+    params = {p["name"]: p["schema"] for p in
+              app.openapi()["paths"]["/api/v1/collections/{collection}/documents"]["get"]["parameters"]}
+    assert params["offset"]["maximum"] == PG_BIGINT_MAX == 2**63 - 1
+    assert params["offset"]["minimum"] == 0
+    assert params["limit"]["maximum"] == 500
