@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.support import durations
 
@@ -34,6 +35,21 @@ def compose_config(compose_binary: str, compose_file: Path, *args: str) -> subpr
         text=True,
         env={**os.environ, "DOCKER_HOST": "unix:///nonexistent.sock"},
     )
+
+
+def rendered_compose_services(plan, stack_root: Path, compose_binary: str) -> dict:
+    """The plan's Compose file, rendered under stack_root with stand-in secrets and resolved by
+    `compose config`: what Compose itself makes of each service."""
+    from govstack.render import render_compose
+
+    (stack_root / "secrets").mkdir(exist_ok=True)
+    for name in plan.compose_secrets:
+        (stack_root / "secrets" / name).write_text("x" * 20)
+    path = stack_root / "docker-compose.yml"
+    path.write_text(render_compose(plan))
+    result = compose_config(compose_binary, path, "--format", "yaml")
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load(result.stdout)["services"]
 
 
 @pytest.fixture(scope="session")

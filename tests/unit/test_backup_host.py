@@ -9,7 +9,6 @@ import re
 from datetime import datetime
 
 import pytest
-import yaml
 
 from govstack.backup import evidence
 from govstack.backup import plan as backup_plan
@@ -21,7 +20,7 @@ from govstack.settings import SettingsError, build_settings
 from govstack.settings import cron as schedule
 from govstack.settings.backup import BackupSettings
 from govstack.tuning import HostResources
-from tests.conftest import compose_config
+from tests.conftest import rendered_compose_services
 
 HOST = HostResources(memory_mb=24 * 1024, cpus=2)
 OFFSITE = {"endpoint": "https://s3.example.org:9000", "bucket": "gov-backups", "prefix": "site-a"}
@@ -122,14 +121,7 @@ def compose(request, tmp_path, compose_binary):
     extra = {**extra, "backup": {"enabled": True, **extra.get("backup", {})}}
     plan = StackPlan(build_settings([{"stack_root": str(tmp_path), "images": {"lane": lane}, **extra}], environ={}),
                      HOST)
-    (tmp_path / "secrets").mkdir()
-    for name in plan.compose_secrets:
-        (tmp_path / "secrets" / name).write_text("x" * 20)
-    path = tmp_path / "docker-compose.yml"
-    path.write_text(render_compose(plan))
-    result = compose_config(compose_binary, path, "--format", "yaml")
-    assert result.returncode == 0, result.stderr
-    return plan, yaml.safe_load(result.stdout)["services"]["backup"]
+    return plan, rendered_compose_services(plan, tmp_path, compose_binary)["backup"]
 
 
 def test_backup_service_is_unprivileged_limited_and_has_no_docker_socket(compose):

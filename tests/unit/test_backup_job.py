@@ -16,6 +16,8 @@ from govstack_backup import manifest, metrics, objects, vectors
 from govstack_backup.config import ConfigError, load, read_secret
 from govstack_backup.restic import classify
 
+from tests.support.s3_response import S3Response
+
 
 # -- manifest ----------------------------------------------------------------------------------
 def test_table_checksum_folds_postgres_signed_sums_into_64_bits():
@@ -130,19 +132,6 @@ def test_runs_to_forget_takes_whole_runs_and_never_the_newest():
 
 
 # -- objects: the tar stream against an in-memory S3 --------------------------------------------
-class _Resp(io.BytesIO):
-    def __init__(self, data, headers):
-        super().__init__(data)
-        self.headers = headers
-
-    def release_conn(self):
-        pass
-
-    def stream(self, n):
-        while chunk := self.read(n):
-            yield chunk
-
-
 class _Obj:
     def __init__(self, name):
         self.object_name = name
@@ -174,7 +163,7 @@ class FakeMinio:
         headers = {"Content-Length": str(len(body)), "Content-Type": ctype,
                    "Last-Modified": "Mon, 02 Jan 2026 03:04:05 GMT",
                    **{f"x-amz-meta-{k}": v for k, v in meta.items()}}
-        return _Resp(body, headers)
+        return S3Response(body, headers)
 
     def put_object(self, bucket, key, body, length, content_type=None, metadata=None, part_size=None):
         data = body.read(length)

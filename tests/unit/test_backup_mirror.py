@@ -20,6 +20,8 @@ from govstack_backup import mirror, objects
 from govstack_backup.manifest import bucket_digest
 from minio.error import S3Error
 
+from tests.support.s3_response import S3Response
+
 ODD_KEYS = [
     "../escape.txt", "../../../../etc/passwd", "a/../../b", "/leading-slash", "trailing/", "a//b",
     "dir/with space/ü.bin", "q?x=1#frag%20&y", "tab\tand\nnewline", "." , "..", "x" * 1000,
@@ -30,19 +32,6 @@ ODD_KEYS = [
 class _Listed:
     def __init__(self, name, etag, size, modified):
         self.object_name, self.etag, self.size, self.last_modified = name, f'"{etag}"', size, modified
-
-
-class _Resp(io.BytesIO):
-    def __init__(self, data, headers):
-        super().__init__(data)
-        self.headers = headers
-
-    def release_conn(self):
-        pass
-
-    def stream(self, n):
-        while chunk := self.read(n):
-            yield chunk
 
 
 class FakeS3:
@@ -83,7 +72,7 @@ class FakeS3:
         headers = {"Content-Length": str(len(body)), "Content-Type": ctype, "ETag": f'"{etag}"',
                    "Last-Modified": email.utils.format_datetime(modified, usegmt=True),
                    **{f"x-amz-meta-{k}": v for k, v in meta.items()}}
-        return _Resp(body, headers)
+        return S3Response(body, headers)
 
     def put_object(self, bucket, key, body, length, content_type=None, metadata=None, part_size=None):
         data = body.read(length)

@@ -8,7 +8,6 @@ import re
 from datetime import UTC, datetime
 
 import pytest
-import yaml
 
 from govstack.backup import pitr
 from govstack.backup import render as backup_render
@@ -16,12 +15,12 @@ from govstack.backup.plan import PITR_SERVICE, pitr_paths
 from govstack.backup.remote import BackupError
 from govstack.monitoring.render import base_backup_stale_hours
 from govstack.plan import StackPlan
-from govstack.render import render_compose, render_postgres_conf
+from govstack.render import render_postgres_conf
 from govstack.settings import SettingsError, build_settings
 from govstack.settings.cron import max_gap_seconds
 from govstack.templating import humanize_duration
 from govstack.tuning import HostResources
-from tests.conftest import compose_config
+from tests.conftest import rendered_compose_services
 
 HOST = HostResources(memory_mb=8 * 1024, cpus=2)
 OFFSITE = {"endpoint": "https://s3.example.org:9000", "bucket": "gov-backups", "prefix": "site-a"}
@@ -113,14 +112,7 @@ def test_the_sidecar_crontab_follows_the_schedules():
 def services(request, tmp_path, compose_binary):
     extra = {"backup": {"offsite": OFFSITE}, "secrets": OFFSITE_KEYS} if request.param else {}
     plan = StackPlan(build_settings([{"stack_root": str(tmp_path), **extra}], environ={}), HOST)
-    (tmp_path / "secrets").mkdir()
-    for name in plan.compose_secrets:
-        (tmp_path / "secrets" / name).write_text("x" * 20)
-    path = tmp_path / "docker-compose.yml"
-    path.write_text(render_compose(plan))
-    result = compose_config(compose_binary, path, "--format", "yaml")
-    assert result.returncode == 0, result.stderr
-    return plan, yaml.safe_load(result.stdout)["services"]
+    return plan, rendered_compose_services(plan, tmp_path, compose_binary)
 
 
 def test_the_sidecar_runs_as_postgres_reads_its_data_read_only_and_gets_only_its_secrets(services):
