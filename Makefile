@@ -55,7 +55,7 @@ engine: venv
 test-quick: venv
 	$(BIN)/ruff check govstack deploys inventories tests bench app jobs
 	$(BIN)/lint-imports --no-cache
-	$(PYTEST) -q tests/unit
+	$(PYTEST) -q -n 3 tests/unit
 
 ## The offline images, built once on this engine before the stacks that run
 ## them deploy at the same time (a no-op when they are current).

@@ -41,6 +41,9 @@ class DurationRecorder:
 def register(config: pytest.Config) -> None:
     """Called from tests/conftest.py's pytest_configure."""
     target = os.environ.get(ENV)
+    # Under pytest-xdist the controller receives every worker's reports: only it records.
+    if hasattr(config, "workerinput"):
+        return
     if target and not config.pluginmanager.has_plugin("govstack-durations"):
         config.pluginmanager.register(DurationRecorder(Path(target)), "govstack-durations")
 

@@ -13,6 +13,8 @@ test-fast:
 \t{python} -m pytest -q -p no:cacheprovider -p tests.support.durations fast_test.py
 test-broken:
 \t{python} -m pytest -q -p no:cacheprovider -p tests.support.durations broken_test.py
+test-workers:
+\t{python} -m pytest -q -p no:cacheprovider -p tests.support.durations -n 2 fast_test.py
 test-never:
 \ttouch never-ran
 test-ping:
@@ -92,6 +94,16 @@ def test_tiers_are_timed_and_the_first_failing_one_stops_the_run(tmp_path):
     broken = next(line for line in lines if line.startswith("broken "))
     assert "2 tests, FAILED (exit 2)" in broken
     assert any(line.strip().endswith("broken_test.py::test_breaks  FAILED") for line in lines)
+
+
+def test_a_tier_on_several_workers_records_each_test_once(tmp_path):
+    # The quick tier runs pytest-xdist: the workers load the recorder too, only the controller writes.
+    result = run_tiers(tmp_path, "workers")
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = summary_lines(result)
+    assert "2 tests, passed" in next(line for line in lines if line.startswith("workers "))
+    assert sorted(line.split()[-1] for line in lines if line.strip().endswith(("test_quick", "test_slower"))) == [
+        "fast_test.py::test_quick", "fast_test.py::test_slower"]
 
 
 def test_tiers_joined_by_plus_run_at_the_same_time_each_timed_and_prefixed(tmp_path):
