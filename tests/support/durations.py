@@ -22,20 +22,36 @@ class DurationRecorder:
         self.path = path
         self.seconds: dict[str, float] = defaultdict(float)
         self.failed: set[str] = set()
+        self.reasons: dict[str, str] = {}
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         self.seconds[report.nodeid] += report.duration
         if report.failed:
             self.failed.add(report.nodeid)
+            self.reasons.setdefault(report.nodeid, failure_reason(report))
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         tests = [
-            {"nodeid": nodeid, "seconds": round(seconds, 3), "failed": nodeid in self.failed}
+            {"nodeid": nodeid, "seconds": round(seconds, 3), "failed": nodeid in self.failed,
+             **({"reason": self.reasons[nodeid]} if nodeid in self.reasons else {})}
             for nodeid, seconds in self.seconds.items()
         ]
         # One tier may run pytest more than once: each run appends its own record.
         with self.path.open("a", encoding="utf-8") as out:
             out.write(json.dumps({"exitstatus": int(exitstatus), "tests": tests}) + "\n")
+
+
+REASON_CHARS = 800
+
+
+def failure_reason(report: pytest.TestReport) -> str:
+    """The failing line's message (an assertion's text and its explanation), bounded: what a
+    reader of the run's closing summary needs when the full log is out of reach."""
+    crash = getattr(report.longrepr, "reprcrash", None)
+    text = crash.message if crash is not None else str(report.longrepr)
+    if crash is not None and crash.path:
+        text = f"{Path(crash.path).name}:{crash.lineno}: {text}"
+    return text if len(text) <= REASON_CHARS else text[: REASON_CHARS - 1] + "…"
 
 
 def register(config: pytest.Config) -> None:

@@ -95,6 +95,13 @@ def summary(results: dict[str, tuple[int, float]], timings: Path, wall: float | 
     lines.append(f"{'tiers':<12} {minutes(total):>8}  (sum of the tiers' own times)")
     if wall is not None:
         lines.append(f"{'wall':<12} {minutes(wall):>8}  (start to end; tiers joined by + overlap)")
+    # Last, so a log cut to its tail still says why.
+    failures = [(tier, test) for tier in results for test in read_tests(timings / f"{tier}.jsonl") if test["failed"]]
+    if failures:
+        lines.append("=== failed tests " + "=" * 56)
+        for tier, test in failures:
+            lines.append(f"[{tier}] {test['nodeid']}")
+            lines.extend(f"    {line}" for line in test.get("reason", "(no reason recorded)").splitlines())
     return "\n".join(lines)
 
 

@@ -82,7 +82,8 @@ def test_tiers_are_timed_and_the_first_failing_one_stops_the_run(tmp_path):
     assert result.returncode == 2, result.stdout + result.stderr
     assert not (tmp_path / "never-ran").exists()
     lines = summary_lines(result)
-    assert [line.split()[0] for line in lines[1:] if not line.startswith(" ")] == ["fast", "broken", "tiers", "wall"]
+    assert [line.split()[0] for line in lines[1:] if not line.startswith(" ")] == [
+        "fast", "broken", "tiers", "wall", "===", "[broken]"]
     fast = lines.index(next(line for line in lines if line.startswith("fast ")))
     assert "2 tests, passed" in lines[fast]
     # slowest first, each with its seconds
@@ -94,6 +95,10 @@ def test_tiers_are_timed_and_the_first_failing_one_stops_the_run(tmp_path):
     broken = next(line for line in lines if line.startswith("broken "))
     assert "2 tests, FAILED (exit 2)" in broken
     assert any(line.strip().endswith("broken_test.py::test_breaks  FAILED") for line in lines)
+    # The summary ends with each failed test and why, for a log cut to its tail.
+    failed = lines.index(next(line for line in lines if line.startswith("=== failed tests")))
+    assert lines[failed + 1] == "[broken] broken_test.py::test_breaks"
+    assert lines[failed + 2].strip() == "broken_test.py:5: assert 1 == 2", lines[failed:]
 
 
 def test_a_tier_on_several_workers_records_each_test_once(tmp_path):
