@@ -150,8 +150,11 @@ def s3_identities_set(project: str, compose_file: str, key_files: tuple[tuple[st
     + key_files: (identity name, access key file, secret key file) on the host
 
     The keys go from the files through printf (a builtin) into the container's
-    stdin; its entrypoint writes them as the gateway's identities and signals
-    it to reload them (templates/images/seaweedfs/seaweedfs-entrypoint).
+    stdin; its entrypoint writes them as the gateway's identities, signals it
+    to reload them and returns once the gateway answers with exactly these
+    access keys (templates/images/seaweedfs/seaweedfs-entrypoint): weed's
+    reload is asynchronous and merges by identity name, so the entrypoint
+    also writes every name left out without credentials.
     """
     lines = "; ".join(
         f"printf '%s %s %s\\n' {q(name)} \"$(cat {q(access)})\" \"$(cat {q(secret)})\""
