@@ -128,6 +128,14 @@ class ConfigPaths:
     def backup_dir(self) -> str:
         return self.service_dir("backup")
 
+    @property
+    def rsyslog_dir(self) -> str:
+        return self.service_dir("rsyslog")
+
+    @property
+    def rsyslog_conf(self) -> str:
+        return f"{self.rsyslog_dir}/rsyslog.conf"
+
 
 @dataclass(frozen=True)
 class StackPaths:
@@ -225,6 +233,11 @@ class StackPaths:
         """Where releases used to leave a plain pg_dump before their migrations
         (nothing writes there since those copies go to restic; old files stay)."""
         return f"{self.root}/backups/pre-deploy"
+
+    @property
+    def logs_dir(self) -> str:
+        """Container logs kept for auditors: <service>/<YYYY-MM-DD>.jsonl.gz (rsyslog writes them)."""
+        return f"{self.root}/logs"
 
     @property
     def reports_dir(self) -> str:
