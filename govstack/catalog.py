@@ -198,6 +198,9 @@ class BackupContainerPaths:
     crontab: str = "/etc/govstack-backup/crontab"
     metrics_dir: str = "/metrics"
     metrics_file: str = "/metrics/backup.prom"
+    # The host's state directory, read-only: the deploy ledger goes into each run.
+    state_dir: str = "/state"
+    ledger_file: str = "/state/ledger.jsonl"
 
 
 # The backup job's secrets.

@@ -55,6 +55,7 @@ def job_config(plan: StackPlan) -> dict[str, Any]:
         "metrics_file": c.metrics_file,
         "schedule_file": c.crontab,
         "object_refs": b.object_refs,
+        "ledger_file": c.ledger_file,
         "offsite": None,
     }
     if b.offsite is not None:

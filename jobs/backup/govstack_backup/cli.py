@@ -43,7 +43,8 @@ def _parser() -> argparse.ArgumentParser:
             cmd.add_argument("--database", required=True)
     dump = sub.add_parser("dump", help="a run's component stream to stdout")
     dump.add_argument("run")
-    dump.add_argument("component", choices=("postgres", "postgres_globals", "objects", "vectors", "manifest"))
+    dump.add_argument("component", choices=("postgres", "postgres_globals", "objects", "vectors", "ledger",
+                                               "manifest"))
     dump.add_argument("--from", dest="source", choices=("local", "offsite"), default="local")
     return p
 

@@ -43,6 +43,8 @@ class Config:
     object_refs: str | None = None  # "table.column" naming object keys, for the consistency check
     keep_pre_deploy: int = 5  # pre-deploy copies of Postgres kept by the scheduled runs' retention
     offsite: Offsite | None = None
+    # The host's deploy ledger (read-only), kept in each run beside the database.
+    ledger_file: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
