@@ -10,6 +10,7 @@ from pyinfra.operations import files
 
 from govstack.facts import ImageLabel
 from govstack.images import APP_DB_ROLES_LABEL
+from govstack.ledger import LEDGER_READER_GID
 from govstack.operations import (
     app_color_idle,
     app_schema_current,
@@ -133,7 +134,8 @@ def stop_idle_color(plan: StackPlan):
 def record_first_release(plan: StackPlan):
     """Written once; blue/green deploys and rollbacks own it afterwards."""
     s = plan.settings
-    path_owned(name="State directory", path=s.paths.state_dir, uid=0, gid=0, mode="700")
+    # The backup job's group may enter it to read the ledger (govstack.ledger); nothing else there is its.
+    path_owned(name="State directory", path=s.paths.state_dir, uid=0, gid=LEDGER_READER_GID, mode="710")
     if plan.recorded_release is None:
         files.put(
             name=f"First release: {plan.release.color} {plan.release.version}",

@@ -38,6 +38,9 @@ def create_stack_directories(plan: StackPlan):
     for sub in ("postgres", "nginx", "seaweedfs"):
         path_owned(name=f"Config of {sub}", path=s.paths.config.service_dir(sub), uid=0, gid=0, mode="755")
     path_owned(name="TLS directory", path=s.paths.config.edge_tls_dir, uid=0, gid=0, mode="755")
+    if "rsyslog" in plan.services:
+        # Container logs kept for auditors: root's (rsyslog writes them), no one else reads them.
+        path_owned(name="Logs directory", path=s.paths.logs_dir, uid=0, gid=0, mode="750")
 
 
 @deploy("Secrets")

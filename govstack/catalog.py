@@ -178,6 +178,16 @@ def backup_image(settings: Settings) -> OfflineImage:
     )
 
 
+def rsyslog_image(settings: Settings) -> OfflineImage:
+    """rsyslog, Debian's package, built on the host in both lanes (there is no
+    official image): on the debootstrap base offline, on Debian's slim image
+    upstream."""
+    offline = settings.images.lane == "offline"
+    build_args = {} if offline else {"BASE_IMAGE": f"debian:{settings.images.debian_suite}-slim"}
+    return versioned("rsyslog", "rsyslog", "8.2302", IMAGE_TEMPLATES / "rsyslog", "RSYSLOG_VERSION",
+                     build_args=build_args, from_base=offline)
+
+
 @dataclass(frozen=True)
 class BackupContainerPaths:
     """Where the backup job's image expects its mounts."""
@@ -190,6 +200,9 @@ class BackupContainerPaths:
     crontab: str = "/etc/govstack-backup/crontab"
     metrics_dir: str = "/metrics"
     metrics_file: str = "/metrics/backup.prom"
+    # The host's state directory, read-only: the deploy ledger goes into each run.
+    state_dir: str = "/state"
+    ledger_file: str = "/state/ledger.jsonl"
 
 
 # The backup job's secrets.
@@ -309,6 +322,12 @@ _RECORDS = (
     # data directory read-only and connects over Postgres' socket).
     Service(PITR_SERVICE, "data", "data", POSTGRES_UID, offline=backup_image,
             enabled=lambda s: s.pitr_enabled, init=True, job=True),
+    # Every host keeps its containers' logs as daily files (logs.retention_days).
+    # Root, because the engine's json-file logs are root's (0640 in 0710
+    # directories); it keeps only CAP_DAC_READ_SEARCH and has no network.
+    # Its data directory holds rsyslog's read positions.
+    Service("rsyslog", "monitoring", None, 0, offline=rsyslog_image,
+            enabled=lambda s: s.logs.enabled, init=True, data_dir=True, job=True),
     # The app colors: their own Compose projects (templates/compose/app.yml.j2).
     # Prometheus scrapes the API's /metrics (file_sd lists of the running colors).
     Service("app", "app", "app", SERVICE_UID, {"": 8000}, init=True, own_project=True,

@@ -26,9 +26,14 @@ import shlex
 from datetime import UTC, datetime
 from typing import Any
 
+from govstack.catalog import SERVICES
 from govstack.inventory import InventoryHost
 from govstack.remote import testinfra_host
 from govstack.who import identity, operator
+
+# The backup job backs the ledger up (it mounts the state directory read-only):
+# its group may enter the directory and read the ledger, and nothing else there.
+LEDGER_READER_GID = SERVICES["backup"].uid
 
 __all__ = ["operator", "append_ledger", "record_reveal", "append_outcome", "read_ledger", "read_release",
            "begin_attempt", "end_attempt",
@@ -51,18 +56,21 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _write(entry: InventoryHost, path: str, line: str, append: bool) -> None:
+def _write(entry: InventoryHost, path: str, line: str, append: bool, backup_reads: bool = False) -> None:
     target = testinfra_host(entry.name, entry.data)
     quoted = shlex.quote(path)
-    result = target.run(f"mkdir -p {shlex.quote(state_dir(entry))} && umask 077 && "
-                        f"printf '%s\\n' {shlex.quote(line)} {'>>' if append else '>'} {quoted} && chmod 600 {quoted}")
+    directory = shlex.quote(state_dir(entry))
+    mode = (f"chgrp {LEDGER_READER_GID} {directory} {quoted} && chmod 710 {directory} && chmod 640 {quoted}"
+            if backup_reads else f"chmod 600 {quoted}")
+    result = target.run(f"mkdir -p {directory} && umask 077 && "
+                        f"printf '%s\\n' {shlex.quote(line)} {'>>' if append else '>'} {quoted} && {mode}")
     if result.rc != 0:
         raise RuntimeError(f"{entry.name}: cannot write {path}: {result.stderr.strip()[-300:]}")
 
 
 def append_ledger(entry: InventoryHost, record: dict[str, Any]) -> None:
     line = json.dumps({"time": _now(), "operator": operator(), **identity(), **record}, sort_keys=True)
-    _write(entry, ledger_path(entry), line, append=True)
+    _write(entry, ledger_path(entry), line, append=True, backup_reads=True)
 
 
 # Outcome lines this process wrote: govstack.lock.command_lock writes a command's

@@ -88,7 +88,8 @@ def holder_script(entry: InventoryHost, holder: Holder, wait_s: float) -> str:
     state, lock, record = (shlex.quote(path) for path in lock_paths(entry))
     show = f"$(tr -d '\\n' < {record} 2>/dev/null)"
     return (
-        f"umask 077; mkdir -p {state} && chmod 700 {state} && exec 9>>{lock} || exit 4; "
+        # 0710: the backup job's group enters it to read the ledger alone (govstack.ledger).
+        f"umask 077; mkdir -p {state} && chmod 710 {state} && exec 9>>{lock} || exit 4; "
         f"if ! flock -n 9; then echo \"busy {show}\"; "
         f"flock -w {max(wait_s, 0):.1f} 9 || {{ echo \"timeout {show}\"; exit 3; }}; fi; "
         f"printf '%s\\n' {shlex.quote(json.dumps(asdict(holder)))} > {record}.new && mv -f {record}.new {record}; "

@@ -11,7 +11,7 @@ from functools import cached_property
 
 from govstack import catalog, images
 from govstack.catalog import HOST_PORTS, SERVICES, BackupContainerPaths, PitrContainerPaths
-from govstack.release import Color, Release, first_release
+from govstack.release import COLORS, Color, Release, first_release
 from govstack.roles import ALL_ROLES, Member, Topology
 from govstack.secrets import SECRET_SPECS, host_secret_names
 from govstack.settings import Resources, Settings
@@ -443,6 +443,11 @@ class StackPlan:
 
     def data_path(self, service: str) -> str:
         return self.settings.paths.data_path(service)
+
+    @property
+    def log_projects(self) -> list[str]:
+        """The Compose projects whose containers' logs this host keeps (rsyslog)."""
+        return [self.settings.project, *(self.app_project(color) for color in COLORS)]
 
     # The app: one Compose project per color, on the stack's networks.
     def app_project(self, color: Color) -> str:

@@ -96,6 +96,8 @@ def render_compose(plan: StackPlan, config_files: dict[str, str] | None = None) 
         digests["alertmanager"] = _digest(files[conf.alertmanager_config])
         digests["blackbox"] = _digest(files[conf.blackbox_config])
         digests["postgres_exporter"] = _digest(files[conf.postgres_exporter_queries])
+    if conf.rsyslog_conf in files:
+        digests["rsyslog"] = _digest(files[conf.rsyslog_conf])
     return render("docker-compose.yml.j2", plan, config_digests=digests, monitor_role=MONITOR_ROLE)
 
 
@@ -114,6 +116,10 @@ def render_postgres_conf(plan: StackPlan) -> str:
 
 def render_nginx_conf(plan: StackPlan) -> str:
     return render("nginx/nginx.conf.j2", plan)
+
+
+def render_rsyslog_conf(plan: StackPlan) -> str:
+    return render("rsyslog/rsyslog.conf.j2", plan)
 
 
 def render_daemon_json(plan: StackPlan) -> str:
@@ -151,6 +157,8 @@ def _config_files(plan: StackPlan) -> dict[str, str]:
         # Installed by nginx_config_applied only after `nginx -t` accepts it.
         files[nginx_candidate_path(plan)] = render_nginx_conf(plan)
         files.update(edge_script_files(plan))
+    if "rsyslog" in plan.services:
+        files[s.paths.config.rsyslog_conf] = render_rsyslog_conf(plan)
     return files
 
 

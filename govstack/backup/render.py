@@ -67,6 +67,7 @@ def job_config(plan: StackPlan) -> dict[str, Any]:
         "mirror_min_free_bytes": b.mirror_min_free_mb * 1_000_000,
         "vector_watermark": ({"database": VECTOR_DATABASE, "sql": VECTOR_WATERMARK_SQL}
                              if b.vectors_incremental else None),
+        "ledger_file": c.ledger_file,
         "offsite": None,
         "pitr": {"stanza": stanza(s), "metrics_file": PitrContainerPaths().metrics_file} if s.pitr_enabled else None,
     }

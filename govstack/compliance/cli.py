@@ -1,5 +1,5 @@
 """`govstack audit-retention`, `govstack access-review`, `govstack report
-residency|storage|counts` (registered on the main CLI by govstack/cli.py;
+residency|storage|counts|privacy|logs` (registered on the main CLI by govstack/cli.py;
 ``python -m govstack.compliance`` runs them alone). Every command works
 against any inventory host, local or over SSH."""
 
@@ -30,6 +30,7 @@ from govstack.compliance.ops import (
 )
 from govstack.inventory import InventoryError, InventoryHost, load_inventory
 from govstack.lock import command_lock, lock_wait_option, operator
+from govstack.logs import search as log_search
 from govstack.settings import SettingsError
 
 DEFAULT_INVENTORY = "inventories/local.py"
@@ -213,6 +214,51 @@ def report_counts(inventory: str, host_name: str | None) -> None:
         except ComplianceError as error:
             _fail(str(error))
     click.echo(json.dumps(out if len(out) != 1 else next(iter(out.values())), indent=2, sort_keys=True))
+
+
+@report_group.command("logs")
+@inventory_option
+@host_option
+@click.option("--since", required=True, help="how far back: 30m, 2h, 7d, 1h30m (the kept daily files, UTC)")
+@click.option("--service", "services", multiple=True,
+              help="a Compose service (nginx, api, worker, ...); repeat for several (default: every one)")
+@click.option("--request-id", default=None, help="only the lines of this request (nginx' $request_id, "
+                                                 "the app's X-Request-ID)")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=1000, show_default=True,
+              help="at most this many lines (the newest)")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per line")
+def report_logs(inventory: str, host_name: str | None, since: str, services: tuple[str, ...],
+                request_id: str | None, limit: int, as_json: bool) -> None:
+    """Find lines in the kept container logs (<stack_root>/logs), e.g. one request across nginx, api and worker."""
+    from datetime import UTC, datetime
+
+    try:
+        span = log_search.parse_duration(since)
+        wanted = [log_search.check_service(name) for name in services]
+        rid = log_search.check_request_id(request_id) if request_id is not None else None
+    except log_search.LogSearchError as error:
+        _fail(str(error), 2)
+    now = datetime.now(UTC)
+    start = now - span
+    days = log_search.days_between(start, now)
+    for shell in _shells(inventory, host_name):
+        if not shell.settings.logs.enabled:
+            click.echo(f"govstack: {shell.name}: logs.enabled is false: no container logs are kept", err=True)
+            continue
+        command = log_search.read_command(shell.settings.paths.logs_dir, wanted, days, rid)
+        try:
+            result = shell.sh(command, timeout=600, check=True)
+        except ComplianceError as error:
+            _fail(str(error))
+        found = log_search.search(result.stdout.splitlines(), since=start, services=wanted, request_id=rid)
+        entries = found.entries[-limit:]
+        for entry in entries:
+            record = {"host": shell.name, **entry.as_dict()}
+            click.echo(json.dumps(record, default=str) if as_json else log_search.render(entry))
+        dropped = len(found.entries) - len(entries)
+        click.echo(f"{shell.name}: {len(entries)} lines" + (f" (the newest; {dropped} older not shown)"
+                   if dropped else "") + (f"; {found.skipped} unreadable lines skipped" if found.skipped else ""),
+                   err=True)
 
 
 def register(main_group: click.Group) -> None:

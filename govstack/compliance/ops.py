@@ -235,9 +235,14 @@ def residency_report(entry: InventoryHost, facts: dict[str, Any]) -> dict[str, A
         {"data": "access reviews", "store": "CSV files, mode 0600", "where": s.paths.reports_dir,
          "encrypted_at_rest": disk, "note": ""},
         {"data": "container logs (request ids, client addresses, no document content)", "store": "json-file",
-         "where": "/var/lib/docker/containers", "encrypted_at_rest": disk,
+         "where": s.logs.docker_containers_dir, "encrypted_at_rest": disk,
          "note": f"rotated at {s.engine.log_max_size} x {s.engine.log_max_file}"},
     ]
+    if s.logs.enabled:
+        items.append({"data": "container logs kept for audit (the same lines)",
+                      "store": "gzip JSON lines, one file per service and UTC day, root only (0640 in 0750)",
+                      "where": s.paths.logs_dir, "encrypted_at_rest": disk,
+                      "note": f"kept {s.logs.retention_days} days (logs.retention_days), written by rsyslog"})
     if s.monitoring.enabled:
         items.append({"data": "metrics (no document content)", "store": "Prometheus",
                       "where": plan.data_path("prometheus"), "encrypted_at_rest": disk,

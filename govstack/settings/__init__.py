@@ -26,6 +26,7 @@ from govstack.settings.loading import (
     env_layer,
     settings_for_host,
 )
+from govstack.settings.logs import LogsSettings
 from govstack.settings.model import Settings
 from govstack.settings.monitoring import MonitoringSettings
 from govstack.settings.network import NetworkSettings
@@ -37,7 +38,8 @@ from govstack.settings.resources import Resources
 __all__ = [
     "ALL_ROLES", "ANALYTICS_TEST_PROFILE", "ENV_PREFIX", "INVENTORY_KEY", "NGINX_UID", "POSTGRES_UID", "ROLES",
     "SERVICE_UID", "AnalyticsSettings", "AppSettings", "BackupSettings", "ComplianceSettings", "CostSettings",
-    "EdgeSettings", "EngineSettings", "ImageSettings", "MonitoringSettings", "NetworkSettings", "ObjectStoreSettings",
+    "EdgeSettings", "EngineSettings", "ImageSettings", "LogsSettings", "MonitoringSettings", "NetworkSettings",
+    "ObjectStoreSettings",
     "OffsiteSettings", "PostgresSettings", "Resources", "Section", "Settings", "SettingsError", "StackPaths",
     "build_settings", "deep_merge", "env_layer", "settings_for_host",
 ]

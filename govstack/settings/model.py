@@ -22,6 +22,7 @@ from govstack.settings.cost import CostSettings
 from govstack.settings.edge import EdgeSettings
 from govstack.settings.engine import EngineSettings
 from govstack.settings.images import ImageSettings
+from govstack.settings.logs import LogsSettings
 from govstack.settings.monitoring import MonitoringSettings
 from govstack.settings.network import NetworkSettings
 from govstack.settings.object_store import ObjectStoreSettings
@@ -53,6 +54,7 @@ class Settings(Section):
     monitoring: MonitoringSettings = MonitoringSettings()
     cost: CostSettings = CostSettings()
     compliance: ComplianceSettings = ComplianceSettings()
+    logs: LogsSettings = LogsSettings()
     resources: dict[str, Resources] = Field(
         default_factory=default_resources, description="per-service memory_mb/cpus/pids limits"
     )

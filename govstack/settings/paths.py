@@ -152,6 +152,14 @@ class ConfigPaths:
         """The exporter's custom queries (WAL archive lag)."""
         return f"{self.postgres_exporter_dir}/queries.yaml"
 
+    @property
+    def rsyslog_dir(self) -> str:
+        return self.service_dir("rsyslog")
+
+    @property
+    def rsyslog_conf(self) -> str:
+        return f"{self.rsyslog_dir}/rsyslog.conf"
+
 
 @dataclass(frozen=True)
 class PitrPaths:
@@ -260,6 +268,11 @@ class StackPaths:
         """Where releases used to leave a plain pg_dump before their migrations
         (nothing writes there since those copies go to restic; old files stay)."""
         return f"{self.root}/backups/pre-deploy"
+
+    @property
+    def logs_dir(self) -> str:
+        """Container logs kept for auditors: <service>/<YYYY-MM-DD>.jsonl.gz (rsyslog writes them)."""
+        return f"{self.root}/logs"
 
     @property
     def reports_dir(self) -> str:

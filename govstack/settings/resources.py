@@ -54,4 +54,6 @@ def default_resources() -> dict[str, Resources]:
         "nginx_exporter": Resources(memory_mb=32, cpus=0.1, pids=128),
         "blackbox_exporter": Resources(memory_mb=64, cpus=0.25, pids=128),
         "grafana": Resources(memory_mb=512, cpus=0.5, pids=128),
+        # rsyslog: a main thread, one per input/action queue; the entrypoint shell and its sleep.
+        "rsyslog": Resources(memory_mb=128, cpus=0.25, pids=128),
     }

@@ -16,6 +16,7 @@ from tests.e2e.backup_support import (  # noqa: F401 - fixtures
     cleanup_resumed,
     cli,
     cli_json,
+    compose,
     drop_kept_databases,
     in_test_stack,
     metrics,
@@ -106,6 +107,12 @@ def test_backup_during_live_uploads_restores_rows_and_objects_consistently(stack
 
     manifest = cli_json(stack, "backup", "--list")
     assert any(r["run"] == summary["run"] for r in manifest)
+    # The deploy ledger is in the run, as the host had it then (the backup's own line came after).
+    ledger_then = compose(stack, "exec", "-T", "backup", "govstack-backup", "dump", summary["run"], "ledger").stdout
+    assert ledger_then and Path(stack.settings.paths.ledger_file).read_text().startswith(ledger_then)
+    assert any(json.loads(line)["action"] == "up" for line in ledger_then.splitlines())
+    audited = stack.psql(f"SELECT count(*) FROM audit_logs WHERE action = 'document.upload' "
+                         f"AND collection = '{collection}'")
     report = cli_json(stack, "restore", "--snapshot", summary["run"], "--force")
     assert report["run"] == summary["run"]
     assert all(c["ok"] for c in report["components"].values())
@@ -132,6 +139,11 @@ def test_backup_during_live_uploads_restores_rows_and_objects_consistently(stack
     mine = stack.psql(f"SELECT count(*) FROM documents d JOIN collections c ON c.id = d.collection_id "
                       f"WHERE c.name = '{collection}'")
     assert 0 < int(mine[0][0]) <= len(uploaded)
+    # The app's audit trail came back with the database: the upload's row (same transaction) of
+    # each restored document, and none of the uploads after the snapshot.
+    restored_audit = stack.psql(f"SELECT count(*) FROM audit_logs WHERE action = 'document.upload' "
+                                f"AND collection = '{collection}'")
+    assert int(restored_audit[0][0]) == int(mine[0][0]) <= int(audited[0][0])
     # The database's other clients can still connect to the database the restore created.
     db = stack.settings.postgres.database
     clients = stack.psql(f"SELECT rolname, has_database_privilege(rolname, '{db}', 'CONNECT') FROM pg_roles "

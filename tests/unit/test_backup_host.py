@@ -133,7 +133,9 @@ def test_backup_service_is_unprivileged_limited_and_has_no_docker_socket(compose
     assert not any("docker.sock" in s for s in sources)
     paths = backup_plan.host_paths(plan.settings)
     assert sorted(sources) == sorted([paths.repository, paths.cache, paths.mirror, paths.config_dir,
-                                      paths.metrics_dir])
+                                      paths.metrics_dir, plan.settings.paths.state_dir])
+    # The state directory (the deploy ledger) is read-only to the job.
+    assert [v["read_only"] for v in svc["volumes"] if v["source"] == plan.settings.paths.state_dir] == [True]
     assert not any(str(v).startswith(plan.settings.data_dir + "/postgres") for v in sources)
     assert svc.get("environment", {}) == {"GOVSTACK_BACKUP_CONFIG": "/etc/govstack-backup/backup.json"}
 

@@ -472,3 +472,25 @@ def test_vectors_export_dir_redoes_a_collection_whose_file_was_lost_or_half_writ
     (root / "leftover.jsonl.tmp").write_bytes(b"a crashed run's")
     again = vectors.export_dir(chroma, str(root), marks)
     assert again["counters"]["exported"] == 1 and not (root / "leftover.jsonl.tmp").exists()
+
+
+def test_the_deploy_ledger_is_read_whole_or_not_at_all(tmp_path):
+    from govstack_backup.job import BackupFailed, _read_ledger
+
+    assert _read_ledger(None) is None
+    assert _read_ledger(str(tmp_path / "ledger.jsonl")) is None  # no command has written one yet
+    ledger = tmp_path / "ledger.jsonl"
+    ledger.write_bytes(b'{"action": "up"}\n{"action": "deploy"}\n')
+    assert _read_ledger(str(ledger)) == ledger.read_bytes()
+    with pytest.raises(BackupFailed, match="cannot read the deploy ledger"):
+        _read_ledger(str(tmp_path))  # a directory: an error the run reports, never a silent skip
+
+
+def test_the_job_config_names_the_ledger_the_compose_block_mounts():
+    from govstack.backup.render import job_config
+    from govstack.catalog import BackupContainerPaths
+    from tests.unit.test_backup_host import plan_for
+
+    plan = plan_for()
+    assert job_config(plan)["ledger_file"] == BackupContainerPaths().ledger_file
+    assert BackupContainerPaths().ledger_file.startswith(BackupContainerPaths().state_dir + "/")

@@ -79,7 +79,14 @@ def test_every_service_is_hardened_limited_and_checked(rendered, compose_binary)
         assert limits["pids"] == plan.resources(name.replace("-", "_")).pids > 0, name
         assert svc["read_only"] is True, name
         assert svc["user"].split(":")[0] == str(plan.uids[name]), name
-        assert str(plan.uids[name]) != "0"
+        if name == "rsyslog":
+            # Root only to read the engine's json-file logs: that one capability, read-only, no network.
+            assert svc["cap_add"] == ["DAC_READ_SEARCH"]
+            assert svc["network_mode"] == "none"
+            containers = [v for v in svc["volumes"] if v["target"] == "/var/lib/docker/containers"]
+            assert containers and containers[0]["read_only"] is True
+        else:
+            assert str(plan.uids[name]) != "0", name
 
 
 @pytest.mark.parametrize("apparmor", [True, False])
@@ -125,7 +132,11 @@ def test_data_services_sit_on_an_internal_network_only(rendered, compose_binary)
     data_net = config["networks"]["data"]
     assert data_net["internal"] is True
     for name in [*plan.data_services, *plan.monitoring_services]:
-        assert list(config["services"][name]["networks"]) == ["data"], name
+        svc = config["services"][name]
+        if svc.get("network_mode") == "none":  # rsyslog: no network at all
+            assert "networks" not in svc, name
+        else:
+            assert list(svc["networks"]) == ["data"], name
 
 
 def test_upstream_lane_pins_official_images():

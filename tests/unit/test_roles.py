@@ -81,13 +81,14 @@ def test_each_host_renders_only_its_part():
     plans = split_plans()
     assert plans["edge1"].services[0] == "nginx" and "postgres" not in plans["edge1"].services
     assert "prometheus" in plans["edge1"].services
-    # Every host runs node-exporter; app hosts nothing else in the main project.
-    assert plans["app1"].services == ["node-exporter"]
+    # Every host runs node-exporter and rsyslog; app hosts nothing else in the main project.
+    assert plans["app1"].services == ["node-exporter", "rsyslog"]
     assert "nginx-exporter" in plans["edge1"].services and "nginx-exporter" not in plans["data1"].services
     assert {"postgres", "seaweedfs", "chroma"} <= set(plans["data1"].services)
     assert "nginx" not in plans["data1"].services
     files = {name: rendered_files(plan) for name, plan in plans.items()}
-    assert set(files["app1"]) == {"/opt/govstack/app/blue.yml", "/opt/govstack/docker-compose.yml"}
+    assert set(files["app1"]) == {"/opt/govstack/app/blue.yml", "/opt/govstack/docker-compose.yml",
+                                  "/opt/govstack/config/rsyslog/rsyslog.conf"}
     assert "/opt/govstack/config/nginx/nginx.conf.candidate" in files["edge1"]
     assert "/opt/govstack/config/nginx/nginx.conf.candidate" not in files["data1"]
     assert "/opt/govstack/config/postgres/postgresql.conf" in files["data1"]
@@ -211,7 +212,7 @@ def test_firewall_drops_other_hosts_but_not_the_hosts_own_containers():
 def test_each_host_is_shipped_only_the_images_its_part_runs():
     plans = split_plans()
     app = plans["app1"]
-    assert app.host_images == ["govstack/base:bookworm", "govstack/node-exporter:1.5",
+    assert app.host_images == ["govstack/base:bookworm", "govstack/node-exporter:1.5", "govstack/rsyslog:8.2302",
                                app.app_image(app.release.version)]
     data = plans["data1"].host_images
     assert {"govstack/postgres:15", "govstack/chroma:1.5.9"} <= set(data)

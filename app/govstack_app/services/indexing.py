@@ -42,7 +42,7 @@ class PermanentIndexError(Exception):
 # (documents_queue_idx). SKIP LOCKED: a document being indexed is invisible to other workers.
 CLAIM_SQL = """
 SELECT d.id, d.filename, d.object_name, d.content_type, d.size, d.sha256, d.index_attempts,
-       d.index_error, c.id AS collection_id, c.name AS collection, c.chroma_name, c.embedding_model,
+       d.index_error, d.request_id, c.id AS collection_id, c.name AS collection, c.chroma_name, c.embedding_model,
        c.embedding_dim
   FROM documents d JOIN collections c ON c.id = d.collection_id
  WHERE NOT d.is_indexed AND NOT d.index_failed AND d.next_attempt_at <= now()
@@ -128,7 +128,9 @@ def index_next(
     row = claim_next(svc, conn)
     if row is None or row.get("outcome") == "failed":
         return row
-    structlog.contextvars.bind_contextvars(document_id=row["id"])
+    # The upload's request id: the worker's lines of this document join the
+    # edge's and the API's (`govstack report logs --request-id`).
+    structlog.contextvars.bind_contextvars(document_id=row["id"], request_id=row.get("request_id"))
     start = time.perf_counter()
     outcome = "indexed"
     try:
@@ -156,13 +158,14 @@ def index_next(
         if outcome != "gone":
             metrics.DOCUMENT_PROCESSING.labels(row["content_type"], outcome).observe(elapsed)
             metrics.INDEXED.labels(outcome).inc()
-        structlog.contextvars.unbind_contextvars("document_id")
+        structlog.contextvars.unbind_contextvars("document_id", "request_id")
     row["outcome"] = outcome
     row["seconds"] = elapsed
     if outcome == "indexed":
         log.info(
             "document indexed",
             document_id=row["id"],
+            request_id=row.get("request_id"),
             chunks=row.get("chunk_count"),
             seconds=round(elapsed, 3),
             content_type=row["content_type"],

@@ -109,8 +109,8 @@ def upload_document(svc: Services, req: UploadRequest) -> tuple[dict[str, Any], 
             row = conn.execute(
                 """
                 INSERT INTO documents (filename, object_name, content_type, size, sha256,
-                                       collection_id, created_by, api_key_name)
-                VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+                                       collection_id, created_by, api_key_name, request_id)
+                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
                 ON CONFLICT (collection_id, sha256) DO NOTHING
                 RETURNING id
                 """,
@@ -123,6 +123,7 @@ def upload_document(svc: Services, req: UploadRequest) -> tuple[dict[str, Any], 
                     coll["id"],
                     req.created_by,
                     req.api_key_name,
+                    req.request_id,
                 ),
             ).fetchone()
             if row is None:  # a concurrent upload of the same bytes won

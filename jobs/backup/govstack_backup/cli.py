@@ -54,7 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     pitr_backup.add_argument("--type", dest="kind", choices=("full", "diff", "incr"), default="diff")
     dump = sub.add_parser("dump", help="a run's component stream to stdout")
     dump.add_argument("run")
-    dump.add_argument("component", choices=("postgres", "postgres_globals", "objects", "vectors", "manifest"))
+    dump.add_argument("component", choices=("postgres", "postgres_globals", "objects", "vectors", "ledger",
+                                               "manifest"))
     dump.add_argument("--from", dest="source", choices=("local", "offsite"), default="local")
     return p
 

@@ -52,6 +52,8 @@ class Config:
     # The app's indexing watermark per Chroma collection: {"database": ..., "sql": ...}; None = every
     # collection is exported every run.
     vector_watermark: dict[str, str] | None = None
+    # The host's deploy ledger (read-only), kept in each run beside the database.
+    ledger_file: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

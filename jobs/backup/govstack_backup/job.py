@@ -219,6 +219,13 @@ def _run(cfg: Config, repository: str | None, check_subset: str | None, started:
                 FILES["vectors"], [*tags, "component:vectors"], lambda w: vectors.export(chroma, w))
         manifest["components"]["vectors"] = streams["vectors"].pop("produced")
 
+    ledger = _read_ledger(cfg.ledger_file)
+    if ledger is not None:
+        with _step("ledger"):
+            streams["ledger"] = restic.backup_stream(FILES["ledger"], [*tags, "component:ledger"],
+                                                     lambda w: w.write(ledger))
+            manifest["components"]["ledger"] = {"lines": ledger.count(b"\n")}
+
     for name, stream in streams.items():
         stream.pop("produced", None)
         target = manifest["components"].setdefault(name.split("_")[0], {})
@@ -273,6 +280,19 @@ def _run(cfg: Config, repository: str | None, check_subset: str | None, started:
         "offsite": offsite.repository if offsite is not None else None,
         "repository": restic.repository,
     }
+
+
+def _read_ledger(path: str | None) -> bytes | None:
+    """The deploy ledger as it is now (None: not configured, or no command has written one yet)."""
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise BackupFailed("ledger", f"cannot read the deploy ledger {path}: {exc.strerror}") from exc
 
 
 def backup_postgres(cfg: Config, restic: Restic, snap: postgres.Snapshot, tags: list[str],

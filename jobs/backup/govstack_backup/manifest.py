@@ -34,6 +34,7 @@ FILES = {
     "postgres_globals": "postgres-globals.sql",
     "objects": "objects.tar",
     "vectors": "vectors.jsonl",
+    "ledger": "ledger.jsonl",
     "manifest": "manifest.json",
 }
 COMPONENTS = ("postgres", "objects", "vectors")
