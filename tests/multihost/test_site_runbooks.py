@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import pprint
+import re
 import runpy
 import shlex
 import subprocess
@@ -96,7 +97,7 @@ def test_restore_postgres_runs_each_block_on_its_hosts(deployed, edge_ca, admin_
                                      *(f"{host.name} (every-app)" for host in apps)}, ran_on(result.stdout)
     # The rollback stopped the app on each app host and swapped the databases on the data host.
     for host in apps:
-        assert f"{host.name}: stopped {len(APP_SERVICES)} app containers" in result.stdout, tail(result, 6000)
+        assert re.search(rf"^{host.name}: stopped [1-9][0-9]* app containers$", result.stdout, re.M), tail(result, 6000)
     assert "rolled back:" in result.stdout
     assert running_writers(deployed) == {host.name: len(APP_SERVICES) for host in apps}
     assert documents(deployed) == before
