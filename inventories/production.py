@@ -4,6 +4,10 @@
     govstack deploy --version 1.4.0 -i inventories/production.py
     govstack check -i inventories/production.py
 
+Deployed by .github/workflows/deploy.yml on a tag, after staging
+(inventories/staging.py) and a reviewer's approval, from a self-hosted runner
+inside the site's network (the addresses below are private).
+
 Groups say what each host runs (govstack/roles.py); any group may share a
 host, and a host in none of them runs everything (like inventories/local.py):
 
@@ -42,7 +46,11 @@ Settings layers: ``all`` (second element of the tuple) <- group data <- host
 data <- GOVSTACK__* environment. Every key is in the README.
 """
 
-_ssh = {"ssh_user": "root", "ssh_key": "~/.ssh/govstack_ed25519"}
+# Keys come from the SSH agent (the operator's, or the CI runner's: .github/workflows/deploy.yml
+# loads the DEPLOY_SSH_KEY secret into one) and host keys from ~/.ssh/known_hosts, so no key file
+# path ties the inventory to one machine. Strict host key checking: a host whose key is not
+# known is refused, never trusted on first use.
+_ssh = {"ssh_user": "root", "ssh_strict_host_key_checking": "yes"}
 
 all = (
     [
@@ -60,6 +68,12 @@ all = (
             "edge": {"hostname": "docs.example.gov"},
             # The controller's copies of the hosts' secrets (adopted from the hosts when missing).
             "shared_secrets_dir": "/etc/govstack/secrets/production",
+            # Rendered into every runbook (`govstack runbook show NAME -i inventories/production.py`).
+            "runbooks": {"escalation": [
+                {"role": "on-call", "name": "platform on-call rota", "reach": "pager +1 555 0100 (24/7)"},
+                {"role": "incident lead", "name": "platform team lead", "reach": "+1 555 0101, #incidents"},
+                {"role": "service owner", "name": "head of digital records", "reach": "+1 555 0102 (office hours)"},
+            ]},
         },
     },
 )

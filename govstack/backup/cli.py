@@ -20,14 +20,15 @@ from govstack.inventory import InventoryError, load_inventory
 from govstack.ledger import append_outcome, begin_attempt, end_attempt, report_interrupted
 from govstack.lock import command_lock, lock_wait_option
 from govstack.remote import stack_plan, testinfra_host
-from govstack.roles import roles_of
+from govstack.roles import ALL_ROLES, roles_of
 from govstack.settings import SettingsError
 
 DEFAULT_INVENTORY = "inventories/local.py"
 
 inventory_option = click.option("-i", "--inventory", default=DEFAULT_INVENTORY, show_default=True,
                                 help="pyinfra inventory file")
-host_option = click.option("--host", "host_name", default=None, help="inventory host (default: the only one)")
+host_option = click.option("--host", "host_name", default=None,
+                           help="inventory host (default: the data host, the first of group data)")
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -47,11 +48,19 @@ def _backup_host(entry) -> BackupHost:
 
 
 def stack_for(inventory: str, host_name: str | None, hosts=None) -> BackupHost:
-    """The BackupHost of one inventory host, reached as testinfra reaches it."""
+    """The BackupHost of one inventory host, reached as testinfra reaches it: ``--host``, else
+    the data host (the first host of the ``data`` group runs Postgres, S3 and Chroma, and holds
+    the backup repository; an all-in-one host is its own data host)."""
     hosts = hosts if hosts is not None else inventory_hosts(inventory)
-    matches = [h for h in hosts if host_name in (None, h.name)]
-    if len(matches) != 1:
-        _fail("name one host with --host (the inventory has several)" if matches else f"no host {host_name!r}", 2)
+    split = any(set(h.groups) & ALL_ROLES for h in hosts)
+    if host_name is None and len(hosts) > 1 and not split:
+        _fail("name one host with --host (the inventory has several, in no group)", 2)
+    if host_name is None:
+        matches = [h for h in hosts if "data" in roles_of(h.groups)][:1]
+    else:
+        matches = [h for h in hosts if h.name == host_name]
+    if not matches:
+        _fail(f"no host {host_name!r}" if host_name else f"no data host in {inventory}", 2)
     entry = matches[0]
     if not entry.settings.backup.enabled:
         _fail(f"{entry.name}: backups are disabled (govstack.backup.enabled)", 2)

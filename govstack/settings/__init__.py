@@ -34,12 +34,13 @@ from govstack.settings.object_store import ObjectStoreSettings
 from govstack.settings.paths import StackPaths
 from govstack.settings.postgres import PostgresSettings
 from govstack.settings.resources import Resources
+from govstack.settings.runbooks import EscalationContact, RunbookSettings
 
 __all__ = [
     "ALL_ROLES", "ANALYTICS_TEST_PROFILE", "ENV_PREFIX", "INVENTORY_KEY", "NGINX_UID", "POSTGRES_UID", "ROLES",
     "SERVICE_UID", "AnalyticsSettings", "AppSettings", "BackupSettings", "ComplianceSettings", "CostSettings",
-    "EdgeSettings", "EngineSettings", "ImageSettings", "LogsSettings", "MonitoringSettings", "NetworkSettings",
-    "ObjectStoreSettings",
+    "EdgeSettings", "EngineSettings", "EscalationContact", "ImageSettings", "LogsSettings", "MonitoringSettings",
+    "NetworkSettings", "ObjectStoreSettings", "RunbookSettings",
     "OffsiteSettings", "PostgresSettings", "Resources", "Section", "Settings", "SettingsError", "StackPaths",
     "build_settings", "deep_merge", "env_layer", "settings_for_host",
 ]

@@ -29,6 +29,7 @@ from govstack.settings.object_store import ObjectStoreSettings
 from govstack.settings.paths import StackPaths
 from govstack.settings.postgres import PostgresSettings
 from govstack.settings.resources import Resources, default_resources
+from govstack.settings.runbooks import RunbookSettings
 
 
 class Settings(Section):
@@ -55,6 +56,7 @@ class Settings(Section):
     cost: CostSettings = CostSettings()
     compliance: ComplianceSettings = ComplianceSettings()
     logs: LogsSettings = LogsSettings()
+    runbooks: RunbookSettings = RunbookSettings()
     resources: dict[str, Resources] = Field(
         default_factory=default_resources, description="per-service memory_mb/cpus/pids limits"
     )
@@ -231,5 +233,6 @@ class Settings(Section):
 
     def config_hash(self) -> str:
         """A short stable hash of the settings, secrets excluded (for the ledger)."""
-        data = self.model_dump(mode="json", exclude={"secrets"})
+        # The runbooks' contacts are for people, not hosts: changing them redeploys nothing.
+        data = self.model_dump(mode="json", exclude={"secrets", "runbooks"})
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

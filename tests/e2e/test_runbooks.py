@@ -90,10 +90,22 @@ def runbook_vars(stack, tmp_path_factory):
     subprocess.run(["docker", "tag", f"govstack/app:{current}", f"govstack/app:{version}"], check=True)
     inventory = tmp_path_factory.mktemp("move") / "move_target.py"
     inventory.write_text(f"move_target = [('@local', {{'govstack': {MOVE_TARGET!r}}})]\n")
+    # disk-full drops a replication slot nobody reads (SLOT): one made for it.
+    slot = f"runbook_{uuid.uuid4().hex[:6]}"
+    postgres = subprocess.run(
+        ["docker", "ps", "-q", "--filter", f"label=com.docker.compose.project={stack.settings.project}",
+         "--filter", "label=com.docker.compose.service=postgres"], capture_output=True, text=True, check=True
+    ).stdout.split()[0]
+    subprocess.run(["docker", "exec", postgres, "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-U", "postgres", "-c",
+                    f"select pg_create_physical_replication_slot('{slot}')"], check=True, capture_output=True)
     # S3_GRACE_S: rotate-secrets keeps the old S3 key pair this long (300 s by default; nothing
-    # here holds a presigned URL across the rotation).
+    # here holds a presigned URL across the rotation). add-app-host's changed inventory is the
+    # stack's own (an all-in-one stack has no second machine; the multi-host lane adds a real one).
+    # The destructive blocks' confirmations: what they drop on the test stack is made for it
+    # (the slot) or kept by the restores before them.
     return {"COLLECTION": collection, "VERSION": version, "NEW_INVENTORY": str(inventory), "NEW_HOST": "",
-            "CONFIRM_ROLLBACK": "yes", "S3_GRACE_S": "5"}
+            "CONFIRM_ROLLBACK": "yes", "S3_GRACE_S": "5", "APP_INVENTORY": stack.inventory, "SLOT": slot,
+            "CONFIRM_DROP_LEFTOVERS": "yes", "CONFIRM_AUDIT_RETENTION": "yes"}
 
 
 def fresh_backup(stack) -> str:
@@ -149,7 +161,8 @@ def test_runbook(stack, runbook_vars, name, capsys):
     RESULTS.append(result)
     healthy(stack)
     with capsys.disabled():
-        print(f"\n{name}: {result.executed} executed, {result.manual} manual, {result.seconds:.0f} s")
+        print(f"\n{name}: {result.executed} executed, {result.manual} manual, {result.human} human, "
+              f"{result.seconds:.0f} s")
 
 
 def test_executed_and_manual_blocks(capsys):

@@ -285,3 +285,32 @@ def test_a_restored_database_lets_the_analytics_role_in_again(enabled):
     assert ("govstack_analytics" in roles) == enabled
     if enabled:
         assert roles["govstack_analytics"].endswith("/secrets/postgres_analytics_password")
+
+
+SPLIT = '''
+all = ([("edge1", {"ssh_hostname": "10.9.0.10"}), ("app1", {"ssh_hostname": "10.9.0.21"}),
+        ("data1", {"ssh_hostname": "10.9.0.31"}), ("data2", {"ssh_hostname": "10.9.0.32"})], {})
+edge = ["edge1"]
+app = ["app1"]
+data = ["data1", "data2"]
+monitoring = ["edge1"]
+'''
+
+
+def test_backup_and_restore_act_on_the_data_host_of_a_split_inventory_without_host(tmp_path, capsys):
+    """The first data host runs Postgres, S3 and Chroma and holds the repository: no --host guess."""
+    from govstack.backup.cli import stack_for
+
+    inventory = tmp_path / "split.py"
+    inventory.write_text(SPLIT)
+    assert stack_for(str(inventory), None).name == "data1"
+    assert stack_for(str(inventory), "data2").name == "data2"
+    with pytest.raises(SystemExit):
+        stack_for(str(inventory), "nope")
+    assert "no host 'nope'" in capsys.readouterr().err
+    # Several hosts in no group are several all-in-one stacks: which one is the operator's choice.
+    ungrouped = tmp_path / "two.py"
+    ungrouped.write_text('all = [("a", {"ssh_hostname": "10.9.0.1"}), ("b", {"ssh_hostname": "10.9.0.2"})]\n')
+    with pytest.raises(SystemExit):
+        stack_for(str(ungrouped), None)
+    assert "name one host with --host" in capsys.readouterr().err

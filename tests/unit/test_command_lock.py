@@ -70,6 +70,7 @@ READ_ONLY = {
     "reconcile adopt --dry-run": "says what would be registered",
     "runbook env": "prints variables",
     "runbook list": "lists files",
+    "runbook show": "prints a runbook with the inventory's escalation contacts",
     "runbook run": "runs the runbook's govstack commands, which take the lock themselves (holding it here "
                    "would make each of them wait for its own runbook)",
 }

@@ -89,3 +89,57 @@ def test_secrets_never_appear_in_a_command_line(workflow):
     for name, job in workflow["jobs"].items():
         for step in job["steps"]:
             assert "secrets." not in step.get("run", ""), f"{name}: pass secrets through env, not run"
+
+
+DEPLOY_JOBS = [("staging", "staging"), ("production", "production")]
+
+
+@pytest.mark.parametrize("name, environment", DEPLOY_JOBS)
+def test_deploys_are_serialized_per_environment_not_per_ref(workflow, name, environment):
+    job = workflow["jobs"][name]
+    assert job["concurrency"] == {"group": f"deploy-{environment}", "cancel-in-progress": False}
+    # The workflow-wide group is per ref (pull requests): it must not be what orders deploys.
+    assert "deploy" not in workflow["concurrency"]["group"]
+
+
+@pytest.mark.parametrize("name, environment", DEPLOY_JOBS)
+def test_deploy_jobs_run_on_a_runner_inside_the_site(workflow, name, environment):
+    runs_on = workflow["jobs"][name]["runs-on"]
+    assert "self-hosted" in runs_on and f"govstack-{environment}" in runs_on
+    labels = yaml.safe_load((WORKFLOW.parents[1] / "actionlint.yaml").read_text())["self-hosted-runner"]["labels"]
+    assert f"govstack-{environment}" in labels
+
+
+@pytest.mark.parametrize("name, environment", DEPLOY_JOBS)
+def test_the_app_image_is_pulled_by_digest_and_shipped_over_ssh(workflow, name, environment):
+    assert workflow["jobs"]["app-image"]["outputs"]["digest"] == "${{ steps.build.outputs.digest }}"
+    job = workflow["jobs"][name]
+    assert job["env"]["DIGEST"] == "${{ needs.app-image.outputs.digest }}"
+    lines = run_lines(job)
+    assert 'docker pull "${IMAGE}@${DIGEST}"' in lines
+    assert not re.search(r"docker pull \"\$\{IMAGE\}:", lines), "pull by digest, not by tag"
+    assert "docker save" in lines and "docker load" in lines
+    # The hosts never log in to the registry: the token stays on the runner.
+    assert not re.search(r"ssh[^\n]*docker login", lines)
+
+
+@pytest.mark.parametrize("name, environment", DEPLOY_JOBS)
+def test_the_smoke_test_trusts_the_site_ca_and_never_skips_verification(workflow, name, environment):
+    smoke = next(step for step in workflow["jobs"][name]["steps"] if step.get("name", "").startswith("Smoke test"))
+    assert "--cacert" in smoke["run"] and smoke["env"]["EDGE_CA_CERT"] == "${{ vars.EDGE_CA_CERT }}"
+    for job in workflow["jobs"].values():
+        assert not re.search(r"curl[^\n]*(\s-k\b|--insecure)", run_lines(job))
+
+
+@pytest.mark.parametrize("name, environment", DEPLOY_JOBS)
+def test_the_inventories_the_pipeline_deploys_exist_and_take_keys_from_the_agent(workflow, name, environment):
+    from govstack.inventory import load_inventory
+    from govstack.roles import roles_of
+
+    path = WORKFLOW.parents[2] / workflow["jobs"][name]["env"]["INVENTORY"]
+    hosts = load_inventory(str(path))
+    assert {"edge", "app", "data"} <= {role for h in hosts for role in roles_of(h.groups)}
+    for entry in hosts:
+        assert "ssh_key" not in entry.data, f"{path.name}: {entry.name} names a key file (the runner has none)"
+        assert entry.data.get("ssh_strict_host_key_checking") == "yes"
+        assert entry.settings.runbooks.escalation, f"{path.name}: no escalation contacts for the runbooks"
