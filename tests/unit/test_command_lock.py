@@ -62,6 +62,7 @@ READ_ONLY = {
     "access-review": "reads the API keys (writes a report file of its own on the host)",
     "report residency": "a report",
     "report counts": "a report",
+    "report sbom": "reads each image's SBOM (copied out of a container it creates and removes, never started)",
     "report privacy": "reads the analytics ledger (the analytics role may not change it: append-only)",
     "report quarantine": "lists the quarantine",
     "cleanup status": "reads whether cleanup is paused",
