@@ -18,7 +18,7 @@ PYTEST := $(BIN)/pytest -p no:cacheprovider
 
 .PHONY: venv up check engine test test-quick test-images test-full test-full-main test-full-drills test-multihost lint bench clean-test golden
 
-$(VENV)/.installed: pyproject.toml app/pyproject.toml app/requirements.txt app/requirements-build.txt app/requirements-test.txt jobs/backup/pyproject.toml
+$(VENV)/.installed: pyproject.toml app/pyproject.toml app/requirements.txt app/requirements-build.txt app/requirements-test.txt jobs/backup/pyproject.toml jobs/sbom/pyproject.toml
 	python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
@@ -27,6 +27,8 @@ $(VENV)/.installed: pyproject.toml app/pyproject.toml app/requirements.txt app/r
 	$(BIN)/pip install --quiet --no-deps -e app/
 	# The backup job (its image's package), for its unit tests; its deps come with .[dev].
 	$(BIN)/pip install --quiet --no-deps -e jobs/backup/
+	# The SBOM tool (its image's package), for its unit tests; its deps (cyclonedx-bom) come with .[dev].
+	$(BIN)/pip install --quiet --no-deps -e jobs/sbom/
 	touch $@
 
 venv: $(VENV)/.installed

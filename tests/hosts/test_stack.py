@@ -354,3 +354,23 @@ def test_postgres_archives_wal_and_the_sidecar_runs_the_rendered_schedule(target
     state = json.loads(target.host.check_output(
         f"docker exec {target.container(PITR_SERVICE)} govstack-backup pitr state").splitlines()[-1])
     assert state["ok"] and state["matches_cluster"] and state["backups"] >= 1, state
+
+
+def test_every_offline_image_the_host_runs_carries_its_sbom_labels(target):
+    """Issue 17: each running container of an image built here (the app release aside: a release
+    tag is immutable and may predate SBOMs) runs the image the deploy labelled with its SBOM's
+    sha256, this host's base image id and the build-inputs hash it would be built from now."""
+    from govstack import catalog, images, sbom
+
+    if target.settings.images.lane != "offline":
+        pytest.skip("SBOMs are made by the offline lane's builds")
+    plan = target.plan()
+    base_id = target.host.check_output(
+        f"docker image inspect --format '{{{{.Id}}}}' {shlex.quote(images.base_image_tag(target.settings))}")
+    for image in catalog.offline_builds(target.settings, plan.services):
+        info = _inspect(target, target.container(image.service))
+        labels = json.loads(target.host.check_output(
+            f"docker image inspect --format '{{{{json .Config.Labels}}}}' {shlex.quote(info['Image'])}")) or {}
+        assert len(labels.get(sbom.SBOM_SHA_LABEL, "")) == 64, f"{image.tag}: no SBOM label"
+        assert labels.get(sbom.BASE_ID_LABEL) == base_id, image.tag
+        assert labels.get(images.CONTEXT_HASH_LABEL) == sbom.build_inputs_hash(target.settings, image), image.tag

@@ -63,6 +63,7 @@ READ_ONLY = {
     "report residency": "a report",
     "report counts": "a report",
     "report logs": "reads the kept container logs",
+    "report sbom": "reads each image's SBOM (copied out of a container it creates and removes, never started)",
     "report privacy": "reads the analytics ledger (the analytics role may not change it: append-only)",
     "report quarantine": "lists the quarantine",
     "cleanup status": "reads whether cleanup is paused",

@@ -8,6 +8,7 @@ import stat
 import pytest
 import yaml
 
+from govstack import sbom
 from govstack.monitoring.render import render_app_target_files, render_prometheus_config
 from govstack.plan import StackPlan
 from govstack.render import (
@@ -212,7 +213,9 @@ def test_firewall_drops_other_hosts_but_not_the_hosts_own_containers():
 def test_each_host_is_shipped_only_the_images_its_part_runs():
     plans = split_plans()
     app = plans["app1"]
-    assert app.host_images == ["govstack/base:bookworm", "govstack/node-exporter:1.5", "govstack/rsyslog:8.2302",
+    # The base and the SBOM tool: what the host needs to build an app release itself.
+    assert app.host_images == ["govstack/base:bookworm", f"govstack/sbom:{sbom.CYCLONEDX_BOM_VERSION}",
+                               "govstack/node-exporter:1.5", "govstack/rsyslog:8.2302",
                                app.app_image(app.release.version)]
     data = plans["data1"].host_images
     assert {"govstack/postgres:15", "govstack/chroma:1.5.9"} <= set(data)

@@ -43,10 +43,12 @@ def test_triggers(workflow):
     assert on["push"]["tags"] == ["v*"]
 
 
-def test_the_four_stages_in_order(workflow):
+def test_the_stages_in_order(workflow):
     jobs = workflow["jobs"]
-    assert list(jobs) == ["quick-tests", "app-image", "staging", "production"]
-    assert jobs["app-image"]["needs"] == "quick-tests"
+    assert list(jobs) == ["quick-tests", "supply-chain", "app-image", "staging", "production"]
+    # A known-vulnerable pin (tests/unit/test_supply_chain.py) stops the image and the deploys.
+    assert set(jobs["app-image"]["needs"]) == {"quick-tests", "supply-chain"}
+    assert "if" not in jobs["supply-chain"], "pull requests are audited too"
     assert jobs["staging"]["needs"] == "app-image"
     assert set(jobs["production"]["needs"]) == {"app-image", "staging"}
 
@@ -143,3 +145,17 @@ def test_the_inventories_the_pipeline_deploys_exist_and_take_keys_from_the_agent
         assert "ssh_key" not in entry.data, f"{path.name}: {entry.name} names a key file (the runner has none)"
         assert entry.data.get("ssh_strict_host_key_checking") == "yes"
         assert entry.settings.runbooks.escalation, f"{path.name}: no escalation contacts for the runbooks"
+
+
+@pytest.mark.parametrize("name", ["staging", "production"])
+def test_each_deploy_archives_the_sboms_of_what_its_hosts_run(workflow, name):
+    steps = workflow["jobs"][name]["steps"]
+    lines = run_lines(workflow["jobs"][name])
+    assert 'govstack report sbom -i "${INVENTORY}" -o' in lines
+    assert 'govstack report sbom -i "${INVENTORY}" --summary -o' in lines
+    names = [step.get("name", "") for step in steps]
+    smoke = names.index("Smoke test")
+    report = next(i for i, step in enumerate(steps) if "govstack report sbom" in step.get("run", ""))
+    upload = next(i for i, step in enumerate(steps) if str(step.get("uses", "")).startswith("actions/upload-artifact"))
+    assert smoke < report < upload, "after the deploy is proven, before the job ends"
+    assert steps[upload]["with"]["path"] == "sboms/" and steps[upload]["with"]["if-no-files-found"] == "error"
