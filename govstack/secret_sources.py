@@ -32,7 +32,8 @@ from typing import Literal
 from govstack.secrets import SECRET_SPECS
 
 # What a host holds that a secret unlocks (SecretSpec.pinned_by), in words.
-DATA_LABELS = {"postgres": "an initialised Postgres data directory", "restic": "a restic repository"}
+DATA_LABELS = {"postgres": "an initialised Postgres data directory", "restic": "a restic repository",
+               "seaweedfs-sse": "objects SeaweedFS encrypted with it"}
 
 Origin = Literal["host", "controller", "supplied", "new"]
 

@@ -34,7 +34,14 @@ def data_markers(settings: Any, roles: frozenset[str]) -> tuple[tuple[str, str],
     return (
         ("postgres", f"{settings.data_dir}/postgres/PG_VERSION"),
         ("restic", f"{host_paths(settings).repository}/config"),
+        ("seaweedfs-sse", sse_marker(settings)),
     )
+
+
+def sse_marker(settings: Any) -> str:
+    """Written by the deploy once the bucket's default encryption is on: from then on objects
+    exist that only the secret s3_sse_key opens, and a deploy never makes a new one."""
+    return f"{settings.data_dir}/seaweedfs/.govstack-sse-in-use"
 
 
 class ControllerStore:

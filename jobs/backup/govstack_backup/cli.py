@@ -41,6 +41,13 @@ def _parser() -> argparse.ArgumentParser:
             cmd.add_argument("--force", action="store_true", help="restore over existing data (kept aside)")
         if name == "verify-postgres":
             cmd.add_argument("--database", required=True)
+    life = sub.add_parser("bucket-config", help="a bucket's lifecycle rules and default encryption (admin keys "
+                          "on stdin); JSON")
+    life.add_argument("bucket")
+    life.add_argument("--noncurrent-days", type=int, required=True)
+    life.add_argument("--abort-multipart-days", type=int, required=True)
+    life.add_argument("--encrypt", action="store_true", help="default encryption SSE-S3 (AES256)")
+    life.add_argument("--check", action="store_true", help="only say whether the configuration is current")
     dump = sub.add_parser("dump", help="a run's component stream to stdout")
     dump.add_argument("run")
     dump.add_argument("component", choices=("postgres", "postgres_globals", "objects", "vectors", "manifest"))
@@ -79,7 +86,22 @@ def main(argv: list[str] | None = None) -> int:
         return _run(cfg, args)
     if args.cmd == "pre-deploy":
         return _pre_deploy(cfg, args)
+    if args.cmd == "bucket-config":
+        return _bucket_config(cfg, args)
     return _restore_side(cfg, args)
+
+
+def _bucket_config(cfg: Any, args: argparse.Namespace) -> int:
+    from govstack_backup import bucket_config as lifecycle
+
+    try:
+        result = lifecycle.apply(lifecycle.admin_client(cfg.s3), args.bucket, args.noncurrent_days,
+                                 args.abort_multipart_days, args.encrypt, args.check)
+    except Exception as exc:  # noqa: BLE001 - one JSON line, the cause, exit 1
+        print(json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}"}, sort_keys=True))
+        return 1
+    print(json.dumps(result, sort_keys=True))
+    return 0
 
 
 def _run(cfg: Any, args: argparse.Namespace) -> int:
