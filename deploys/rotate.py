@@ -42,6 +42,7 @@ from govstack.rotation_operations import (
 )
 from govstack.secrets import SECRET_SPECS, secret_path
 from govstack.settings import SettingsError, settings_for_host
+from govstack.settings.catalog import s3_identity_of
 
 try:
     settings = settings_for_host(host)
@@ -85,11 +86,12 @@ if is_data and kind == "restic":
         restic_key_added(name=f"restic key for the new password ({'offsite' if offsite else 'local'})",
                          project=s.project, compose_file=s.compose_file, repository=repository,
                          new_password_file=next_path(secret_path(s, "restic_password")), offsite=offsite)
-access, secret = secret_path(s, "s3_access_key"), secret_path(s, "s3_secret_key")
 if is_data and kind == "s3":
-    s3_identities_set(name="S3 identities: the current and the new key pair",
+    identity = s3_identity_of(names[0])
+    access, secret = secret_path(s, identity.access_key), secret_path(s, identity.secret_key)
+    s3_identities_set(name=f"S3 identity {identity.name}: the current and the new key pair",
                       project=s.project, compose_file=s.compose_file,
-                      key_files=(("govstack", access, secret), ("govstack-next", next_path(access), next_path(secret))))
+                      extra=((identity.name, next_path(access), next_path(secret)),))
 step("new value accepted beside the old one")
 
 # 3. Every reader switches.
@@ -109,10 +111,11 @@ if is_data and kind == "restic":
                            project=s.project, compose_file=s.compose_file, repository=repository,
                            old_password_file=previous_path(secret_path(s, "restic_password")), offsite=offsite)
 if is_data and kind == "s3":
-    waited(name=f"Old S3 identity kept {grace_s:g} s (presigned URLs signed with it)", seconds=grace_s,
-           why="presigned URLs")
-    s3_identities_set(name="S3 identities: the new key pair only", project=s.project, compose_file=s.compose_file,
-                      key_files=(("govstack", access, secret),))
+    if identity.name == "app":  # only the app signs URLs
+        waited(name=f"Old S3 identity kept {grace_s:g} s (presigned URLs signed with it)", seconds=grace_s,
+               why="presigned URLs")
+    s3_identities_set(name=f"S3 identity {identity.name}: the new key pair only", project=s.project,
+                      compose_file=s.compose_file)
 step("old value retired")
 
 # 5. Nothing of the rotation stays behind.

@@ -80,6 +80,8 @@ if not roles_split:
     logger.warning(f"note: the serving version {plan.release.version} is from before the app's role owned "
                    "nothing: it keeps owning the schema until `govstack deploy` of a newer version")
 if plan.has_role("data"):
+    if "seaweedfs" in plan.services:
+        stack.ensure_object_store_bucket(plan)
     app.ensure_app_database(plan, roles_split)
     if settings.backup.enabled:
         backup.ensure_backup_role(plan)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import posixpath
 from io import StringIO
 
+from pyinfra import logger
 from pyinfra.api import deploy
 from pyinfra.operations import files
 
+from govstack.catalog import s3_pair
 from govstack.images import IMAGE_TEMPLATES
 from govstack.operations import (
     compose_project_up,
@@ -16,11 +18,14 @@ from govstack.operations import (
     nginx_certificate_loaded,
     nginx_config_applied,
     path_owned,
+    s3_bucket_configured,
+    s3_bucket_versioned,
     secret_file,
     self_signed_certificate,
 )
 from govstack.plan import GROUP_WRITABLE_DATA_DIRS, GRPC_PREFIX, SERVICE_UIDS, StackPlan
 from govstack.render import nginx_candidate_path, nginx_live_path, rendered_files
+from govstack.secret_store import sse_marker
 from govstack.secrets import SECRET_SPECS, TLS_KEY_OWNER_UID, secret_path
 
 
@@ -131,6 +136,27 @@ def start_stack(plan: StackPlan):
         service_images={service: plan.image(service) for service in plan.services},
         wait_timeout_s=s.healthy_timeout_s,
     )
+
+
+@deploy("Object store")
+def ensure_object_store_bucket(plan: StackPlan):
+    s = plan.settings
+    o = s.object_store
+    s3_bucket_versioned(name=f"Bucket {o.bucket} exists, versioned", project=s.project,
+                        compose_file=s.compose_file, bucket=o.bucket)
+    if "backup" in plan.services:  # the S3 client that sets the rules lives in its image
+        access, secret = s3_pair(s, "admin")
+        s3_bucket_configured(
+            name=f"Bucket {o.bucket}: encrypted (SSE-S3), earlier versions kept {o.noncurrent_version_days} d, "
+                 f"incomplete uploads aborted after {o.abort_multipart_days} d",
+            project=s.project, compose_file=s.compose_file, bucket=o.bucket,
+            noncurrent_days=o.noncurrent_version_days, abort_days=o.abort_multipart_days,
+            access_file=secret_path(s, access), secret_file=secret_path(s, secret),
+            encrypt=True, marker=sse_marker(s))
+    else:
+        logger.warning(f"note: the backup service is off, so bucket {o.bucket}'s lifecycle rules and default "
+                       "encryption are not set (its image has the S3 client that sets them): earlier versions are "
+                       "kept until deleted by hand, and objects are stored unencrypted")
 
 
 @deploy("Edge config")

@@ -28,7 +28,7 @@ from types import MappingProxyType
 from govstack import images
 from govstack.images import IMAGE_TEMPLATES, REPO_ROOT, OfflineImage, versioned
 from govstack.settings import NGINX_UID, POSTGRES_UID, SERVICE_UID, Settings, SettingsError
-from govstack.settings.catalog import OFFSITE_SECRETS, PITR_OFFSITE_SECRETS
+from govstack.settings.catalog import OFFSITE_SECRETS, PITR_OFFSITE_SECRETS, S3_IDENTITY_BY_NAME
 
 # Where a service sits in a host's main Compose project: a split host lists
 # its data tier first, then the edge, then monitoring (the order of the plan's
@@ -217,8 +217,19 @@ BACKUP_ROLE_SECRET = "postgres_backup_password"  # noqa: S105
 BACKUP_OFFSITE_SECRETS = OFFSITE_SECRETS
 
 
+def s3_pair(settings: Settings, identity: str) -> tuple[str, str]:
+    """The secrets (access key, secret key) of an S3 identity (settings.catalog.S3_IDENTITIES):
+    with an external object store, every client has the one pair the operator supplies."""
+    if settings.object_store.kind != "seaweedfs":
+        identity = "app"
+    found = S3_IDENTITY_BY_NAME[identity]
+    return found.access_key, found.secret_key
+
+
 def backup_secrets(settings: Settings) -> list[str]:
-    names = [BACKUP_PASSWORD_SECRET, BACKUP_ROLE_SECRET, "s3_access_key", "s3_secret_key"]
+    """The backup service's secrets; the restore identity's pair is mounted only into the
+    one-off containers of `govstack restore` (govstack/backup/remote.py)."""
+    names = [BACKUP_PASSWORD_SECRET, BACKUP_ROLE_SECRET, *s3_pair(settings, "backup")]
     if settings.backup.offsite is not None:
         names += list(BACKUP_OFFSITE_SECRETS)
     return names

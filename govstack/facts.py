@@ -467,3 +467,39 @@ class PgbackrestStanza(FactBase):
     def process(self, output):
         answer = last_json("\n".join(output))
         return answer if isinstance(answer, dict) else None
+
+
+class S3BucketVersioning(FactBase):
+    """A bucket's versioning state in the stack's SeaweedFS, read with ``weed shell`` inside its
+    container (the entrypoint's ``bucket-state``): "Enabled", "Suspended", "Unconfigured", or
+    None when the bucket is absent or the gateway does not answer."""
+
+    def command(self, project: str, compose_file: str, bucket: str) -> str:
+        probe = compose_exec(project, compose_file, "seaweedfs", "/usr/local/bin/seaweedfs-entrypoint",
+                             "bucket-state", bucket)
+        return f"{probe} 2>/dev/null || true"
+
+    def process(self, output) -> str | None:
+        for line in output:
+            fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
+            if "versioning" in fields:
+                return None if fields["versioning"] == "absent" else fields["versioning"]
+        return None
+
+
+class S3BucketConfig(FactBase):
+    """True when the bucket's lifecycle rules and encryption are the wanted ones, asked by the
+    backup service's ``bucket-config --check`` with the admin key pair on its stdin."""
+
+    def command(self, project: str, compose_file: str, argv: tuple[str, ...], access_file: str,
+                secret_file: str) -> str:
+        check = compose_exec(project, compose_file, "backup", *argv, "--check")
+        return f"{{ cat {q(access_file)}; echo; cat {q(secret_file)}; echo; }} | {check} 2>/dev/null || true"
+
+    def process(self, output) -> bool:
+        for line in reversed(list(output)):
+            try:
+                return bool(json.loads(line).get("current"))
+            except (ValueError, AttributeError):
+                continue
+        return False

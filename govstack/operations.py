@@ -35,6 +35,8 @@ from govstack.facts import (
     PgbackrestStanza,
     PostgresLogin,
     PostgresOwnership,
+    S3BucketConfig,
+    S3BucketVersioning,
     SecretFile,
     SystemdIsInit,
 )
@@ -572,6 +574,58 @@ def postgres_login_role(
     sql = login_role_sql(role, password_file, attributes=attributes, member_of=member_of,
                          connect=database if connect else None, owns_database=database if owns_database else None)
     yield f"{{ {sql}; }} | {compose_exec(project, compose_file, 'postgres', *psql_argv('postgres'))}"
+
+
+@operation()
+def s3_bucket_versioned(project: str, compose_file: str, bucket: str):
+    """
+    The bucket exists in the stack's SeaweedFS with versioning enabled.
+
+    + project, compose_file: the Compose project SeaweedFS runs in
+    + bucket: the bucket's name
+
+    Made with ``weed shell`` inside the gateway's container (its entrypoint's ``bucket``), not
+    through S3: creating a bucket takes the Admin action, which no client of the stack holds.
+    An overwritten or deleted object then keeps its earlier versions (the lifecycle rules
+    say for how long).
+    """
+    if host.get_fact(S3BucketVersioning, project=project, compose_file=compose_file, bucket=bucket) == "Enabled":
+        host.noop(f"bucket {bucket} exists, versioning enabled")
+        return
+    yield compose_exec(project, compose_file, "seaweedfs", "/usr/local/bin/seaweedfs-entrypoint", "bucket", bucket)
+
+
+@operation()
+def s3_bucket_configured(project: str, compose_file: str, bucket: str, noncurrent_days: int, abort_days: int,
+                         access_file: str, secret_file: str, encrypt: bool, marker: str):
+    """
+    The bucket's lifecycle rules (noncurrent versions expire after ``noncurrent_days``,
+    incomplete multipart uploads are aborted after ``abort_days``) and, with ``encrypt``, its
+    default encryption SSE-S3: every object written from then on is encrypted by the gateway.
+
+    + project, compose_file: the Compose project the backup service runs in
+    + bucket: the bucket's name
+    + noncurrent_days, abort_days: the rules' days (object_store settings)
+    + access_file, secret_file: the admin identity's key pair on the host
+    + encrypt: default encryption SSE-S3 (the gateway has the key s3_sse_key)
+    + marker: written once encryption is on (secret_store.sse_marker): the key is pinned
+
+    Set through S3 by the backup service's ``govstack-backup bucket-lifecycle`` (its image has
+    the S3 client), with the admin pair on its stdin for that one call: no container mounts it.
+    """
+    argv = ("govstack-backup", "bucket-config", bucket, "--noncurrent-days", str(noncurrent_days),
+            "--abort-multipart-days", str(abort_days), *(("--encrypt",) if encrypt else ()))
+    pin = f"touch {q(marker)} && chmod 600 {q(marker)}" if encrypt else "true"
+    if host.get_fact(S3BucketConfig, project=project, compose_file=compose_file, argv=argv,
+                     access_file=access_file, secret_file=secret_file):
+        host.noop(f"bucket {bucket}: lifecycle rules and encryption current")
+        if encrypt:
+            yield pin
+        return
+    apply = compose_exec(project, compose_file, "backup", *argv)
+    yield (f"{{ cat {q(access_file)}; echo; cat {q(secret_file)}; echo; }} | {apply} | tail -n 1 "
+           "| grep -q '\"ok\": true' || { echo 'govstack: the bucket configuration could not be set' >&2; exit 1; }; "
+           f"{pin}")
 
 
 @operation()

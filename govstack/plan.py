@@ -15,6 +15,7 @@ from govstack.release import COLORS, Color, Release, first_release
 from govstack.roles import ALL_ROLES, Member, Topology
 from govstack.secrets import SECRET_SPECS, host_secret_names
 from govstack.settings import Resources, Settings
+from govstack.settings.catalog import S3_IDENTITIES
 from govstack.settings.paths import TEXTFILE_DIR, BackupPaths, PitrPaths
 from govstack.tuning import HostResources, postgres_memory_budget_mb, postgres_tuning
 
@@ -494,6 +495,20 @@ class StackPlan:
     def app_secrets(self) -> list[str]:
         """What the API and the worker both read."""
         return ["postgres_app_password", "s3_access_key", "s3_secret_key", "app_admin_api_key"]
+
+    @property
+    def seaweedfs_secrets(self) -> list[str]:
+        """The S3 gateway reads every identity's key pair (settings.catalog.S3_IDENTITIES)."""
+        return [*(name for identity in S3_IDENTITIES for name in (identity.access_key, identity.secret_key)),
+                "s3_sse_key"]
+
+    @property
+    def s3_identities(self) -> str:
+        """The gateway's identities for its entrypoint (S3_IDENTITIES, no secret in it): one line per
+        identity, "<name> <access key secret> <secret key secret> <action>,<action>..."."""
+        bucket = self.settings.object_store.bucket
+        return "\n".join(f"{i.name} {i.access_key} {i.secret_key} {','.join(i.actions_for(bucket))}"
+                         for i in S3_IDENTITIES)
 
     @property
     def migrate_secrets(self) -> list[str]:

@@ -40,6 +40,8 @@ NOT_ROTATED = {
     "analytics_actor_key": "a new key would give every actor a new pseudonym, so releases over days before and "
                            "after it would count one person as two (runbooks/privacy-analytics.md); it is meant "
                            "to stay for the events' retention",
+    "s3_sse_key": "SeaweedFS derives its key-encryption key from it and has no re-wrap of the objects' keys: a new "
+                  "value would leave every encrypted object unreadable",
     "grafana_admin_password": "Grafana keeps the password of its first start: reset it with "
                               "`grafana cli admin reset-admin-password` (runbooks/rotate-secrets.md)",
     # pgBackRest has no command that re-encrypts a repository: a new passphrase would

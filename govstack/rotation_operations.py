@@ -142,24 +142,25 @@ def restic_key_removed(project: str, compose_file: str, repository: str, old_pas
 
 
 @operation(is_idempotent=False)
-def s3_identities_set(project: str, compose_file: str, key_files: tuple[tuple[str, str, str], ...]):
+def s3_identities_set(project: str, compose_file: str, extra: tuple[tuple[str, str, str], ...] = ()):
     """
-    The S3 gateway accepts exactly these key pairs, reloaded without a restart.
+    The S3 gateway accepts every identity's key pair from its secret files, plus ``extra``
+    pairs, reloaded without a restart.
 
     + project, compose_file: the Compose project SeaweedFS runs in
-    + key_files: (identity name, access key file, secret key file) on the host
+    + extra: (identity name, access key file, secret key file) on the host: a second
+      pair of that identity, with its rights (a rotation's new pair)
 
-    The keys go from the files through printf (a builtin) into the container's
-    stdin; its entrypoint writes them as the gateway's identities, signals it
-    to reload them and returns once the gateway answers with exactly these
-    access keys (templates/images/seaweedfs/seaweedfs-entrypoint): weed's
-    reload is asynchronous and merges by identity name, so the entrypoint
-    also writes every name left out without credentials.
+    The extra keys go from the files through printf (a builtin) into the container's
+    stdin; its entrypoint writes the identities, signals the gateway to reload them
+    and returns once the gateway answers with exactly these access keys
+    (templates/images/seaweedfs/seaweedfs-entrypoint): weed's reload is
+    asynchronous.
     """
     lines = "; ".join(
         f"printf '%s %s %s\\n' {q(name)} \"$(cat {q(access)})\" \"$(cat {q(secret)})\""
-        for name, access, secret in key_files
-    )
+        for name, access, secret in extra
+    ) or ":"
     gateway = compose_exec(project, compose_file, "seaweedfs", "/usr/local/bin/seaweedfs-entrypoint", "identities")
     yield f"{{ {lines}; }} | {gateway} || {{ echo 'govstack: the S3 gateway refused the new identities' >&2; exit 1; }}"
 

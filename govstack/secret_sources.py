@@ -33,7 +33,8 @@ from govstack.secrets import SECRET_SPECS
 
 # What a host holds that a secret unlocks (SecretSpec.pinned_by), in words.
 DATA_LABELS = {"postgres": "an initialised Postgres data directory", "restic": "a restic repository",
-               "pgbackrest": "a pgBackRest repository (WAL and base backups)"}
+               "pgbackrest": "a pgBackRest repository (WAL and base backups)",
+               "seaweedfs-sse": "objects SeaweedFS encrypted with it"}
 
 Origin = Literal["host", "controller", "supplied", "new"]
 

@@ -36,7 +36,14 @@ def data_markers(settings: Any, roles: frozenset[str]) -> tuple[tuple[str, str],
         ("restic", f"{host_paths(settings).repository}/config"),
         # A stanza's archive info: WAL and base backups encrypted with the cipher passphrase.
         ("pgbackrest", f"{pitr_paths(settings).repository}/archive/{settings.project}/archive.info"),
+        ("seaweedfs-sse", sse_marker(settings)),
     )
+
+
+def sse_marker(settings: Any) -> str:
+    """Written by the deploy once the bucket's default encryption is on: from then on objects
+    exist that only the secret s3_sse_key opens, and a deploy never makes a new one."""
+    return f"{settings.data_dir}/seaweedfs/.govstack-sse-in-use"
 
 
 class ControllerStore:

@@ -16,10 +16,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from govstack.settings import Settings
-from govstack.settings.catalog import SECRET_SPECS, TLS_KEY_OWNER_UID, SecretSpec
+from govstack.settings.catalog import S3_IDENTITIES, SECRET_SPECS, TLS_KEY_OWNER_UID, SecretSpec
 
 __all__ = ["SECRET_SPECS", "TLS_KEY_OWNER_UID", "SecretSpec", "generate_secret_command", "host_secret_names",
            "secret_path"]
+
+# Key pairs of the in-stack gateway's identities other than the app's: an external object
+# store has only the pair the operator supplies (the app's, which the backup job then uses too).
+IN_STACK_S3_SECRETS = frozenset(
+    name for identity in S3_IDENTITIES if identity.name != "app" for name in (identity.access_key, identity.secret_key)
+) | {"s3_sse_key"}
 
 
 def host_secret_names(settings: Settings, roles: Iterable[str]) -> list[str]:
@@ -29,6 +35,7 @@ def host_secret_names(settings: Settings, roles: Iterable[str]) -> list[str]:
     return sorted(
         name for name, spec in SECRET_SPECS.items()
         if spec.needed_by & roles and (spec.generated or name in settings.secrets)
+        and (name not in IN_STACK_S3_SECRETS or settings.object_store.kind == "seaweedfs")
     )
 
 
@@ -39,7 +46,7 @@ def secret_path(settings: Settings, name: str) -> str:
 
 
 # Secrets rotated together (one S3 identity is a key pair).
-ROTATED_TOGETHER = (("s3_access_key", "s3_secret_key"),)
+ROTATED_TOGETHER = tuple((identity.access_key, identity.secret_key) for identity in S3_IDENTITIES)
 
 
 def rotated_with(name: str) -> tuple[str, ...]:

@@ -199,15 +199,19 @@ class Stack:
         self._forwarders[key] = f"127.0.0.1:{port}"
         return self._forwarders[key]
 
-    def s3(self):
+    def s3(self, identity: str = "app"):
+        """A client of the stack's S3 gateway as one of its identities (settings.catalog.S3_IDENTITIES)."""
         from minio import Minio
+
+        from govstack.catalog import s3_pair
 
         s = self.settings
         secret = Path(s.secrets_dir)
+        access, secret_key = s3_pair(s, identity)
         return Minio(
             self.forward("seaweedfs", self.plan.ports["seaweedfs_s3"]),
-            access_key=(secret / "s3_access_key").read_text().strip(),
-            secret_key=(secret / "s3_secret_key").read_text().strip(),
+            access_key=(secret / access).read_text().strip(),
+            secret_key=(secret / secret_key).read_text().strip(),
             secure=False,
             region=s.object_store.region,
         )

@@ -287,7 +287,8 @@ def restore(stack: BackupHost, snapshot: str = "latest", component: str = "all",
         t_restore = time.monotonic()
         if "objects" in components:
             changed = True
-            out = stack.job_json("restore-objects", entry["run"], "--from", source, *force_flag, oneoff=True)
+            out = stack.job_json("restore-objects", entry["run"], "--from", source, *force_flag, oneoff=True,
+                                 restore_keys=True)
             report["components"]["objects"] = out
             if not out.get("ok"):
                 raise BackupError(f"objects do not match the snapshot after restore: {_object_problems(out)}",

@@ -7,9 +7,11 @@ from __future__ import annotations
 from typing import Any
 
 from govstack.backup.plan import SERVICE, host_paths
+from govstack.catalog import s3_pair
 from govstack.commands import last_json
 from govstack.plan import StackPlan
 from govstack.remote import RemoteError, StackHost
+from govstack.secrets import secret_path
 
 
 class BackupError(RemoteError):
@@ -26,15 +28,25 @@ class BackupHost(StackHost):
         self.backup = plan.settings.backup
         self.paths = host_paths(plan.settings)
 
-    def job(self, *args: str, oneoff: bool = False) -> str:
+    def job(self, *args: str, oneoff: bool = False, restore_keys: bool = False) -> str:
         """A govstack-backup command in the running service, or in a one-off
-        container of the same definition (while the service is stopped)."""
+        container of the same definition (while the service is stopped).
+
+        ``restore_keys``: the one-off container also gets the restore identity's key pair
+        (read-only at /run/secrets/, like the service's own secrets): the only container
+        that may write objects back, and only while `govstack restore` runs it."""
         if oneoff:
-            return self.compose("run", "--rm", "--no-deps", "-T", SERVICE, *args)
+            mounts: list[str] = []
+            restore_pair = s3_pair(self.settings, "restore")
+            if restore_keys and restore_pair != s3_pair(self.settings, "backup"):  # not an external store's one pair
+                for name in restore_pair:
+                    mounts += ["-v", f"{secret_path(self.settings, name)}:/run/secrets/{name}:ro"]
+            return self.compose("run", "--rm", "--no-deps", "-T", *mounts, SERVICE, *args)
         return self.compose("exec", "-T", SERVICE, "govstack-backup", *args)
 
-    def job_json(self, *args: str, oneoff: bool = False, timeout: float | None = None) -> dict[str, Any]:
-        result = self.sh(self.job(*args, oneoff=oneoff), timeout=timeout)
+    def job_json(self, *args: str, oneoff: bool = False, timeout: float | None = None,
+                 restore_keys: bool = False) -> dict[str, Any]:
+        result = self.sh(self.job(*args, oneoff=oneoff, restore_keys=restore_keys), timeout=timeout)
         answer = last_json(result.stdout)
         if not isinstance(answer, dict):
             raise BackupError(f"govstack-backup {args[0]} gave no answer (exit {result.rc}): {result.tail()}")

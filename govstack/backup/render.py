@@ -22,6 +22,7 @@ from govstack.backup.plan import (
     pitr_paths,
     stanza,
 )
+from govstack.catalog import s3_pair
 from govstack.plan import StackPlan
 from govstack.render import render
 
@@ -31,6 +32,7 @@ def job_config(plan: StackPlan) -> dict[str, Any]:
     s = plan.settings
     b = backup_settings(s)
     c = ContainerPaths()
+    backup_pair, restore_pair = s3_pair(s, "backup"), s3_pair(s, "restore")
     config: dict[str, Any] = {
         "project": s.project,
         "repository": c.repository,
@@ -47,8 +49,11 @@ def job_config(plan: StackPlan) -> dict[str, Any]:
             "endpoint": plan.s3_endpoint_from(on_data_network=True),
             "secure": s.object_store.secure,
             "region": s.object_store.region,
-            "access_key_file": "/run/secrets/s3_access_key",
-            "secret_key_file": "/run/secrets/s3_secret_key",
+            "access_key_file": f"/run/secrets/{backup_pair[0]}",
+            "secret_key_file": f"/run/secrets/{backup_pair[1]}",
+            # Only `govstack restore`'s one-off container has these files (BackupHost.job).
+            "restore_access_key_file": f"/run/secrets/{restore_pair[0]}",
+            "restore_secret_key_file": f"/run/secrets/{restore_pair[1]}",
             "buckets": None,  # every bucket
         },
         "chroma": {

@@ -28,10 +28,13 @@ import calendar
 from datetime import UTC, datetime
 from typing import Any
 
+from govstack.catalog import s3_pair
 from govstack.commands import SUPERUSER, docker_exec, last_json, printf_lines, psql, q
 from govstack.inventory import InventoryHost
 from govstack.remote import RemoteError, StackHost, stack_plan, testinfra_host
+from govstack.secrets import secret_path
 from govstack.settings import Settings
+from govstack.settings.catalog import S3_IDENTITIES
 
 # Restores and drills keep what they replace, under these names (govstack/backup).
 PRE_RESTORE_DATABASE = "{database}_pre_restore_%"
@@ -112,24 +115,30 @@ def write_access_review(shell: ComplianceHost, path: str) -> int:
 
 
 # == residency ==================================================================================
-# Checked on SeaweedFS 4.48 itself: it implements SSE-S3 (a key-encryption key
-# from s3.sse.kek / s3.sse.key in security.toml, or WEED_S3_SSE_KEK / _KEY),
-# SSE-C and SSE-KMS; without a KEK it logs "No KEK configured. SSE-S3
-# encryption is disabled" and refuses SSE-S3 requests (HTTP 500).
+# Checked on SeaweedFS 4.48 itself: it implements SSE-S3 (a key-encryption key from s3.sse.kek
+# or s3.sse.key in security.toml), SSE-C and SSE-KMS; a bucket's default encryption applies
+# SSE-S3 to every object written to it. Versioning (PutBucketVersioning) and lifecycle rules
+# (PutBucketLifecycleConfiguration) are kept by the gateway; `weed server` does not apply the
+# rules itself (the entrypoint runs `weed shell s3.lifecycle.run-shard` daily).
 SEAWEEDFS_SSE = (
-    "SeaweedFS {version} implements S3 server-side encryption (SSE-S3 with a configured key-encryption key, "
-    "SSE-C, SSE-KMS), but this deployment configures no key-encryption key and no bucket default encryption, "
-    "so SSE is disabled and objects are stored unencrypted in the volume files"
+    "SeaweedFS {version} SSE-S3: each object under its own AES-256 key, wrapped by a key-encryption key derived "
+    "(HKDF-SHA256) from the secret s3_sse_key, which is not stored beside the data; objects written before the "
+    "bucket's default encryption was set stay unencrypted until rewritten"
+)
+SEAWEEDFS_NO_SSE = (
+    "SeaweedFS {version} implements S3 server-side encryption (SSE-S3), but this bucket has no default encryption, "
+    "so its objects are stored unencrypted in the volume files"
 )
 
-_BUCKET_SSE_SCRIPT = r"""
-import json
-from govstack_app.settings import Settings
-from govstack_app.storage import ObjectStore
-store = ObjectStore(Settings())
-cfg = store.client.get_bucket_encryption(store.bucket)
-print(json.dumps({"bucket": store.bucket, "sse": cfg.rule.sse_algorithm if cfg else None}))
-"""
+
+def _bucket_config_script(settings: Settings) -> tuple[str, tuple[str, ...]]:
+    """The backup service's ``bucket-config --check`` with the admin pair on its stdin."""
+    o = settings.object_store
+    access, secret = s3_pair(settings, "admin")
+    argv = ("govstack-backup", "bucket-config", o.bucket, "--noncurrent-days", str(o.noncurrent_version_days),
+            "--abort-multipart-days", str(o.abort_multipart_days), "--encrypt", "--check")
+    return (f"{{ cat {q(secret_path(settings, access))}; echo; cat {q(secret_path(settings, secret))}; echo; }}",
+            argv)
 
 
 def disk_encryption_fact(shell: ComplianceHost, path: str) -> dict[str, Any]:
@@ -151,10 +160,18 @@ def residency_facts(shell: ComplianceHost) -> dict[str, Any]:
         facts["disk"] = disk_encryption_fact(shell, shell.settings.data_dir)
     except ComplianceError as error:
         facts["disk_error"] = str(error)
-    try:
-        facts["bucket_sse"] = shell.app_python(_BUCKET_SSE_SCRIPT)
-    except ComplianceError as error:
-        facts["bucket_sse_error"] = str(error)
+    s = shell.settings
+    if s.object_store.kind == "seaweedfs":
+        try:
+            keys, argv = _bucket_config_script(s)
+            answer = last_json(shell.out(f"{keys} | {docker_exec(shell.require_service('backup'), *argv)}",
+                                         timeout=120))
+            if not isinstance(answer, dict) or not answer.get("ok"):
+                raise ComplianceError(f"bucket-config answered {answer}")
+            facts["bucket_sse"] = {"bucket": s.object_store.bucket, "sse": answer.get("encryption"),
+                                   "rules": answer.get("rules", {})}
+        except ComplianceError as error:
+            facts["bucket_sse_error"] = str(error)
     return facts
 
 
@@ -194,16 +211,20 @@ def residency_report(entry: InventoryHost, facts: dict[str, Any]) -> dict[str, A
                       "differentially private aggregates (runbooks/privacy-analytics.md)"})
     if s.object_store.kind == "seaweedfs":
         sse = facts.get("bucket_sse")
-        if sse and sse.get("sse"):
-            objects = f"yes: bucket default {sse['sse']} (SeaweedFS SSE)"
+        encrypted = bool(sse and sse.get("sse"))
+        if encrypted:
+            objects = f"yes: bucket default {sse['sse']} (SeaweedFS SSE-S3)"
         else:
             objects = "no SSE"
             if "bucket_sse_error" in facts:
                 objects += f" (the bucket could not be asked: {facts['bucket_sse_error']})"
+        o = s.object_store
+        versions = (f"versioned: earlier versions of overwritten or deleted objects kept {o.noncurrent_version_days} "
+                    f"days, incomplete uploads aborted after {o.abort_multipart_days} days")
         items.append({"data": "original files (objects)", "store": f"SeaweedFS {s.images.seaweedfs_version} S3",
                       "where": plan.data_path("seaweedfs"), "encrypted_at_rest": f"{objects}; {disk}",
-                      "note": f"bucket {s.object_store.bucket}; "
-                      + SEAWEEDFS_SSE.format(version=s.images.seaweedfs_version)})
+                      "note": f"bucket {o.bucket}, {versions}; "
+                      + (SEAWEEDFS_SSE if encrypted else SEAWEEDFS_NO_SSE).format(version=s.images.seaweedfs_version)})
     else:
         items.append({"data": "original files (objects)", "store": "external S3 endpoint",
                       "where": f"{s.object_store.endpoint} bucket {s.object_store.bucket}",
@@ -255,9 +276,29 @@ def residency_report(entry: InventoryHost, facts: dict[str, Any]) -> dict[str, A
         "host_disk_encrypted": disk_state,
         "host_disk_evidence": disk_how,
         "items": items,
+        "s3_identities": s3_identities(s),
         "in_transit": (f"clients reach the edge over TLS only ({s.public_url}); inside the host, services talk "
                        f"in plaintext over the internal Docker network {plan.networks['data']} (no route out)"),
     }
+
+
+def s3_identities(s: Settings) -> list[dict[str, Any]]:
+    """Who may do what in the stack's S3 gateway (settings.catalog.S3_IDENTITIES)."""
+    if s.object_store.kind != "seaweedfs":
+        return [{"name": "app", "actions": "as the external store grants the supplied key pair",
+                 "used_by": "the app, the backup job and `govstack restore`",
+                 "secrets": "s3_access_key, s3_secret_key"}]
+    return [{"name": i.name, "actions": ", ".join(i.actions_for(s.object_store.bucket)),
+             "used_by": S3_IDENTITY_USERS[i.name], "secrets": f"{i.access_key}, {i.secret_key}"}
+            for i in S3_IDENTITIES]
+
+
+S3_IDENTITY_USERS = {
+    "app": "the API and the worker",
+    "backup": "the backup service (every run)",
+    "restore": "`govstack restore` only (mounted into its one-off container)",
+    "admin": "the deploy's bucket setup only (passed on stdin, mounted nowhere)",
+}
 
 
 def render_residency(reports: list[dict[str, Any]]) -> str:
@@ -272,6 +313,10 @@ def render_residency(reports: list[dict[str, Any]]) -> str:
         for item in r["items"]:
             lines.append(f"| {item['data']} | {item['store']} | `{item['where']}` | {item['encrypted_at_rest']} | "
                          f"{item['note']} |")
+        lines += ["", "S3 identities (each refused outside its actions; monitoring has none):", "",
+                  "| identity | actions | used by | secrets |", "| --- | --- | --- | --- |"]
+        lines += [f"| {i['name']} | {i['actions']} | {i['used_by']} | {i['secrets']} |"
+                  for i in r.get("s3_identities", [])]
         lines += ["", f"In transit: {r['in_transit']}.", ""]
     return "\n".join(lines)
 

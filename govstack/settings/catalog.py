@@ -22,7 +22,7 @@ SERVICE_UID = 10001
 
 
 # Data on a host that a secret's value unlocks (SecretSpec.pinned_by).
-DATA_KINDS = ("postgres", "restic", "pgbackrest")
+DATA_KINDS = ("postgres", "restic", "pgbackrest", "seaweedfs-sse")
 ROTATIONS = ("postgres-role", "restic", "s3")
 
 
@@ -92,10 +92,26 @@ SECRET_SPECS: dict[str, SecretSpec] = {
                    needed_by=_by("data", "app"), rotation="postgres-role"),
         SecretSpec("postgres_app_password", SERVICE_UID, "Postgres role the app connects as (owns nothing)",
                    needed_by=_by("data", "app"), pinned_by="postgres", rotation="postgres-role"),
-        SecretSpec("s3_access_key", SERVICE_UID, "object store access key id", length=20,
-                   needed_by=_by("data", "app"), rotation="s3"),
-        SecretSpec("s3_secret_key", SERVICE_UID, "object store secret key", needed_by=_by("data", "app"),
+        SecretSpec("s3_access_key", SERVICE_UID, "object store access key id of the app (read and write on "
+                   "its bucket)", length=20, needed_by=_by("data", "app"), rotation="s3"),
+        SecretSpec("s3_secret_key", SERVICE_UID, "object store secret key of the app", needed_by=_by("data", "app"),
                    rotation="s3"),
+        SecretSpec("s3_backup_access_key", SERVICE_UID, "object store access key id of the backup job (read and "
+                   "list)", length=20, needed_by=_by("data"), rotation="s3"),
+        SecretSpec("s3_backup_secret_key", SERVICE_UID, "object store secret key of the backup job",
+                   needed_by=_by("data"), rotation="s3"),
+        SecretSpec("s3_restore_access_key", SERVICE_UID, "object store access key id of `govstack restore` (read, "
+                   "list and write; mounted only into the restore's one-off container)", length=20,
+                   needed_by=_by("data"), rotation="s3"),
+        SecretSpec("s3_restore_secret_key", SERVICE_UID, "object store secret key of `govstack restore`",
+                   needed_by=_by("data"), rotation="s3"),
+        SecretSpec("s3_admin_access_key", SERVICE_UID, "object store admin access key id (the deploy's bucket "
+                   "setup only)", length=20, needed_by=_by("data"), rotation="s3"),
+        SecretSpec("s3_admin_secret_key", SERVICE_UID, "object store admin secret key", needed_by=_by("data"),
+                   rotation="s3"),
+        SecretSpec("s3_sse_key", SERVICE_UID, "object store encryption key: SeaweedFS derives the key-encryption "
+                   "key of its SSE-S3 from it (keep a copy off the host: the objects do not open without it)",
+                   length=64, needed_by=_by("data"), pinned_by="seaweedfs-sse"),
         SecretSpec("app_admin_api_key", SERVICE_UID, "bootstrap admin API key of the app",
                    needed_by=_by("app")),
         SecretSpec("postgres_analytics_password", SERVICE_UID,
@@ -133,6 +149,47 @@ SECRET_SPECS: dict[str, SecretSpec] = {
         ),
     )
 }
+
+
+@dataclass(frozen=True)
+class S3Identity:
+    """One identity of the in-stack S3 gateway (SeaweedFS): its key pair's secrets and the
+    actions it may take. ``{bucket}`` in an action stands for object_store.bucket.
+
+    SeaweedFS 4.48 knows the actions Read, Write, List, Tagging and Admin, each optionally
+    scoped to one bucket (``Read:documents``); creating a bucket takes Admin. Write also
+    covers a bucket's versioning and lifecycle configuration (its S3 router maps
+    PutBucketVersioning and PutBucketLifecycleConfiguration to ACTION_WRITE), so the deploy
+    sets them again on every run.
+    """
+
+    name: str
+    access_key: str
+    secret_key: str
+    actions: tuple[str, ...]
+
+    def actions_for(self, bucket: str) -> tuple[str, ...]:
+        return tuple(action.format(bucket=bucket) for action in self.actions)
+
+
+# Who may do what in the S3 gateway (least privilege). The app's pair is the one every stack
+# had before these identities existed (then with every right): it keeps its value.
+S3_IDENTITIES: tuple[S3Identity, ...] = (
+    S3Identity("app", "s3_access_key", "s3_secret_key", ("Read:{bucket}", "Write:{bucket}", "List:{bucket}")),
+    # Every bucket is backed up; reading needs no write.
+    S3Identity("backup", "s3_backup_access_key", "s3_backup_secret_key", ("Read", "List")),
+    # Only `govstack restore` mounts this pair (the backup service's one-off container).
+    S3Identity("restore", "s3_restore_access_key", "s3_restore_secret_key", ("Read", "Write", "List")),
+    # The deploy's bucket setup (create, versioning, lifecycle); no service mounts it.
+    S3Identity("admin", "s3_admin_access_key", "s3_admin_secret_key", ("Admin", "Read", "Write", "List", "Tagging")),
+)
+S3_IDENTITY_BY_NAME = {identity.name: identity for identity in S3_IDENTITIES}
+
+
+def s3_identity_of(secret: str) -> S3Identity | None:
+    """The S3 identity whose key pair ``secret`` is one half of."""
+    return next((i for i in S3_IDENTITIES if secret in (i.access_key, i.secret_key)), None)
+
 
 # Not generated like the others but guarded the same way: the edge's TLS key.
 TLS_KEY_OWNER_UID = NGINX_UID

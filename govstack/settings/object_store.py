@@ -18,6 +18,13 @@ class ObjectStoreSettings(Section):
     secure: bool = False
     bucket: str = Field("documents", pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
     region: str = "us-east-1"
+    # In-stack SeaweedFS only: the bucket is versioned (an overwritten or deleted object keeps
+    # its earlier versions), and these lifecycle rules bound what that keeps.
+    noncurrent_version_days: int = Field(
+        30, ge=1, le=3650,
+        description="days an overwritten or deleted object's earlier version is kept (kind=seaweedfs)")
+    abort_multipart_days: int = Field(
+        7, ge=1, le=365, description="days after which an incomplete multipart upload is aborted (kind=seaweedfs)")
 
     @model_validator(mode="after")
     def _external_needs_endpoint(self) -> ObjectStoreSettings:

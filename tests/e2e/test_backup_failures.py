@@ -69,7 +69,7 @@ def test_disk_too_full_for_the_dump_fails_clearly_and_keeps_the_repository(stack
     in_test_stack(stack)
     volume = f"{stack.settings.project}-backup-full-test"
     filler = f"{stack.settings.project}-filler-test"
-    s3 = stack.s3()
+    s3 = stack.s3("admin")  # a bucket of its own: only the admin identity creates buckets
     subprocess.run(["docker", "volume", "rm", "-f", volume], capture_output=True)
     subprocess.run(["docker", "volume", "create", "--driver", "local", "--opt", "type=tmpfs", "--opt",
                     "device=tmpfs", "--opt", "o=size=2m,uid=10001,gid=10001,mode=0700", volume],

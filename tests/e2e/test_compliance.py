@@ -176,9 +176,10 @@ def test_residency_report_from_the_settings_and_the_host(stack):
     where = {item["store"].split()[0]: item for item in report["items"]}
     assert where["PostgreSQL"]["where"] == f"{s.data_dir}/postgres"
     assert where["SeaweedFS"]["where"] == f"{s.data_dir}/seaweedfs"
-    # Asked of the live bucket: no default encryption is configured.
-    assert where["SeaweedFS"]["encrypted_at_rest"].startswith("no SSE;")
+    # Asked of the live bucket: the deploy set its default encryption (SSE-S3).
+    assert where["SeaweedFS"]["encrypted_at_rest"].startswith("yes: bucket default AES256 (SeaweedFS SSE-S3);")
     assert "could not be asked" not in where["SeaweedFS"]["encrypted_at_rest"]
+    assert {i["name"] for i in report["s3_identities"]} == {"app", "backup", "restore", "admin"}
     if s.backup.enabled:
         assert where["restic"]["encrypted_at_rest"].startswith("yes, always")
     else:

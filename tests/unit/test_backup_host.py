@@ -143,7 +143,8 @@ def test_backup_service_is_unprivileged_limited_and_has_no_docker_socket(compose
 def test_backup_service_gets_only_its_secrets_and_egress_only_for_offsite(compose):
     plan, svc = compose
     names = sorted(s["source"] for s in svc["secrets"])
-    expected = ["postgres_backup_password", "restic_password", "s3_access_key", "s3_secret_key"]
+    # Read and list only; the restore identity's pair is mounted by `govstack restore` alone.
+    expected = ["postgres_backup_password", "restic_password", "s3_backup_access_key", "s3_backup_secret_key"]
     if plan.settings.backup.offsite:
         assert names == sorted([*expected, *backup_plan.OFFSITE_SECRETS])
         assert sorted(svc["networks"]) == ["data", "edge"]

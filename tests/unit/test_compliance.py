@@ -107,11 +107,17 @@ def test_residency_states_encryption_honestly():
     assert items["PostgreSQL"]["where"] == "/srv/gs/data/postgres"
     assert items["PostgreSQL"]["encrypted_at_rest"] == "no (host disk)"
     assert items["SeaweedFS"]["encrypted_at_rest"].startswith("no SSE")
-    assert "configures no key-encryption key" in items["SeaweedFS"]["note"]
+    assert "has no default encryption" in items["SeaweedFS"]["note"]
+    assert "versioned: earlier versions of overwritten or deleted objects kept 30 days" in items["SeaweedFS"]["note"]
+    identities = {i["name"]: i for i in report["s3_identities"]}
+    assert identities["app"]["actions"] == "Read:documents, Write:documents, List:documents"
+    assert identities["backup"]["actions"] == "Read, List" and set(identities) == {"app", "backup", "restore", "admin"}
     assert items["restic"]["encrypted_at_rest"].startswith("yes, always")
     assert report["host_disk_encrypted"] == "no"
     text = compliance.render_residency([report])
     assert "| original files (objects) | SeaweedFS 4.48 S3 | `/srv/gs/data/seaweedfs` |" in text
+    assert ("| backup | Read, List | the backup service (every run) | s3_backup_access_key, s3_backup_secret_key |"
+            in text)
 
 
 def test_residency_with_an_encrypted_disk_and_sse():
@@ -122,6 +128,7 @@ def test_residency_with_an_encrypted_disk_and_sse():
     assert report["host_disk_encrypted"] == "yes"
     objects = next(i for i in report["items"] if i["data"].startswith("original files"))
     assert objects["encrypted_at_rest"].startswith("yes: bucket default AES256")
+    assert "derived (HKDF-SHA256) from the secret s3_sse_key" in objects["note"]
 
 
 def test_residency_declared_disk_encryption_wins():

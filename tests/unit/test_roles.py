@@ -236,7 +236,9 @@ def test_each_host_holds_only_the_secrets_its_roles_read():
     # The data host sets the analytics role's password; only the app hosts hold the actor key.
     data = {"postgres_password", "postgres_owner_password", "postgres_app_password", "s3_access_key",
             "s3_secret_key", "restic_password", "postgres_backup_password", "postgres_monitor_password",
-            "postgres_analytics_password", "pgbackrest_cipher_pass"}
+            "postgres_analytics_password", "pgbackrest_cipher_pass", "s3_backup_access_key", "s3_backup_secret_key",
+            "s3_restore_access_key", "s3_restore_secret_key", "s3_admin_access_key", "s3_admin_secret_key",
+            "s3_sse_key"}
     app = {"postgres_owner_password", "postgres_app_password", "s3_access_key", "s3_secret_key", "app_admin_api_key",
            "postgres_analytics_password", "analytics_actor_key"}
     monitoring = {"postgres_monitor_password", "grafana_admin_password", "alertmanager_smtp_password"}

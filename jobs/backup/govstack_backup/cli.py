@@ -52,6 +52,13 @@ def _parser() -> argparse.ArgumentParser:
         pitr_sub.add_parser(name, help=helptext)
     pitr_backup = pitr_sub.add_parser("backup", help="a base backup now")
     pitr_backup.add_argument("--type", dest="kind", choices=("full", "diff", "incr"), default="diff")
+    life = sub.add_parser("bucket-config", help="a bucket's lifecycle rules and default encryption (admin keys "
+                          "on stdin); JSON")
+    life.add_argument("bucket")
+    life.add_argument("--noncurrent-days", type=int, required=True)
+    life.add_argument("--abort-multipart-days", type=int, required=True)
+    life.add_argument("--encrypt", action="store_true", help="default encryption SSE-S3 (AES256)")
+    life.add_argument("--check", action="store_true", help="only say whether the configuration is current")
     dump = sub.add_parser("dump", help="a run's component stream to stdout")
     dump.add_argument("run")
     dump.add_argument("component", choices=("postgres", "postgres_globals", "objects", "vectors", "ledger",
@@ -93,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         return _pre_deploy(cfg, args)
     if args.cmd == "pitr":
         return _pitr(cfg, args)
+    if args.cmd == "bucket-config":
+        return _bucket_config(cfg, args)
     return _restore_side(cfg, args)
 
 
@@ -120,6 +129,19 @@ def _pitr(cfg: Any, args: argparse.Namespace) -> int:
         return 1
     emit(result)
     return 0 if result.get("ok") else 1
+
+
+def _bucket_config(cfg: Any, args: argparse.Namespace) -> int:
+    from govstack_backup import bucket_config as lifecycle
+
+    try:
+        result = lifecycle.apply(lifecycle.admin_client(cfg.s3), args.bucket, args.noncurrent_days,
+                                 args.abort_multipart_days, args.encrypt, args.check)
+    except Exception as exc:  # noqa: BLE001 - one JSON line, the cause, exit 1
+        print(json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}"}, sort_keys=True))
+        return 1
+    print(json.dumps(result, sort_keys=True))
+    return 0
 
 
 def _run(cfg: Any, args: argparse.Namespace) -> int:

@@ -35,11 +35,15 @@ _MISSING = ("NoSuchKey", "NoSuchObject", "NotFound", "NoSuchBucket")
 CHUNK = 1 << 20
 
 
-def client(s3: dict[str, Any]) -> Minio:
+def client(s3: dict[str, Any], *, restore: bool = False) -> Minio:
+    """The backup identity (read and list), or with ``restore`` the restore identity, whose key
+    files only `govstack restore`'s one-off container has (config ``restore_*_key_file``; a
+    config from before it had them restores with the backup pair, as then)."""
+    prefix = "restore_" if restore and "restore_access_key_file" in s3 else ""
     return Minio(
         s3["endpoint"],
-        access_key=read_secret(s3["access_key_file"]),
-        secret_key=read_secret(s3["secret_key_file"]),
+        access_key=read_secret(s3[f"{prefix}access_key_file"]),
+        secret_key=read_secret(s3[f"{prefix}secret_key_file"]),
         secure=bool(s3.get("secure")),
         region=s3.get("region") or "us-east-1",
     )

@@ -99,7 +99,7 @@ def state(cfg: Config, manifest: dict[str, Any]) -> dict[str, Any]:
 
 def restore_objects(cfg: Config, restic: Restic, entry: dict[str, Any], force: bool) -> dict[str, Any]:
     expected = entry["manifest"]["components"]["objects"]
-    mc = objects.client(cfg.s3)
+    mc = objects.client(cfg.s3, restore=True)
     busy = objects.non_empty(mc, sorted(expected["buckets"]))
     if busy and not force:
         raise RestoreError(f"buckets already hold objects: {busy} (use --force to restore over them)", "non-empty")
