@@ -7,13 +7,29 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import Path
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 COLLECTION_RE = r"^[a-z0-9][a-z0-9_-]{0,61}[a-z0-9]$"
 CollectionPath = Annotated[str, Path(pattern=COLLECTION_RE, description="Collection name")]
 CollectionName = Annotated[str, Field(pattern=COLLECTION_RE)]
 KEY_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._@-]*$"
 Role = Literal["admin", "curator", "writer", "reader"]
+
+
+def storable_text(value: str) -> str:
+    """Free text that reaches Postgres as it is: a text value cannot hold NUL (psycopg refuses
+    it), and a lone surrogate (JSON may carry one) cannot be encoded as UTF-8. Refused here,
+    so the client gets 422 naming the field, never a 500 from the driver."""
+    if "\x00" in value:
+        raise ValueError("must not contain the NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (it holds a lone surrogate)") from None
+    return value
+
+
+StorableText = Annotated[str, AfterValidator(storable_text)]
 
 
 class ErrorResponse(BaseModel):
@@ -97,7 +113,7 @@ class Download(BaseModel):
 
 
 class SearchRequest(BaseModel):
-    query: str = Field(min_length=1, max_length=2000)
+    query: StorableText = Field(min_length=1, max_length=2000)
     collection: str = Field(pattern=COLLECTION_RE)
     k: int = Field(5, ge=1, le=100)
     mode: Literal["vector", "keyword", "hybrid"] = "hybrid"

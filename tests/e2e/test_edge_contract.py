@@ -119,6 +119,24 @@ def test_the_published_openapi_is_what_clients_get_through_the_edge(stack, tmp_p
     assert not failed and result.returncode == 0, f"{failed}\n{summary[-6000:]}\n{result.stderr[-2000:]}"
 
 
+def test_text_postgres_cannot_store_is_a_422_naming_the_field(stack):
+    """Found by schemathesis (full run of 2026-12-05): a search query holding NUL reached Postgres
+    and answered 500. Through the edge with a real key: 422 naming the field, for every mode and
+    for an upload's created_by; the same request without the NUL is served."""
+    api = Api(stack, stack.admin_api_key)
+    for mode in ("hybrid", "keyword", "vector"):
+        refused = api.call("POST", "/api/v1/search",
+                           json={"query": "tax\u0000form", "collection": "forms", "mode": mode})
+        assert refused.status_code == 422, (mode, refused.status_code, refused.text)
+        assert "NUL" in refused.text and "query" in refused.text and refused.json()["request_id"]
+    served = api.call("POST", "/api/v1/search",
+                      json={"query": "tax form", "collection": unique("nul"), "mode": "hybrid"})
+    assert served.status_code in (200, 404), served.text  # no such collection: 404, never 500
+    upload = api.call("POST", f"/api/v1/collections/{unique('nul')}/documents", files={"file": ("a.txt", b"text")},
+                      data={"created_by": "clerk\x00"})
+    assert upload.status_code == 422 and "created_by" in upload.text, (upload.status_code, upload.text)
+
+
 def test_health_is_the_same_answer_at_the_edge_and_in_the_app(stack):
     edge = Api(stack, None).call("GET", "/health")
     fetch = ("import urllib.request; "

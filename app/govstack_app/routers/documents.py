@@ -11,7 +11,16 @@ from fastapi.responses import JSONResponse, Response
 from ..analytics.events import note_usage
 from ..extract import EmptyDocument, TooLarge, UnsupportedType
 from ..http_errors import HTTPError, current_request_id
-from ..schemas import AUTH_ERRORS, EDGE_ERRORS, CollectionPath, Document, DocumentList, Download, error_doc
+from ..schemas import (
+    AUTH_ERRORS,
+    EDGE_ERRORS,
+    CollectionPath,
+    Document,
+    DocumentList,
+    Download,
+    StorableText,
+    error_doc,
+)
 from ..services import documents, uploads
 from .deps import CollectionReaderKey, CollectionWriterKey, client_ip, services, settings
 
@@ -54,7 +63,7 @@ def upload(
     file: Annotated[UploadFile, File(description="The document: text, Markdown, HTML, PDF or DOCX")],
     principal: CollectionWriterKey,
     created_by: Annotated[
-        str | None, Form(max_length=200, description="Person on whose behalf (defaults to the key name)")
+        StorableText | None, Form(max_length=200, description="Person on whose behalf (defaults to the key name)")
     ] = None,
 ) -> JSONResponse:
     try:

@@ -199,3 +199,26 @@ def test_paging_parameters_are_bounded_by_what_postgres_accepts(app) -> None:  #
     assert params["offset"]["maximum"] == PG_BIGINT_MAX == 2**63 - 1
     assert params["offset"]["minimum"] == 0
     assert params["limit"]["maximum"] == 500
+
+
+def test_free_text_that_postgres_cannot_store_is_refused_by_the_schema() -> None:
+    # Found by schemathesis through the edge: a search query holding NUL reached Postgres' full-text
+    # query and answered 500. Every free text that is stored or queried as it is (the search query,
+    # an upload's created_by) refuses it with 422 before any service is touched.
+    import typing
+
+    from govstack_app.routers.documents import upload
+    from govstack_app.schemas import SearchRequest, StorableText, storable_text
+    from pydantic import ValidationError
+
+    for query in ("a\x00b", "\x00", "x\ud800y"):
+        with pytest.raises(ValidationError):
+            SearchRequest.model_validate({"query": query, "collection": "forms"})
+    with pytest.raises(ValueError, match="NUL"):
+        storable_text("someone\x00")
+    with pytest.raises(ValueError, match="lone surrogate"):
+        storable_text("\udc80")
+    assert SearchRequest.model_validate({"query": "é 😀 \t\n", "collection": "forms"}).query == "é 😀 \t\n"
+    # upload's created_by: Annotated[StorableText | None, Form(...)]
+    created_by = typing.get_type_hints(upload, include_extras=True)["created_by"]
+    assert StorableText in typing.get_args(typing.get_args(created_by)[0])
