@@ -145,3 +145,17 @@ def test_a_line_the_gateway_cannot_take_is_refused_and_the_keys_in_force_stay(ga
     assert refused.returncode != 0
     assert why in refused.stderr, refused.stderr
     assert (answer(endpoint, OLD), answer(endpoint, NEW)) == ("accepted", "InvalidAccessKeyId")
+
+
+def test_two_calls_at_once_both_succeed_and_leave_no_scratch(gateway):
+    name, endpoint, _ = gateway
+    line = f"govstack {NEW[1]} {NEW[2]}\n"
+    calls = [subprocess.Popen(["docker", "exec", "-i", name, ENTRYPOINT, "identities"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [call.communicate(line, timeout=120) for call in calls]
+    assert [call.returncode for call in calls] == [0, 0], results
+    assert (answer(endpoint, OLD), answer(endpoint, NEW)) == ("accepted", "accepted")
+    assert set_identities(name).returncode == 0
+    assert (answer(endpoint, OLD), answer(endpoint, NEW)) == ("accepted", "InvalidAccessKeyId")
+    left = docker("exec", name, "ls", "/dev/shm/seaweedfs").stdout.split()
+    assert sorted(f for f in left if f.startswith("s3.")) == ["s3.json", "s3.keys"], left
