@@ -154,7 +154,7 @@ def test_each_deploy_archives_the_sboms_of_what_its_hosts_run(workflow, name):
     assert 'govstack report sbom -i "${INVENTORY}" -o' in lines
     assert 'govstack report sbom -i "${INVENTORY}" --summary -o' in lines
     names = [step.get("name", "") for step in steps]
-    smoke = names.index("Smoke test")
+    smoke = next(i for i, step_name in enumerate(names) if step_name.startswith("Smoke test"))
     report = next(i for i, step in enumerate(steps) if "govstack report sbom" in step.get("run", ""))
     upload = next(i for i, step in enumerate(steps) if str(step.get("uses", "")).startswith("actions/upload-artifact"))
     assert smoke < report < upload, "after the deploy is proven, before the job ends"
