@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 import click
 
@@ -145,24 +147,9 @@ def restore(inventory: str, host_name: str | None, snapshot: str | None, to_time
         _restore_to_moment(inventory, host_name, to_time, source, as_json, lock_wait)
         return
     component = component or "all"
-    hosts = inventory_hosts(inventory)
-    stack = stack_for(inventory, host_name, hosts)
-    with command_lock(hosts, f"restore {snapshot}", lock_wait):
-        for line in report_interrupted(hosts, "restore"):
-            click.echo(f"govstack: {line}", err=True)
-        # Every host's ledger says what the restore did (it stops writers on
-        # every app host); a crash leaves the attempt for the next command.
-        for entry in hosts:
-            begin_attempt(entry, "restore", snapshot)
-        started = time.monotonic()
-        try:
-            report = run_restore(stack, snapshot, component, force, source,
-                                 app_hosts=other_app_hosts(hosts, stack))
-        except BackupError as error:
-            _ledger_restore(hosts, snapshot, component, started, str(error))
-            _fail(str(error), {"non-empty": 3, "usage": 2}.get(error.kind, 1))
-        _ledger_restore(hosts, report["run"], component, started, None)
-        report["reconciliation"] = reconcile_after_restore(inventory, host_name, report)
+    report = _restore_under_lock(
+        inventory, host_name, snapshot, component, lock_wait, {"non-empty": 3, "usage": 2},
+        lambda stack, app_hosts: run_restore(stack, snapshot, component, force, source, app_hosts=app_hosts))
     if as_json:
         _echo_json(report)
         return
@@ -184,22 +171,10 @@ def _restore_to_moment(inventory: str, host_name: str | None, to_time: str | Non
         target = parse_target(to_time) if to_time is not None else None
     except BackupError as error:
         _fail(str(error), 2)
-    hosts = inventory_hosts(inventory)
-    stack = stack_for(inventory, host_name, hosts)
     what = f"--to-time {to_time}" if to_time is not None else "--to-latest"
-    with command_lock(hosts, f"restore {what}", lock_wait):
-        for line in report_interrupted(hosts, "restore"):
-            click.echo(f"govstack: {line}", err=True)
-        for entry in hosts:
-            begin_attempt(entry, "restore", what)
-        started = time.monotonic()
-        try:
-            report = restore_to(stack, target, source=source, app_hosts=other_app_hosts(hosts, stack))
-        except BackupError as error:
-            _ledger_restore(hosts, what, "postgres", started, str(error))
-            _fail(str(error), {"usage": 2}.get(error.kind, 1))
-        _ledger_restore(hosts, report["run"], "postgres", started, None)
-        report["reconciliation"] = reconcile_after_restore(inventory, host_name, report)
+    report = _restore_under_lock(
+        inventory, host_name, what, "postgres", lock_wait, {"usage": 2},
+        lambda stack, app_hosts: restore_to(stack, target, source=source, app_hosts=app_hosts))
     if as_json:
         _echo_json(report)
         return
@@ -234,6 +209,31 @@ def reconcile_after_restore(inventory: str, host_name: str | None, report: dict)
                          "`govstack reconcile report` writes one"}
     return {"json": paths[0], "text": paths[1], "counts": collected["counts"],
             "summary": reconcile.summary_line(collected, paths)}
+
+
+def _restore_under_lock(inventory: str, host_name: str | None, what: str, component: str, lock_wait: float,
+                        exit_codes: dict[str, int], run: Callable[[Any, list], dict]) -> dict:
+    """Every restore's frame (of a run or to a moment): the stack lock on every host, an earlier
+    interrupted restore reported, the attempt in every host's ledger (the restore stops writers on
+    every app host; a crash leaves the attempt for the next command), the outcome ledgered, then
+    the reconciliation report. ``run(stack, other app hosts)`` restores and returns the report;
+    a BackupError exits with ``exit_codes[kind]`` (1 otherwise)."""
+    hosts = inventory_hosts(inventory)
+    stack = stack_for(inventory, host_name, hosts)
+    with command_lock(hosts, f"restore {what}", lock_wait):
+        for line in report_interrupted(hosts, "restore"):
+            click.echo(f"govstack: {line}", err=True)
+        for entry in hosts:
+            begin_attempt(entry, "restore", what)
+        started = time.monotonic()
+        try:
+            report = run(stack, other_app_hosts(hosts, stack))
+        except BackupError as error:
+            _ledger_restore(hosts, what, component, started, str(error))
+            _fail(str(error), exit_codes.get(error.kind, 1))
+        _ledger_restore(hosts, report["run"], component, started, None)
+        report["reconciliation"] = reconcile_after_restore(inventory, host_name, report)
+    return report
 
 
 def _ledger_restore(hosts, run: str, component: str, started: float, cause: str | None) -> None:
