@@ -19,10 +19,12 @@ GHCR (the lane is offline: the test tags the image the pull would have made).
 
 from __future__ import annotations
 
+import json
 import os
 import pprint
 import re
 import runpy
+import shutil
 import signal
 import subprocess
 import sys
@@ -45,6 +47,7 @@ NOT_RUN = {
     "actions/setup-python@v6": "the controller's Python",
     "Install govstack": "the controller's venv is installed",
     "Pull the app image by digest (on the runner)": "no registry in the offline lane; the test tags the image",
+    "Archive the SBOMs": "no artifact store offline; the test reads what the step would upload",
 }
 STEP_TIMEOUT_S = 1200
 EXPRESSION = re.compile(r"\$\{\{\s*([^}]+?)\s*\}\}")
@@ -108,6 +111,7 @@ def test_the_staging_job_deploys_the_lane_as_a_runner_would(deployed, edge_ca, t
         "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
         "HOME": str(home), "RUNNER_TEMP": str(runner_temp), "GITHUB_ENV": str(github_env),
         "GITHUB_OUTPUT": str(tmp_path / "github-output"), "GITHUB_ACTOR": "ci-test", "CI": "true",
+        "GITHUB_JOB": JOB,
         "GOVSTACK_SECRETS_HOME": os.environ["GOVSTACK_SECRETS_HOME"],
         **{key: fill(value, values) for key, value in workflow.get("env", {}).items()},
         **{key: fill(value, values) for key, value in job.get("env", {}).items()},
@@ -115,6 +119,8 @@ def test_the_staging_job_deploys_the_lane_as_a_runner_would(deployed, edge_ca, t
         "INVENTORY": str(inventory),
     }
     ran, skipped, agent_pid = [], [], None
+    sboms = REPO_ROOT / "sboms"
+    assert not sboms.exists(), f"{sboms} is left from an earlier run: remove it"
     try:
         for step in job["steps"]:
             name = step.get("name") or step.get("uses")
@@ -140,9 +146,17 @@ def test_the_staging_job_deploys_the_lane_as_a_runner_would(deployed, edge_ca, t
         if agent_pid:
             os.kill(agent_pid, signal.SIGTERM)
         subprocess.run(["docker", "rmi", f"govstack/app:{version}"], capture_output=True, check=False)
+        archived = {path.name: path.read_text() for path in sboms.glob("*")} if sboms.is_dir() else {}
+        shutil.rmtree(sboms, ignore_errors=True)
     assert sorted(skipped) == sorted(NOT_RUN), skipped
     names = [name for name, _ in ran]
-    assert names[-1].startswith("Smoke test") and "govstack up (settings and secrets from the CI store)" in names
+    assert any(name.startswith("Smoke test") for name in names), names
+    assert "govstack up (settings and secrets from the CI store)" in names
+    # What the archive step would upload: one CycloneDX document and its summary, naming the app release.
+    assert sorted(archived) == [f"{JOB}.cdx.json", f"{JOB}.txt"], sorted(archived)
+    assert json.loads(archived[f"{JOB}.cdx.json"])["bomFormat"] == "CycloneDX"
+    listed = archived[f"{JOB}.txt"]
+    assert "govstack/app:" in listed and "\tdeb:" in listed, listed[:2000]
     shipped = dict(ran)["Put the image on every app host as govstack/app:VERSION"]
     for host in deployed.group("app"):
         assert f"root@{host.ip}: govstack/app:{version} is sha256:" in shipped, shipped
