@@ -56,6 +56,29 @@ def compose_exec(project: str, files: str | Sequence[str], service: str, *comman
     return compose(project, "exec", "-T", service, *command, files=files)
 
 
+def bucket_versioned(project: str, files: str | Sequence[str], bucket: str) -> str:
+    """The bucket exists in the stack's SeaweedFS with versioning on: ``weed shell`` in the gateway's
+    container (its entrypoint's ``bucket``; creating a bucket takes the Admin action, which no S3
+    client of the stack holds). Idempotent."""
+    return compose_exec(project, files, "seaweedfs", "/usr/local/bin/seaweedfs-entrypoint", "bucket", bucket)
+
+
+def bucket_configured(project: str, files: str | Sequence[str], bucket: str, noncurrent_days: int, abort_days: int,
+                      access_file: str, secret_file: str, encrypt: bool,
+                      oneoff: bool = False) -> tuple[tuple[str, ...], str]:
+    """The backup service's ``bucket-config`` (lifecycle rules, default encryption), with the admin
+    pair on its stdin for that one call: its argv, and the command that applies it and fails
+    unless the client answers ok. ``oneoff``: in a one-off container of the service (a restore
+    runs while the service is stopped; the image's entrypoint is ``govstack-backup``)."""
+    argv = ("govstack-backup", "bucket-config", bucket, "--noncurrent-days", str(noncurrent_days),
+            "--abort-multipart-days", str(abort_days), *(("--encrypt",) if encrypt else ()))
+    apply = (compose_run(project, files, "backup", *argv[1:]) if oneoff
+             else compose_exec(project, files, "backup", *argv))
+    return argv, (f"{{ cat {q(access_file)}; echo; cat {q(secret_file)}; echo; }} | {apply} | tail -n 1 "
+                  "| grep -q '\"ok\": true' || { echo 'govstack: the bucket configuration could not be set' >&2; "
+                  "exit 1; }")
+
+
 def compose_run(project: str, files: str | Sequence[str], service: str, *command: Any,
                 entrypoint: str | None = None) -> str:
     """``COMMAND`` in a one-off container of a Compose service (same image, environment,

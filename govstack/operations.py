@@ -14,6 +14,8 @@ from pyinfra.facts.files import Directory, FileContents
 from govstack.commands import (
     app_role_owned_objects_sql,
     app_role_ownership_moved_sql,
+    bucket_configured,
+    bucket_versioned,
     compose,
     compose_containers,
     compose_exec,
@@ -592,7 +594,7 @@ def s3_bucket_versioned(project: str, compose_file: str, bucket: str):
     if host.get_fact(S3BucketVersioning, project=project, compose_file=compose_file, bucket=bucket) == "Enabled":
         host.noop(f"bucket {bucket} exists, versioning enabled")
         return
-    yield compose_exec(project, compose_file, "seaweedfs", "/usr/local/bin/seaweedfs-entrypoint", "bucket", bucket)
+    yield bucket_versioned(project, compose_file, bucket)
 
 
 @operation()
@@ -613,8 +615,8 @@ def s3_bucket_configured(project: str, compose_file: str, bucket: str, noncurren
     Set through S3 by the backup service's ``govstack-backup bucket-lifecycle`` (its image has
     the S3 client), with the admin pair on its stdin for that one call: no container mounts it.
     """
-    argv = ("govstack-backup", "bucket-config", bucket, "--noncurrent-days", str(noncurrent_days),
-            "--abort-multipart-days", str(abort_days), *(("--encrypt",) if encrypt else ()))
+    argv, apply = bucket_configured(project, compose_file, bucket, noncurrent_days, abort_days,
+                                    access_file, secret_file, encrypt)
     pin = f"touch {q(marker)} && chmod 600 {q(marker)}" if encrypt else "true"
     if host.get_fact(S3BucketConfig, project=project, compose_file=compose_file, argv=argv,
                      access_file=access_file, secret_file=secret_file):
@@ -622,10 +624,7 @@ def s3_bucket_configured(project: str, compose_file: str, bucket: str, noncurren
         if encrypt:
             yield pin
         return
-    apply = compose_exec(project, compose_file, "backup", *argv)
-    yield (f"{{ cat {q(access_file)}; echo; cat {q(secret_file)}; echo; }} | {apply} | tail -n 1 "
-           "| grep -q '\"ok\": true' || { echo 'govstack: the bucket configuration could not be set' >&2; exit 1; }; "
-           f"{pin}")
+    yield f"{apply}; {pin}"
 
 
 @operation()

@@ -20,7 +20,7 @@ from typing import Any
 from govstack.facts import DataPresent, SecretDigests, SecretValue
 from govstack.roles import ALL_ROLES, controller_secrets_dir, plan_fields, shared_secret_values
 from govstack.secret_sources import HostSecrets, SecretConflict, Source, digest, resolve_sources
-from govstack.secrets import SECRET_SPECS, host_secret_names
+from govstack.secrets import SECRET_SPECS, host_secret_names, sse_marker
 
 __all__ = ["SecretConflict", "secret_values", "data_markers", "ControllerStore"]
 
@@ -38,12 +38,6 @@ def data_markers(settings: Any, roles: frozenset[str]) -> tuple[tuple[str, str],
         ("pgbackrest", f"{pitr_paths(settings).repository}/archive/{settings.project}/archive.info"),
         ("seaweedfs-sse", sse_marker(settings)),
     )
-
-
-def sse_marker(settings: Any) -> str:
-    """Written by the deploy once the bucket's default encryption is on: from then on objects
-    exist that only the secret s3_sse_key opens, and a deploy never makes a new one."""
-    return f"{settings.data_dir}/seaweedfs/.govstack-sse-in-use"
 
 
 class ControllerStore:

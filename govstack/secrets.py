@@ -71,3 +71,9 @@ def generate_secret_command(path: str, length: int) -> str:
         f"LC_ALL=C tr -dc 'A-Za-z0-9' </dev/urandom | head -c {length} >\"$tmp\" && "
         f'mv "$tmp" {path}'
     )
+
+
+def sse_marker(settings: Settings) -> str:
+    """Written by the deploy once the bucket's default encryption is on: from then on objects
+    exist that only the secret s3_sse_key opens, and a deploy never makes a new one."""
+    return f"{settings.data_dir}/seaweedfs/.govstack-sse-in-use"

@@ -286,6 +286,7 @@ def restore(stack: BackupHost, snapshot: str = "latest", component: str = "all",
         force_flag = ["--force"] if force else []
         t_restore = time.monotonic()
         if "objects" in components:
+            stack.prepare_bucket()
             changed = True
             out = stack.job_json("restore-objects", entry["run"], "--from", source, *force_flag, oneoff=True,
                                  restore_keys=True)

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from govstack import commands
 from govstack.backup.plan import SERVICE, host_paths
 from govstack.catalog import s3_pair
 from govstack.commands import last_json
 from govstack.plan import StackPlan
 from govstack.remote import RemoteError, StackHost
-from govstack.secrets import secret_path
+from govstack.secrets import secret_path, sse_marker
 
 
 class BackupError(RemoteError):
@@ -54,3 +55,20 @@ class BackupHost(StackHost):
             raise BackupError(answer.get("error", "failed"), answer.get("kind", "error"))
         return answer
 
+    def prepare_bucket(self) -> None:
+        """The stack's own bucket exists, versioned, with its lifecycle rules and default
+        encryption, as the deploy leaves it (deploys/stack.py): a restore onto an empty object
+        store (a drill, a replaced data host before its first `up`) must not put the objects
+        back into a bucket without them, and the restore identity may not create buckets.
+        Idempotent. An external store's bucket is the site's own."""
+        if "seaweedfs" not in self.plan.services:
+            return
+        s, o = self.settings, self.settings.object_store
+        self.sh(commands.bucket_versioned(s.project, s.compose_file, o.bucket), timeout=120, check=True)
+        access, secret = s3_pair(s, "admin")
+        encrypt = True  # as the deploy: default encryption whenever the stack runs the gateway
+        _, apply = commands.bucket_configured(
+            s.project, s.compose_file, o.bucket, o.noncurrent_version_days, o.abort_multipart_days,
+            secret_path(s, access), secret_path(s, secret), encrypt, oneoff=True)
+        marker = sse_marker(s)
+        self.sh(f"{apply} && touch {commands.q(marker)} && chmod 600 {commands.q(marker)}", timeout=180, check=True)

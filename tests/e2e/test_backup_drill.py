@@ -4,9 +4,11 @@ drill: real documents of every type, indexed, destroyed and restored, equal."""
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 from govstack.backup.plan import host_paths
@@ -24,6 +26,7 @@ from tests.e2e.backup_support import (  # noqa: F401 - fixtures
     seeded,
     stack_host,
 )
+from tests.e2e.test_object_store import _files_holding, marked_pdf, read
 
 EXACT_METRICS = (
     "govstack_backup_last_success_timestamp_seconds",
@@ -103,6 +106,13 @@ def test_drill_destroys_restores_and_proves_everything_equal(stack, seeded):
     in_test_stack(stack)
     apps_before = running_ids(stack, stack.app_project)
     env = {"GOVSTACK__BACKUP__DRILL_QUERIES": json.dumps(DRILL_QUERIES)}
+    # An object whose bytes would show on disk if stored in plaintext (the control that the grep
+    # finds such a marker is in test_object_store.py): after the drill put it back into an empty
+    # object store, it must still be encrypted there, and read back identical.
+    bucket = stack.settings.object_store.bucket
+    marker = f"GOVSTACK-DRILL-MARKER-{uuid.uuid4().hex}".encode()
+    document, key = marked_pdf(marker), f"drill/{uuid.uuid4().hex}.pdf"
+    stack.s3("app").put_object(bucket, key, io.BytesIO(document), len(document), content_type="application/pdf")
     try:
         ev = cli_json(stack, "drill", env=env)
         assert ev["ok"], json.dumps(ev["results"], indent=1)
@@ -146,8 +156,16 @@ def test_drill_destroys_restores_and_proves_everything_equal(stack, seeded):
         rows = stack.psql(f"SELECT count(*) FROM documents WHERE id IN ({ids}) AND is_indexed")
         assert int(rows[0][0]) == len(seeded["ids"])
         assert all(s.endswith("(healthy)") for s in _statuses(stack))
+        # The restored bucket is the deployed one: versioned, encrypted, the same bytes.
+        admin_s3 = stack.s3("admin")
+        assert admin_s3.get_bucket_versioning(bucket).status == "Enabled"
+        assert admin_s3.get_bucket_encryption(bucket).rule.sse_algorithm == "AES256"
+        assert read(stack.s3("app"), bucket, key) == document
+        assert _files_holding(stack, marker) == []
     finally:
         remove_aside(stack)
+        for version in stack.s3("app").list_objects(bucket, prefix=key, include_version=True):
+            stack.s3("app").remove_object(bucket, key, version_id=version.version_id)
 
 
 def _statuses(stack) -> list[str]:
