@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import subprocess
 import time
 import uuid
@@ -147,6 +148,25 @@ def test_each_container_holds_only_its_identitys_keys(stack):
     for service in ("api", "worker"):
         assert _secret_names(stack, service) & every == pairs["app"], service
     assert _secret_names(stack, "backup") & every == pairs["backup"]
+    # Every other container of the stack (monitoring, edge, exporters, Chroma, Postgres): no pair,
+    # neither mounted nor in its environment.
+    rows = docker("ps", "--format", '{{.ID}} {{.Label "com.docker.compose.project"}} '
+                  '{{.Label "com.docker.compose.service"}}').stdout.split("\n")
+    holders = {"seaweedfs", "api", "worker", "backup"}
+    others = [row.split() for row in rows if len(row.split()) == 3]
+    others = [(cid, service) for cid, project, service in others
+              if (project == stack.settings.project or project.startswith(f"{stack.settings.project}-"))
+              and service not in holders]
+    assert {"prometheus", "postgres", "nginx"} <= {service for _, service in others}, others
+    secrets = Path(stack.settings.secrets_dir)
+    values = {(secrets / name).read_text().strip() for name in every}
+    for cid, service in others:
+        inspected = json.loads(docker("inspect", cid).stdout)[0]
+        mounted = {Path(m["Source"]).name for m in inspected["Mounts"]} | {
+            Path(m["Destination"]).name for m in inspected["Mounts"]}
+        assert not mounted & every, (service, mounted & every)
+        environment = "\n".join(inspected["Config"]["Env"] or [])
+        assert not any(value in environment for value in values), service
 
 
 def test_a_deleted_object_comes_back_from_its_previous_version(stack):
@@ -169,6 +189,21 @@ def test_a_deleted_object_comes_back_from_its_previous_version(stack):
     assert read(app, bucket, key) == b"second"
     for version in app.list_objects(bucket, prefix=key, include_version=True):
         app.remove_object(bucket, key, version_id=version.version_id)
+
+
+def test_the_bucket_keeps_the_lifecycle_rules_the_settings_name(stack):
+    """The deploy's rules, read back live with the admin identity: earlier versions expire after
+    object_store.noncurrent_version_days, incomplete uploads are aborted after abort_multipart_days."""
+    o = stack.settings.object_store
+    rules = {rule.rule_id: rule for rule in stack.s3("admin").get_bucket_lifecycle(o.bucket).rules}
+    expiring = [r for r in rules.values() if r.noncurrent_version_expiration]
+    aborting = [r for r in rules.values() if r.abort_incomplete_multipart_upload]
+    assert len(expiring) == len(aborting) == 1, rules
+    assert expiring[0].status == aborting[0].status == "Enabled"
+    assert expiring[0].noncurrent_version_expiration.noncurrent_days == o.noncurrent_version_days
+    assert aborting[0].abort_incomplete_multipart_upload.days_after_initiation == o.abort_multipart_days
+    # A client of the stack's own may not change them: only the admin pair, which no container holds.
+    assert attempt(lambda: stack.s3("backup").delete_bucket_lifecycle(o.bucket)) == DENIED
 
 
 def _files_holding(stack, marker: bytes) -> list[str]:
