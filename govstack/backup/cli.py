@@ -266,6 +266,9 @@ def drill(inventory: str, host_name: str | None, as_json: bool, lock_wait: float
                f"(restore {t['restore_s']:.1f}s), RPO at worst {targets['rpo']['worst_case_s']:.0f}s of "
                f"{targets['rpo']['target_s']}s, data age {evidence['rpo']['data_age_s']:.1f}s; "
                f"evidence: {', '.join(evidence['files'])}")
+    offsite = sorted({f["offsite_repository"] for f in evidence.get("filed", []) if f.get("offsite")})
+    click.echo(f"evidence filed in the backup repository{' and offsite in ' + ', '.join(offsite) if offsite else ''}"
+               " (restic snapshots --tag evidence)")
     click.echo(f"the destroyed data directories were moved to {evidence['set_aside']} (delete them when done)")
 
 

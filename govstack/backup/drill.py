@@ -30,7 +30,7 @@ from govstack.backup.ops import backup_now, find_run, restore
 from govstack.backup.pitr_drill import failed_stage, pitr_stage
 from govstack.backup.plan import PITR_SERVICE, backup_settings
 from govstack.backup.remote import BackupError, BackupHost
-from govstack.commands import docker_exec, q
+from govstack.commands import docker_exec, last_json, q
 from govstack.plan import DATA_DIRS
 from govstack.reconcile import ops as reconcile
 from govstack.settings.cron import max_gap_seconds
@@ -234,11 +234,32 @@ def drill(stack: BackupHost, queries: tuple[str, ...] | None = None, k: int | No
         stack.write_file(f"{base}.json", evidence_mod.render_json(evidence))
         stack.write_file(f"{base}.md", evidence_mod.render_markdown(evidence))
         evidence["files"] = [f"{base}.json", f"{base}.md"]
+        evidence["filed"], filing_error = file_evidence(stack, evidence["files"])
     if not evidence["ok"]:
         missed = [f"{name.upper()} target" for name, target in evidence["objectives"].items() if not target["ok"]]
         raise BackupError(f"drill {drill_id} FAILED ({', '.join(missed) or 'its equality checks'}); "
                           f"evidence: {evidence.get('files')}", "drill-failed")
+    if write_evidence and filing_error:
+        raise BackupError(f"drill {drill_id} passed, but its evidence could not be filed beside the backups "
+                          f"({filing_error}); it is on this host only: {', '.join(evidence['files'])}",
+                          "evidence-not-filed")
     return evidence
+
+
+def file_evidence(stack: BackupHost, files: list[str]) -> tuple[list[dict[str, Any]], str | None]:
+    """Each evidence file into the backup repositories (local, and offsite when set), so that
+    the proof outlives the host it is about: ``govstack-backup file-evidence``, the file on its
+    stdin. Returns what was filed and the first failure's cause (None when all were filed)."""
+    filed: list[dict[str, Any]] = []
+    for path in files:
+        name = path.rsplit("/", 1)[-1]
+        result = stack.sh(f"{stack.job('file-evidence', name)} < {q(path)}", timeout=900)
+        answer = last_json(result.stdout)
+        if not isinstance(answer, dict) or not answer.get("ok"):
+            cause = answer.get("error") if isinstance(answer, dict) else result.tail()
+            return filed, f"{name}: {cause}"
+        filed.append(answer)
+    return filed, None
 
 
 def _service_ids(stack: BackupHost, service: str) -> list[str]:

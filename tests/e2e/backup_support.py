@@ -42,19 +42,21 @@ def cause(result: subprocess.CompletedProcess) -> str:
     return lines[-1]
 
 
-def compose(stack: Any, *args: str, timeout: int = 900, check: bool = True) -> subprocess.CompletedProcess:
+def compose(stack: Any, *args: str, timeout: int = 900, check: bool = True,
+            input: str | None = None) -> subprocess.CompletedProcess:
     s = stack.settings
     result = subprocess.run(["docker", "compose", "-p", s.project, "-f", s.compose_file, *args],
-                            capture_output=True, text=True, timeout=timeout)
+                            capture_output=True, text=True, timeout=timeout, input=input)
     if check:
         assert result.returncode == 0, f"docker compose {' '.join(args[:4])}: {result.stderr[-2000:]}"
     return result
 
 
-def job(stack: Any, *args: str, extra: tuple[str, ...] = (), check: bool = True) -> dict[str, Any]:
+def job(stack: Any, *args: str, extra: tuple[str, ...] = (), check: bool = True,
+        input: str | None = None) -> dict[str, Any]:
     """A govstack-backup command that answers JSON, in a one-off container of the service
-    (``extra``: more `docker compose run` options, e.g. volumes)."""
-    result = compose(stack, "run", "--rm", "--no-deps", "-T", *extra, "backup", *args, check=False)
+    (``extra``: more `docker compose run` options, e.g. volumes; ``input``: its stdin)."""
+    result = compose(stack, "run", "--rm", "--no-deps", "-T", *extra, "backup", *args, check=False, input=input)
     lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
     if check:
         assert result.returncode == 0 and lines, f"govstack-backup {' '.join(args)}: {result.stderr[-2000:]}"

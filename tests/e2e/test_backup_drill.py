@@ -4,6 +4,7 @@ drill: real documents of every type, indexed, destroyed and restored, equal."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import subprocess
@@ -147,6 +148,11 @@ def test_drill_destroys_restores_and_proves_everything_equal(stack, seeded):
         assert json.loads(Path(json_file).read_text())["drill_id"] == ev["drill_id"]
         md = Path(md_file).read_text()
         assert md.startswith(f"# Disaster-recovery drill {ev['drill_id']}: PASS") and "RTO" in md and "RPO" in md
+        # Both files filed in the backup repository (this stack has no offsite; the offsite filing is
+        # test_backup_failures.py's), each read back before it counted.
+        assert [f["name"] for f in ev["filed"]] == [Path(json_file).name, Path(md_file).name]
+        assert all(f["ok"] and f["local"] and f["offsite"] is None for f in ev["filed"]), ev["filed"]
+        assert ev["filed"][0]["sha256"] == hashlib.sha256(Path(json_file).read_bytes()).hexdigest()
         # The destroyed data was moved aside, not deleted.
         assert (Path(ev["set_aside"]) / "postgres" / "PG_VERSION").is_file()
         # The stack serves again: new containers (restarted), healthy, same documents.

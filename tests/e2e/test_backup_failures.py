@@ -5,6 +5,7 @@ deleted: a corrupted pack file, a full disk, and an offsite target that is down
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -148,3 +149,29 @@ def test_offsite_copy_then_offsite_down_fails_clearly_and_keeps_the_local_run(st
     local = job(stack, "runs")
     newest = max(r["run"] for r in local["runs"] if r["complete"])
     assert newest > first["run"]
+
+
+def test_drill_evidence_is_filed_offsite_and_refused_clearly_when_it_cannot_be(stack, seeded, offsite):
+    """`govstack-backup file-evidence`: the drill's evidence file into the local repository and
+    the offsite one, each read back before it counts; a name that is not a drill's, and an
+    offsite that is down, are refused with the cause."""
+    in_test_stack(stack)
+    evidence = json.dumps({"drill_id": "20261205T090000Z", "ok": True, "pad": "x" * 5000})
+    name = "drill-20261205T090000Z.json"
+    filed = job(stack, "--config", offsite["config"], "file-evidence", name, extra=offsite["extra"], input=evidence)
+    assert filed["ok"] and filed["name"] == name and filed["bytes"] == len(evidence)
+    assert filed["sha256"] == hashlib.sha256(evidence.encode()).hexdigest()
+    assert filed["local"] and filed["offsite"] and filed["offsite_repository"].startswith("s3:http://")
+    # Filing it again is another snapshot of the same content: nothing is lost or overwritten.
+    again = job(stack, "--config", offsite["config"], "file-evidence", name, extra=offsite["extra"], input=evidence)
+    assert again["ok"] and again["offsite"] != filed["offsite"]
+    for bad in ("../../etc/passwd", "drill-20261205T090000Z.sh", "ledger.jsonl"):
+        refused = job(stack, "file-evidence", bad, input=evidence, check=False)
+        assert refused["_rc"] == 1 and not refused["ok"] and "not a drill evidence file name" in refused["error"]
+    empty = job(stack, "file-evidence", name, input="", check=False)
+    assert empty["_rc"] == 1 and "no evidence on stdin" in empty["error"]
+
+    subprocess.run(["docker", "stop", "-t", "5", offsite["name"]], check=True, capture_output=True)
+    down = job(stack, "--config", offsite["config"], "file-evidence", name, extra=offsite["extra"], input=evidence,
+               check=False)
+    assert down["_rc"] == 1 and down["step"] == "offsite" and "unreachable" in down["error"], down

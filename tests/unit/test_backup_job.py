@@ -494,3 +494,20 @@ def test_the_job_config_names_the_ledger_the_compose_block_mounts():
     plan = plan_for()
     assert job_config(plan)["ledger_file"] == BackupContainerPaths().ledger_file
     assert BackupContainerPaths().ledger_file.startswith(BackupContainerPaths().state_dir + "/")
+
+
+def test_drill_evidence_names_and_sizes_are_checked_before_anything_is_stored():
+    from govstack_backup import evidence
+    from govstack_backup.job import BackupFailed
+
+    assert evidence.NAME.fullmatch("drill-20261205T090000Z.json") and evidence.NAME.fullmatch(
+        "drill-20261205T090000Z.md")
+    for bad in ("drill-20261205T090000Z.json/../x", "../drill-20261205T090000Z.md", "drill-x.json", "ledger.jsonl",
+                "drill-20261205T090000Z.json\n"):
+        with pytest.raises(BackupFailed, match="not a drill evidence file name"):
+            evidence.file_evidence(None, bad, io.BytesIO(b"{}"))  # type: ignore[arg-type]
+    assert evidence.read_bounded(io.BytesIO(b"x" * evidence.MAX_BYTES)) == b"x" * evidence.MAX_BYTES
+    with pytest.raises(BackupFailed, match="over 16 MiB"):
+        evidence.read_bounded(io.BytesIO(b"x" * (evidence.MAX_BYTES + 1)))
+    with pytest.raises(BackupFailed, match="no evidence on stdin"):
+        evidence.read_bounded(io.BytesIO(b""))

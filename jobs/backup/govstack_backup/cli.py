@@ -59,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     life.add_argument("--abort-multipart-days", type=int, required=True)
     life.add_argument("--encrypt", action="store_true", help="default encryption SSE-S3 (AES256)")
     life.add_argument("--check", action="store_true", help="only say whether the configuration is current")
+    filing = sub.add_parser("file-evidence", help="a drill's evidence file (on stdin) into the local and offsite "
+                            "repositories; JSON")
+    filing.add_argument("name", help="its file name: drill-YYYYMMDDTHHMMSSZ.json or .md")
     dump = sub.add_parser("dump", help="a run's component stream to stdout")
     dump.add_argument("run")
     dump.add_argument("component", choices=("postgres", "postgres_globals", "objects", "vectors", "ledger",
@@ -102,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         return _pitr(cfg, args)
     if args.cmd == "bucket-config":
         return _bucket_config(cfg, args)
+    if args.cmd == "file-evidence":
+        return _file_evidence(cfg, args)
     return _restore_side(cfg, args)
 
 
@@ -157,6 +162,21 @@ def _run(cfg: Any, args: argparse.Namespace) -> int:
     log(f"run {summary['run']} complete: {summary['bytes']} bytes in {summary['duration_s']:.1f}s")
     if args.json:
         print(json.dumps(summary, sort_keys=True))
+    return 0
+
+
+def _file_evidence(cfg: Any, args: argparse.Namespace) -> int:
+    """One JSON line: the snapshots that hold the evidence, or the cause."""
+    from govstack_backup.evidence import file_evidence
+    from govstack_backup.job import BackupFailed, log
+
+    try:
+        filed = file_evidence(cfg, args.name, sys.stdin.buffer)
+    except BackupFailed as exc:
+        log(f"filing evidence FAILED at {exc}")
+        print(json.dumps({"ok": False, "kind": "evidence", "step": exc.step, "error": str(exc)}, sort_keys=True))
+        return 1
+    print(json.dumps(filed, sort_keys=True))
     return 0
 
 
