@@ -284,3 +284,18 @@ def test_rotate_the_s3_key_pair_under_load(deployed, edge_ca, admin_api_key):
     got = requests.get(link, verify=edge_ca, timeout=60)
     assert got.status_code == 200 and got.content == body, got.status_code
     rotated_in_ledgers(deployed, "s3_access_key,s3_secret_key")
+
+
+# --- 4. rotated values stick ----------------------------------------------------------------------
+
+def test_rotated_secrets_stick_through_the_next_up(deployed):
+    """rotate-secrets.md promises that a rotated value stays: the next `govstack up` (the
+    controller's copies against the hosts') keeps every secret the rotations above left, on
+    every host, and says nothing of their values."""
+    before = secret_digests(deployed)
+    result = govstack("up", "-i", str(deployed.inventory), log=deployed.workdir / "up-after-rotations.log")
+    assert result.returncode == 0, tail(result)
+    assert secret_digests(deployed) == before
+    copies = controller_dir(deployed, secrets_home(deployed.workdir))
+    for path in copies.iterdir():
+        assert path.read_text() not in result.stdout + result.stderr, f"{path.name}'s value printed"
