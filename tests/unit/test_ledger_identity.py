@@ -76,3 +76,22 @@ def test_the_ssh_key_fingerprint_is_the_one_ssh_keygen_prints(tmp_path):
     assert ssh_key_fingerprint(str(auth)) is None
     assert ssh_key_fingerprint(str(tmp_path / "absent")) is None
     assert ssh_key_fingerprint(None) is None
+
+
+def test_a_reveal_over_ssh_records_the_key_that_logged_in(stack, monkeypatch, tmp_path):
+    """With sshd's ExposeAuthInfo, the ledger line names the login key's fingerprint (as
+    ssh-keygen -l prints it), which no variable of ours can set."""
+    inventory, root = stack
+    key = tmp_path / "id"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    kind, blob = key.with_suffix(".pub").read_text().split()[:2]
+    expected = subprocess.run(["ssh-keygen", "-l", "-E", "sha256", "-f", str(key.with_suffix(".pub"))],
+                              capture_output=True, text=True, check=True).stdout.split()[1]
+    auth = tmp_path / "auth-info"
+    auth.write_text(f"publickey {kind} {blob}\n")
+    monkeypatch.setenv("SSH_CLIENT", "198.51.100.9 40000 22")
+    monkeypatch.setenv("SSH_USER_AUTH", str(auth))
+    shown = CliRunner().invoke(main, ["secret", "postgres_password", "--reason", "INC-43", "-i", inventory])
+    assert shown.exit_code == 0, shown.output
+    [line] = ledger_lines(root)
+    assert line["ssh_key"] == expected and line["ssh_from"] == "198.51.100.9"
