@@ -21,6 +21,7 @@ from tests.e2e.backup_support import (  # noqa: F401 - fixtures
     cli_json,
     compose,
     in_test_stack,
+    job,
     metrics,
     remove_aside,
     running_ids,
@@ -101,6 +102,10 @@ def test_a_backup_run_is_verified_listed_and_exported_as_metrics(stack, seeded):
     assert any(run["run"] == summary["run"] and run["complete"] for run in runs)
     listing = cli(stack, "backup", "--list")
     assert summary["run"] in listing.stdout and "complete" in listing.stdout
+    # The run names the app schema it was taken under (which app versions can serve it restored).
+    entry = job(stack, "manifest", summary["run"])
+    newest = stack.psql("SELECT max(version) FROM schema_migrations")[0][0]
+    assert newest and entry["manifest"]["components"]["postgres"]["schema_version"] == newest
 
 
 def test_drill_destroys_restores_and_proves_everything_equal(stack, seeded):

@@ -318,7 +318,7 @@ def backup_postgres(cfg: Config, restic: Restic, snap: postgres.Snapshot, tags: 
         streams["postgres_globals"] = restic.backup_stream(
             FILES["postgres_globals"], [*tags, "component:postgres_globals"], lambda w: w.write(globals_sql))
     return {"database": cfg.pg["database"], "snapshot_time": snap.time, "server_version": snap.server_version,
-            **stats}
+            "schema_version": snap.schema_version(), **stats}
 
 
 def backup_objects_mirror(cfg: Config, restic: Restic, mc: Any, bucket_names: list[str],

@@ -92,6 +92,14 @@ class Snapshot:
     def stats(self) -> dict[str, Any]:
         return {"tables": table_stats(self.conn), "sequences": sequence_values(self.conn)}
 
+    def schema_version(self) -> str | None:
+        """The newest app migration applied in the snapshot (the app's ``schema_migrations``):
+        which app versions can serve this backup once restored (docs/upgrading.md)."""
+        if self.conn.execute("SELECT to_regclass('schema_migrations')").fetchone()[0] is None:
+            return None
+        row = self.conn.execute("SELECT max(version)::text FROM schema_migrations").fetchone()
+        return row[0] if row else None
+
     def dump_argv(self) -> list[str]:
         # -Z0: restic compresses (zstd) and deduplicates; a pre-compressed dump
         # would defeat deduplication between runs.
