@@ -9,7 +9,7 @@ from io import StringIO
 
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, OperationError, StringCommand, operation
-from pyinfra.facts.files import Directory, FileContents
+from pyinfra.facts.files import Directory, File, FileContents
 
 from govstack.commands import (
     app_role_owned_objects_sql,
@@ -620,9 +620,11 @@ def s3_bucket_configured(project: str, compose_file: str, bucket: str, noncurren
     pin = f"touch {q(marker)} && chmod 600 {q(marker)}" if encrypt else "true"
     if host.get_fact(S3BucketConfig, project=project, compose_file=compose_file, argv=argv,
                      access_file=access_file, secret_file=secret_file):
-        host.noop(f"bucket {bucket}: lifecycle rules and encryption current")
-        if encrypt:
-            yield pin
+        marker_state = host.get_fact(File, path=marker) if encrypt else None
+        if encrypt and not (marker_state and marker_state.get("mode") == 600):  # pyinfra: 600 = 0o600
+            yield pin  # a stack whose encryption was set before the marker existed
+        else:
+            host.noop(f"bucket {bucket}: lifecycle rules and encryption current")
         return
     yield f"{apply}; {pin}"
 
