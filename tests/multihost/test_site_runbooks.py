@@ -89,8 +89,10 @@ def fresh_backup(lane: Lane) -> str:
 
 def test_restore_postgres_runs_each_block_on_its_hosts(deployed, edge_ca, admin_api_key):
     before = documents(deployed)
+    # Its point-in-time path goes back to this moment (after the WAL holding `before` is written).
+    moment = time.strftime("%Y-%m-%d %H:%M:%S+00", time.gmtime(time.time() - 1))
     run = fresh_backup(deployed)
-    result = run_runbook(deployed, "restore-postgres", SNAPSHOT=run, CONFIRM_ROLLBACK="yes")
+    result = run_runbook(deployed, "restore-postgres", SNAPSHOT=run, CONFIRM_ROLLBACK="yes", RESTORE_TO=moment)
     assert result.returncode == 0, tail(result, 6000)
     data, apps = deployed.group("data")[0], deployed.group("app")
     assert ran_on(result.stdout) == {"controller", f"{data.name} (data)",
