@@ -63,6 +63,26 @@ def _shells(inventory: str, host_name: str | None) -> list[ComplianceHost]:
     return [ComplianceHost(entry) for entry in _hosts(inventory, host_name)]
 
 
+def _stack_shells(inventory: str, host_name: str | None) -> list[ComplianceHost]:
+    """One shell per stack: each all-in-one host, or a split inventory's data host, whose
+    app commands (cleanup, the Chroma listing) run on its first app host; --host names the
+    data host then."""
+    from govstack.roles import ALL_ROLES, TopologyError, plan_fields_for_entry
+
+    hosts = _hosts(inventory, None)
+    try:
+        roles = {h.name: plan_fields_for_entry(h, hosts).get("roles", ALL_ROLES) for h in hosts}
+    except TopologyError as error:
+        _fail(str(error), 2)
+    if all({"data", "app"} <= roles[h.name] for h in hosts):
+        return _shells(inventory, host_name)
+    data = [h for h in hosts if "data" in roles[h.name] and host_name in (None, h.name)]
+    app = [h for h in hosts if "app" in roles[h.name]]
+    if not data or not app:
+        _fail(f"no {'data' if not data else 'app'} host{' named ' + host_name if host_name else ''} in {inventory}", 2)
+    return [ComplianceHost(data[0], app_entry=app[0])]
+
+
 @click.command("audit-retention")
 @inventory_option
 @host_option
@@ -161,7 +181,7 @@ def report_storage(inventory: str, host_name: str | None, apply: bool, drop_left
 
 def _report_storage(inventory: str, host_name: str | None, apply: bool, drop_leftovers: bool,
                     min_age: float | None, as_json: bool) -> None:
-    for shell in _shells(inventory, host_name):
+    for shell in _stack_shells(inventory, host_name):
         age = shell.settings.app.orphan_min_age_s if min_age is None else min_age
         try:
             report = collect_storage(shell, age)

@@ -52,9 +52,21 @@ class ComplianceHost(StackHost):
 
     error_class = ComplianceError
 
-    def __init__(self, entry: InventoryHost) -> None:
+    def __init__(self, entry: InventoryHost, app_entry: InventoryHost | None = None) -> None:
         self.entry = entry
         super().__init__(testinfra_host(entry.name, entry.data), stack_plan(entry.settings), name=entry.name)
+        # A split inventory: this is the data host, and the app's commands run on an app host.
+        self.app_host = ComplianceHost(app_entry) if app_entry is not None and app_entry.name != entry.name else None
+
+    def app(self, *args: str, timeout: float = 900) -> str:
+        if self.app_host is not None:
+            return self.app_host.app(*args, timeout=timeout)
+        return super().app(*args, timeout=timeout)
+
+    def app_python(self, script: str, *args: str, timeout: float = 300) -> Any:
+        if self.app_host is not None:
+            return self.app_host.app_python(script, *args, timeout=timeout)
+        return super().app_python(script, *args, timeout=timeout)
 
 
 def _now() -> datetime:

@@ -27,6 +27,7 @@ import runpy
 import shlex
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -168,6 +169,10 @@ def test_add_app_host_adds_the_host_the_inventory_lacked(deployed, edge_ca, admi
 def test_lost_data_host_is_rebuilt_and_restored_by_the_runbook(deployed, edge_ca, admin_api_key):
     data = deployed.group("data")[0]
     settings = settings_of(deployed, data.name)
+    # A document of its own, so that the rebuild has something to bring back whatever ran before.
+    upload = api(deployed, edge_ca, admin_api_key, "POST", f"/api/v1/collections/lost-{uuid.uuid4().hex[:6]}/documents",
+                 files={"file": ("kept.txt", f"kept through the loss {uuid.uuid4().hex}".encode())})
+    assert upload.status_code == 201, upload.text
     before = documents(deployed)
     assert before > 0
     run = fresh_backup(deployed)
