@@ -124,7 +124,7 @@ def audit_retention(inventory: str, host_name: str | None, months: int | None, d
               help="file on the host (default <reports_dir>/access-review-<date>.csv), or - for stdout")
 def access_review(inventory: str, host_name: str | None, output: str | None) -> None:
     """The API keys as CSV: name, role, collections (scope), created by, created, last used, active, revoked."""
-    for shell in _shells(inventory, host_name):
+    for shell in _stack_shells(inventory, host_name):
         try:
             if output == "-":
                 click.echo(shell.psql(ACCESS_REVIEW_SQL, shell.settings.postgres.database, csv=True), nl=False)
@@ -216,7 +216,7 @@ def report_privacy(inventory: str, host_name: str | None, since: str, as_json: b
         date.fromisoformat(since)
     except ValueError:
         _fail(f"--since {since!r} is not a date (YYYY-MM-DD)", 2)
-    for shell in _shells(inventory, host_name):
+    for shell in _stack_shells(inventory, host_name):
         try:
             report = collect_privacy(shell, since)
         except ComplianceError as error:
@@ -230,7 +230,7 @@ def report_privacy(inventory: str, host_name: str | None, since: str, as_json: b
 def report_counts(inventory: str, host_name: str | None) -> None:
     """Rows per table, objects per bucket, vectors per collection (JSON), to compare two copies."""
     out = {}
-    for shell in _shells(inventory, host_name):
+    for shell in _stack_shells(inventory, host_name):
         try:
             out[shell.name] = collect_counts(shell)
         except ComplianceError as error:

@@ -562,12 +562,13 @@ def collect_privacy(shell: ComplianceHost, since: str) -> dict[str, Any]:
     """The ledger report, made in the serving color's analytics container (its role reads the ledger)."""
     if not shell.settings.analytics.enabled:
         raise ComplianceError(f"{shell.name}: analytics is not enabled (analytics.enabled)")
-    ids = shell.containers(shell.serving_project(), "analytics")
+    app_side = shell.app_host or shell  # a split inventory: analytics runs on the app hosts
+    ids = app_side.containers(app_side.serving_project(), "analytics")
     if not ids:
-        raise ComplianceError(f"{shell.name}: the analytics service of the serving color is not running "
+        raise ComplianceError(f"{app_side.name}: the analytics service of the serving color is not running "
                               "(`govstack up` starts it)")
-    report = last_json(shell.out(f"{docker_exec(ids[0], 'govstack-app', 'privacy-report', '--since', since)}",
-                                 timeout=300))
+    report = last_json(app_side.out(f"{docker_exec(ids[0], 'govstack-app', 'privacy-report', '--since', since)}",
+                                    timeout=300))
     if not isinstance(report, dict):
         raise ComplianceError("govstack-app privacy-report gave no answer")
     settings = shell.settings.analytics.model_dump(mode="json", exclude={"enabled"})
