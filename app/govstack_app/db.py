@@ -11,12 +11,14 @@ the read-only ones: the app can neither drop, truncate nor change what the audit
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from importlib import resources
+from typing import Any
 
 import psycopg
 import structlog
 from psycopg import sql
-from psycopg.rows import dict_row, tuple_row
+from psycopg.rows import tuple_row
 from psycopg_pool import ConnectionPool
 
 from .security import hash_api_key
@@ -30,6 +32,12 @@ AUDIT_MONTHS_AHEAD = 2
 # How long a request waits for a Postgres connection before it is answered 503: long enough to
 # ride out a Postgres restart, short enough that nginx (proxy_read_timeout) never gives up first.
 POOL_WAIT_S = 10.0
+# How long the pool keeps retrying a connection in the background before it gives up; the next
+# request that needs one starts a new attempt at once. Short, because psycopg_pool's retry delay
+# doubles up to this bound: with its default (300 s) a pool retried only every minute or so, and
+# analytics answered /ready 503 for ~50 s after a rebuilt data host was back (multi-host lane,
+# lost-data-host), long enough for `govstack up` to find the app host unhealthy.
+RECONNECT_GIVE_UP_S = 10.0
 # Tables the app may read and append to, never change: SELECT and INSERT only, nothing on their
 # partitions (rows reach them through the parent, where privileges are checked). The bootstrap
 # key's seeds too: an app that could delete one could make an old secret file's key live again.
@@ -41,19 +49,20 @@ DML = ("SELECT", "INSERT", "UPDATE", "DELETE")
 NEVER = ("TRUNCATE", "REFERENCES", "TRIGGER")
 
 
-def make_pool(settings: Settings, *, min_size: int = 1, max_size: int = 10, name: str = "app") -> ConnectionPool:
+def make_pool(conninfo: Callable[[], str] | str, *, min_size: int = 1, max_size: int = 10, name: str = "app",
+              kwargs: dict[str, Any] | None = None) -> ConnectionPool:
+    """The pool every service of the app uses (api, worker, analytics), opened without waiting:
+    the service starts while Postgres is away, and its /ready says so until Postgres is back."""
     pool = ConnectionPool(
         # A callable: the password file is read for each new connection, so a rotated password
         # (`govstack secret rotate`) is used without a restart; pooled connections stay open.
-        settings.conninfo,
-        # Every connection the pool makes, a reconnected one after a Postgres restart too,
-        # reads rows as dicts (the worker's loop reads rows by column name).
-        kwargs={"row_factory": dict_row},
+        conninfo,
+        kwargs=kwargs,
         min_size=min_size,
         max_size=max_size,
         timeout=POOL_WAIT_S,  # then PoolTimeout (-> 503)
         check=ConnectionPool.check_connection,  # drop connections broken by a Postgres restart
-        reconnect_timeout=30.0,
+        reconnect_timeout=RECONNECT_GIVE_UP_S,
         name=name,
         open=False,
     )

@@ -13,7 +13,7 @@ from psycopg_pool import ConnectionPool
 from starlette.concurrency import run_in_threadpool
 
 from .. import __version__, metrics
-from ..db import POOL_WAIT_S
+from ..db import make_pool
 from ..http_errors import install_exception_handlers
 from ..middleware import RequestContextMiddleware
 from ..routers.analytics import PREFIX, ROUTERS, over_budget
@@ -32,9 +32,7 @@ def create_analytics_app(settings: AnalyticsSettings, pool: ConnectionPool | Non
         if own:
             # A callable: the password file is read for each new connection, so a rotated password
             # (`govstack secret rotate postgres_analytics_password`) is used without a restart.
-            app.state.pool = ConnectionPool(settings.conninfo, min_size=1, max_size=4, timeout=POOL_WAIT_S,
-                                            check=ConnectionPool.check_connection, name="analytics", open=False)
-            app.state.pool.open(wait=False)
+            app.state.pool = make_pool(settings.conninfo, max_size=4, name="analytics")
         else:
             app.state.pool = pool
         app.state.releases = ReleaseService(settings, lambda: postgres_session(app.state.pool))

@@ -45,7 +45,9 @@ class Services:
 def build_services(settings: Settings, *, pool_max: int = 10) -> Services:
     return Services(
         settings=settings,
-        pool=make_pool(settings, max_size=pool_max, name="api" if pool_max > 3 else "worker"),
+        # Rows as dicts, on every connection the pool makes (the worker's loop reads them by column name).
+        pool=make_pool(settings.conninfo, max_size=pool_max, name="api" if pool_max > 3 else "worker",
+                       kwargs={"row_factory": dict_row}),
         store=ObjectStore(settings),
         chroma=ChromaClient(settings.chroma_host, settings.chroma_port),
         embedder=make_embedder(settings),
