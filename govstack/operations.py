@@ -239,8 +239,12 @@ def compose_project_up(
             "exit 1; }"
         )
         return
-    up = compose(project, "up", "-d", "--remove-orphans", "--wait", "--wait-timeout", wait_timeout_s,
-                 files=compose_file)
+    # Compose's --wait gives up at once on a container that is already unhealthy, one whose service
+    # came back a moment ago (an app host after its data host was rebuilt): then `up -d` alone, and
+    # the wait below gives it until the timeout to answer its own healthcheck again.
+    already_unhealthy = any(container["health"] == "unhealthy" for container in containers.values())
+    wait_flags = () if already_unhealthy else ("--wait", "--wait-timeout", wait_timeout_s)
+    up = compose(project, "up", "-d", "--remove-orphans", *wait_flags, files=compose_file)
     # On failure: one "govstack:" line with the most specific cause Compose
     # gave (unhealthy service, port in use, missing image…), then the states.
     yield StringCommand(
@@ -276,12 +280,13 @@ def _all_healthy_or_fail(project: str, timeout_s: int) -> str:
     2026-11-29: ``up --wait`` returned 0 with the API still "starting").
     The serving color is switched only on this check.
 
-    A container still "starting" runs its own healthcheck test once per
-    round (``docker exec``, as the engine would): the engine's first check
-    comes one ``interval`` after the start (Docker before 25 has no
-    ``start_interval``), so a release would otherwise wait up to 10 s for an
-    app that answered after 2. One passing test is what makes the engine
-    call it healthy too.
+    A container still "starting", or "unhealthy", runs its own healthcheck
+    test once per round (``docker exec``, as the engine would): the engine's
+    first check comes one ``interval`` after the start (Docker before 25 has
+    no ``start_interval``), so a release would otherwise wait up to 10 s for
+    an app that answered after 2; and an app whose database came back is
+    counted once it answers, not a retry interval later. One passing test is
+    what makes the engine call it healthy too.
     """
     fmt = "{{.Id}} {{.Name}} {{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}healthy{{end}}"
     # The test as shell words: each element single-quoted, its quotes escaped.
@@ -299,7 +304,7 @@ def _all_healthy_or_fail(project: str, timeout_s: int) -> str:
         f"while :; do ids=$({listing}); bad=; "
         "if [ -n \"$ids\" ]; then bad=$(docker inspect --format \"$fmt\" $ids | while read -r c name state health; do "
         "[ \"$state $health\" = 'running healthy' ] && continue; "
-        "[ \"$state $health\" = 'running starting' ] && own_check \"$c\" && continue; "
+        "case \"$state $health\" in 'running starting'|'running unhealthy') own_check \"$c\" && continue ;; esac; "
         "printf '%s %s %s;' \"${name#/}\" \"$state\" \"$health\"; done); fi; "
         "[ -n \"$ids\" ] && [ -z \"$bad\" ] && break; "
         f"[ $(date +%s) -ge $deadline ] && {{ echo \"govstack: compose project {project} did not become healthy: "
