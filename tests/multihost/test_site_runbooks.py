@@ -166,10 +166,6 @@ def test_add_app_host_adds_the_host_the_inventory_lacked(deployed, edge_ca, admi
     assert api(deployed, edge_ca, admin_api_key, "GET", "/ready").status_code == 200
 
 
-@pytest.mark.xfail(strict=False, reason="known defect, not yet fixed (closing note of 2026-12-05): after the data "
-                   "host is rebuilt, the runbook's `govstack up` finds the app hosts' long-running api or analytics "
-                   "containers unhealthy (/ready failing; 2 of 3 runs): app services do not recover once Postgres "
-                   "was gone for minutes")
 def test_lost_data_host_is_rebuilt_and_restored_by_the_runbook(deployed, edge_ca, admin_api_key):
     data = deployed.group("data")[0]
     settings = settings_of(deployed, data.name)
