@@ -8,6 +8,7 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import files
 
+from govstack.commands import schema_stamp
 from govstack.facts import ImageLabel
 from govstack.images import APP_DB_ROLES_LABEL
 from govstack.ledger import LEDGER_READER_GID
@@ -85,8 +86,16 @@ def ensure_app_schema(plan: StackPlan):
         name=f"Schema of {release.version} current (migrate as {plan.settings.postgres.owner_user})",
         project=plan.app_project(release.color),
         compose_file=plan.app_compose_file(release.color),
+        stamp=schema_stamp_of(plan, release.color, release.version),
+        data_project=plan.settings.project,
+        database=plan.settings.postgres.database,
         timeout_s=plan.settings.healthy_timeout_s,
     )
+
+
+def schema_stamp_of(plan: StackPlan, color: Color, version: str) -> str:
+    """Shell printing the stamp of a migrate run of ``version`` in ``color`` (commands.schema_stamp)."""
+    return schema_stamp(plan.app_image(version), plan.schema_stamp_files(color))
 
 
 @deploy("Analytics database role")

@@ -177,6 +177,7 @@ if is_app and not kept and is_first_app_host(after, host.name):
         name=f"Migrations of {version}",
         project=after.app_project(new.color),
         compose_file=after.app_compose_file(new.color),
+        stamp=app.schema_stamp_of(after, new.color, version),
     )
 
 step("migrations")

@@ -80,10 +80,13 @@ def bucket_configured(project: str, files: str | Sequence[str], bucket: str, non
 
 
 def compose_run(project: str, files: str | Sequence[str], service: str, *command: Any,
-                entrypoint: str | None = None) -> str:
+                entrypoint: str | None = None, pass_env: Sequence[str] = ()) -> str:
     """``COMMAND`` in a one-off container of a Compose service (same image, environment,
-    secrets and networks), removed afterwards; its dependencies are not started."""
+    secrets and networks), removed afterwards; its dependencies are not started.
+    ``pass_env``: variables the container gets from the calling shell's environment."""
     extra = ["--entrypoint", entrypoint] if entrypoint else []
+    for name in pass_env:
+        extra += ["-e", name]
     return compose(project, "run", "--rm", "--no-deps", "-T", *extra, service, *command, files=files)
 
 
@@ -97,6 +100,28 @@ def compose_containers(project: str, service: str | None = None, *, running_only
     if running_only:
         filters.append("--filter status=running")
     return " ".join(["docker ps -q" if running_only else "docker ps -aq", *filters])
+
+
+# The app's migrate records the stamp it is given in this variable (app Settings.schema_stamp).
+SCHEMA_STAMP_ENV = "GOVSTACK_SCHEMA_STAMP"
+SCHEMA_STAMP_SQL = "SELECT stamp FROM schema_stamp"
+
+
+def schema_stamp(image: str, files: Sequence[str]) -> str:
+    """Shell printing the digest of what a migrate run is made from: the id of the app image
+    and the content of ``files`` (the color's compose file, the secrets migrate reads). Any
+    change to them (a new image, a setting in the compose file, a rotated admin key) makes
+    another stamp, so the deploy asks again; a missing one too (its read prints nothing)."""
+    reads = "; ".join(f"sha256sum < {q(path)}" for path in files)
+    return (f"{{ docker image inspect --format '{{{{.Id}}}}' {q(image)}; {reads}; }} 2>/dev/null "
+            "| sha256sum | cut -c1-64")
+
+
+def schema_stamp_cleared_sql() -> str:
+    """SQL (run in the app's database) that forgets the recorded stamp, so the next deploy asks
+    ``migrate --check`` again: for a deploy step that changed a database role itself."""
+    return ("DO $$ BEGIN IF to_regclass('public.schema_stamp') IS NOT NULL THEN "
+            "DELETE FROM schema_stamp; END IF; END $$;")
 
 
 def service_exec(project: str, service: str, *command: Any) -> str:

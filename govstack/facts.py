@@ -10,7 +10,16 @@ import json
 
 from pyinfra.api import FactBase
 
-from govstack.commands import compose, compose_exec, last_json, login_probe, psql, q, service_exec
+from govstack.commands import (
+    SCHEMA_STAMP_SQL,
+    compose,
+    compose_exec,
+    last_json,
+    login_probe,
+    psql,
+    q,
+    service_exec,
+)
 from govstack.tuning import HostResources
 
 
@@ -434,14 +443,29 @@ class PostgresOwnership(FactBase):
 
 
 class AppSchemaPending(FactBase):
-    """What the app's migrate would change (its ``migrate --check``, run as the
-    owner in a one-off container of the color's project): [] when current,
-    None when it gives no answer (no compose file or image yet, Postgres down)."""
+    """What the app's migrate would change: [] when current, None when it gives no answer
+    (no compose file or image yet, Postgres down).
 
-    def command(self, project: str, compose_file: str) -> str:
+    Current when the stamp the last migrate run recorded in the database is the stamp a run
+    would be made from now (``stamp``, commands.schema_stamp): one ``psql`` in the running
+    Postgres of ``data_project``. Otherwise (another stamp, none, an image from before stamps,
+    or Postgres not on this host) the color's ``migrate --check``, run as the owner in a one-off
+    container, answers: a container start, about a quarter of a no-op deploy.
+
+    The trade-off: with a matching stamp nothing compares the privileges in the database with
+    the wish, so one changed by hand is found by the next real migrate run, not by this check
+    (app db.record_schema_stamp)."""
+
+    def command(self, project: str, compose_file: str, stamp: str, data_project: str, database: str) -> str:
+        recorded = service_exec(data_project, "postgres", *psql(database, rows=True), "-c", SCHEMA_STAMP_SQL)
         check = compose(project, "run", "--rm", "--no-deps", "--pull", "never", "-T", "migrate", "migrate", "--check",
                         "--wait", "5", files=compose_file)
-        return f"[ -f {q(compose_file)} ] && timeout 120 {check} 2>/dev/null; true"
+        return (
+            f"[ -f {q(compose_file)} ] || exit 0; "
+            f"wanted=$({stamp}); recorded=$({recorded} 2>/dev/null); "
+            'if [ "$recorded" = "$wanted" ]; then echo \'{"pending": [], "stamp": "current"}\'; '
+            f"else timeout 120 {check} 2>/dev/null; fi; true"
+        )
 
     def process(self, output):
         for line in reversed(list(output)):

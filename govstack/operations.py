@@ -12,6 +12,7 @@ from pyinfra.api import FileUploadCommand, OperationError, StringCommand, operat
 from pyinfra.facts.files import Directory, File, FileContents
 
 from govstack.commands import (
+    SCHEMA_STAMP_ENV,
     app_role_owned_objects_sql,
     app_role_ownership_moved_sql,
     bucket_configured,
@@ -23,6 +24,7 @@ from govstack.commands import (
     login_role_sql,
     printf_lines,
     q,
+    schema_stamp_cleared_sql,
 )
 from govstack.commands import psql as psql_argv
 from govstack.facts import (
@@ -581,6 +583,15 @@ def postgres_login_role(
     sql = login_role_sql(role, password_file, attributes=attributes, member_of=member_of,
                          connect=database if connect else None, owns_database=database if owns_database else None)
     yield f"{{ {sql}; }} | {compose_exec(project, compose_file, 'postgres', *psql_argv('postgres'))}"
+    # A role made or changed here may lack what the app's migrate grants it.
+    yield schema_stamp_cleared(project, compose_file, database)
+
+
+def schema_stamp_cleared(project: str, compose_file: str, database: str) -> str:
+    """Shell that forgets the schema stamp in ``database``, so the next app_schema_current asks
+    ``migrate --check`` (a deploy step that changed a role whose privileges migrate grants)."""
+    return (f"{printf_lines(schema_stamp_cleared_sql())} | "
+            f"{compose_exec(project, compose_file, 'postgres', *psql_argv(database))} >/dev/null")
 
 
 @operation()
@@ -655,29 +666,40 @@ def postgres_ownership_moved(project: str, compose_file: str, database: str, own
         return
     sql = app_role_ownership_moved_sql(database, owner, app_role)
     yield f"{{ {sql}; }} | {compose_exec(project, compose_file, 'postgres', *psql_argv(database))}"
+    yield schema_stamp_cleared(project, compose_file, database)
 
 
 @operation()
-def app_schema_current(project: str, compose_file: str, timeout_s: int = 300):
+def app_schema_current(project: str, compose_file: str, stamp: str, data_project: str, database: str,
+                       timeout_s: int = 300):
     """
     The app's schema, audit retention floor and role privileges are what this
-    version's migrations make (``migrate --check`` finds nothing to do).
+    version's migrations make: the stamp the last migrate run recorded is this
+    run's, or else ``migrate --check`` finds nothing to do.
 
     + project, compose_file: the serving color's Compose project (its migrate service)
+    + stamp: shell printing the stamp of a migrate run now (commands.schema_stamp)
+    + data_project, database: where Postgres runs, and the app's database in it
+
+    A migrate run records the stamp it was made from; privileges changed by hand
+    since are found by the next migrate run, not here (facts.AppSchemaPending).
     """
-    pending = host.get_fact(AppSchemaPending, project=project, compose_file=compose_file)
+    pending = host.get_fact(AppSchemaPending, project=project, compose_file=compose_file, stamp=stamp,
+                            data_project=data_project, database=database)
     if pending == []:
         host.noop(f"{project}: schema current")
         return
-    yield migrate_command(project, compose_file, timeout_s)
+    yield migrate_command(project, compose_file, timeout_s, stamp)
 
 
-def migrate_command(project: str, compose_file: str, timeout_s: int) -> str:
+def migrate_command(project: str, compose_file: str, timeout_s: int, stamp: str) -> str:
     """Shell that runs the app's migrations in the color's one-off migrate service, as the
-    schema's owner (the only container that mounts its password)."""
+    schema's owner (the only container that mounts its password); the run records ``stamp``
+    (shell, commands.schema_stamp), worked out just before it starts."""
     log = f"/tmp/govstack-migrate-{project}.log"
+    run = compose_run(project, compose_file, "migrate", pass_env=(SCHEMA_STAMP_ENV,))
     return (
-        f"timeout {timeout_s} {compose_run(project, compose_file, 'migrate')} >{log} 2>&1 "
+        f"{SCHEMA_STAMP_ENV}=$({stamp}) timeout {timeout_s} {run} >{log} 2>&1 "
         f"|| {{ echo \"govstack: migrations of the new version failed: "
         f"$(grep -v '^[[:space:]]*$' {log} | tail -n 1)\" >&2; exit 1; }}"
     )
@@ -738,14 +760,15 @@ def postgres_safety_copy(project: str, compose_file: str, label: str, record: st
 
 
 @operation(is_idempotent=False)
-def app_migrated(project: str, compose_file: str, timeout_s: int = 300):
+def app_migrated(project: str, compose_file: str, stamp: str, timeout_s: int = 300):
     """
     Run the app's migrations with the new version's image before it serves,
     as the schema's owner (the color's one-off migrate service).
 
     + project, compose_file: the new color's Compose project
+    + stamp: shell printing what the run is made from (commands.schema_stamp), which it records
     """
-    yield migrate_command(project, compose_file, timeout_s)
+    yield migrate_command(project, compose_file, timeout_s, stamp)
 
 
 @operation(is_idempotent=False)

@@ -13,7 +13,7 @@ from govstack import catalog, images, sbom
 from govstack.catalog import HOST_PORTS, SERVICES, BackupContainerPaths, PitrContainerPaths
 from govstack.release import COLORS, Color, Release, first_release
 from govstack.roles import ALL_ROLES, Member, Topology
-from govstack.secrets import SECRET_SPECS, host_secret_names
+from govstack.secrets import SECRET_SPECS, host_secret_names, secret_path
 from govstack.settings import Resources, Settings
 from govstack.settings.catalog import S3_IDENTITIES
 from govstack.settings.paths import TEXTFILE_DIR, BackupPaths, PitrPaths
@@ -525,6 +525,12 @@ class StackPlan:
     def analytics_secrets(self) -> list[str]:
         """The analytics service reads its own role's password, nothing else."""
         return ["postgres_analytics_password"] if self.settings.analytics.enabled else []
+
+    def schema_stamp_files(self, color: Color) -> list[str]:
+        """What, besides the app image, a migrate run of ``color`` is made from
+        (commands.schema_stamp): its compose file and the secrets migrate reads."""
+        return [self.app_compose_file(color),
+                *(secret_path(self.settings, name) for name in self.migrate_secrets)]
 
     @property
     def app_project_secrets(self) -> list[str]:

@@ -44,7 +44,7 @@ RECONNECT_GIVE_UP_S = 10.0
 APPEND_ONLY_TABLES = ("audit_logs", "bootstrap_key_seeds")
 # Tables the app may only read: the migrations' own record, and the retention floor the
 # partition-drop function enforces (an app that could lower it could shorten the audit trail).
-READ_ONLY_TABLES = ("schema_migrations", "audit_retention_floor")
+READ_ONLY_TABLES = ("schema_migrations", "audit_retention_floor", "schema_stamp")
 DML = ("SELECT", "INSERT", "UPDATE", "DELETE")
 NEVER = ("TRUNCATE", "REFERENCES", "TRIGGER")
 
@@ -262,6 +262,18 @@ def set_retention_floor(conn: psycopg.Connection, months: int) -> bool:
         return cur.rowcount > 0
 
 
+def record_schema_stamp(conn: psycopg.Connection, stamp: str) -> None:
+    """What this run was made from (Settings.schema_stamp), written last: a run that failed
+    earlier leaves the previous stamp, which then differs from the next deploy's.
+
+    The trade-off, taken for a fast no-op deploy: a deploy whose stamp matches runs neither
+    ``migrate`` nor ``migrate --check``, so privileges changed by hand since (a REVOKE, a role
+    dropped and made again) are found only by the next real migrate run. The deploy clears the
+    stamp whenever it changes a database role itself (govstack.commands.schema_stamp_cleared_sql)."""
+    conn.execute("INSERT INTO schema_stamp (stamp) VALUES (%s) ON CONFLICT (singleton)"
+                 " DO UPDATE SET stamp = EXCLUDED.stamp, recorded_at = now()", (stamp,))
+
+
 def pending(settings: Settings, *, wait_s: float = 60.0) -> list[str]:
     """What a migrate run would change: migrations not yet applied, the app role's privileges
     that differ, a retention floor that differs. Empty: the schema is current."""
@@ -311,6 +323,12 @@ def migrate(settings: Settings, *, wait_s: float = 60.0) -> list[str]:
                 "CREATE TABLE IF NOT EXISTS schema_migrations ("
                 " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
             )
+            # Made before the grants below, so the app's role reads it like schema_migrations.
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_stamp ("
+                " singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),"
+                " stamp text NOT NULL, recorded_at timestamptz NOT NULL DEFAULT now())"
+            )
             done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations").fetchall()}
             for version, script in migration_files():
                 if version in done:
@@ -337,6 +355,8 @@ def migrate(settings: Settings, *, wait_s: float = 60.0) -> list[str]:
                     log.info("bootstrap admin key set from the secret file")
             else:
                 log.warning("GOVSTACK_ADMIN_API_KEY_FILE not set: no bootstrap admin key")
+            if settings.schema_stamp:
+                record_schema_stamp(conn, settings.schema_stamp)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
     return applied

@@ -42,6 +42,11 @@ class Settings(BaseSettings):
     # The API and worker apply migrations at start (development); the stack runs them in a
     # one-off container as the owner instead, and sets this to false.
     migrate_on_start: bool = True
+    # Given by the deploy to the one-off migrate run: a digest of what that run was made from
+    # (the image, the color's compose file, the secrets it reads). `migrate` records it once it
+    # has finished, so the next deploy reads one row instead of starting a container to ask
+    # `migrate --check` (govstack.commands.schema_stamp).
+    schema_stamp: str | None = None
 
     s3_endpoint: str = "127.0.0.1:8333"
     s3_secure: bool = False
