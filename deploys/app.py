@@ -13,11 +13,12 @@ from govstack.facts import ImageLabel
 from govstack.images import APP_DB_ROLES_LABEL
 from govstack.ledger import LEDGER_READER_GID
 from govstack.operations import (
+    LoginRole,
     app_color_idle,
     app_schema_current,
     compose_project_up,
     path_owned,
-    postgres_login_role,
+    postgres_login_roles,
     postgres_ownership_moved,
 )
 from govstack.plan import StackPlan
@@ -36,45 +37,48 @@ def serving_image_splits_roles(inventory, plan: StackPlan) -> bool:
     return label is None or bool(label)
 
 
-@deploy("App database")
-def ensure_app_database(plan: StackPlan, roles_split: bool = True):
+def app_database_roles(plan: StackPlan, roles_split: bool = True) -> list[LoginRole]:
     """The owner role owns the database; the app's role logs in and owns nothing
     (its privileges on the tables come from the app's migrate, run as the owner).
     ``roles_split`` False: a serving image from before that split, whose role
     must keep owning the schema (``serving_image_splits_roles``)."""
     s = plan.settings
-    pg = {"project": s.project, "compose_file": s.compose_file, "database": s.postgres.database}
     if not roles_split:
-        postgres_login_role(
-            name=f"Postgres role {s.postgres.app_user} owning database {s.postgres.database}",
-            role=s.postgres.app_user,
-            password_file=secret_path(s, "postgres_app_password"),
-            owns_database=True,
+        return [LoginRole(s.postgres.app_user, secret_path(s, "postgres_app_password"), owns_database=True)]
+    attributes = ("NOSUPERUSER", "NOCREATEDB", "NOCREATEROLE")
+    return [
+        LoginRole(s.postgres.owner_user, secret_path(s, "postgres_owner_password"), attributes, owns_database=True),
+        LoginRole(s.postgres.app_user, secret_path(s, "postgres_app_password"), attributes, connect=True),
+    ]
+
+
+def analytics_role(plan: StackPlan) -> LoginRole | None:
+    """Created before any app color starts, so that migrations can grant it the events view."""
+    s = plan.settings
+    if not s.analytics.enabled:
+        return None
+    return LoginRole(plan.analytics_role, secret_path(s, "postgres_analytics_password"),
+                     ("NOSUPERUSER", "NOCREATEDB", "NOCREATEROLE", "CONNECTION LIMIT 10"), connect=True)
+
+
+@deploy("Database roles")
+def ensure_database_roles(plan: StackPlan, roles: list[LoginRole], roles_split: bool = True):
+    """Every login role of the app's database (the app's, the backup job's, the exporter's,
+    analytics'), checked in one command; then the app's role owns nothing."""
+    s = plan.settings
+    pg = {"project": s.project, "compose_file": s.compose_file, "database": s.postgres.database}
+    postgres_login_roles(
+        name=f"Postgres roles log in to {s.postgres.database}: {', '.join(r.role for r in roles)}",
+        roles=roles,
+        **pg,
+    )
+    if roles_split:
+        postgres_ownership_moved(
+            name=f"{s.postgres.app_user} owns nothing in {s.postgres.database}",
+            owner=s.postgres.owner_user,
+            app_role=s.postgres.app_user,
             **pg,
         )
-        return
-    postgres_login_role(
-        name=f"Postgres role {s.postgres.owner_user} owning database {s.postgres.database}",
-        role=s.postgres.owner_user,
-        password_file=secret_path(s, "postgres_owner_password"),
-        attributes=("NOSUPERUSER", "NOCREATEDB", "NOCREATEROLE"),
-        owns_database=True,
-        **pg,
-    )
-    postgres_login_role(
-        name=f"Postgres role {s.postgres.app_user} (the app's) logs in to {s.postgres.database}",
-        role=s.postgres.app_user,
-        password_file=secret_path(s, "postgres_app_password"),
-        attributes=("NOSUPERUSER", "NOCREATEDB", "NOCREATEROLE"),
-        connect=True,
-        **pg,
-    )
-    postgres_ownership_moved(
-        name=f"{s.postgres.app_user} owns nothing in {s.postgres.database}",
-        owner=s.postgres.owner_user,
-        app_role=s.postgres.app_user,
-        **pg,
-    )
 
 
 @deploy("App schema")
@@ -96,24 +100,6 @@ def ensure_app_schema(plan: StackPlan):
 def schema_stamp_of(plan: StackPlan, color: Color, version: str) -> str:
     """Shell printing the stamp of a migrate run of ``version`` in ``color`` (commands.schema_stamp)."""
     return schema_stamp(plan.app_image(version), plan.schema_stamp_files(color))
-
-
-@deploy("Analytics database role")
-def ensure_analytics_role(plan: StackPlan):
-    """Created before any app color starts, so that migrations can grant it the events view."""
-    s = plan.settings
-    if not s.analytics.enabled:
-        return
-    postgres_login_role(
-        name=f"Postgres role {plan.analytics_role} (usage events only)",
-        project=s.project,
-        compose_file=s.compose_file,
-        role=plan.analytics_role,
-        database=s.postgres.database,
-        password_file=secret_path(s, "postgres_analytics_password"),
-        attributes=("NOSUPERUSER", "NOCREATEDB", "NOCREATEROLE", "CONNECTION LIMIT 10"),
-        connect=True,
-    )
 
 
 @deploy("App color")

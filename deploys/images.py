@@ -10,7 +10,7 @@ from pyinfra.operations import files
 from govstack import catalog, images, sbom
 from govstack.facts import ImageLabels
 from govstack.images import CONTEXT_HASH_LABEL
-from govstack.operations import base_image_built, files_mirrored, image_built
+from govstack.operations import base_image_built, files_mirrored, files_rendered, image_built
 from govstack.plan import StackPlan
 
 HOST_CA_CERTS = "/usr/local/share/ca-certificates/*.crt"
@@ -30,10 +30,9 @@ def build_offline_images(plan: StackPlan):
     base_tag = images.base_image_tag(s)
     base_hash = images.base_context_hash(s)
     script = f"{build_dir}/build-rootfs.sh"
-    files.put(
+    files_rendered(
         name="Base rootfs build script",
-        src=str(images.IMAGE_TEMPLATES / "base" / "build-rootfs.sh"),
-        dest=script,
+        files={script: (images.IMAGE_TEMPLATES / "base" / "build-rootfs.sh").read_text()},
         mode="755",
     )
     base_image_built(

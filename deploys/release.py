@@ -160,7 +160,8 @@ if is_app and not kept:
 if is_data and not kept:
     # The roles first: a stack upgraded from before the owner role existed
     # gets it here, so the new version's migrations run as the owner.
-    app.ensure_app_database(after, app.serving_image_splits_roles(inventory, after))
+    splits = app.serving_image_splits_roles(inventory, after)
+    app.ensure_database_roles(after, app.app_database_roles(after, splits), splits)
     if s.backup.enabled:
         postgres_safety_copy(
             name="Pre-deploy copy of Postgres (restic)",

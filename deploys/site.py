@@ -82,13 +82,13 @@ if not roles_split:
 if plan.has_role("data"):
     if "seaweedfs" in plan.services:
         stack.ensure_object_store_bucket(plan)
-    app.ensure_app_database(plan, roles_split)
+    roles = app.app_database_roles(plan, roles_split)
     if settings.backup.enabled:
-        backup.ensure_backup_role(plan)
+        roles.append(backup.backup_role(plan))
+    roles += [role for role in (monitoring.monitor_role(plan), app.analytics_role(plan)) if role is not None]
+    app.ensure_database_roles(plan, roles, roles_split)
     if settings.pitr_enabled:
         backup.ensure_pitr(plan)
-    monitoring.ensure_monitor_role(plan)
-    app.ensure_analytics_role(plan)
 if plan.split:
     all_hosts_reached(name="Data tier and edge up on their hosts", step="data tier and edge up")
 if roles_split and plan.has_role("app") and is_first_app_host(plan, host.name):

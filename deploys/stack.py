@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import posixpath
-from io import StringIO
 
 from pyinfra import logger
 from pyinfra.api import deploy
@@ -14,13 +13,14 @@ from govstack.images import IMAGE_TEMPLATES
 from govstack.operations import (
     compose_project_up,
     file_installed,
+    files_rendered,
     grpc_mtls_material,
     nginx_certificate_loaded,
     nginx_config_applied,
-    path_owned,
+    paths_owned,
     s3_bucket_configured,
     s3_bucket_versioned,
-    secret_file,
+    secret_files,
     self_signed_certificate,
 )
 from govstack.plan import GROUP_WRITABLE_DATA_DIRS, GRPC_PREFIX, SERVICE_UIDS, StackPlan
@@ -32,20 +32,18 @@ from govstack.secrets import SECRET_SPECS, TLS_KEY_OWNER_UID, secret_path
 @deploy("Stack directories")
 def create_stack_directories(plan: StackPlan):
     s = plan.settings
-    path_owned(name="Stack root", path=s.stack_root, uid=0, gid=0, mode="750")
-    path_owned(name="Secrets directory", path=s.secrets_dir, uid=0, gid=0, mode="700")
-    path_owned(name="Config directory", path=s.config_dir, uid=0, gid=0, mode="755")
-    path_owned(name="Data directory", path=s.data_dir, uid=0, gid=0, mode="755")
+    wanted = [(s.stack_root, 0, 0, "750"), (s.secrets_dir, 0, 0, "700"), (s.config_dir, 0, 0, "755"),
+              (s.data_dir, 0, 0, "755")]
     for name, uid in plan.data_dirs.items():
         mode = "770" if name in GROUP_WRITABLE_DATA_DIRS else "700"
-        path_owned(name=f"Data of {name}", path=plan.data_path(name), uid=uid, gid=uid, mode=mode)
-    path_owned(name="App compose directory", path=s.paths.app_dir, uid=0, gid=0, mode="755")
-    for sub in ("postgres", "nginx", "seaweedfs"):
-        path_owned(name=f"Config of {sub}", path=s.paths.config.service_dir(sub), uid=0, gid=0, mode="755")
-    path_owned(name="TLS directory", path=s.paths.config.edge_tls_dir, uid=0, gid=0, mode="755")
+        wanted.append((plan.data_path(name), uid, uid, mode))
+    wanted.append((s.paths.app_dir, 0, 0, "755"))
+    wanted += [(s.paths.config.service_dir(sub), 0, 0, "755") for sub in ("postgres", "nginx", "seaweedfs")]
+    wanted.append((s.paths.config.edge_tls_dir, 0, 0, "755"))
     if "rsyslog" in plan.services:
         # Container logs kept for auditors: root's (rsyslog writes them), no one else reads them.
-        path_owned(name="Logs directory", path=s.paths.logs_dir, uid=0, gid=0, mode="750")
+        wanted.append((s.paths.logs_dir, 0, 0, "750"))
+    paths_owned(name=f"Stack root, secrets, config, data and log directories ({len(wanted)})", paths=wanted)
 
 
 @deploy("Secrets")
@@ -56,15 +54,11 @@ def ensure_secrets(plan: StackPlan, values: dict[str, str | None]):
     # changed: the hosts' own first, so a deploy never changes a secret a
     # host holds (a rotation does: `govstack secret rotate`). None: the
     # host's file stays, or is generated once when no one holds a value.
-    for name, value in values.items():
-        spec = SECRET_SPECS[name]
-        secret_file(
-            name=f"Secret {name}",
-            path=secret_path(s, name),
-            owner_uid=spec.owner_uid,
-            length=spec.length,
-            value=value,
-        )
+    secret_files(
+        name=f"Secrets ({len(values)}): present, 0600, owned by their reader",
+        secrets=[(secret_path(s, name), SECRET_SPECS[name].owner_uid, SECRET_SPECS[name].length, value)
+                 for name, value in values.items()],
+    )
     if plan.upstream_seaweedfs:
         grpc_mtls_material(
             name="SeaweedFS gRPC mTLS material (upstream image has no openssl)",
@@ -115,8 +109,8 @@ def ensure_edge_certificate(plan: StackPlan) -> bool:
 
 @deploy("Stack configuration")
 def render_stack_files(plan: StackPlan):
-    for path, content in rendered_files(plan).items():
-        files.put(name=f"Render {path}", src=StringIO(content), dest=path, mode="644")
+    rendered = rendered_files(plan)
+    files_rendered(name=f"Rendered stack files ({len(rendered)})", files=rendered, mode="644")
     if plan.upstream_seaweedfs:
         files.put(
             name="SeaweedFS entrypoint for the official image",

@@ -230,6 +230,20 @@ def app_role_owned_objects_sql(app_role: str) -> str:
     )
 
 
+def login_probes(database: str, roles: Sequence[tuple[str, Sequence[str]]]) -> str:
+    """Shell for the postgres container's ``sh -c``, one password per line on its stdin in the
+    order of ``roles`` (``(role, member_of)``): prints ``ROLE t`` for each role that logs in to
+    ``database`` over TCP with its password and is a member of every role in its ``member_of``
+    (anything else after the name: it does not). One container entry for every role."""
+    probes = []
+    for role, member_of in roles:
+        check = "select " + (" and ".join(f"pg_has_role('{group}', 'member')" for group in member_of) or "true")
+        login = psql(database, user=role, host="127.0.0.1", on_error_stop=False)
+        probes.append(f'IFS= read -r pw; printf "%s %s\\n" {q(role)} '
+                      f'"$(PGPASSWORD=$pw {words(*login, "-tAc", check)} </dev/null 2>/dev/null)"')
+    return "; ".join(probes)
+
+
 def login_probe(role: str, database: str, *, member_of: Iterable[str] = ()) -> str:
     """Shell for the postgres container's ``sh -c``, the password file on its stdin: prints
     ``t`` when ``role`` logs in to ``database`` over TCP with that password and is a member

@@ -13,9 +13,8 @@ from pyinfra.api import FactBase
 from govstack.commands import (
     SCHEMA_STAMP_SQL,
     compose,
-    compose_exec,
     last_json,
-    login_probe,
+    login_probes,
     psql,
     q,
     service_exec,
@@ -255,6 +254,20 @@ class ComposeProject(FactBase):
         return {"desired": desired, "containers": containers}
 
 
+class RunningContainers(FactBase):
+    """Ids of a Compose project's running containers (one-off ones too): one ``docker ps``,
+    without the Compose CLI's ``config --hash``, which reading the project's state needs."""
+
+    def command(self, project: str) -> str:
+        return f"docker ps -q --no-trunc --filter label=com.docker.compose.project={q(project)} 2>/dev/null || true"
+
+    def process(self, output) -> list[str]:
+        return sorted(line.strip() for line in output if line.strip())
+
+    def default(self) -> list[str]:
+        return []
+
+
 class ContainerImageIds(FactBase):
     """Container id -> id of the image it was created from."""
 
@@ -331,6 +344,66 @@ class PathState(FactBase):
         return {"type": kind, "uid": int(uid), "gid": int(gid), "mode": mode}
 
 
+class PathStates(FactBase):
+    """path -> ``{"type", "uid", "gid", "mode", "sha256"}`` (numbers as in PathState; sha256
+    only for the paths in ``digests`` that are regular files, else None), or None when absent:
+    every path in one command. pyinfra 3 reads a fact per operation and caches none, so the
+    per-path operations of a no-op deploy cost about a hundred commands (a stat, a checksum, a
+    parent-directory check each); the batched operations (paths_owned, files_rendered,
+    secret_files) read this once."""
+
+    def command(self, paths: tuple[str, ...], digests: tuple[str, ...] = ()) -> str:
+        if not paths:
+            return "true"
+        for path in paths:
+            if any(c in path for c in "\t\n"):
+                raise ValueError(f"path {path!r} has a tab or a newline")
+        wanted = set(digests)
+        lines = []
+        for path in paths:
+            quoted = q(path)
+            digest = (f'd=-; [ -f {quoted} ] && d=$(sha256sum < {quoted} | cut -c1-64); ' if path in wanted
+                      else "d=-; ")
+            lines.append(f"if s=$(stat -c '%F|%u|%g|%a' -- {quoted} 2>/dev/null); then {digest}"
+                         f"printf '%s\\t%s|%s\\n' {quoted} \"$s\" \"$d\"; "
+                         f"else printf '%s\\t__absent__\\n' {quoted}; fi")
+        return "; ".join(lines)
+
+    def process(self, output) -> dict:
+        found: dict = {}
+        for line in output:
+            path, _, state = line.rstrip("\n").partition("\t")
+            if not path:
+                continue
+            if state == "__absent__":
+                found[path] = None
+                continue
+            kind, uid, gid, mode, digest = state.split("|")
+            found[path] = {"type": kind, "uid": int(uid), "gid": int(gid), "mode": mode,
+                           "sha256": None if digest == "-" else digest}
+        return found
+
+    def default(self) -> dict:
+        return {}
+
+
+class InstalledStamp(FactBase):
+    """``{"size", "mode", "stamp"}`` of a file installed with a stamp file beside it (its
+    version and digest, written when it was installed), None when the file is absent: to
+    know a large binary is the wanted one without checksumming it on every run."""
+
+    def command(self, path: str, stamp: str) -> str:
+        return (f"stat -c '%s %a' -- {q(path)} 2>/dev/null || echo __absent__; "
+                f"cat {q(stamp)} 2>/dev/null; true")
+
+    def process(self, output):
+        lines = [line.strip() for line in output]
+        if not lines or lines[0] == "__absent__":
+            return None
+        size, mode = lines[0].split()
+        return {"size": int(size), "mode": mode, "stamp": "\n".join(lines[1:]).strip()}
+
+
 class CertificateState(FactBase):
     """Subject alternative names of a PEM certificate and whether it is still
     valid for ``min_days``; None when the file is absent or unreadable."""
@@ -358,19 +431,31 @@ class CertificateState(FactBase):
         return {"valid": lines[0] == "valid", "sans": sorted(names)}
 
 
-class PostgresLogin(FactBase):
-    """True when ``role`` can log in to ``database`` over TCP with the password
-    in ``password_file`` (read on the host, passed on stdin, never in argv) and
-    is a member of every role in ``member_of``."""
+class PostgresLogins(FactBase):
+    """role -> True when it logs in to ``database`` over TCP with the password in its file and
+    is a member of every role it should be: every role in one ``docker exec`` (a command and a
+    container entry each cost a no-op deploy a fifth of a second). The passwords are read on the
+    host and passed on stdin, one per line, never in an argv; a password with a line break in it
+    reads as a failed login, so its role is made again (which changes nothing)."""
 
-    def command(self, project: str, compose_file: str, role: str, database: str, password_file: str,
-                member_of: tuple[str, ...] = ()) -> str:
-        probe = login_probe(role, database, member_of=member_of)
-        in_postgres = service_exec(project, "postgres", "sh", "-c", probe)
-        return f"{in_postgres} < {q(password_file)} 2>/dev/null || true"
+    def command(self, project: str, database: str, roles: tuple[tuple[str, str, tuple[str, ...]], ...]) -> str:
+        if not roles:
+            return "true"
+        passwords = "; ".join(f"printf '%s\\n' \"$(cat {q(password_file)} 2>/dev/null)\""
+                              for _, password_file, _ in roles)
+        probes = login_probes(database, [(role, member_of) for role, _, member_of in roles])
+        return f"{{ {passwords}; }} | {service_exec(project, 'postgres', 'sh', '-c', probes)} 2>/dev/null || true"
 
-    def process(self, output) -> bool:
-        return "".join(output).strip() == "t"
+    def process(self, output) -> dict[str, bool]:
+        found = {}
+        for line in output:
+            role, _, answer = line.strip().partition(" ")
+            if role:
+                found[role] = answer.strip() == "t"
+        return found
+
+    def default(self) -> dict[str, bool]:
+        return {}
 
 
 class SecretDigests(FactBase):
@@ -485,7 +570,8 @@ class PgbackrestStanza(FactBase):
     sidecar does not answer."""
 
     def command(self, project: str, compose_file: str, service: str) -> str:
-        state = compose_exec(project, compose_file, service, "govstack-backup", "pitr", "state")
+        # docker exec, not compose exec: the Compose CLI parses the whole project first.
+        state = service_exec(project, service, "govstack-backup", "pitr", "state")
         return f"{state} 2>/dev/null || true"
 
     def process(self, output):
@@ -499,8 +585,7 @@ class S3BucketVersioning(FactBase):
     None when the bucket is absent or the gateway does not answer."""
 
     def command(self, project: str, compose_file: str, bucket: str) -> str:
-        probe = compose_exec(project, compose_file, "seaweedfs", "/usr/local/bin/seaweedfs-entrypoint",
-                             "bucket-state", bucket)
+        probe = service_exec(project, "seaweedfs", "/usr/local/bin/seaweedfs-entrypoint", "bucket-state", bucket)
         return f"{probe} 2>/dev/null || true"
 
     def process(self, output) -> str | None:
@@ -512,18 +597,27 @@ class S3BucketVersioning(FactBase):
 
 
 class S3BucketConfig(FactBase):
-    """True when the bucket's lifecycle rules and encryption are the wanted ones, asked by the
-    backup service's ``bucket-config --check`` with the admin key pair on its stdin."""
+    """``{"current": bool, "pinned": bool}``: whether the bucket's lifecycle rules and encryption
+    are the wanted ones, asked by the backup service's ``bucket-config --check`` with the admin
+    key pair on its stdin, and whether ``marker`` (secret_store.sse_marker) exists, mode 0600
+    (one command: the marker's own fact was another on every deploy)."""
 
     def command(self, project: str, compose_file: str, argv: tuple[str, ...], access_file: str,
-                secret_file: str) -> str:
-        check = compose_exec(project, compose_file, "backup", *argv, "--check")
-        return f"{{ cat {q(access_file)}; echo; cat {q(secret_file)}; echo; }} | {check} 2>/dev/null || true"
+                secret_file: str, marker: str = "") -> str:
+        check = service_exec(project, "backup", *argv, "--check")
+        pinned = f"[ \"$(stat -c %a {q(marker)} 2>/dev/null)\" = 600 ] && echo '#pinned'; " if marker else ""
+        return f"{pinned}{{ cat {q(access_file)}; echo; cat {q(secret_file)}; echo; }} | {check} 2>/dev/null || true"
 
-    def process(self, output) -> bool:
-        for line in reversed(list(output)):
+    def process(self, output) -> dict:
+        lines = list(output)
+        found = {"current": False, "pinned": any(line.strip() == "#pinned" for line in lines)}
+        for line in reversed(lines):
             try:
-                return bool(json.loads(line).get("current"))
+                found["current"] = bool(json.loads(line).get("current"))
+                break
             except (ValueError, AttributeError):
                 continue
-        return False
+        return found
+
+    def default(self) -> dict:
+        return {"current": False, "pinned": False}

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import hashlib
 from io import StringIO
+from typing import NamedTuple
 
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, OperationError, StringCommand, operation
-from pyinfra.facts.files import Directory, File, FileContents
+from pyinfra.facts.files import Directory, FileContents
 
 from govstack.commands import (
     SCHEMA_STAMP_ENV,
@@ -35,10 +36,13 @@ from govstack.facts import (
     FilesDigest,
     ImageIds,
     ImageLabel,
+    InstalledStamp,
     PathState,
+    PathStates,
     PgbackrestStanza,
-    PostgresLogin,
+    PostgresLogins,
     PostgresOwnership,
+    RunningContainers,
     S3BucketConfig,
     S3BucketVersioning,
     SecretFile,
@@ -156,7 +160,28 @@ def secret_file(path: str, owner_uid: int, length: int = 40, value: str | None =
 
     The value never appears in a command, a diff or pyinfra's output.
     """
-    state = host.get_fact(SecretFile, path=path)
+    yield from _secret_commands(path, host.get_fact(SecretFile, path=path), owner_uid, length, value)
+
+
+@operation()
+def secret_files(secrets: list[tuple[str, int, int, str | None]]):
+    """
+    Secret files, each as ``secret_file`` makes one, read in one command (facts.PathStates).
+
+    + secrets: ``(path, owner_uid, length, value)`` of each (see secret_file)
+
+    Only digests leave the host; the values never appear in a command, a diff or pyinfra's output.
+    """
+    paths = tuple(path for path, *_ in secrets)
+    states = host.get_fact(PathStates, paths=paths, digests=paths)
+    for path, owner_uid, length, value in secrets:
+        state = states.get(path)
+        if state is not None and not state["type"].startswith("regular"):
+            state = None
+        yield from _secret_commands(path, state, owner_uid, length, value)
+
+
+def _secret_commands(path: str, state: dict | None, owner_uid: int, length: int, value: str | None):
     if value is not None:
         wanted = hashlib.sha256(value.encode()).hexdigest()
         if state is None or state["sha256"] != wanted:
@@ -368,7 +393,24 @@ def path_owned(path: str, uid: int, gid: int, mode: str, directory: bool = True)
 
     Never removes or empties anything: data directories survive every deploy.
     """
-    state = host.get_fact(PathState, path=path)
+    yield from _owned_commands(path, host.get_fact(PathState, path=path), uid, gid, mode, directory)
+
+
+@operation()
+def paths_owned(paths: list[tuple[str, int, int, str]]):
+    """
+    Directories, each as ``path_owned`` makes one, read in one command (facts.PathStates).
+
+    + paths: ``(path, uid, gid, mode)`` of each, parents before their children
+
+    Never removes or empties anything: data directories survive every deploy.
+    """
+    states = host.get_fact(PathStates, paths=tuple(path for path, *_ in paths))
+    for path, uid, gid, mode in paths:
+        yield from _owned_commands(path, states.get(path), uid, gid, mode, True)
+
+
+def _owned_commands(path: str, state: dict | None, uid: int, gid: int, mode: str, directory: bool):
     quoted = q(path)
     if state is None:
         if not directory:
@@ -379,6 +421,78 @@ def path_owned(path: str, uid: int, gid: int, mode: str, directory: bool = True)
         yield f"chown {uid}:{gid} {quoted}"
     if state["mode"] != mode.lstrip("0"):
         yield f"chmod {mode} {quoted}"
+
+
+@operation()
+def files_rendered(files: dict[str, str], mode: str = "644"):
+    """
+    Files on the host with exactly the given contents and mode, read in one command
+    (facts.PathStates: a sha256 of each), uploaded only where they differ.
+
+    + files: path on the host -> its content
+    + mode: octal mode of every one of them
+
+    What pyinfra's ``files.put`` does for one file (a stat, its parent, a checksum: three
+    commands each), for all of them at once; ``--diff`` shows each change as put does.
+    """
+    paths = tuple(files)
+    states = host.get_fact(PathStates, paths=paths, digests=paths)
+    for path, content in files.items():
+        state = states.get(path)
+        if state is not None and not state["type"].startswith("regular"):
+            raise OperationError(f"{path} exists and is not a file ({state['type']})")
+        data = content.encode()
+        if state is None or state["sha256"] != hashlib.sha256(data).hexdigest():
+            if host.state.config.DIFF:
+                _log_diff(path, content, state is not None)
+            yield f"mkdir -p {q(path.rsplit('/', 1)[0] or '/')}"
+            yield FileUploadCommand(StringIO(content), path, remote_temp_filename=host.get_temp_filename(path))
+            yield f"chmod {mode} {q(path)}"
+        elif state["mode"] != mode.lstrip("0"):
+            yield f"chmod {mode} {q(path)}"
+
+
+def _log_diff(path: str, content: str, exists: bool) -> None:
+    from pyinfra import logger
+    from pyinfra.operations.util.files import generate_color_diff
+
+    current = [line + "\n" for line in host.get_fact(FileContents, path=path) or []] if exists else []
+    host.log(f"Will {'modify' if exists else 'create'} {path}", logger.info)
+    for line in generate_color_diff(current, content.splitlines(keepends=True)):
+        logger.info("  %s", line)
+    logger.info("")
+
+
+@operation()
+def file_installed_once(src: str, dest: str, stamp: str, mode: str = "755"):
+    """
+    A large file from the controller (a binary) on the host, told apart by a stamp file
+    beside it rather than by a checksum of both copies on every run.
+
+    + src: the file on the controller
+    + dest: where it goes on the host
+    + stamp: what identifies this copy (its version and sha256, toolcache.stamp_of), written
+      to ``dest`` + ``.govstack-stamp`` once the upload is done
+
+    Uploaded when the host has no copy, another stamp, another size or another mode. A
+    same-size copy changed by hand under an unchanged stamp is not noticed.
+    """
+    import os
+
+    stamp_path = f"{dest}.govstack-stamp"
+    state = host.get_fact(InstalledStamp, path=dest, stamp=stamp_path)
+    size = os.path.getsize(src)
+    if state is not None and state["stamp"] == stamp and state["size"] == size:
+        if state["mode"] != mode.lstrip("0"):
+            yield f"chmod {mode} {q(dest)}"
+        return
+    # Beside it, then renamed over it: a binary that runs (a Compose command elsewhere on the
+    # host) cannot be written in place ("Text file busy"), but can be replaced.
+    fresh = f"{dest}.govstack-new"
+    yield f"mkdir -p {q(dest.rsplit('/', 1)[0] or '/')}"
+    yield FileUploadCommand(src, fresh, remote_temp_filename=host.get_temp_filename(fresh))
+    yield f"chmod {mode} {q(fresh)} && mv -f {q(fresh)} {q(dest)}"
+    yield f"printf '%s\\n' {q(stamp)} > {q(stamp_path)}"
 
 
 @operation()
@@ -546,45 +660,50 @@ def nginx_certificate_loaded(
     )
 
 
+class LoginRole(NamedTuple):
+    """A login role of the app's database (postgres_login_roles)."""
+
+    role: str
+    password_file: str
+    attributes: tuple[str, ...] = ()
+    member_of: tuple[str, ...] = ()
+    connect: bool = False
+    owns_database: bool = False
+
+
 @operation()
-def postgres_login_role(
-    project: str,
-    compose_file: str,
-    role: str,
-    database: str,
-    password_file: str,
-    attributes: tuple[str, ...] = (),
-    member_of: tuple[str, ...] = (),
-    connect: bool = False,
-    owns_database: bool = False,
-):
+def postgres_login_roles(project: str, compose_file: str, database: str, roles: list[LoginRole]):
     """
-    A login role whose password is the secret file's, with its attributes and memberships.
+    Login roles of ``database``, checked in one
+    command (facts.PostgresLogins): every role logs in with its password file's and holds its
+    memberships, or is created or updated, in the order given.
 
     + project, compose_file: the Compose project Postgres runs in
-    + role: role name
-    + database: the database it logs in to (and connects to, or owns)
-    + password_file: the role's secret on the host
-    + attributes: ALTER ROLE attributes besides LOGIN, e.g. ``("NOSUPERUSER", "BYPASSRLS")``
-    + member_of: roles it is granted, e.g. ``("pg_monitor",)``
-    + connect: GRANT CONNECT on ``database``
-    + owns_database: create ``database`` owned by the role (PUBLIC loses its rights)
+    + database: the database they log in to (and connect to, or own)
+    + roles: ``LoginRole`` of each: role name; its secret on the host; ALTER ROLE attributes
+      besides LOGIN, e.g. ``("NOSUPERUSER", "BYPASSRLS")``; roles it is granted, e.g.
+      ``("pg_monitor",)``; GRANT CONNECT on ``database``; or create ``database`` owned by it
+      (PUBLIC loses its rights)
 
-    Checked by logging in with that password (and the memberships); when that
-    fails the role is created or updated (commands.login_role_sql). The
-    password goes to psql on stdin, never on a command line.
+    When a role does not log in, it is created or updated (commands.login_role_sql). The
+    passwords go to psql on stdin, never on a command line.
     """
-    if host.get_fact(
-        PostgresLogin, project=project, compose_file=compose_file, role=role, database=database,
-        password_file=password_file, member_of=tuple(member_of),
-    ):
-        host.noop(f"role {role} logs in to {database}")
-        return
-    sql = login_role_sql(role, password_file, attributes=attributes, member_of=member_of,
-                         connect=database if connect else None, owns_database=database if owns_database else None)
-    yield f"{{ {sql}; }} | {compose_exec(project, compose_file, 'postgres', *psql_argv('postgres'))}"
-    # A role made or changed here may lack what the app's migrate grants it.
-    yield schema_stamp_cleared(project, compose_file, database)
+    logins = host.get_fact(PostgresLogins, project=project, database=database,
+                           roles=tuple((r.role, r.password_file, tuple(r.member_of)) for r in roles))
+    changed = False
+    for r in roles:
+        if logins.get(r.role):
+            continue
+        sql = login_role_sql(r.role, r.password_file, attributes=r.attributes, member_of=r.member_of,
+                             connect=database if r.connect else None,
+                             owns_database=database if r.owns_database else None)
+        yield f"{{ {sql}; }} | {compose_exec(project, compose_file, 'postgres', *psql_argv('postgres'))}"
+        changed = True
+    if changed:
+        # A role made or changed here may lack what the app's migrate grants it.
+        yield schema_stamp_cleared(project, compose_file, database)
+    else:
+        host.noop(f"roles {', '.join(r.role for r in roles)} log in to {database}")
 
 
 def schema_stamp_cleared(project: str, compose_file: str, database: str) -> str:
@@ -634,10 +753,10 @@ def s3_bucket_configured(project: str, compose_file: str, bucket: str, noncurren
     argv, apply = bucket_configured(project, compose_file, bucket, noncurrent_days, abort_days,
                                     access_file, secret_file, encrypt)
     pin = f"touch {q(marker)} && chmod 600 {q(marker)}" if encrypt else "true"
-    if host.get_fact(S3BucketConfig, project=project, compose_file=compose_file, argv=argv,
-                     access_file=access_file, secret_file=secret_file):
-        marker_state = host.get_fact(File, path=marker) if encrypt else None
-        if encrypt and not (marker_state and marker_state.get("mode") == 600):  # pyinfra: 600 = 0o600
+    state = host.get_fact(S3BucketConfig, project=project, compose_file=compose_file, argv=argv,
+                          access_file=access_file, secret_file=secret_file, marker=marker if encrypt else "")
+    if state["current"]:
+        if encrypt and not state["pinned"]:
             yield pin  # a stack whose encryption was set before the marker existed
         else:
             host.noop(f"bucket {bucket}: lifecycle rules and encryption current")
@@ -813,8 +932,7 @@ def app_color_idle(project: str, compose_file: str, stop_timeout_s: int = 40):
     Only a release starts the idle color, and it stops the old one at its
     end: one that runs was left by an interrupted release.
     """
-    state = host.get_fact(ComposeProject, project=project, compose_file=compose_file)
-    running = sorted(c["id"] for c in state["containers"] if c["state"] == "running")
+    running = host.get_fact(RunningContainers, project=project)
     if not running:
         host.noop(f"{project} runs nothing")
         return

