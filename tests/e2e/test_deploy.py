@@ -10,12 +10,11 @@ import re
 import shutil
 import subprocess
 import textwrap
-import time
 
 import pytest
 
 from govstack.inventory import load_inventory
-from tests.conftest import Stack, run_govstack
+from tests.conftest import run_govstack
 
 
 @pytest.fixture(scope="module")
@@ -118,33 +117,6 @@ def test_deploy_repairs_a_broken_stack(deployed_stack, settings):
     # Converged again: the next run is a no-op.
     again = run_govstack("up", "-i", deployed_stack)
     assert changed_operations(again.stdout + again.stderr) == []
-
-
-def test_up_after_a_long_postgres_outage_waits_for_the_app_to_answer_again(deployed_stack, settings):
-    """The lost-data-host case on one host: when `govstack up` runs, the app's containers are still
-    unhealthy from a Postgres outage that outlasted their healthchecks' retries and their pools'
-    retry delays. up waits until they answer again (Compose's own --wait gave up at once on a
-    container already unhealthy), and every app service serves again without being recreated."""
-    stack = Stack(deployed_stack)
-    app_project = stack.app_project
-    writers = [service for service in stack.plan.app_services if service != "worker"]
-    before = container_ids(app_project)
-    postgres = container_ids(settings.project)["postgres"]
-    subprocess.run(["docker", "stop", "-t", "10", postgres], check=True, capture_output=True)
-    try:
-        # Every writer unhealthy (the slowest healthcheck: 10 s x 6 retries), and then some, so that
-        # each pool is between two of its widest-spaced retries when Postgres comes back.
-        deadline = time.monotonic() + 180
-        while not all("(unhealthy)" in health(app_project).get(service, "") for service in writers):
-            assert time.monotonic() < deadline, f"the app never noticed the outage: {health(app_project)}"
-            time.sleep(2)
-        time.sleep(20)
-    finally:
-        subprocess.run(["docker", "start", postgres], check=True, capture_output=True)
-    result = run_govstack("up", "-i", deployed_stack)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert all("(healthy)" in status for status in health(app_project).values()), health(app_project)
-    assert container_ids(app_project) == before
 
 
 def _one_line_cause(result) -> str:
