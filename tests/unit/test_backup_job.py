@@ -511,3 +511,15 @@ def test_drill_evidence_names_and_sizes_are_checked_before_anything_is_stored():
         evidence.read_bounded(io.BytesIO(b"x" * (evidence.MAX_BYTES + 1)))
     with pytest.raises(BackupFailed, match="no evidence on stdin"):
         evidence.read_bounded(io.BytesIO(b""))
+
+
+def test_a_snapshot_holding_several_components_serves_each_and_is_forgotten_once():
+    shared = {"id": "v1", "time": "t", "tags": ["govstack", "run:R1", "component:vectors",
+                                                "component:postgres_globals", "component:ledger"]}
+    runs = manifest.group_runs([_snap("p1", "R1", "postgres"), shared, _snap("m1", "R1", "manifest"),
+                                _snap("n1", "R2", "postgres"), _snap("n2", "R2", "manifest")])
+    assert runs["R1"]["snapshots"] == {"postgres": "p1", "vectors": "v1", "postgres_globals": "v1",
+                                       "ledger": "v1", "manifest": "m1"}
+    plan = [{"remove": [_snap("m1", "R1", "manifest")]}]
+    assert manifest.runs_to_forget(plan, runs, newest="R2") == ["p1", "v1", "m1"]
+

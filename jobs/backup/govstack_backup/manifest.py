@@ -28,7 +28,9 @@ from typing import Any
 FORMAT = 1
 MASK64 = (1 << 64) - 1
 
-# Component streams stored in restic, one snapshot each, all tagged with the run.
+# Component streams stored in restic, all tagged with the run: one snapshot each, except that
+# with the objects mirror the roles and the ledger are files in the vectors' snapshot (each
+# stream's "readback_file" in the manifest names its path there).
 FILES = {
     "postgres": "postgres.dump",
     "postgres_globals": "postgres-globals.sql",
@@ -221,25 +223,21 @@ def run_id_of(tags: Iterable[str]) -> str | None:
     return None
 
 
-def component_of(tags: Iterable[str]) -> str | None:
-    for tag in tags or ():
-        if tag.startswith("component:"):
-            return tag[10:]
-    return None
-
-
 def group_runs(snapshots: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     """restic snapshots -> run id -> {component: snapshot, "time": …, "complete": bool}.
     A run is complete when its manifest snapshot exists (written last)."""
     runs: dict[str, dict[str, Any]] = {}
     for snap in snapshots:
-        run = run_id_of(snap.get("tags") or [])
-        component = component_of(snap.get("tags") or [])
-        if not run or not component:
+        tags = snap.get("tags") or []
+        run = run_id_of(tags)
+        # One snapshot may hold several components (the vectors' also holds the roles and the ledger).
+        components = [tag[10:] for tag in tags if tag.startswith("component:")]
+        if not run or not components:
             continue
-        kind = "pre-deploy" if PRE_DEPLOY_TAG in (snap.get("tags") or []) else "run"
+        kind = "pre-deploy" if PRE_DEPLOY_TAG in tags else "run"
         entry = runs.setdefault(run, {"run": run, "kind": kind, "snapshots": {}, "time": snap.get("time", "")})
-        entry["snapshots"][component] = snap.get("id")
+        for component in components:
+            entry["snapshots"][component] = snap.get("id")
         entry["time"] = max(entry["time"], snap.get("time", ""))
     for entry in runs.values():
         entry["complete"] = "manifest" in entry["snapshots"]
@@ -293,7 +291,9 @@ def runs_to_forget(plan: Iterable[Mapping[str, Any]], runs: Mapping[str, Mapping
         if not entry["complete"] and run < newest:
             remove_runs.add(run)
     remove_runs.discard(newest)
-    ids = []
+    ids: list[str] = []
     for run in sorted(remove_runs):
-        ids.extend(str(sid) for sid in runs.get(run, {}).get("snapshots", {}).values())
+        for sid in runs.get(run, {}).get("snapshots", {}).values():
+            if str(sid) not in ids:  # a snapshot holding several components, once
+                ids.append(str(sid))
     return ids

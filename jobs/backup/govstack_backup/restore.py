@@ -79,6 +79,10 @@ def stream_component(restic: Restic, entry: dict[str, Any], name: str, out: Any)
         filename = part["mirror_dir"].strip("/")
     if name == "vectors" and part.get("format") == "dir":
         filename = part["dir"].strip("/")
+    if name in ("postgres_globals", "ledger"):
+        # A file in the vectors' snapshot (mirror runs), or a stdin stream of its own (older runs).
+        parent = entry["manifest"]["components"].get(name.split("_")[0]) or {}
+        filename = ((parent.get("streams") or {}).get(name) or {}).get("readback_file") or filename
     with restic.dump(entry["snapshots"][name], filename) as stream:
         for chunk in iter(lambda: stream.read(1 << 20), b""):
             out.write(chunk)
