@@ -64,6 +64,7 @@ def job_config(plan: StackPlan) -> dict[str, Any]:
         "keep_pre_deploy": b.keep_pre_deploy,
         "check_read_data_subset": b.check_read_data_subset,
         "readback": b.readback,
+        "prune_schedule": b.prune_schedule,
         "metrics_file": c.metrics_file,
         "schedule_file": c.crontab,
         "object_refs": b.object_refs,

@@ -106,7 +106,16 @@ class BackupSettings(Section):
         "5%", pattern=r"^(\d{1,2}(\.\d+)?%|100%|\d+/\d+|\d+[KMGT])$",
         description="restic check --read-data-subset after each run (n%, n/t or a size)",
     )
-    readback: bool = Field(True, description="read every stream of a new run back and compare its sha256")
+    # Retention forgets after every run; the space of what it forgot comes back at the
+    # first run after this fires (restic prune: the repository's exclusive lock and a
+    # rewrite of its index and partly used packs, far more than an unchanged run costs).
+    prune_schedule: str | None = Field(
+        "30 3 * * 0",
+        description="cron (UTC): the first backup run after this fires also prunes (frees the space of "
+                    "forgotten runs); null = every run that forgot something prunes",
+    )
+    readback: bool = Field(
+        True, description="read back what a run stored (skipping files it left unchanged) and compare its sha256")
     offsite: OffsiteSettings | None = Field(None, description="second repository on S3; null = local only")
     # Where the app names its objects: lets each run prove that every row's
     # object was captured (rows committed during the run are not in it).
@@ -149,6 +158,11 @@ class BackupSettings(Section):
     @classmethod
     def _cron(cls, value: str) -> str:
         return _cron_expression(value)
+
+    @field_validator("prune_schedule")
+    @classmethod
+    def _prune_cron(cls, value: str | None) -> str | None:
+        return None if value is None else _cron_expression(value)
 
     @field_validator("root")
     @classmethod

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -513,6 +514,83 @@ def test_drill_evidence_names_and_sizes_are_checked_before_anything_is_stored():
         evidence.read_bounded(io.BytesIO(b""))
 
 
+# -- the run's fixed cost: prune on its schedule, read back only what a run added -------------
+def _job_config(tmp_path, **extra):
+    from govstack_backup.config import Config
+
+    return Config(project="p", repository=str(tmp_path / "repo"), cache_dir=str(tmp_path), password_file="/pw",
+                  pg={}, s3={}, chroma={}, retention={"keep_last": 1}, check_read_data_subset="5%", readback=True,
+                  metrics_file="", schedule_file="", **extra)
+
+
+def test_prune_follows_its_schedule_and_without_one_every_forgetting_run(tmp_path):
+    from govstack_backup import job
+    from govstack_backup.restic import Restic
+
+    restic = Restic(str(tmp_path / "repo"), "/pw", str(tmp_path), "p")
+    assert job.prune_due(_job_config(tmp_path), restic, ["a"]) is True
+    assert job.prune_due(_job_config(tmp_path), restic, []) is False
+    cfg = _job_config(tmp_path, prune_schedule="30 3 * * 0")  # Sundays 03:30
+    saturday = datetime(2026, 3, 7, 12, 0, tzinfo=UTC).timestamp()
+    # The first run under a schedule notes the time and prunes nothing.
+    assert job.prune_due(cfg, restic, ["a"], now=saturday) is False
+    assert job.prune_due(cfg, restic, ["a"], now=saturday + 3600) is False
+    monday = datetime(2026, 3, 9, 2, 15, tzinfo=UTC).timestamp()
+    assert job.prune_due(cfg, restic, [], now=monday) is True  # due whatever this run forgot
+    # A prune moves the stamp: not due again until next Sunday.
+    job._write_prune_stamp(job._prune_stamp(cfg, restic), monday)
+    assert job.prune_due(cfg, restic, ["a"], now=monday + 86400) is False
+    assert job.prune_due(cfg, restic, [], now=monday + 7 * 86400) is True
+    # One stamp per repository.
+    other = Restic(str(tmp_path / "other"), "/pw", str(tmp_path), "p")
+    assert job._prune_stamp(cfg, other) != job._prune_stamp(cfg, restic)
+
+
+class _DumpCounter:
+    def __init__(self, content):
+        self.content, self.calls = content, []
+
+    def read_sha256(self, snapshot, filename):
+        self.calls.append(snapshot)
+        data = self.content[snapshot]
+        return hashlib.sha256(data).hexdigest(), len(data)
+
+
+def test_read_back_reads_what_the_run_added_and_fails_on_a_difference():
+    from govstack_backup import job
+
+    good, bad = b"dump", b"state"
+    restic = _DumpCounter({"s1": good, "s2": bad, "s3": b"tampered"})
+    streams = {
+        "postgres": {"snapshot": "s1", "bytes": 4, "sha256": hashlib.sha256(good).hexdigest(), "data_added": 9},
+        # An unchanged mirror: restic stored nothing new, the earlier run read it back.
+        "objects": {"snapshot": "s2", "readback_file": "m/state.json", "bytes": 99, "state_bytes": 5,
+                    "sha256": hashlib.sha256(bad).hexdigest(), "data_added": 0},
+    }
+    assert job._read_back(restic, streams) == ["postgres"] and restic.calls == ["s1"]
+    streams["objects"]["data_added"] = 1
+    assert job._read_back(restic, streams) == ["postgres", "objects"]
+    streams["ledger"] = {"snapshot": "s3", "bytes": 4, "sha256": hashlib.sha256(good).hexdigest(), "data_added": 3}
+    with pytest.raises(job.BackupFailed, match="reads back as"):
+        job._read_back(restic, streams)
+
+
+def test_an_existing_local_repository_opens_without_a_restic_process(tmp_path, monkeypatch):
+    from govstack_backup.restic import Restic
+
+    calls = []
+    restic = Restic(str(tmp_path), "/pw", str(tmp_path / "cache"), "p")
+    monkeypatch.setattr(restic, "exists", lambda: calls.append("exists") or False)
+    monkeypatch.setattr(restic, "init", lambda **kw: calls.append("init"))
+    assert restic.ensure() is True and calls == ["exists", "init"]  # no config file: restic decides
+    (tmp_path / "config").write_bytes(b"x")
+    calls.clear()
+    assert restic.ensure() is False and calls == []
+    remote = Restic("s3:http://h:1/b/p", "/pw", "/c", "p")
+    monkeypatch.setattr(remote, "exists", lambda: calls.append("remote") or True)
+    assert remote.ensure() is False and calls == ["remote"]  # a remote one is always asked
+
+
 def test_a_snapshot_holding_several_components_serves_each_and_is_forgotten_once():
     shared = {"id": "v1", "time": "t", "tags": ["govstack", "run:R1", "component:vectors",
                                                 "component:postgres_globals", "component:ledger"]}
@@ -523,3 +601,13 @@ def test_a_snapshot_holding_several_components_serves_each_and_is_forgotten_once
     plan = [{"remove": [_snap("m1", "R1", "manifest")]}]
     assert manifest.runs_to_forget(plan, runs, newest="R2") == ["p1", "v1", "m1"]
 
+
+def test_run_files_are_rewritten_only_when_their_content_changes(tmp_path):
+    from govstack_backup import job
+
+    path = str(tmp_path / "ledger.jsonl")
+    assert job._write_if_changed(path, b"a\n") is True
+    before = job._stat_key(path)
+    assert job._write_if_changed(path, b"a\n") is False and job._stat_key(path) == before
+    assert job._write_if_changed(path, b"a\nb\n") is True and job._stat_key(path) != before
+    assert Path(path).read_bytes() == b"a\nb\n" and oct(os.stat(path).st_mode & 0o777) == "0o600"

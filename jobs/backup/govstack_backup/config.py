@@ -54,6 +54,8 @@ class Config:
     vector_watermark: dict[str, str] | None = None
     # The host's deploy ledger (read-only), kept in each run beside the database.
     ledger_file: str | None = None
+    # cron (UTC): a run prunes when this fired since the last prune; None = whenever it forgot something.
+    prune_schedule: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -7,10 +7,12 @@
    finds its object), stream them as a tar; then prove, still inside the
    snapshot, that every object a row names was captured.
 3. Vectors: every Chroma collection as paged JSONL.
-4. Read every stream back from the repository and compare its sha256.
+4. Read every stream this run added back from the repository and compare its
+   sha256 (a snapshot that added no data was read back by the run that stored it).
 5. The manifest, last: a run with a manifest is complete and verified.
-6. ``restic check --read-data-subset``; retention (forget + prune) only when
-   the check passed; then the offsite copy.
+6. ``restic check --read-data-subset``; retention (forget) only when the
+   check passed, and prune when its schedule is due (``prune_due``); then the
+   offsite copy.
 7. Freshness metrics, success or failure alike.
 
 Any failure stops the run, exits non-zero, and prunes nothing.
@@ -181,8 +183,11 @@ def _run(cfg: Config, repository: str | None, check_subset: str | None, started:
 
     with _step("postgres snapshot"):
         snap = postgres.Snapshot(cfg.pg)
+    # Mirror mode: the roles and the ledger become files beside the vectors export, stored in
+    # the vectors' snapshot (see backup_vectors_dir), not two stdin snapshots of their own.
+    files: dict[str, bytes] | None = {} if cfg.mirror_dir else None
     try:
-        manifest["components"]["postgres"] = backup_postgres(cfg, restic, snap, tags, streams)
+        manifest["components"]["postgres"] = backup_postgres(cfg, restic, snap, tags, streams, files)
 
         with _step("objects"):
             bucket_names = objects.buckets(mc, cfg.s3.get("buckets"))
@@ -211,29 +216,37 @@ def _run(cfg: Config, repository: str | None, check_subset: str | None, started:
     finally:
         snap.close()
 
+    ledger = _read_ledger(cfg.ledger_file)
     with _step("vectors"):
-        if cfg.mirror_dir:
-            streams["vectors"] = backup_vectors_dir(cfg, restic, chroma, watermarks, [*tags, "component:vectors"])
+        if files is not None:
+            if ledger is not None:
+                files["ledger"] = ledger
+            component_tags = [f"component:{name}" for name in ("vectors", *files)]
+            streams.update(backup_vectors_dir(cfg, restic, chroma, watermarks, [*tags, *component_tags], files))
         else:
             streams["vectors"] = restic.backup_stream(
                 FILES["vectors"], [*tags, "component:vectors"], lambda w: vectors.export(chroma, w))
         manifest["components"]["vectors"] = streams["vectors"].pop("produced")
 
-    ledger = _read_ledger(cfg.ledger_file)
     if ledger is not None:
+        manifest["components"]["ledger"] = {"lines": ledger.count(b"\n")}
+    if ledger is not None and files is None:
         with _step("ledger"):
             streams["ledger"] = restic.backup_stream(FILES["ledger"], [*tags, "component:ledger"],
                                                      lambda w: w.write(ledger))
-            manifest["components"]["ledger"] = {"lines": ledger.count(b"\n")}
 
     for name, stream in streams.items():
         stream.pop("produced", None)
         target = manifest["components"].setdefault(name.split("_")[0], {})
         target.setdefault("streams", {})[name] = stream
 
+    read_back: list[str] = []
     if cfg.readback:
         with _step("read back"):
-            _read_back(restic, streams)
+            read_back = _read_back(restic, streams)
+            skipped = [name for name in streams if name not in read_back]
+            if skipped:
+                log(f"read back: {', '.join(skipped)} added nothing to the repository (stored before)")
 
     total = sum(stream["bytes"] for stream in streams.values())
     manifest.update({
@@ -256,12 +269,21 @@ def _run(cfg: Config, repository: str | None, check_subset: str | None, started:
 
     with _step("retention"):
         forgotten = apply_retention(restic, cfg, run_id)
+    pruned = []
+    if prune_due(cfg, restic, forgotten):
+        with _step("prune"):
+            prune(cfg, restic)
+            pruned.append(restic.label)
 
     offsite = offsite_repo(cfg) if repository is None else None
     if offsite is not None:
         with _step(f"offsite copy to {offsite.repository}"):
             copy_run(restic, offsite, run_id)
-            apply_retention(offsite, cfg, run_id)
+            forgotten_offsite = apply_retention(offsite, cfg, run_id)
+        if prune_due(cfg, offsite, forgotten_offsite):
+            with _step(f"prune {offsite.repository}"):
+                prune(cfg, offsite)
+                pruned.append(offsite.label)
 
     return {
         "ok": True,
@@ -272,6 +294,8 @@ def _run(cfg: Config, repository: str | None, check_subset: str | None, started:
         "bytes": total,
         "duration_s": round(time.time() - started, 3),
         "forgotten_snapshots": len(forgotten),
+        "pruned": pruned,
+        "read_back": read_back,
         # What this run read from S3 and what restic found new: the incremental run's proof.
         "objects": {k: manifest["components"]["objects"][k] for k in ("counters", "restic")
                     if k in manifest["components"]["objects"]},
@@ -296,9 +320,10 @@ def _read_ledger(path: str | None) -> bytes | None:
 
 
 def backup_postgres(cfg: Config, restic: Restic, snap: postgres.Snapshot, tags: list[str],
-                    streams: dict[str, dict[str, Any]]) -> dict[str, Any]:
+                    streams: dict[str, dict[str, Any]], files: dict[str, bytes] | None = None) -> dict[str, Any]:
     """The database (``pg_dump --snapshot``) and the roles into restic, one
-    snapshot each (added to ``streams``); returns the manifest's postgres part."""
+    snapshot each (added to ``streams``); returns the manifest's postgres part.
+    With ``files``, the roles go there instead (stored later as a file)."""
     with _step("postgres checksums"):
         stats = snap.stats()
     with _step("postgres dump"):
@@ -315,8 +340,11 @@ def backup_postgres(cfg: Config, restic: Restic, snap: postgres.Snapshot, tags: 
         if code != 0:
             raise BackupFailed("postgres dump", f"pg_dump exited {code}: {err[-500:]}")
         globals_sql = postgres.dump_globals(cfg.pg)
-        streams["postgres_globals"] = restic.backup_stream(
-            FILES["postgres_globals"], [*tags, "component:postgres_globals"], lambda w: w.write(globals_sql))
+        if files is not None:
+            files["postgres_globals"] = globals_sql
+        else:
+            streams["postgres_globals"] = restic.backup_stream(
+                FILES["postgres_globals"], [*tags, "component:postgres_globals"], lambda w: w.write(globals_sql))
     return {"database": cfg.pg["database"], "snapshot_time": snap.time, "server_version": snap.server_version,
             "schema_version": snap.schema_version(), **stats}
 
@@ -328,6 +356,7 @@ def backup_objects_mirror(cfg: Config, restic: Restic, mc: Any, bucket_names: li
     assert cfg.mirror_dir
     m = mirror.Mirror(cfg.mirror_dir, transfers=cfg.transfers, min_free_bytes=cfg.mirror_min_free_bytes, log=log)
     with m.locked():
+        state_before = _stat_key(m.path(mirror.STATE))
         update = m.update_locked(mc, bucket_names)
         c = update.counters
         log(f"mirror: {c.listed} objects listed, {c.fetched} downloaded ({c.fetched_bytes / 1e6:.1f} MB), "
@@ -348,8 +377,37 @@ def backup_objects_mirror(cfg: Config, restic: Restic, mc: Any, bucket_names: li
         "state_bytes": len(state_bytes),
         "sha256": hashlib.sha256(state_bytes).hexdigest(),
         "data_added": stored["data_added"],
+        "written": _stat_key(state_file) != state_before,
         "produced": part,
     }
+
+
+def _stat_key(path: str) -> tuple[int, ...] | None:
+    """What restic's change detection looks at (inode, size, mtime, ctime); None: no file."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _write_if_changed(path: str, data: bytes) -> bool:
+    """Write ``data`` (temp + fsync + rename) unless the file already holds it: an untouched
+    file is one restic skips. True when written."""
+    try:
+        with open(path, "rb") as fh:
+            if fh.read() == data:
+                return False
+    except FileNotFoundError:
+        pass
+    tmp = f"{path}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return True
 
 
 VECTORS_SUBDIR = "vectors"
@@ -370,30 +428,71 @@ def _vector_watermarks(cfg: Config, snap: postgres.Snapshot) -> dict[str, Any]:
     return {vectors.key(wm["database"], name): values for name, values in rows.items()}
 
 
+RUN_FILES_SUBDIR = "run"
+
+
 def backup_vectors_dir(cfg: Config, restic: Restic, chroma: vectors.Chroma, watermarks: dict[str, Any],
-                       tags: list[str]) -> dict[str, Any]:
+                       tags: list[str], files: dict[str, bytes] | None = None) -> dict[str, dict[str, Any]]:
     """Vectors incrementally: only collections changed since the last run are exported (one
-    JSONL file each, next to the objects mirror), then ``restic backup`` of that directory."""
+    JSONL file each, next to the objects mirror), then ``restic backup`` of that directory.
+
+    ``files`` (component -> bytes: the roles, the ledger) are written beside it, each only
+    when its content changed, into ``<mirror>/run/``, and stored in the same snapshot: one
+    restic process instead of one per stream, and an unchanged file is neither stored nor
+    read back again. Returns the streams: "vectors" and one per file."""
     assert cfg.mirror_dir
+    files = files or {}
     root = f"{cfg.mirror_dir.rstrip('/')}/{VECTORS_SUBDIR}"
+    run_dir = f"{cfg.mirror_dir.rstrip('/')}/{RUN_FILES_SUBDIR}"
+    state_file = f"{root}/{vectors.DIR_STATE}"
     with mirror.Mirror(cfg.mirror_dir).locked():
+        state_before = _stat_key(state_file)
         part = vectors.export_dir(chroma, root, watermarks)
         c = part["counters"]
         log(f"vectors: {c['exported']} collections exported ({c['records_read']} records), "
             f"{c['unchanged']} unchanged")
-        state_file = f"{root}/{vectors.DIR_STATE}"
         with open(state_file, "rb") as fh:
             state_bytes = fh.read()
-        stored = restic.backup_paths([root], tags)
+        written: dict[str, bool] = {}
+        paths = [root]
+        if files:
+            os.makedirs(run_dir, mode=0o700, exist_ok=True)
+            wanted = {name: f"{run_dir}/{FILES[name]}" for name in files}
+            # A file this run does not produce (no ledger any more) must not ride along.
+            for name in os.listdir(run_dir):
+                if f"{run_dir}/{name}" not in wanted.values():
+                    os.unlink(f"{run_dir}/{name}")
+            for name, data in files.items():
+                written[name] = _write_if_changed(wanted[name], data)
+            paths.append(run_dir)
+        stored = restic.backup_paths(paths, tags)
     part["restic"] = {k: stored[k] for k in ("files_new", "files_changed", "files_unmodified", "data_added")}
-    return {"snapshot": stored["snapshot"], "file": state_file, "readback_file": state_file.lstrip("/"),
-            "bytes": sum(os.path.getsize(f"{root}/{e['file']}") for e in part["collections"].values()),
-            "state_bytes": len(state_bytes), "sha256": hashlib.sha256(state_bytes).hexdigest(),
-            "data_added": stored["data_added"], "produced": part}
+    out = {"vectors": {
+        "snapshot": stored["snapshot"], "file": state_file, "readback_file": state_file.lstrip("/"),
+        "bytes": sum(os.path.getsize(f"{root}/{e['file']}") for e in part["collections"].values()),
+        "state_bytes": len(state_bytes), "sha256": hashlib.sha256(state_bytes).hexdigest(),
+        "data_added": stored["data_added"], "written": _stat_key(state_file) != state_before, "produced": part}}
+    for name, data in files.items():
+        path = f"{run_dir}/{FILES[name]}"
+        out[name] = {"snapshot": stored["snapshot"], "file": path, "readback_file": path.lstrip("/"),
+                     "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+                     "data_added": stored["data_added"], "written": written[name]}
+    return out
 
 
-def _read_back(restic: Restic, streams: dict[str, dict[str, Any]]) -> None:
+def _read_back(restic: Restic, streams: dict[str, dict[str, Any]]) -> list[str]:
+    """Read back what this run added; returns the streams read. Skipped: a snapshot to which
+    restic added no data at all (``data_added`` 0: its root tree and every blob were already
+    in the repository, e.g. an unchanged mirror), and a file this run did not write: its
+    content was read back by the run that stored it, the check covers it since, and each
+    ``restic dump`` costs a key derivation (scrypt) first."""
+    read = []
     for name, stream in streams.items():
+        # "written": False: a file of a path snapshot this run left untouched, so restic took
+        # its content from the parent snapshot without reading it.
+        if stream.get("data_added") == 0 or stream.get("written") is False:
+            continue
+        read.append(name)
         filename = stream.get("readback_file", FILES[name])
         sha, size = restic.read_sha256(stream["snapshot"], filename)
         want = stream.get("state_bytes", stream["bytes"])
@@ -401,6 +500,7 @@ def _read_back(restic: Restic, streams: dict[str, dict[str, Any]]) -> None:
             raise BackupFailed("read back", f"{filename} in snapshot {stream['snapshot']} reads back as "
                                             f"{size} bytes sha256 {sha}, written {want} bytes "
                                             f"sha256 {stream['sha256']}")
+    return read
 
 
 # A pre-deploy copy waits this long for a scheduled run in progress in this
@@ -450,20 +550,68 @@ def run_pre_deploy(cfg: Config, label: str) -> dict[str, Any]:
 def apply_retention(restic: Restic, cfg: Config, newest: str) -> list[str]:
     """restic's policy over complete runs (their manifest snapshots), applied to
     every snapshot of the runs it drops; the newest ``keep_pre_deploy``
-    pre-deploy copies kept likewise; then prune."""
+    pre-deploy copies kept likewise. Forgets only: the space comes back at the
+    next prune (``prune_due``)."""
     plan = restic.forget_plan(retention_args(cfg.retention), f"{RUN_TAG},component:manifest")
-    ids = runs_to_forget(plan, group_runs(restic.snapshots(RUN_TAG)), newest)
-    copies = group_runs(restic.snapshots(PRE_DEPLOY_TAG))
+    # One listing for both kinds (each restic process derives the key first).
+    listed = restic.snapshots()
+    ids = runs_to_forget(plan, group_runs(s for s in listed if RUN_TAG in (s.get("tags") or [])), newest)
+    copies = group_runs(s for s in listed if PRE_DEPLOY_TAG in (s.get("tags") or []))
     complete = sorted(run for run, entry in copies.items() if entry["complete"])
     if complete:
+        # --keep-last N removes nothing while there are at most N: no need to ask restic.
         plan = restic.forget_plan(["--keep-last", str(cfg.keep_pre_deploy)],
-                                  f"{PRE_DEPLOY_TAG},component:manifest")
+                                  f"{PRE_DEPLOY_TAG},component:manifest") \
+            if len(complete) > cfg.keep_pre_deploy else []
         ids += runs_to_forget(plan, copies, complete[-1])
     if ids:
         restic.forget(ids)
-        restic.prune()
-        log(f"retention: forgot {len(ids)} snapshots and pruned")
+        log(f"retention: forgot {len(ids)} snapshots")
     return ids
+
+
+def _prune_stamp(cfg: Config, restic: Restic) -> str:
+    """Where the time of a repository's last prune is kept: the cache volume (persistent,
+    the job's own), one file per repository."""
+    digest = hashlib.sha256(restic.repository.encode()).hexdigest()[:16]
+    return os.path.join(cfg.cache_dir, f"govstack-prune-{digest}.json")
+
+
+def prune_due(cfg: Config, restic: Restic, forgotten: list[str], now: float | None = None) -> bool:
+    """Whether this run prunes ``restic``'s repository (after its check passed and its
+    retention forgot what it drops). Without a ``prune_schedule``: whenever the run forgot
+    something. With one: when the schedule fired since the last prune (each prune takes
+    restic's exclusive lock and rewrites the index, far more than a run that changed
+    nothing costs). The first run with a schedule only notes the time."""
+    if not cfg.prune_schedule:
+        return bool(forgotten)
+    from govstack_backup.schedule import next_fire
+
+    now = time.time() if now is None else now
+    stamp = _prune_stamp(cfg, restic)
+    try:
+        with open(stamp, encoding="utf-8") as fh:
+            last = float(json.load(fh)["pruned_at"])
+    except (OSError, ValueError, KeyError, TypeError):
+        _write_prune_stamp(stamp, now)
+        return False
+    return next_fire(cfg.prune_schedule, datetime.fromtimestamp(last, UTC)).timestamp() <= now
+
+
+def _write_prune_stamp(path: str, at: float) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump({"pruned_at": at, "at": datetime.fromtimestamp(at, UTC).isoformat()}, fh)
+    os.replace(tmp, path)
+
+
+def prune(cfg: Config, restic: Restic) -> None:
+    """``restic prune`` (exclusive lock: inside the run's lock, after its check passed),
+    then the stamp ``prune_due`` reads."""
+    started = time.time()
+    restic.prune()
+    _write_prune_stamp(_prune_stamp(cfg, restic), started)
+    log(f"pruned {restic.repository}")
 
 
 def probe_s3(repository: str, timeout_s: float = 10.0) -> None:

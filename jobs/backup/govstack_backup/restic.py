@@ -180,8 +180,18 @@ class Restic:
                      copy_chunker_from.password_file, "--copy-chunker-params"]
         self.run(*args, timeout=300)
 
+    def is_local(self) -> bool:
+        return "://" not in self.repository and not self.repository.startswith(("s3:", "sftp:", "rest:", "rclone:"))
+
     def ensure(self, *, copy_chunker_from: Restic | None = None) -> bool:
-        """Open the repository, creating it when there is none. True when created."""
+        """Open the repository, creating it when there is none. True when created.
+
+        A local repository whose ``config`` file is there is taken as it is, without a restic
+        process: each one derives the key with scrypt first (~0.5 s of CPU), and the run's first
+        restic command (its first backup) opens the repository anyway, failing with the same
+        classified error (wrong password, corrupt) before anything is stored."""
+        if self.is_local() and os.path.isfile(os.path.join(self.repository, "config")):
+            return False
         if self.exists():
             return False
         self.init(copy_chunker_from=copy_chunker_from)
