@@ -207,6 +207,8 @@ def main() -> None:
         summaries[name] = json.loads(b.timed(label, stack.job("run", "--json"), mb).strip().splitlines()[-1])
         logs[name] = b.last_log
         print(f"    {_counters(summaries[name])}", flush=True)
+        phases = [line.split("govstack-backup: ", 1)[1] for line in logs[name].splitlines() if " done in " in line]
+        print("    phases: " + "; ".join(phases), flush=True)
 
     try:
         print(f"generating {args.rows} rows and {count} x {OBJECT_MB} MiB objects …", flush=True)
@@ -224,8 +226,6 @@ def main() -> None:
         print("backup", flush=True)
         total_mb = db_mb + objects_mb
         backup("cold", "govstack backup (cold: everything new)", total_mb)
-        phases = [line.split("govstack-backup: ", 1)[1] for line in logs["cold"].splitlines() if " done in " in line]
-        print("    phases: " + "; ".join(phases), flush=True)
         backup("unchanged", "govstack backup (again, unchanged)", total_mb)
         changed = int(b.python_oneoff(_CHANGE_SOME, str(count), str(size), BUCKET, str(every)).strip())
         backup("changed", f"govstack backup (1 % changed: {changed} of {count} objects rewritten)", total_mb)
