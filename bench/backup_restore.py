@@ -37,6 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from govstack.backup.remote import BackupHost  # noqa: E402
+from govstack.catalog import s3_pair  # noqa: E402
 from govstack.commands import q  # noqa: E402
 from govstack.inventory import load_inventory  # noqa: E402
 from govstack.plan import StackPlan  # noqa: E402
@@ -54,10 +55,10 @@ JOB_PYTHON = "/opt/backup/bin/python3"
 _SEED_OBJECTS = r"""
 import io, os, sys
 from govstack_backup.config import load
-from govstack_backup import objects
+from govstack_backup import bucket_config
 n, size, bucket = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 first = int(sys.argv[4]) if len(sys.argv) > 4 else 0
-mc = objects.client(load().s3)
+mc = bucket_config.admin_client(load().s3)
 if not mc.bucket_exists(bucket):
     mc.make_bucket(bucket)
 for i in range(first, first + n):
@@ -88,9 +89,9 @@ print(total)
 _WRITE_ALL = r"""
 import io, os, sys
 from govstack_backup.config import load
-from govstack_backup import objects
+from govstack_backup import bucket_config
 n, size, bucket = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-mc = objects.client(load().s3)
+mc = bucket_config.admin_client(load().s3)
 if not mc.bucket_exists(bucket):
     mc.make_bucket(bucket)
 body = os.urandom(size)
@@ -103,9 +104,9 @@ print(n)
 _CHANGE_SOME = r"""
 import io, os, sys
 from govstack_backup.config import load
-from govstack_backup import objects
+from govstack_backup import bucket_config
 n, size, bucket, every = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
-mc = objects.client(load().s3)
+mc = bucket_config.admin_client(load().s3)
 changed = 0
 for i in range(0, n, every):
     body = os.urandom(size)
@@ -117,8 +118,8 @@ print(changed)
 _DROP_BUCKET = r"""
 import sys
 from govstack_backup.config import load
-from govstack_backup import objects
-mc = objects.client(load().s3)
+from govstack_backup import bucket_config
+mc = bucket_config.admin_client(load().s3)
 bucket = sys.argv[1]
 if mc.bucket_exists(bucket):
     for obj in mc.list_objects(bucket, recursive=True):
@@ -152,9 +153,19 @@ class Bench:
         self.last_log = result.stderr
         return result.stdout
 
+    def admin_keys(self) -> str:
+        """Shell that prints the S3 admin key pair, one per line (what ``bucket_config.admin_client``
+        reads on stdin): the bench writes buckets, and the backup job's own identity only reads."""
+        access, secret = (q(f"{self.settings.secrets_dir}/{name}") for name in s3_pair(self.settings, "admin"))
+        return f"{{ cat {access}; echo; cat {secret}; }}"
+
+    def admin_oneoff(self, script: str, *args: str) -> str:
+        """A one-off job container running ``script`` with the admin keys on its stdin."""
+        return f"{self.admin_keys()} | " + self.stack.compose("run", "--rm", "--no-deps", "-T", "--entrypoint",
+                                                               JOB_PYTHON, "backup", "-c", script, *args)
+
     def python_oneoff(self, script: str, *args: str) -> str:
-        return self.sh(self.stack.compose("run", "--rm", "--no-deps", "-T", "--entrypoint", JOB_PYTHON, "backup",
-                                          "-c", script, *args))
+        return self.sh(self.admin_oneoff(script, *args))
 
     def psql(self, sql: str, database: str | None = None) -> str:
         return self.stack.psql(sql, database or self.settings.postgres.database, timeout=3600)
@@ -251,12 +262,11 @@ def main() -> None:
         b.timed("plain cp -a of the object data (again, as the restore)",
                 f"cp -a {q(stack.plan.data_path('seaweedfs'))} {q(tmp + '/seaweedfs-copy')}", objects_mb)
         b.timed("plain S3 write of the same objects (scratch bucket, no verify)",
-                stack.compose("run", "--rm", "--no-deps", "-T", "--entrypoint", JOB_PYTHON, "backup", "-c", _WRITE_ALL,
-                              str(count), str(size), BUCKET + "-plain"), bench_mb)
+                b.admin_oneoff(_WRITE_ALL, str(count), str(size), BUCKET + "-plain"), bench_mb)
         b.python_oneoff(_DROP_BUCKET, BUCKET + "-plain")
         restored = json.loads(b.timed("ours: objects put back over S3, re-read, sha256-verified",
                                       stack.job("restore-objects", summaries["changed"]["run"], "--force",
-                                                oneoff=True), objects_mb).strip().splitlines()[-1])
+                                                oneoff=True, restore_keys=True), objects_mb).strip().splitlines()[-1])
         print(f"    restored {restored.get('restored')}, ok={restored.get('ok')}", flush=True)
 
         print("scaling: twice the objects", flush=True)
