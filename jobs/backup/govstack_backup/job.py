@@ -29,6 +29,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -391,13 +392,21 @@ def _stat_key(path: str) -> tuple[int, ...] | None:
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def _write_if_changed(path: str, data: bytes) -> bool:
-    """Write ``data`` (temp + fsync + rename) unless the file already holds it: an untouched
-    file is one restic skips. True when written."""
+def _without_restrict_key(sql: bytes) -> bytes:
+    """A pg_dump(all) script without its ``\\restrict``/``\\unrestrict`` lines: Postgres 15.14+
+    puts a new random key there on every dump, so two dumps of the same roles differ only in it."""
+    return b"\n".join(line for line in sql.split(b"\n") if not line.startswith((b"\\restrict ", b"\\unrestrict ")))
+
+
+def _write_if_changed(path: str, data: bytes, same: Callable[[bytes], bytes] | None = None) -> tuple[bool, bytes]:
+    """Write ``data`` (temp + fsync + rename) unless the file already holds it (compared through
+    ``same``, when given): an untouched file is one restic skips. Returns (written, the bytes the
+    file now holds)."""
     try:
         with open(path, "rb") as fh:
-            if fh.read() == data:
-                return False
+            old = fh.read()
+        if old == data or (same is not None and same(old) == same(data)):
+            return False, old
     except FileNotFoundError:
         pass
     tmp = f"{path}.tmp"
@@ -407,7 +416,7 @@ def _write_if_changed(path: str, data: bytes) -> bool:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-    return True
+    return True, data
 
 
 VECTORS_SUBDIR = "vectors"
@@ -463,7 +472,8 @@ def backup_vectors_dir(cfg: Config, restic: Restic, chroma: vectors.Chroma, wate
                 if f"{run_dir}/{name}" not in wanted.values():
                     os.unlink(f"{run_dir}/{name}")
             for name, data in files.items():
-                written[name] = _write_if_changed(wanted[name], data)
+                same = _without_restrict_key if name == "postgres_globals" else None
+                written[name], files[name] = _write_if_changed(wanted[name], data, same)
             paths.append(run_dir)
         stored = restic.backup_paths(paths, tags)
     part["restic"] = {k: stored[k] for k in ("files_new", "files_changed", "files_unmodified", "data_added")}
