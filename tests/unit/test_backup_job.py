@@ -620,3 +620,43 @@ def test_run_files_are_rewritten_only_when_their_content_changes(tmp_path):
     assert job._write_if_changed(roles, again, job._without_restrict_key) == (False, first)
     changed = b"--\n\\restrict CCC\nCREATE ROLE app;\nCREATE ROLE other;\n\\unrestrict CCC\n"
     assert job._write_if_changed(roles, changed, job._without_restrict_key) == (True, changed)
+
+
+class _RetentionRestic:
+    """restic's listing and dry-run plan as a repository holding runs, pre-deploy copies and
+    filed drill evidence would answer them; records what is forgotten."""
+
+    def __init__(self, listed, plans):
+        self.listed, self.plans, self.forgotten = listed, plans, []
+
+    def snapshots(self, *tags):
+        return [s for s in self.listed if all(t in s["tags"] for t in tags)]
+
+    def forget_plan(self, keep_args, tag):
+        return self.plans.get(tag, [])
+
+    def forget(self, ids):
+        self.forgotten += ids
+
+
+def test_retention_forgets_whole_runs_and_never_filed_drill_evidence(tmp_path):
+    """Drill evidence (tag "evidence", govstack_backup.evidence) sits in the same repository as
+    the runs; one listing of every snapshot feeds retention, which must select runs only (a prune,
+    on its schedule, keeps the data of every snapshot not forgotten, the evidence among them)."""
+    from govstack_backup import evidence, job
+
+    shared = {"id": "v1", "time": "t", "tags": ["govstack", "run:R1", "component:vectors",
+                                                "component:postgres_globals", "component:ledger"]}
+    filed = [{"id": f"e{i}", "time": "t", "tags": [evidence.TAG, f"{evidence.TAG}:drill-2026010{i}T000000Z"]}
+             for i in (1, 2)]
+    copy = {"id": "c1", "time": "t", "tags": ["govstack-pre-deploy", "run:P1", "component:postgres"]}
+    copy_manifest = {"id": "c2", "time": "t", "tags": ["govstack-pre-deploy", "run:P1", "component:manifest"]}
+    listed = [_snap("p1", "R1", "postgres"), shared, _snap("m1", "R1", "manifest"), *filed,
+              _snap("n1", "R2", "postgres"), _snap("n2", "R2", "manifest"), copy, copy_manifest]
+    # restic's dry run, told to forget everything it may: the old run, and the evidence were it asked.
+    plans = {"govstack,component:manifest": [{"remove": [_snap("m1", "R1", "manifest"), *filed]}]}
+    restic = _RetentionRestic(listed, plans)
+    cfg = _job_config(tmp_path, keep_pre_deploy=0)
+    forgotten = job.apply_retention(restic, cfg, newest="R2")
+    assert sorted(forgotten) == ["m1", "p1", "v1"] and restic.forgotten == forgotten
+    assert not {"e1", "e2"} & set(restic.forgotten)
