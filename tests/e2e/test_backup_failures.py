@@ -175,3 +175,45 @@ def test_drill_evidence_is_filed_offsite_and_refused_clearly_when_it_cannot_be(s
     down = job(stack, "--config", offsite["config"], "file-evidence", name, extra=offsite["extra"], input=evidence,
                check=False)
     assert down["_rc"] == 1 and down["step"] == "offsite" and "unreachable" in down["error"], down
+
+
+def test_filed_evidence_outlives_retention_and_prune(stack, seeded, tmp_path):
+    """Retention forgets after every run and prune (backup.prune_schedule) frees what it forgot;
+    neither touches filed drill evidence. In a repository of its own (a scratch directory), keeping
+    one run and pruning on every run that forgot something, so the stack's runs stay."""
+    in_test_stack(stack)
+    # A directory, not a tmpfs volume: that one empties whenever no container holds it.
+    spool = tmp_path / "spool"
+    spool.mkdir(mode=0o700)
+    os.chown(spool, 10001, 10001)  # the job's user
+    config = json.loads(Path(host_paths(stack.settings).config_file).read_text())
+    config.update(repository="/spool/restic", retention={"keep_last": 1}, keep_pre_deploy=1, prune_schedule=None,
+                  offsite=None)
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "backup.json").write_text(json.dumps(config))
+    for path in (conf, *conf.iterdir()):
+        os.chmod(path, 0o755 if path.is_dir() else 0o644)
+    extra = ("-v", f"{spool}:/spool", "-v", f"{conf}:/etc/retention-test:ro")
+    config_arg = ("--config", "/etc/retention-test/backup.json")
+    try:
+        first = job(stack, *config_arg, "run", "--json", extra=extra)
+        assert first["ok"] and first["forgotten_snapshots"] == 0
+        evidence = json.dumps({"drill_id": "20261205T091500Z", "ok": True, "pad": "y" * 3000})
+        name = "drill-20261205T091500Z.json"
+        filed = job(stack, *config_arg, "file-evidence", name, extra=extra, input=evidence)
+        assert filed["ok"] and filed["local"]
+        for _ in range(2):
+            later = job(stack, *config_arg, "run", "--json", extra=extra)
+            assert later["ok"] and later["forgotten_snapshots"] > 0 and later["pruned"], later
+        restic = ("run", "--rm", "--no-deps", "-T", "-v", f"{spool}:/spool", "--entrypoint", "restic", "backup",
+                  "--repo", "/spool/restic", "--password-file", "/run/secrets/restic_password",
+                  "--cache-dir", "/backups/cache")
+        runs = job(stack, *config_arg, "runs", extra=extra)["runs"]
+        assert [r["run"] for r in runs if r["complete"]] == [later["run"]]  # retention did forget
+        kept = json.loads(compose(stack, *restic, "snapshots", "--tag", "evidence", "--json").stdout)
+        assert len(kept) == 1 and kept[0]["id"].startswith(filed["local"])  # filed names the short id
+        dumped = compose(stack, *restic, "dump", filed["local"], f"evidence/{name}").stdout
+        assert dumped == evidence
+    finally:
+        shutil.rmtree(spool, ignore_errors=True)
