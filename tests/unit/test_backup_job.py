@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from govstack_backup import manifest, metrics, objects, vectors
 from govstack_backup.config import ConfigError, load, read_secret
+from govstack_backup.files import write_if_changed
 from govstack_backup.restic import classify
 
 from tests.support.s3_response import S3Response
@@ -606,20 +607,20 @@ def test_run_files_are_rewritten_only_when_their_content_changes(tmp_path):
     from govstack_backup import job
 
     path = str(tmp_path / "ledger.jsonl")
-    assert job._write_if_changed(path, b"a\n") == (True, b"a\n")
+    assert write_if_changed(path, b"a\n") == (True, b"a\n")
     before = job._stat_key(path)
-    assert job._write_if_changed(path, b"a\n") == (False, b"a\n") and job._stat_key(path) == before
-    assert job._write_if_changed(path, b"a\nb\n")[0] is True and job._stat_key(path) != before
+    assert write_if_changed(path, b"a\n") == (False, b"a\n") and job._stat_key(path) == before
+    assert write_if_changed(path, b"a\nb\n")[0] is True and job._stat_key(path) != before
     assert Path(path).read_bytes() == b"a\nb\n" and oct(os.stat(path).st_mode & 0o777) == "0o600"
     # The roles' dump: a new random \restrict key every time (Postgres 15.14+) is no change; the
     # file keeps its own (consistent) key and the run records the bytes the file holds.
     roles = str(tmp_path / "postgres-globals.sql")
     first = b"--\n\\restrict AAA\nCREATE ROLE app;\n\\unrestrict AAA\n"
     again = b"--\n\\restrict BBB\nCREATE ROLE app;\n\\unrestrict BBB\n"
-    job._write_if_changed(roles, first, job._without_restrict_key)
-    assert job._write_if_changed(roles, again, job._without_restrict_key) == (False, first)
+    write_if_changed(roles, first, job._without_restrict_key)
+    assert write_if_changed(roles, again, job._without_restrict_key) == (False, first)
     changed = b"--\n\\restrict CCC\nCREATE ROLE app;\nCREATE ROLE other;\n\\unrestrict CCC\n"
-    assert job._write_if_changed(roles, changed, job._without_restrict_key) == (True, changed)
+    assert write_if_changed(roles, changed, job._without_restrict_key) == (True, changed)
 
 
 class _RetentionRestic:

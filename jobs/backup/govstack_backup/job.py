@@ -29,13 +29,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 from govstack_backup import __version__, metrics, mirror, objects, postgres, vectors
 from govstack_backup.config import Config
+from govstack_backup.files import write_if_changed
 from govstack_backup.manifest import (
     FILES,
     FORMAT,
@@ -398,27 +398,6 @@ def _without_restrict_key(sql: bytes) -> bytes:
     return b"\n".join(line for line in sql.split(b"\n") if not line.startswith((b"\\restrict ", b"\\unrestrict ")))
 
 
-def _write_if_changed(path: str, data: bytes, same: Callable[[bytes], bytes] | None = None) -> tuple[bool, bytes]:
-    """Write ``data`` (temp + fsync + rename) unless the file already holds it (compared through
-    ``same``, when given): an untouched file is one restic skips. Returns (written, the bytes the
-    file now holds)."""
-    try:
-        with open(path, "rb") as fh:
-            old = fh.read()
-        if old == data or (same is not None and same(old) == same(data)):
-            return False, old
-    except FileNotFoundError:
-        pass
-    tmp = f"{path}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return True, data
-
-
 VECTORS_SUBDIR = "vectors"
 
 
@@ -473,7 +452,7 @@ def backup_vectors_dir(cfg: Config, restic: Restic, chroma: vectors.Chroma, wate
                     os.unlink(f"{run_dir}/{name}")
             for name, data in files.items():
                 same = _without_restrict_key if name == "postgres_globals" else None
-                written[name], files[name] = _write_if_changed(wanted[name], data, same)
+                written[name], files[name] = write_if_changed(wanted[name], data, same)
             paths.append(run_dir)
         stored = restic.backup_paths(paths, tags)
     part["restic"] = {k: stored[k] for k in ("files_new", "files_changed", "files_unmodified", "data_added")}

@@ -22,6 +22,7 @@ from urllib.parse import quote
 
 import urllib3
 
+from govstack_backup.files import write_if_changed
 from govstack_backup.manifest import EMBEDDING_TOLERANCE, CollectionDigest, embedding_difference
 
 PAGE = 500
@@ -226,7 +227,8 @@ def export_dir(chroma: Chroma, root: str, watermarks: dict[str, Any] | None = No
             # the next run exports it again.
             collections[full] = {**entry, "signature": sig, "changed_during_export": before != after}
     state = {"format": 1, "chroma_api_version": api, "collections": dict(sorted(collections.items()))}
-    _write_atomic(os.path.join(root, DIR_STATE), (json.dumps(state, sort_keys=True) + "\n").encode())
+    # Unchanged: left alone, so restic finds it unmodified too.
+    write_if_changed(os.path.join(root, DIR_STATE), (json.dumps(state, sort_keys=True) + "\n").encode())
     keep = {collection_file(full) for full in collections} | {DIR_STATE}
     for name in os.listdir(root):
         if name not in keep:
@@ -263,19 +265,6 @@ def _export_collection(chroma: Chroma, database: str, coll: dict[str, Any], path
     os.replace(tmp, path)
     return {"count": digest.count, "digest": digest.hexdigest(), "dimension": coll.get("dimension"),
             "metadata": coll.get("metadata"), "file": os.path.basename(path), "file_bytes": _size_of(path)}
-
-
-def _write_atomic(path: str, data: bytes) -> None:
-    with contextlib.suppress(OSError), open(path, "rb") as fh:
-        if fh.read() == data:  # unchanged: left alone, so restic finds it unmodified too
-            return
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def lines_of_dir_tar(stream: IO[bytes], files: Iterable[str]) -> Iterator[bytes]:
