@@ -1,12 +1,17 @@
 # ruff: noqa: F811  (pytest fixtures are imported from test_app_support and used as arguments)
 """Search's fast paths on the deployed stack: the query is embedded once (a repeat is a cache
 hit with the same results), Server-Timing says where the time went, and searches reuse the API's
-Postgres and Chroma connections instead of opening one per request."""
+Postgres and Chroma connections instead of opening one per request; a search that meets a
+collection's first write is answered, not failed."""
 
 from __future__ import annotations
 
+import random
+import threading
 import uuid
 from typing import Any
+
+from govstack_app.chroma import ChromaClient, ChromaError
 
 from .test_app_support import (  # noqa: F401 - fixtures are used by name
     Api,
@@ -18,6 +23,9 @@ from .test_app_support import (  # noqa: F401 - fixtures are used by name
 )
 
 SEARCHES = 20
+# Fresh collections whose first write a query races: 2 of 3 such queries failed before the fix
+# (Chroma's "Nothing found on disk"), so 20 cannot all pass by luck.
+RACED_COLLECTIONS = 20
 
 TEXT = (
     "Building permits are issued by the county planning office within twenty working days. "
@@ -76,3 +84,43 @@ def test_search_embeds_once_reports_timing_and_reuses_connections(
         opened = connections(stack, port) - before[name]
         # One connection per search would be >= SEARCHES new sockets; the pools may add one.
         assert len(opened) <= 2, f"{len(opened)} new {name} connections over {SEARCHES} searches: {opened}"
+
+
+def test_a_query_racing_a_collections_first_write_is_answered(stack: Any) -> None:
+    """The worker's first upsert into a new collection and a search of it at the same moment:
+    the app's Chroma client (the one the API searches with) must answer, never error."""
+    host, port = stack.forward("chroma", stack.plan.ports["chroma"]).split(":")
+    writer, reader = ChromaClient(host, int(port)), ChromaClient(host, int(port))
+    failures: list[str] = []
+    names = [f"e2e-race-{uuid.uuid4().hex[:10]}" for _ in range(RACED_COLLECTIONS)]
+    try:
+        for name in names:
+            writer.get_or_create_collection(name, {"embedding_model": "race-test"})
+            vector = [random.random() for _ in range(384)]
+            querying, written = threading.Event(), threading.Event()
+
+            def query_until_written(name: str = name, vector: list[float] = vector,
+                                    querying: threading.Event = querying, written: threading.Event = written) -> None:
+                for _ in range(500):  # bounded; the write takes tens of milliseconds
+                    try:
+                        reader.query(name, vector, 3)
+                    except ChromaError as exc:
+                        failures.append(f"{name}: {exc}")
+                    querying.set()
+                    if written.is_set():
+                        return
+
+            querier = threading.Thread(target=query_until_written)
+            querier.start()
+            assert querying.wait(30)
+            writer.upsert(name, ["1:0"], [vector], ["first chunk"], [{"document_id": 1, "chunk_index": 0}])
+            written.set()
+            querier.join(timeout=60)
+            assert not querier.is_alive()
+            assert [h.id for h in reader.query(name, vector, 3)] == ["1:0"]
+    finally:
+        for name in names:
+            writer.delete_collection(name)
+        writer.close()
+        reader.close()
+    assert failures == []
