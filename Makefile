@@ -7,11 +7,12 @@ INVENTORY ?= inventories/local.py
 TEST_INVENTORY ?= tests/inventories/test_local.py
 # The full tier's second stack: the drills run on it beside the other e2e modules.
 DRILLS_INVENTORY ?= tests/inventories/test_local_drills.py
-# The full tier's modules that run on the second stack: the slowest ones (every runbook, with a
-# second stack to move to; a crash at each step of a release and of a restore) and blue/green
-# under load, about half of the tier's time. Any other module runs on the first stack. Each
-# half runs its modules in the alphabetical order the whole tier had.
-DRILLS := tests/e2e/test_bluegreen.py tests/e2e/test_release_crash.py tests/e2e/test_runbooks.py
+# The full tier's modules that run on the second stack: the slowest ones (the runbooks, with a
+# second stack to move to; a crash at each step of a release and of a restore; blue/green under
+# load; the compliance and quarantine restores), about half of the tier's time. Any other module
+# runs on the first stack. Each half runs its modules in the alphabetical order the whole tier had.
+DRILLS := tests/e2e/test_bluegreen.py tests/e2e/test_compliance.py tests/e2e/test_quarantine.py \
+          tests/e2e/test_release_crash.py tests/e2e/test_runbooks.py
 # Tools installed in the venv (shellcheck, actionlint, govstack) are on PATH for the tests.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 PYTEST := $(BIN)/pytest -p no:cacheprovider

@@ -7,13 +7,17 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
 
 from govstack.backup.plan import host_paths
 from govstack.backup.render import render_crontab
+from govstack.runbook import run_runbook, stack_environment
+from tests.conftest import REPO_ROOT
 from tests.e2e.backup_support import (  # noqa: F401 - fixtures
     DRILL_QUERIES,
     admin,
@@ -30,6 +34,7 @@ from tests.e2e.backup_support import (  # noqa: F401 - fixtures
 )
 from tests.e2e.test_object_store import _files_holding, marked_pdf, read
 
+RUNBOOKS = REPO_ROOT / "runbooks"
 EXACT_METRICS = (
     "govstack_backup_last_success_timestamp_seconds",
     "govstack_backup_last_duration_seconds",
@@ -111,9 +116,13 @@ def test_a_backup_run_is_verified_listed_and_exported_as_metrics(stack, seeded):
 
 
 def test_drill_destroys_restores_and_proves_everything_equal(stack, seeded):
+    """The dr-drill runbook as an operator runs it, every block in order (announce, drill, verify,
+    clean up): one drill serves the runbook's check and this test's, which reads its evidence."""
     in_test_stack(stack)
     apps_before = running_ids(stack, stack.app_project)
-    env = {"GOVSTACK__BACKUP__DRILL_QUERIES": json.dumps(DRILL_QUERIES)}
+    evidence_dir = Path(host_paths(stack.settings).evidence)
+    earlier = set(evidence_dir.glob("drill-*.json"))
+    env = {**stack_environment(stack.inventory), "GOVSTACK__BACKUP__DRILL_QUERIES": json.dumps(DRILL_QUERIES)}
     # An object whose bytes would show on disk if stored in plaintext (the control that the grep
     # finds such a marker is in test_object_store.py): after the drill put it back into an empty
     # object store, it must still be encrypted there, and read back identical.
@@ -121,9 +130,15 @@ def test_drill_destroys_restores_and_proves_everything_equal(stack, seeded):
     marker = f"GOVSTACK-DRILL-MARKER-{uuid.uuid4().hex}".encode()
     document, key = marked_pdf(marker), f"drill/{uuid.uuid4().hex}.pdf"
     stack.s3("app").put_object(bucket, key, io.BytesIO(document), len(document), content_type="application/pdf")
+    printed = _Tee()
     try:
-        ev = cli_json(stack, "drill", env=env)
+        result = run_runbook(RUNBOOKS / "dr-drill.md", env, out=printed)
+        assert result.executed >= 4 and result.manual == 0, result
+        (json_file,) = set(evidence_dir.glob("drill-*.json")) - earlier
+        md_file = json_file.with_suffix(".md")
+        ev = json.loads(json_file.read_text())
         assert ev["ok"], json.dumps(ev["results"], indent=1)
+        assert f"drill {ev['drill_id']}: PASS" in printed.text and f"evidence {json_file}, {md_file}" in printed.text
         res = ev["results"]
         assert res["postgres"]["ok"] and res["postgres"]["problems"] == []
         tables = ev["checksums"]["tables"]
@@ -148,20 +163,23 @@ def test_drill_destroys_restores_and_proves_everything_equal(stack, seeded):
         assert 0 < pitr["markers_committed_by_target"] == pitr["markers_restored"] < pitr["markers_written"]
         assert pitr["last_replayed_commit"] <= pitr["target"] < pitr["stopped_before_commit_at"]
         assert pitr["rpo"]["rpo_s"] is not None and pitr["rpo"]["newest_archived_wal"]
-        assert "RPO achieved by WAL archiving" in Path(ev["files"][1]).read_text()
+        assert "RPO achieved by WAL archiving" in md_file.read_text()
         assert not stack.psql("SELECT 1 FROM pg_namespace WHERE nspname = 'govstack_drill'")  # markers gone
-        # The evidence, for an auditor.
-        json_file, md_file = ev["files"]
-        assert json.loads(Path(json_file).read_text())["drill_id"] == ev["drill_id"]
-        md = Path(md_file).read_text()
+        # The evidence, for an auditor (the runbook's Verify step prints its head).
+        md = md_file.read_text()
         assert md.startswith(f"# Disaster-recovery drill {ev['drill_id']}: PASS") and "RTO" in md and "RPO" in md
+        assert md.splitlines()[0] in printed.text
         # Both files filed in the backup repository (this stack has no offsite; the offsite filing is
         # test_backup_failures.py's), each read back before it counted.
-        assert [f["name"] for f in ev["filed"]] == [Path(json_file).name, Path(md_file).name]
-        assert all(f["ok"] and f["local"] and f["offsite"] is None for f in ev["filed"]), ev["filed"]
-        assert ev["filed"][0]["sha256"] == hashlib.sha256(Path(json_file).read_bytes()).hexdigest()
-        # The destroyed data was moved aside, not deleted.
-        assert (Path(ev["set_aside"]) / "postgres" / "PG_VERSION").is_file()
+        filed = re.findall(r"^filed (\S+) \(sha256 ([0-9a-f]{64})\): local snapshot [0-9a-f]+, offsite none",
+                           printed.text, re.MULTILINE)
+        assert filed == [(json_file.name, hashlib.sha256(json_file.read_bytes()).hexdigest()),
+                         (md_file.name, hashlib.sha256(md_file.read_bytes()).hexdigest())], printed.text[-3000:]
+        # The destroyed data was moved aside, not deleted; the runbook's clean-up listed it, then removed it.
+        aside_line = next(line for line in printed.text.splitlines()
+                          if line.startswith("- data directories set aside by drills:"))
+        assert re.search(re.escape(ev["set_aside"]) + r" \((?!0 B)", aside_line), aside_line
+        assert not Path(ev["set_aside"]).exists()
         # The stack serves again: new containers (restarted), healthy, same documents.
         apps_after = running_ids(stack, stack.app_project)
         assert set(apps_after) == set(apps_before)
@@ -179,6 +197,18 @@ def test_drill_destroys_restores_and_proves_everything_equal(stack, seeded):
         remove_aside(stack)
         for version in stack.s3("app").list_objects(bucket, prefix=key, include_version=True):
             stack.s3("app").remove_object(bucket, key, version_id=version.version_id)
+
+
+class _Tee(io.StringIO):
+    """The runbook's output, shown as it runs and kept for the assertions."""
+
+    def write(self, text: str) -> int:
+        sys.stdout.write(text)
+        return super().write(text)
+
+    @property
+    def text(self) -> str:
+        return self.getvalue()
 
 
 def _statuses(stack) -> list[str]:

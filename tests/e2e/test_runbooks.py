@@ -33,14 +33,19 @@ RUNBOOKS = REPO_ROOT / "runbooks"
 ORDER = [
     "README", "alerts", "privacy-analytics", "incident-communication", "disk-full",
     "rebuild-vector-index", "blue-green-deploy", "restore-objects", "restore-vectors",
-    "dr-drill", "rotate-secrets", "move-to-new-host",
+    "rotate-secrets", "move-to-new-host",
 ]
-# Run where they are written for, a site of several hosts (each block on its host group), by the
-# multi-host lane (tests/multihost/test_site_runbooks.py), not here as well: on one host their blocks
-# are the same commands on the same machine, and the three took ~7 minutes of this tier. Read from
-# that module (its run_runbook calls), not listed twice.
+# Run by other modules, not here as well (read from their run_runbook calls, not listed twice):
+# - the site runbooks by the multi-host lane, where they are written for (each block on its host
+#   group): on one host their blocks are the same commands on the same machine (~7 minutes here);
+# - dr-drill by the drill test, which reads the evidence of the drill the runbook ran (one drill,
+#   ~4 minutes, instead of two).
 SITE_LANE = REPO_ROOT / "tests" / "multihost" / "test_site_runbooks.py"
-SITE_RUNBOOKS = frozenset(re.findall(r'\brun_runbook\(deployed, "([a-z-]+)"', SITE_LANE.read_text()))
+DRILL_TEST = REPO_ROOT / "tests" / "e2e" / "test_backup_drill.py"
+RUN_ELSEWHERE = {
+    SITE_LANE.name: frozenset(re.findall(r'\brun_runbook\(deployed, "([a-z-]+)"', SITE_LANE.read_text())),
+    DRILL_TEST.name: frozenset(re.findall(r'\brun_runbook\(RUNBOOKS / "([a-z-]+)\.md"', DRILL_TEST.read_text())),
+}
 NEEDS_SNAPSHOT = {"restore-objects", "restore-vectors"}
 MOVE_TARGET = {
     "stack_root": "/var/lib/govstack-move-test",
@@ -58,9 +63,12 @@ RESULTS: list[RunbookResult] = []
 def selected() -> list[str]:
     wanted = os.environ.get("GOVSTACK_RUNBOOKS")
     names = ORDER if not wanted else [n for n in ORDER if n in wanted.split(",")]
-    missing = {p.stem for p in RUNBOOKS.glob("*.md")} - set(ORDER) - SITE_RUNBOOKS
-    assert not missing, f"runbooks neither in ORDER nor run by {SITE_LANE.name}: {missing}"
-    assert not SITE_RUNBOOKS & set(ORDER), f"run by {SITE_LANE.name} already: {SITE_RUNBOOKS & set(ORDER)}"
+    elsewhere = frozenset().union(*RUN_ELSEWHERE.values())
+    missing = {p.stem for p in RUNBOOKS.glob("*.md")} - set(ORDER) - elsewhere
+    assert not missing, f"runbooks neither in ORDER nor run by {', '.join(RUN_ELSEWHERE)}: {missing}"
+    for module, theirs in RUN_ELSEWHERE.items():
+        assert theirs, f"{module} runs no runbook: its run_runbook calls are not where this module looks"
+        assert not theirs & set(ORDER), f"run by {module} already: {theirs & set(ORDER)}"
     return names
 
 
