@@ -117,6 +117,36 @@ def schema_stamp(image: str, files: Sequence[str]) -> str:
             "| sha256sum | cut -c1-64")
 
 
+def pitr_stanza_key(project: str, service: str, pgdata: str, config_file: str, repository: str,
+                    stanza: str) -> str:
+    """Shell printing the digest of everything an answer of ``pitr state`` (the stanza matches
+    the running cluster and holds a base backup) rests on, read on the host: the running
+    sidecar's container id, the cluster's system identifier (pg_control's first 8 bytes) and
+    major version (PG_VERSION), the rendered pgbackrest.conf, and the stanza's info files in the
+    repository (backup.info changes with every backup, expire, stanza-create or -upgrade;
+    archive.info with the stanza). A restore into a new cluster, a deleted or replaced stanza, a
+    new config or a recreated sidecar each make another key; a missing file too (its read prints
+    "-")."""
+    infos = [f"{repository}/backup/{stanza}/backup.info", f"{repository}/backup/{stanza}/backup.info.copy",
+             f"{repository}/archive/{stanza}/archive.info", f"{repository}/archive/{stanza}/archive.info.copy"]
+    reads = "; ".join(f"{{ sha256sum < {q(path)} || echo -; }}" for path in (config_file, *infos))
+    return (f"{{ echo pitr-stanza-1; {compose_containers(project, service)}; "
+            f"od -An -tu8 -N8 {q(pgdata + '/global/pg_control')} || echo -; "
+            f"cat {q(pgdata + '/PG_VERSION')} || echo -; {reads}; }} 2>/dev/null | sha256sum | cut -c1-64")
+
+
+def pitr_stanza_checked(probe: str, stamp: str) -> str:
+    """Shell that runs ``probe`` (``pitr state``, which exits 0 only when the stanza is ok),
+    prints its answer, and records ``$key`` (pitr_stanza_key, read before the probe, so that
+    whatever changed meanwhile makes the next key differ) in ``stamp`` when it was ok, or
+    removes the stamp when not. A cache of the answer, never a change to the stack: the
+    stamp file is the deploy's own (state directory)."""
+    new = q(f"{stamp}.new")
+    return (f"if out=$({probe} 2>/dev/null); then printf '%s\\n' \"$out\"; "
+            f"{{ printf '%s\\n' \"$key\" > {new} && mv -f {new} {q(stamp)}; }} 2>/dev/null; "
+            f"else printf '%s\\n' \"$out\"; rm -f {q(stamp)}; fi")
+
+
 def schema_stamp_cleared_sql() -> str:
     """SQL (run in the app's database) that forgets the recorded stamp, so the next deploy asks
     ``migrate --check`` again: for a deploy step that changed a database role itself."""

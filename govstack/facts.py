@@ -15,6 +15,7 @@ from govstack.commands import (
     compose,
     last_json,
     login_probes,
+    pitr_stanza_checked,
     psql,
     q,
     service_exec,
@@ -567,12 +568,25 @@ class PgbackrestStanza(FactBase):
     """Where pgBackRest's stanza stands against the running cluster, as the
     pgbackrest sidecar sees it (``govstack-backup pitr state``): a dict with
     ``ok`` (stanza matches the cluster and has a backup), or None when the
-    sidecar does not answer."""
+    sidecar does not answer.
 
-    def command(self, project: str, compose_file: str, service: str) -> str:
+    With ``key`` (shell, commands.pitr_stanza_key) and ``stamp``: when the key read on the host
+    equals the one recorded after the last ok answer, nothing that answer rests on changed since
+    (same sidecar, cluster, config and stanza files), and the answer is ``{"ok": True,
+    "checked": "stamp"}`` without asking the sidecar: its ``pgbackrest info`` and ``psql`` were
+    the largest cost of a no-op deploy (0.6 s on a fresh stack, 2.4 s with a history, against
+    0.05 s for the key). Otherwise the sidecar is asked and an ok answer recorded
+    (commands.pitr_stanza_checked)."""
+
+    def command(self, project: str, compose_file: str, service: str, key: str = "", stamp: str = "") -> str:
         # docker exec, not compose exec: the Compose CLI parses the whole project first.
         state = service_exec(project, service, "govstack-backup", "pitr", "state")
-        return f"{state} 2>/dev/null || true"
+        if not key or not stamp:
+            return f"{state} 2>/dev/null || true"
+        current = json.dumps({"ok": True, "checked": "stamp"})
+        return (f"key=$({key}); "
+                f"if [ -n \"$key\" ] && [ \"$(cat {q(stamp)} 2>/dev/null)\" = \"$key\" ]; then echo {q(current)}; "
+                f"else {pitr_stanza_checked(state, stamp)}; fi; true")
 
     def process(self, output):
         answer = last_json("\n".join(output))

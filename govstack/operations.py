@@ -23,9 +23,11 @@ from govstack.commands import (
     compose_exec,
     compose_run,
     login_role_sql,
+    pitr_stanza_checked,
     printf_lines,
     q,
     schema_stamp_cleared_sql,
+    service_exec,
 )
 from govstack.commands import psql as psql_argv
 from govstack.facts import (
@@ -825,23 +827,36 @@ def migrate_command(project: str, compose_file: str, timeout_s: int, stamp: str)
 
 
 @operation()
-def pgbackrest_stanza_ready(project: str, compose_file: str, service: str = "pgbackrest"):
+def pgbackrest_stanza_ready(project: str, compose_file: str, service: str = "pgbackrest", key: str = "",
+                            stamp: str = ""):
     """
     pgBackRest's stanza exists and describes the running cluster, WAL archiving
     works, and the cluster has a base backup to recover from.
 
     + project, compose_file: the Compose project Postgres and the sidecar run in
     + service: the pgbackrest sidecar
+    + key, stamp: shell printing what the sidecar's answer rests on (commands.pitr_stanza_key)
+      and the file that holds the key of the last ok answer; empty: ask the sidecar every time
 
-    Read with ``govstack-backup pitr state`` in the sidecar; when it is not ok,
-    ``pitr ensure`` creates the stanza (or upgrades it after a restore into a new
-    cluster), runs ``pgbackrest check`` and takes the first full backup.
+    Read with ``govstack-backup pitr state`` in the sidecar, unless the key equals the stamp
+    (facts.PgbackrestStanza); when it is not ok, ``pitr ensure`` creates the stanza (or upgrades
+    it after a restore into a new cluster), runs ``pgbackrest check`` and takes the first full
+    backup, and the sidecar's answer after it is recorded.
     """
-    state = host.get_fact(PgbackrestStanza, project=project, compose_file=compose_file, service=service)
+    state = host.get_fact(PgbackrestStanza, project=project, compose_file=compose_file, service=service,
+                          key=key, stamp=stamp)
     if state and state.get("ok"):
-        host.noop(f"stanza {state.get('stanza')} matches the cluster, {state.get('backups')} base backups")
+        if state.get("checked") == "stamp":
+            host.noop(f"stanza {project}: unchanged since the sidecar found it matching the cluster")
+        else:
+            host.noop(f"stanza {state.get('stanza')} matches the cluster, {state.get('backups')} base backups")
         return
-    yield compose_exec(project, compose_file, service, "govstack-backup", "pitr", "ensure")
+    ensure = compose_exec(project, compose_file, service, "govstack-backup", "pitr", "ensure")
+    if not key or not stamp:
+        yield ensure
+        return
+    probe = service_exec(project, service, "govstack-backup", "pitr", "state")
+    yield f"{ensure} && key=$({key}) && {pitr_stanza_checked(probe, stamp)} >/dev/null"
 
 
 # Release steps (blue/green). Each runs once per release: not idempotent by

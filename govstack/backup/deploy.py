@@ -21,6 +21,7 @@ from govstack.backup.plan import (
     pitr_paths,
 )
 from govstack.backup.render import backup_files
+from govstack.commands import pitr_stanza_key
 from govstack.operations import LoginRole, files_rendered, paths_owned, pgbackrest_stanza_ready
 from govstack.plan import StackPlan
 from govstack.secrets import secret_path
@@ -53,9 +54,15 @@ def ensure_pitr(plan: StackPlan):
     full backup exists (after the first deploy, and after a restore into a new
     cluster). Runs in the pgbackrest sidecar; a second deploy changes nothing."""
     s = plan.settings
+    pitr = pitr_paths(s)
+    # The offsite repository is not on this host: the sidecar is asked every time.
+    key = "" if plan.backup.offsite else pitr_stanza_key(
+        s.project, PITR_SERVICE, plan.data_path("postgres"), pitr.config_file, pitr.repository, plan.backup.stanza)
     pgbackrest_stanza_ready(
         name=f"pgBackRest stanza {plan.backup.stanza}: archiving checked, a full backup present",
         project=s.project,
         compose_file=s.compose_file,
         service=PITR_SERVICE,
+        key=key,
+        stamp=s.paths.pitr_stanza_stamp_file,
     )

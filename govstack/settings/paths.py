@@ -248,6 +248,12 @@ class StackPaths:
         return f"{self.state_dir}/edge-tls-loaded.sha256"
 
     @property
+    def pitr_stanza_stamp_file(self) -> str:
+        """Digest of what pgBackRest's sidecar last found ok (commands.pitr_stanza_key): while
+        the same key reads on the host, a no-op `govstack up` does not ask the sidecar again."""
+        return f"{self.state_dir}/pgbackrest-stanza-ok.sha256"
+
+    @property
     def pre_deploy_copy_file(self) -> str:
         """The backup job's summary of a release's pre-deploy copy (its run id), until the ledger takes it."""
         return f"{self.state_dir}/pre-deploy-copy.json"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -162,6 +163,31 @@ def test_restore_to_the_latest_moment_keeps_every_committed_row(stack, seeded, d
         assert all(c.endswith("(healthy)") for c in _statuses(stack, stack.app_project))
     finally:
         stack.psql("DROP SCHEMA IF EXISTS pitr_probe CASCADE")
+
+
+def test_a_deleted_stanza_is_made_again_by_the_next_up(stack, tmp_path):
+    """The stanza's repository directories gone (a wiped or replaced repository): the next `up`
+    sees it, though a no-op `up` no longer asks the sidecar while nothing the last ok answer
+    rested on changed (facts.PgbackrestStanza), makes the stanza and a full backup, and the
+    `up` after it changes nothing."""
+    from tests.e2e.test_deploy import changed_operations
+
+    in_test_stack(stack)
+    operation = f"pgBackRest stanza {stack.settings.project}"
+    first = cli(stack, "up")
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert not [name for name in changed_operations(first.stdout + first.stderr) if operation in name]
+    repository = Path(pitr_paths(stack.settings).repository)
+    for kind in ("backup", "archive"):
+        shutil.move(repository / kind / stack.settings.project, tmp_path / kind)
+    repaired = cli(stack, "up")
+    assert repaired.returncode == 0, repaired.stderr[-2000:]
+    assert [name for name in changed_operations(repaired.stdout + repaired.stderr) if operation in name]
+    state = json.loads(sidecar(stack, "govstack-backup", "pitr", "state").stdout.strip().splitlines()[-1])
+    assert state["ok"] and state["matches_cluster"] and state["backups"] >= 1, state
+    again = cli(stack, "up")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert changed_operations(again.stdout + again.stderr) == []
 
 
 def _statuses(stack, project) -> list[str]:

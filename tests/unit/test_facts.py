@@ -139,6 +139,67 @@ def test_schema_stamp_changes_with_each_input_and_only_then(tmp_path):
     assert _sh(stamp) != first
 
 
+def test_pitr_stanza_key_changes_with_each_input_and_only_then(tmp_path):
+    from govstack.commands import pitr_stanza_key
+
+    pgdata, repo, conf = tmp_path / "pgdata", tmp_path / "repo", tmp_path / "pgbackrest.conf"
+    (pgdata / "global").mkdir(parents=True)
+    (pgdata / "global" / "pg_control").write_bytes((7715845018673602575).to_bytes(8, "little") + b"\0" * 100)
+    (pgdata / "PG_VERSION").write_text("15\n")
+    conf.write_text("[global]\n")
+    for kind, name in (("backup", "backup.info"), ("archive", "archive.info")):
+        (repo / kind / "gs").mkdir(parents=True)
+        for suffix in ("", ".copy"):
+            (repo / kind / "gs" / f"{name}{suffix}").write_text("v1")
+    key = pitr_stanza_key("gs-unit-no-such-project", "pgbackrest", str(pgdata), str(conf), str(repo), "gs")
+    first = _sh(key)
+    assert len(first[0]) == 64 and _sh(key) == first
+    # A checkpoint rewrites pg_control after its first 8 bytes (the system identifier): same key.
+    (pgdata / "global" / "pg_control").write_bytes((7715845018673602575).to_bytes(8, "little") + b"\1" * 100)
+    assert _sh(key) == first
+    changes = [
+        lambda: (pgdata / "global" / "pg_control").write_bytes((42).to_bytes(8, "little") + b"\1" * 100),
+        lambda: (pgdata / "PG_VERSION").write_text("16\n"),
+        lambda: conf.write_text("[global]\nrepo1-retention-full=3\n"),
+        lambda: (repo / "backup" / "gs" / "backup.info").write_text("v2"),  # a backup, an expire
+        lambda: (repo / "archive" / "gs" / "archive.info.copy").unlink(),
+        lambda: __import__("shutil").rmtree(repo / "backup" / "gs"),  # the stanza deleted
+    ]
+    seen = {first[0]}
+    for change in changes:
+        change()
+        now = _sh(key)[0]
+        assert now not in seen
+        seen.add(now)
+
+
+def test_pitr_stanza_answer_from_its_stamp_or_from_the_sidecar(tmp_path):
+    from govstack.commands import pitr_stanza_checked
+    from govstack.facts import PgbackrestStanza
+
+    stamp = tmp_path / "stamp"
+    fact = PgbackrestStanza()
+    command = fact.command("gs-unit-no-such-project", "/nonexistent.yml", "pgbackrest", key="echo k1",
+                           stamp=str(stamp))
+    stamp.write_text("k1\n")
+    assert fact.process(_sh(command)) == {"ok": True, "checked": "stamp"}
+    # Another key: the sidecar is asked; here none answers, so not ok, and the stamp goes.
+    stamp.write_text("k0\n")
+    assert fact.process(_sh(command)) is None
+    assert not stamp.exists()
+    # An ok answer (exit 0) records the key read before it; a not-ok one (exit 1) records nothing.
+    ok = pitr_stanza_checked("""sh -c 'echo {\\"ok\\": true, \\"backups\\": 2}'""", str(stamp))
+    assert fact.process(_sh(f"key=k2; {ok}")) == {"ok": True, "backups": 2}
+    assert stamp.read_text() == "k2\n"
+    assert fact.process(_sh(command.replace("echo k1", "echo k2"))) == {"ok": True, "checked": "stamp"}
+    failed = pitr_stanza_checked("""sh -c 'echo {\\"ok\\": false}; exit 1'""", str(stamp))
+    assert fact.process(_sh(f"key=k3; {failed}")) == {"ok": False}
+    assert not stamp.exists()
+    # Without a key (an offsite repository): the sidecar every time.
+    assert "pitr state" in fact.command("gs", "/c.yml", "pgbackrest") and "key=" not in fact.command(
+        "gs", "/c.yml", "pgbackrest")
+
+
 def test_installed_stamp_and_s3_bucket_config():
     from govstack.facts import InstalledStamp, S3BucketConfig
 
