@@ -136,18 +136,18 @@ def start_stack(plan: StackPlan):
 def ensure_object_store_bucket(plan: StackPlan):
     s = plan.settings
     o = s.object_store
-    s3_bucket_versioned(name=f"Bucket {o.bucket} exists, versioned", project=s.project,
-                        compose_file=s.compose_file, bucket=o.bucket)
     if "backup" in plan.services:  # the S3 client that sets the rules lives in its image
         access, secret = s3_pair(s, "admin")
         s3_bucket_configured(
-            name=f"Bucket {o.bucket}: encrypted (SSE-S3), earlier versions kept {o.noncurrent_version_days} d, "
-                 f"incomplete uploads aborted after {o.abort_multipart_days} d",
+            name=f"Bucket {o.bucket}: versioned, encrypted (SSE-S3), earlier versions kept "
+                 f"{o.noncurrent_version_days} d, incomplete uploads aborted after {o.abort_multipart_days} d",
             project=s.project, compose_file=s.compose_file, bucket=o.bucket,
             noncurrent_days=o.noncurrent_version_days, abort_days=o.abort_multipart_days,
             access_file=secret_path(s, access), secret_file=secret_path(s, secret),
             encrypt=True, marker=sse_marker(s))
     else:
+        s3_bucket_versioned(name=f"Bucket {o.bucket} exists, versioned", project=s.project,
+                            compose_file=s.compose_file, bucket=o.bucket)
         logger.warning(f"note: the backup service is off, so bucket {o.bucket}'s lifecycle rules and default "
                        "encryption are not set (its image has the S3 client that sets them): earlier versions are "
                        "kept until deleted by hand, and objects are stored unencrypted")

@@ -738,31 +738,38 @@ def s3_bucket_versioned(project: str, compose_file: str, bucket: str):
 def s3_bucket_configured(project: str, compose_file: str, bucket: str, noncurrent_days: int, abort_days: int,
                          access_file: str, secret_file: str, encrypt: bool, marker: str):
     """
-    The bucket's lifecycle rules (noncurrent versions expire after ``noncurrent_days``,
+    The bucket exists in the stack's SeaweedFS with versioning enabled (as s3_bucket_versioned
+    makes it), its lifecycle rules (noncurrent versions expire after ``noncurrent_days``,
     incomplete multipart uploads are aborted after ``abort_days``) and, with ``encrypt``, its
     default encryption SSE-S3: every object written from then on is encrypted by the gateway.
 
-    + project, compose_file: the Compose project the backup service runs in
+    + project, compose_file: the Compose project the backup service and SeaweedFS run in
     + bucket: the bucket's name
     + noncurrent_days, abort_days: the rules' days (object_store settings)
     + access_file, secret_file: the admin identity's key pair on the host
     + encrypt: default encryption SSE-S3 (the gateway has the key s3_sse_key)
     + marker: written once encryption is on (secret_store.sse_marker): the key is pinned
 
-    Set through S3 by the backup service's ``govstack-backup bucket-lifecycle`` (its image has
-    the S3 client), with the admin pair on its stdin for that one call: no container mounts it.
+    Rules and encryption are set through S3 by the backup service's ``govstack-backup
+    bucket-lifecycle`` (its image has the S3 client), with the admin pair on its stdin for that
+    one call: no container mounts it. Both states are read in one command (facts.S3BucketConfig).
     """
     argv, apply = bucket_configured(project, compose_file, bucket, noncurrent_days, abort_days,
                                     access_file, secret_file, encrypt)
     pin = f"touch {q(marker)} && chmod 600 {q(marker)}" if encrypt else "true"
     state = host.get_fact(S3BucketConfig, project=project, compose_file=compose_file, argv=argv,
-                          access_file=access_file, secret_file=secret_file, marker=marker if encrypt else "")
-    if state["current"]:
+                          access_file=access_file, secret_file=secret_file, marker=marker if encrypt else "",
+                          versioning=bucket)
+    versioned = state["versioning"] == "Enabled"
+    if not versioned:
+        yield bucket_versioned(project, compose_file, bucket)
+    if versioned and state["current"]:
         if encrypt and not state["pinned"]:
             yield pin  # a stack whose encryption was set before the marker existed
         else:
-            host.noop(f"bucket {bucket}: lifecycle rules and encryption current")
+            host.noop(f"bucket {bucket}: versioned, lifecycle rules and encryption current")
         return
+    # A bucket just made (or whose versioning was off) is configured whatever the check said.
     yield f"{apply}; {pin}"
 
 

