@@ -112,6 +112,7 @@ def start_app_color(plan: StackPlan, color: Color, version: str, wait: bool = Tr
         service_images={service: plan.app_image(version) for service in plan.app_services},
         wait_timeout_s=plan.settings.healthy_timeout_s,
         wait=wait,
+        hash_cache=plan.settings.paths.compose_hash_file(plan.app_project(color)),
     )
 
 

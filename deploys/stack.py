@@ -129,6 +129,7 @@ def start_stack(plan: StackPlan):
         compose_file=s.compose_file,
         service_images={service: plan.image(service) for service in plan.services},
         wait_timeout_s=s.healthy_timeout_s,
+        hash_cache=s.paths.compose_hash_file(s.project),
     )
 
 

@@ -13,6 +13,7 @@ from pyinfra.api import FactBase
 from govstack.commands import (
     SCHEMA_STAMP_SQL,
     compose,
+    compose_hashes,
     last_json,
     login_probes,
     pitr_stanza_checked,
@@ -203,10 +204,12 @@ class ComposeProject(FactBase):
     --hash``) and each container carries its service, state, health,
     config-hash label, image (as created) and the id of the image it was made
     from: one ``docker inspect`` over all of the project's containers.
-    ``desired`` is None when the compose file is missing or invalid.
+    ``desired`` is None when the compose file is missing or invalid. With ``hash_cache``,
+    ``desired`` is read from that file while nothing Compose computes it from changed
+    (commands.compose_hashes).
     """
 
-    def command(self, project: str, compose_file: str) -> str:
+    def command(self, project: str, compose_file: str, hash_cache: str = "") -> str:
         fmt = (
             '{{index .Config.Labels "com.docker.compose.service"}}\t{{.State.Status}}\t'
             "{{if .State.Health}}{{.State.Health.Status}}{{end}}\t"
@@ -214,8 +217,7 @@ class ComposeProject(FactBase):
         )
         return (
             f"echo '#desired'; "
-            f"{compose(project, 'config', '--hash', '*', files=compose_file)} 2>/dev/null "
-            "|| echo __invalid__; "
+            f"{compose_hashes(project, compose_file, hash_cache)}; "
             "echo '#containers'; "
             f"ids=$(docker ps -aq --no-trunc --filter label=com.docker.compose.project={q(project)} 2>/dev/null); "
             f'[ -z "$ids" ] || docker inspect --format {q(fmt)} $ids 2>/dev/null; true'

@@ -211,6 +211,7 @@ def compose_project_up(
     service_images: dict[str, str],
     wait_timeout_s: int = 300,
     wait: bool = True,
+    hash_cache: str = "",
 ):
     """
     A Compose project whose every service runs the rendered definition and is healthy.
@@ -221,6 +222,8 @@ def compose_project_up(
     + wait_timeout_s: how long ``up --wait`` may take for health checks
     + wait: wait until every service is healthy; False only starts them (a
       release waits in its own step, compose_project_healthy)
+    + hash_cache: a file of the deploy's own that keeps ``compose config --hash`` while
+      nothing it is computed from changed (commands.compose_hashes); empty: ask Compose
 
     ``docker compose up`` is run only when the running state differs from the
     rendered one: a missing, stopped or unhealthy container, a config-hash
@@ -228,7 +231,7 @@ def compose_project_up(
     an older image, or a container of a service that no longer exists. So a
     no-op deploy reports no change, and a broken stack is repaired.
     """
-    state = host.get_fact(ComposeProject, project=project, compose_file=compose_file)
+    state = host.get_fact(ComposeProject, project=project, compose_file=compose_file, hash_cache=hash_cache)
     desired = state["desired"]
     if desired is None:
         raise OperationError(f"compose file {compose_file} is missing or invalid")

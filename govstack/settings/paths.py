@@ -247,6 +247,11 @@ class StackPaths:
         or replaced pair differs from it, and the next `govstack up` reloads nginx."""
         return f"{self.state_dir}/edge-tls-loaded.sha256"
 
+    def compose_hash_file(self, project: str) -> str:
+        """``compose config --hash`` of a project's compose file, under a key of what Compose
+        computes it from (commands.compose_hashes): read instead of starting the Compose CLI."""
+        return f"{self.state_dir}/compose-hash-{project}.txt"
+
     @property
     def pitr_stanza_stamp_file(self) -> str:
         """Digest of what pgBackRest's sidecar last found ok (commands.pitr_stanza_key): while

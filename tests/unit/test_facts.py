@@ -200,6 +200,60 @@ def test_pitr_stanza_answer_from_its_stamp_or_from_the_sidecar(tmp_path):
         "gs", "/c.yml", "pgbackrest")
 
 
+def test_compose_hashes_are_kept_while_their_inputs_are_the_same(tmp_path):
+    """`compose config --hash` through a stand-in `docker` that counts its calls: asked once, then
+    read from the cache until the compose file changes; a file that reads other files or
+    interpolates is asked every time; an invalid one reads as __invalid__ and drops the cache."""
+    import os
+
+    from govstack.facts import ComposeProject
+
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls"
+    bin_dir.mkdir()
+    (bin_dir / "docker").write_text(
+        "#!/bin/sh\n"
+        f"echo call >> {calls}\n"
+        'case "$*" in *"config --hash"*) ;; *) exit 0 ;; esac\n'
+        'f=$(echo "$*" | sed -n "s/.* -f \\([^ ]*\\) .*/\\1/p")\n'
+        'grep -q invalid "$f" && exit 15\n'
+        'echo "api $(sha256sum < "$f" | cut -c1-12)"\n')
+    (bin_dir / "docker").chmod(0o755)
+    compose_file, cache = tmp_path / "blue.yml", tmp_path / "state" / "compose-hash-gs.txt"
+    cache.parent.mkdir()
+    compose_file.write_text("services: {api: {image: a}}\n")
+    fact = ComposeProject()
+    command = fact.command("gs", str(compose_file), hash_cache=str(cache))
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+    def desired() -> dict | None:
+        import subprocess
+
+        out = subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True, env=env).stdout
+        return fact.process(out.splitlines())["desired"]
+
+    def asked() -> int:
+        return len(calls.read_text().split("call")) - 1 if calls.exists() else 0
+
+    first = desired()
+    assert list(first) == ["api"] and asked() == 2  # config --hash, docker ps
+    assert desired() == first and asked() == 3  # docker ps only
+    compose_file.write_text("services: {api: {image: b}}\n")
+    second = desired()
+    assert second != first and asked() == 5
+    assert desired() == second and asked() == 6
+    (tmp_path / ".env").write_text("TAG=1\n")  # Compose reads it beside the file
+    assert desired() == second and asked() == 8
+    compose_file.write_text("services: {api: {image: b, env_file: [x.env]}}\n")
+    desired()
+    desired()
+    assert asked() == 12  # asked each time
+    compose_file.write_text("invalid\n")
+    assert desired() is None and not cache.exists()
+    # Without a cache, Compose is asked as before.
+    assert "config --hash" in fact.command("gs", str(compose_file)) and "key=" not in fact.command(
+        "gs", str(compose_file))
+
+
 def test_installed_stamp_and_s3_bucket_config():
     from govstack.facts import InstalledStamp, S3BucketConfig
 
