@@ -11,10 +11,12 @@ one bridge gateway address instead).
 Each step sends up to ``count`` requests back to back over kept-alive
 connections to nginx's address on that network (``parallel`` of them at
 once, so the offered rate beats a bucket's refill however slow the machine
-is), stopping at the first ``until`` status when given. One connection per
-network is opened before the first step, so a step that switches networks
-costs no handshake. Prints one JSON line: {"steps": [[status, ...], ...],
-"bodies": [the first ``until`` answer, else the last, of each step]}.
+is), stopping at the first ``until`` status when given. Every step's
+connections are opened before the first step, so no step waits for a
+handshake. Prints one JSON line: {"steps": [[status, ...], ...], "bodies":
+[the first ``until`` answer, else the last, of each step], "ended": [seconds
+from the first step's start to each step's last answer]}: a test of a bucket
+drained by one step and tried by the next knows how long it had to refill.
 Standard library only (it runs in the app image).
 """
 
@@ -25,6 +27,7 @@ import json
 import ssl
 import sys
 import threading
+import time
 
 
 def _connection(address: str, port: int) -> http.client.HTTPSConnection:
@@ -54,7 +57,7 @@ def _send(connection: http.client.HTTPSConnection, step: dict, host: str) -> dic
     return answer
 
 
-def run_step(step: dict, plan: dict, first: http.client.HTTPSConnection) -> tuple[list[int], dict | None]:
+def run_step(step: dict, plan: dict, connections: list[http.client.HTTPSConnection]) -> tuple[list[int], dict | None]:
     statuses: list[int] = []
     found: list[dict] = []
     last: list[dict] = []
@@ -76,26 +79,28 @@ def run_step(step: dict, plan: dict, first: http.client.HTTPSConnection) -> tupl
                     found.append(answer)
                     stop.set()
 
-    extra = [_connection(plan["nginx"][step["via"]], plan["port"]) for _ in range(step.get("parallel", 1) - 1)]
-    threads = [threading.Thread(target=worker, args=(connection,)) for connection in (first, *extra)]
+    threads = [threading.Thread(target=worker, args=(connection,)) for connection in connections]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    for connection in extra:
-        connection.close()
     return statuses, (found or last or [None])[0]
 
 
 def main() -> None:
     plan = json.loads(sys.argv[1])
-    connections = {via: _connection(address, plan["port"]) for via, address in plan["nginx"].items()}
-    steps, bodies = [], []
-    for step in plan["steps"]:
-        statuses, body = run_step(step, plan, connections[step["via"]])
+    per_step = [[_connection(plan["nginx"][step["via"]], plan["port"]) for _ in range(step.get("parallel", 1))]
+                for step in plan["steps"]]
+    steps, bodies, ended = [], [], []
+    started = time.monotonic()
+    for step, connections in zip(plan["steps"], per_step, strict=True):
+        statuses, body = run_step(step, plan, connections)
+        ended.append(round(time.monotonic() - started, 3))
         steps.append(statuses)
         bodies.append(body)
-    print(json.dumps({"steps": steps, "bodies": bodies}))
+        for connection in connections:
+            connection.close()
+    print(json.dumps({"steps": steps, "bodies": bodies, "ended": ended}))
 
 
 if __name__ == "__main__":
