@@ -19,11 +19,11 @@ PYTEST := $(BIN)/pytest -p no:cacheprovider
 
 .PHONY: venv up check engine test test-quick test-images test-full test-full-main test-full-drills test-multihost lint bench clean-test golden
 
-$(VENV)/.installed: pyproject.toml requirements-lock.txt app/pyproject.toml app/requirements.txt app/requirements-build.txt app/requirements-test.txt jobs/backup/pyproject.toml jobs/sbom/pyproject.toml
+$(VENV)/.installed: pyproject.toml requirements-lock.txt requirements-dev-lock.txt app/pyproject.toml app/requirements.txt app/requirements-build.txt app/requirements-test.txt jobs/backup/pyproject.toml jobs/sbom/pyproject.toml
 	python3 -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	# Constrained by the bundle's lock: the tests run what users install, not what PyPI published today.
-	$(BIN)/pip install --quiet -c requirements-lock.txt -e '.[dev]'
+	$(BIN)/pip install --quiet -c requirements-dev-lock.txt --upgrade pip
+	# Under the locks: the tests run what users install, not what PyPI published today.
+	$(BIN)/pip install --quiet -c requirements-lock.txt -c requirements-dev-lock.txt -e '.[dev]'
 	# The app's own lock, for its unit tests (--no-deps: see the file's header).
 	$(BIN)/pip install --quiet --no-deps -r app/requirements-test.txt
 	$(BIN)/pip install --quiet --no-deps -e app/

@@ -12,7 +12,9 @@ its expiry fails the run (renew it with a new reason or fix the pin); an entry t
 matched nothing is named, so it can be removed.
 
 ``lock``: writes the bundle's own lock (:data:`BUNDLE_LOCK`): the exact versions of
-govstack-deploy's runtime dependencies, and theirs, as installed in this environment.
+govstack-deploy's runtime dependencies, and theirs, as installed in this environment; and
+the test tiers' lock (:data:`DEV_LOCK`): the same for the ``dev`` extra, so that a release
+on PyPI (a linter's new rule, a library's new major) cannot change what CI runs.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ALLOW_LIST = REPO_ROOT / ".github" / "pip-audit-allow.toml"
 BUNDLE_LOCK = REPO_ROOT / "requirements-lock.txt"
+DEV_LOCK = REPO_ROOT / "requirements-dev-lock.txt"
 # What the workflow audits: the app's lock and the bundle's own.
 LOCKS = (REPO_ROOT / "app" / "requirements.txt", BUNDLE_LOCK)
 NOT_AUDITED = "not-audited"
@@ -184,15 +187,15 @@ LOCK_HEADER = """\
 """
 
 
-def runtime_closure(distribution: str = "govstack-deploy") -> dict[str, str]:
-    """name -> installed version of every runtime dependency of ``distribution``, transitively
-    (extras are followed only where a requirement names them)."""
+def runtime_closure(distribution: str = "govstack-deploy", extras: frozenset[str] = frozenset()) -> dict[str, str]:
+    """name -> installed version of every runtime dependency of ``distribution`` (with its
+    ``extras``), transitively (extras are followed only where a requirement names them)."""
     from importlib import metadata
 
     from packaging.requirements import Requirement
 
     pins: dict[str, str] = {}
-    queue: list[tuple[str, frozenset[str]]] = [(distribution, frozenset())]
+    queue: list[tuple[str, frozenset[str]]] = [(distribution, extras)]
     seen: set[tuple[str, frozenset[str]]] = set()
     while queue:
         name, extras = queue.pop()
@@ -212,8 +215,21 @@ def runtime_closure(distribution: str = "govstack-deploy") -> dict[str, str]:
     return dict(sorted(pins.items()))
 
 
-def write_lock(path: Path = BUNDLE_LOCK) -> None:
+DEV_LOCK_HEADER = """\
+# The test tiers' environment: every package of govstack-deploy[dev], transitively, exactly
+# pinned, as the tests ran them (runtime ones agree with requirements-lock.txt). `make venv`
+# installs under both locks, so a release on PyPI cannot change what CI runs.
+# Regenerate (in a venv made by `make venv`, after changing a pin): python -m govstack.supply_chain lock
+"""
+
+
+def dev_closure() -> dict[str, str]:
+    return runtime_closure(extras=frozenset({"dev"}))
+
+
+def write_lock(path: Path = BUNDLE_LOCK, dev_path: Path = DEV_LOCK) -> None:
     path.write_text(LOCK_HEADER + "".join(f"{name}=={version}\n" for name, version in runtime_closure().items()))
+    dev_path.write_text(DEV_LOCK_HEADER + "".join(f"{name}=={version}\n" for name, version in dev_closure().items()))
 
 
 def read_lock(path: Path) -> dict[str, str]:
@@ -237,12 +253,12 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("locks", nargs="*", type=Path, default=list(LOCKS))
     run.add_argument("--allow-list", type=Path, default=ALLOW_LIST)
     run.add_argument("--vulnerability-service", default="pypi", choices=["pypi", "osv"])
-    commands.add_parser("lock", help=f"write {BUNDLE_LOCK.name} from this environment")
+    commands.add_parser("lock", help=f"write {BUNDLE_LOCK.name} and {DEV_LOCK.name} from this environment")
     args = parser.parse_args(argv)
     try:
         if args.command == "lock":
             write_lock()
-            print(f"wrote {BUNDLE_LOCK}")
+            print(f"wrote {BUNDLE_LOCK} and {DEV_LOCK}")
             return 0
         verdict = audit(args.locks, args.allow_list, service=args.vulnerability_service)
     except (SupplyChainError, subprocess.TimeoutExpired) as error:

@@ -168,6 +168,21 @@ def test_the_bundles_lock_is_what_the_tested_environment_runs():
         f"{sc.BUNDLE_LOCK.name} differs from the venv's packages: regenerate it (python -m govstack.supply_chain lock)")
 
 
+def test_the_dev_lock_is_what_the_tested_environment_runs_and_agrees_with_the_bundles():
+    dev = sc.read_lock(sc.DEV_LOCK)
+    assert dev == sc.dev_closure(), (
+        f"{sc.DEV_LOCK.name} differs from the venv's packages: regenerate it (python -m govstack.supply_chain lock)")
+    runtime = sc.read_lock(sc.BUNDLE_LOCK)
+    assert {name: dev[name] for name in runtime} == runtime
+    assert list(dev) == sorted(dev)
+
+
+def test_make_venv_installs_under_both_locks():
+    recipe = (REPO / "Makefile").read_text()
+    assert f"-c {sc.BUNDLE_LOCK.name} -c {sc.DEV_LOCK.name} -e '.[dev]'" in recipe
+    assert f"-c {sc.DEV_LOCK.name} --upgrade pip" in recipe
+
+
 # -- the workflow's job, executed ----------------------------------------------------------------
 
 def workflow_job() -> dict:
