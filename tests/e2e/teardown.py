@@ -13,6 +13,7 @@ import sys
 from govstack.inventory import load_inventory
 
 SAFE_PREFIXES = ("/var/lib/govstack-", "/tmp/")
+FORWARDER_LABEL = "org.govstack.test-forwarder"
 
 
 def teardown(inventory: str) -> None:
@@ -28,6 +29,14 @@ def teardown(inventory: str) -> None:
             if project == s.project or project.startswith(f"{s.project}-"):
                 subprocess.run(["docker", "compose", "-p", project, "down", "--remove-orphans", "-t", "5"],
                                check=False, capture_output=True)
+        # The tests' own helper containers (forwarders, load clients): a killed run leaves them,
+        # still attached to the stack's networks.
+        helpers = subprocess.run(
+            ["docker", "ps", "-aq", "--filter", f"label={FORWARDER_LABEL}={s.project}"],
+            capture_output=True, text=True, check=True,
+        ).stdout.split()
+        if helpers:
+            subprocess.run(["docker", "rm", "-f", *helpers], check=False, capture_output=True)
         for network in ("data", "edge"):
             subprocess.run(["docker", "network", "rm", f"{s.project}-{network}"], check=False, capture_output=True)
         shutil.rmtree(s.stack_root, ignore_errors=True)
