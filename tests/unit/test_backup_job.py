@@ -576,6 +576,47 @@ def test_read_back_reads_what_the_run_added_and_fails_on_a_difference():
         job._read_back(restic, streams)
 
 
+def test_an_unchanged_file_is_skipped_only_when_this_repository_gave_back_that_content(tmp_path):
+    from govstack_backup import job
+    from govstack_backup.restic import Restic
+
+    ledger = b"ledger lines"
+    digest = hashlib.sha256(ledger).hexdigest()
+    restic = _DumpCounter({"v1": ledger})
+    streams = {"ledger": {"snapshot": "v1", "readback_file": "m/run/ledger", "bytes": len(ledger),
+                          "sha256": digest, "data_added": 7, "written": False}}
+    # Nothing known of this repository (another one, one made again, or a run that failed
+    # after storing it): read back, and remembered.
+    verified: dict[str, str] = {}
+    assert job._read_back(restic, streams, verified) == ["ledger"] and verified == {"m/run/ledger": digest}
+    # Now it was: skipped while the content stays the same.
+    assert job._read_back(restic, streams, verified) == [] and restic.calls == ["v1"]
+    # Another content under the same name (restored from an older run, say): read back again.
+    assert job._read_back(restic, streams, {"m/run/ledger": "0" * 64}) == ["ledger"]
+    # No place to remember (a remote repository): always read back.
+    assert job._read_back(restic, streams, None) == ["ledger"]
+
+    cfg = type("Cfg", (), {"cache_dir": str(tmp_path / "cache")})()
+    (tmp_path / "cache").mkdir()
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    local = Restic(str(repo), "/pw", str(tmp_path / "cache"), "p")
+    assert job._verified_file(cfg, local) is None  # no config yet: nothing was ever read back from it
+    (repo / "config").write_bytes(b"first")
+    first = job._verified_file(cfg, local)
+    job._write_verified(first, {"m/run/ledger": digest})
+    assert job._load_verified(first) == {"m/run/ledger": digest}
+    (repo / "config").write_bytes(b"made again")
+    assert job._verified_file(cfg, local) != first
+    assert job._load_verified(job._verified_file(cfg, local)) == {}
+    assert job._verified_file(cfg, Restic("s3:http://h:1/b/p", "/pw", "/c", "p")) is None
+    # A damaged file is worth nothing, not an error.
+    Path(first).write_text('{"m/run/ledger": 5')
+    assert job._load_verified(first) == {}
+    Path(first).write_text('["m/run/ledger"]')
+    assert job._load_verified(first) == {}
+
+
 def test_an_existing_local_repository_opens_without_a_restic_process(tmp_path, monkeypatch):
     from govstack_backup.restic import Restic
 

@@ -244,10 +244,14 @@ def _run(cfg: Config, repository: str | None, check_subset: str | None, started:
     read_back: list[str] = []
     if cfg.readback:
         with _step("read back"):
-            read_back = _read_back(restic, streams)
+            verified_file = _verified_file(cfg, restic)
+            verified = _load_verified(verified_file)
+            read_back = _read_back(restic, streams, verified)
+            if verified_file is not None:
+                _write_verified(verified_file, verified)
             skipped = [name for name in streams if name not in read_back]
             if skipped:
-                log(f"read back: {', '.join(skipped)} added nothing to the repository (stored before)")
+                log(f"read back: {', '.join(skipped)} unchanged (stored and read back before)")
 
     total = sum(stream["bytes"] for stream in streams.values())
     manifest.update({
@@ -469,27 +473,72 @@ def backup_vectors_dir(cfg: Config, restic: Restic, chroma: vectors.Chroma, wate
     return out
 
 
-def _read_back(restic: Restic, streams: dict[str, dict[str, Any]]) -> list[str]:
+def _read_back(restic: Restic, streams: dict[str, dict[str, Any]],
+               verified: dict[str, str] | None = None) -> list[str]:
     """Read back what this run added; returns the streams read. Skipped: a snapshot to which
     restic added no data at all (``data_added`` 0: its root tree and every blob were already
-    in the repository, e.g. an unchanged mirror), and a file this run did not write: its
-    content was read back by the run that stored it, the check covers it since, and each
-    ``restic dump`` costs a key derivation (scrypt) first."""
+    in the repository, e.g. an unchanged mirror), and a file this run did not write whose
+    content was read back from this same repository before (``verified``: file -> sha256 of
+    what was last read back from it, updated here; see ``_verified_file``): the check covers it
+    since, and each ``restic dump`` costs a key derivation (scrypt) first. A file left
+    unchanged is still read back when this repository never gave back that content: another
+    repository (``--repository``), one made again, or a run that stored it and then failed."""
     read = []
     for name, stream in streams.items():
+        filename = stream.get("readback_file", FILES[name])
+        if stream.get("data_added") == 0:
+            continue
         # "written": False: a file of a path snapshot this run left untouched, so restic took
         # its content from the parent snapshot without reading it.
-        if stream.get("data_added") == 0 or stream.get("written") is False:
+        if stream.get("written") is False and verified is not None and verified.get(filename) == stream["sha256"]:
             continue
         read.append(name)
-        filename = stream.get("readback_file", FILES[name])
         sha, size = restic.read_sha256(stream["snapshot"], filename)
         want = stream.get("state_bytes", stream["bytes"])
         if (sha, size) != (stream["sha256"], want):
             raise BackupFailed("read back", f"{filename} in snapshot {stream['snapshot']} reads back as "
                                             f"{size} bytes sha256 {sha}, written {want} bytes "
                                             f"sha256 {stream['sha256']}")
+        if verified is not None:
+            verified[filename] = sha
     return read
+
+
+def _verified_file(cfg: Config, restic: Restic) -> str | None:
+    """Where the sha256 of each file last read back from ``restic``'s repository is kept: the
+    cache volume, one file per repository, keyed by its path and its config file (a repository
+    made again at the same path has a new config, so nothing counts as read back from it).
+    None: a remote repository or no config yet (every file is read back)."""
+    if not restic.is_local():
+        return None
+    try:
+        with open(os.path.join(restic.repository, "config"), "rb") as fh:
+            config = fh.read()
+    except OSError:
+        return None
+    digest = hashlib.sha256(restic.repository.encode() + b"\0" + config).hexdigest()[:16]
+    return os.path.join(cfg.cache_dir, f"govstack-readback-{digest}.json")
+
+
+def _load_verified(path: str | None) -> dict[str, str] | None:
+    """None (read back every file) without a place to keep it; {} when it is missing or unreadable."""
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+        return {}
+    return data
+
+
+def _write_verified(path: str, verified: dict[str, str] | None) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(verified or {}, fh, sort_keys=True)
+    os.replace(tmp, path)
 
 
 # A pre-deploy copy waits this long for a scheduled run in progress in this
