@@ -6,6 +6,7 @@ works the same against any inventory.
 
 from __future__ import annotations
 
+import importlib
 import os
 import queue
 import re
@@ -55,11 +56,14 @@ def _gated_hosts(inventory: str, deploy_file: str = "site.py"):
         return _hosts(inventory), None
     gated = GatedDeploy(inventory, deploy_file)
     try:
+        # While pyinfra starts (it takes longer): what this process needs once
+        # the hosts are reported, the settings model and the ledger's host access.
+        importlib.import_module("govstack.ledger")
+        from govstack.inventory import InventoryError, hosts_from_dump
+        from govstack.settings import SettingsError
+
         entries = gated.hosts()
         if entries is not None:
-            from govstack.inventory import InventoryError, hosts_from_dump
-            from govstack.settings import SettingsError
-
             try:
                 return hosts_from_dump(inventory, entries), gated
             except (InventoryError, SettingsError) as error:
