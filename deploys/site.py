@@ -7,7 +7,7 @@ host's resources, and runs one small deploy per concern.
 from pyinfra import host, inventory, logger
 
 from deploys import app, engine, images, stack
-from govstack import faults, secret_store
+from govstack import faults, gate, secret_store
 from govstack.backup import deploy as backup
 from govstack.catalog import require_wheel_locks
 from govstack.facts import DockerAppArmor, HostResourcesFact
@@ -20,6 +20,9 @@ from govstack.settings import SettingsError, settings_for_host
 from govstack.shipping import images_shipped
 
 faults.die_with_controller()
+# `govstack up` started this deploy before taking the stack lock: nothing
+# below runs until the CLI holds it (govstack/gate.py).
+gate.wait_at_gate(inventory)
 try:
     settings = settings_for_host(host)
     require_wheel_locks(settings)

@@ -6,27 +6,25 @@ works the same against any inventory.
 
 from __future__ import annotations
 
+import importlib
 import os
+import queue
 import re
+import select
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
-from govstack.admin_key import register as register_admin_key
-from govstack.backup.cli import backup, drill, restore
-from govstack.compliance.cli import register as register_compliance
-from govstack.compliance.cli import report_group
+# Only what every command needs is imported here: `govstack up` starts its
+# deploy before it imports the settings model, and never imports the feature
+# packages (their commands join the group when asked for: _MainGroup).
 from govstack.faults import CONTROLLER_PID_ENV
-from govstack.inventory import InventoryError, load_inventory
 from govstack.lock import command_lock, lock_wait_option
-from govstack.monitoring.cli import register as register_monitoring
-from govstack.reconcile.cli import register as register_reconcile
-from govstack.runbook import register as register_runbook
-from govstack.secrets import SECRET_SPECS, secret_path
-from govstack.settings import SettingsError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_INVENTORY = "inventories/local.py"
@@ -39,10 +37,42 @@ def _fail(message: str, code: int = 1) -> None:
 
 
 def _hosts(inventory: str):
+    from govstack.inventory import InventoryError, load_inventory
+    from govstack.settings import SettingsError
+
     try:
         return load_inventory(inventory)
     except (InventoryError, SettingsError) as error:
         _fail(str(error), 2)
+
+
+def _gated_hosts(inventory: str, deploy_file: str = "site.py"):
+    """(hosts, deploy held at its gate) for a command that runs ``deploy_file``
+    under the lock: the deploy starts now and reports the hosts (GatedDeploy).
+    When it cannot (it ended first), the hosts come from the inventory child as
+    for every other command, whose errors are the ones to show, and the deploy
+    is None: run_pyinfra then starts it afresh under the lock."""
+    if not Path(inventory).is_file():
+        return _hosts(inventory), None
+    gated = GatedDeploy(inventory, deploy_file)
+    try:
+        # While pyinfra starts (it takes longer): what this process needs once
+        # the hosts are reported, the settings model and the ledger's host access.
+        importlib.import_module("govstack.ledger")
+        from govstack.inventory import InventoryError, hosts_from_dump
+        from govstack.settings import SettingsError
+
+        entries = gated.hosts()
+        if entries is not None:
+            try:
+                return hosts_from_dump(inventory, entries), gated
+            except (InventoryError, SettingsError) as error:
+                _fail(str(error), 2)
+    except BaseException:
+        gated.close()
+        raise
+    gated.close()
+    return _hosts(inventory), None
 
 
 inventory_option = click.option(
@@ -54,44 +84,179 @@ inventory_option = click.option(
 )
 
 
-@click.group()
+class _MainGroup(click.Group):
+    """The main group, whose feature packages' commands (backup, compliance,
+    runbooks, …) are imported the first time its command table is read (help,
+    completion, a command not defined here, a test walking it): a command
+    defined in this module runs without importing them."""
+
+    _pending: Callable[[click.Group], None] | None = None
+
+    @property
+    def commands(self) -> dict[str, click.Command]:  # type: ignore[override]
+        if self._pending is not None:
+            register, self._pending = self._pending, None
+            register(self)
+        return self._commands
+
+    @commands.setter
+    def commands(self, value: dict[str, click.Command]) -> None:
+        self._commands = value
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return self._commands.get(cmd_name) or super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_MainGroup)
 def main() -> None:
     """Deploy and operate the govstack document platform."""
 
 
-def run_pyinfra(
-    inventory: str, *extra: str, deploy_file: str = "site.py", env: dict[str, str] | None = None
-) -> tuple[int, str | None]:
-    """Run a deploy file, streaming pyinfra's output; return its exit code
-    and the most specific cause it printed (our operations print theirs as
-    ``govstack: …``). Any host failing stops every host (--fail-percent 0):
-    a multi-host release must not switch some hosts and not others."""
+def _pyinfra(inventory: str, *extra: str, deploy_file: str, env: dict[str, str] | None = None,
+             pass_fds: tuple[int, ...] = ()) -> subprocess.Popen:
+    """pyinfra running a deploy file, its output (stdout and stderr) on one pipe.
+    Any host failing stops every host (--fail-percent 0): a multi-host release
+    must not switch some hosts and not others."""
     # --dry needs pyinfra's change detection, which -y (no prompt) skips.
     yes = [] if "--dry" in extra else ["-y"]
     cmd = [
         sys.executable, "-m", "pyinfra", *yes, "--fail-percent", "0",
         inventory, str(REPO_ROOT / "deploys" / deploy_file), *extra,
     ]
-    cause = None
     # The deploy dies with this process (govstack/faults.py): once the stack
     # lock is gone, nothing of this command may still act on a host.
     controller = {CONTROLLER_PID_ENV: str(os.getpid())}
-    with subprocess.Popen(
+    return subprocess.Popen(
         cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-        env={**os.environ, **(env or {}), **controller},
-    ) as proc:
+        env={**os.environ, **(env or {}), **controller}, pass_fds=pass_fds,
+    )
+
+
+def _stream(lines) -> str | None:
+    """Echo pyinfra's output; return the most specific cause it printed (our
+    operations print theirs as ``govstack: …``)."""
+    cause = None
+    for line in lines:
+        sys.stdout.write(line)
+        text = line.strip()
+        host_cause = re.match(r"^\[(?P<host>[^\]]+)\] govstack: (?P<cause>.*)$", text)
+        if host_cause:
+            cause = f"{host_cause['host']}: {host_cause['cause']}"
+        elif text.startswith("govstack: "):
+            cause = text.removeprefix("govstack: ")
+        elif cause is None and re.search(r"(Could not connect|Connection refused|No hosts remaining)", text):
+            cause = text.lstrip("-> ")
+    return cause
+
+
+def run_pyinfra(
+    inventory: str, *extra: str, deploy_file: str = "site.py", env: dict[str, str] | None = None,
+    gated: GatedDeploy | None = None,
+) -> tuple[int, str | None]:
+    """Run a deploy file, streaming pyinfra's output; return its exit code and
+    the most specific cause it printed. With ``gated`` (a deploy of that file
+    already started and waiting at its gate), open the gate instead of starting one."""
+    if gated is not None:
+        return gated.proceed()
+    with _pyinfra(inventory, *extra, deploy_file=deploy_file, env=env) as proc:
         assert proc.stdout is not None
-        for line in proc.stdout:
-            sys.stdout.write(line)
-            text = line.strip()
-            host_cause = re.match(r"^\[(?P<host>[^\]]+)\] govstack: (?P<cause>.*)$", text)
-            if host_cause:
-                cause = f"{host_cause['host']}: {host_cause['cause']}"
-            elif text.startswith("govstack: "):
-                cause = text.removeprefix("govstack: ")
-            elif cause is None and re.search(r"(Could not connect|Connection refused|No hosts remaining)", text):
-                cause = text.lstrip("-> ")
+        cause = _stream(proc.stdout)
     return proc.returncode, cause
+
+
+class GatedDeploy:
+    """pyinfra started before the stack lock is taken, held at its gate
+    (govstack/gate.py) until ``proceed``: its start-up (imports, inventory,
+    connections) overlaps the CLI's, and the hosts it reports spare the
+    inventory child process. Its output is kept until the gate opens, and
+    dropped with it when the gate stays shut (``close``).
+
+    ``hosts()`` is None when the deploy ended, or did not report, before its
+    gate (a broken inventory, an unreachable host, …): the caller then closes
+    it and takes the ordinary path, whose errors say what is wrong."""
+
+    REPORT_TIMEOUT_S = 120
+
+    def __init__(self, inventory: str, deploy_file: str = "site.py") -> None:
+        from govstack.gate import GATE_ENV
+
+        self.inventory = inventory
+        hosts_r, hosts_w = os.pipe()
+        go_r, go_w = os.pipe()
+        try:
+            self.proc = _pyinfra(inventory, deploy_file=deploy_file, env={GATE_ENV: f"{hosts_w},{go_r}"},
+                                 pass_fds=(hosts_w, go_r))
+        except BaseException:
+            for fd in (hosts_r, hosts_w, go_r, go_w):
+                os.close(fd)
+            raise
+        os.close(hosts_w)
+        os.close(go_r)
+        self._hosts_r, self._go_w = hosts_r, go_w
+        self._lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self._state = "waiting"
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def hosts(self) -> list[dict] | None:
+        """The hosts the deploy reported (govstack.inventory.dump_hosts), or None."""
+        import json
+
+        chunks = []
+        deadline = time.monotonic() + self.REPORT_TIMEOUT_S
+        with os.fdopen(self._hosts_r, "rb") as report:
+            while (left := deadline - time.monotonic()) > 0:
+                if not select.select([report], [], [], left)[0]:
+                    continue
+                chunk = report.read1(1 << 16)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            else:
+                return None
+        try:
+            entries = json.loads(b"".join(chunks))
+        except ValueError:
+            return None
+        return entries if isinstance(entries, list) else None
+
+    def proceed(self) -> tuple[int, str | None]:
+        """Open the gate; stream the deploy to its end (as run_pyinfra)."""
+        from govstack.gate import GO
+
+        assert self._state == "waiting", self._state
+        self._state = "open"
+        try:
+            os.write(self._go_w, f"{GO}\n".encode())
+        except BrokenPipeError:
+            pass  # it already ended: its output says why
+        finally:
+            os.close(self._go_w)
+        cause = _stream(iter(self._lines.get, None))
+        self.proc.wait()
+        self._reader.join(timeout=10)
+        return self.proc.returncode, cause
+
+    def close(self) -> None:
+        """Keep the gate shut: the deploy ends having done nothing, its output dropped."""
+        if self._state != "waiting":
+            return
+        self._state = "shut"
+        os.close(self._go_w)  # the deploy reads end of input at its gate and exits
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()  # not yet at its gate (still connecting, say)
+            self.proc.wait()
+        self._reader.join(timeout=10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
 
 
 def _report_interrupted(hosts, found_by: str) -> None:
@@ -103,14 +268,15 @@ def _report_interrupted(hosts, found_by: str) -> None:
 
 
 def _recorded_run(hosts, inventory: str, action: str, version: str | None, deploy_file: str,
-                  env: dict[str, str] | None = None) -> tuple[int, str | None, float]:
+                  env: dict[str, str] | None = None,
+                  gated: GatedDeploy | None = None) -> tuple[int, str | None, float]:
     """run_pyinfra between an attempt record and a ledger line on every host."""
     from govstack.ledger import append_outcome, begin_attempt, end_attempt, take_rollback_path, take_safety_copy
 
     for entry in hosts:
         begin_attempt(entry, action, version)
     started = time.monotonic()
-    code, cause = run_pyinfra(inventory, deploy_file=deploy_file, env=env)
+    code, cause = run_pyinfra(inventory, deploy_file=deploy_file, env=env, gated=gated)
     duration = round(time.monotonic() - started, 1)
     paths = set()
     for entry in hosts:
@@ -210,14 +376,19 @@ def history(inventory: str, as_json: bool) -> None:
 @lock_wait_option
 def up(inventory: str, dry: bool, diff: bool, lock_wait: float) -> None:
     """Deploy the whole stack to every host of the inventory."""
-    hosts = _hosts(inventory)
     if dry:
+        hosts = _hosts(inventory)
         # Changes nothing, so it takes no lock (it may show what a running command is changing).
         code, cause = run_pyinfra(inventory, *[flag for flag, on in (("--dry", dry), ("--diff", diff)) if on])
     else:
-        with command_lock(hosts, "up", lock_wait):
-            _report_interrupted(hosts, "up")
-            code, cause, _ = _recorded_run(hosts, inventory, "up", None, "site.py")
+        hosts, gated = _gated_hosts(inventory)
+        try:
+            with command_lock(hosts, "up", lock_wait):
+                _report_interrupted(hosts, "up")
+                code, cause, _ = _recorded_run(hosts, inventory, "up", None, "site.py", gated=gated)
+        finally:
+            if gated is not None:
+                gated.close()
     if code != 0:
         _fail(f"deploy failed: {cause or f'pyinfra exited {code}, see its output above'}", code)
     if dry:
@@ -254,6 +425,8 @@ def secret(ctx: click.Context, list_names: bool) -> None:
     """List secret names, print one an operator explicitly asks for (NAME --reason WHY, recorded in the
     ledger), or rotate one (rotate NAME)."""
     if ctx.invoked_subcommand is None:
+        from govstack.secrets import SECRET_SPECS
+
         for spec in sorted(SECRET_SPECS.values(), key=lambda spec: spec.name):
             how = f"rotate: {spec.rotation}" if spec.rotation else ""
             click.echo(f"{spec.name:26} {spec.description}" + (f"  [{how}]" if how else ""))
@@ -266,6 +439,8 @@ def secret(ctx: click.Context, list_names: bool) -> None:
               help="why you need it (an incident, a ticket): recorded in the host's ledger with who and from where")
 @click.argument("name")
 def show_secret(inventory: str, host_name: str | None, reason: str, name: str) -> None:
+    from govstack.secrets import SECRET_SPECS, secret_path
+
     if not reason.strip():
         _fail("--reason must say why the secret is needed", 2)
     if name not in SECRET_SPECS:
@@ -358,15 +533,27 @@ def cost(inventory: str, window_s: float, as_json: bool) -> None:
         click.echo(f"  total {total:.4f} {prices.currency}/hour, {total * 24 * 30:.2f} per 30 days")
 
 
-# The feature packages' commands join the main group.
-register_compliance(main)
-register_admin_key(main)
-register_reconcile(main, report_group)
-register_runbook(main)
-register_monitoring(main)
-main.add_command(backup)
-main.add_command(restore)
-main.add_command(drill)
+def _register_features(group: click.Group) -> None:
+    """The feature packages' commands join the main group."""
+    from govstack.admin_key import register as register_admin_key
+    from govstack.backup.cli import backup, drill, restore
+    from govstack.compliance.cli import register as register_compliance
+    from govstack.compliance.cli import report_group
+    from govstack.monitoring.cli import register as register_monitoring
+    from govstack.reconcile.cli import register as register_reconcile
+    from govstack.runbook import register as register_runbook
+
+    register_compliance(group)
+    register_admin_key(group)
+    register_reconcile(group, report_group)
+    register_runbook(group)
+    register_monitoring(group)
+    group.add_command(backup)
+    group.add_command(restore)
+    group.add_command(drill)
+
+
+main._pending = _register_features
 
 if __name__ == "__main__":
     main()

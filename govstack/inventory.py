@@ -5,6 +5,10 @@ pyinfra's inventory loader lives in pyinfra_cli, whose import monkey-patches
 the whole process with gevent (ssl included). So the file is read in a
 child process (``python -m govstack.inventory FILE``) that prints JSON, and
 the settings are built here from the data layers it reports.
+
+`govstack up` does without that child: pyinfra, which loads the inventory
+for the deploy anyway, reports the same dump from its gate (govstack/gate.py)
+and waits there until the CLI holds the stack lock.
 """
 
 from __future__ import annotations
@@ -45,8 +49,13 @@ def load_inventory(path: str) -> list[InventoryHost]:
     if result.returncode != 0:
         last = (result.stderr.strip().splitlines() or ["no output"])[-1]
         raise InventoryError(f"inventory {path} cannot be loaded: {last}")
+    return hosts_from_dump(path, json.loads(result.stdout))
+
+
+def hosts_from_dump(path: str, entries: list[dict[str, Any]]) -> list[InventoryHost]:
+    """Each host's settings, built from the data layers a dump (dump_hosts) reports."""
     hosts = []
-    for entry in json.loads(result.stdout):
+    for entry in entries:
         settings = build_settings(entry["layers"], source=entry["name"])
         hosts.append(InventoryHost(entry["name"], settings, tuple(entry["groups"]), entry["data"]))
     if not hosts:
@@ -55,9 +64,8 @@ def load_inventory(path: str) -> list[InventoryHost]:
 
 
 def _dump(path: str) -> list[dict[str, Any]]:
-    """Hosts of an inventory with their data layers (lowest priority first)."""
+    """Hosts of an inventory file with their data layers (lowest priority first)."""
     from pyinfra.api import Config, Inventory, State
-    from pyinfra.api.host import extract_callable_datas
     from pyinfra.context import ctx_state
     from pyinfra_cli.inventory import make_inventory_from_files
 
@@ -65,6 +73,14 @@ def _dump(path: str) -> list[dict[str, Any]]:
     # under the pyinfra CLI; an empty state is enough to read data.
     with ctx_state.use(State(Inventory(([], {})), Config())):
         inventory = make_inventory_from_files(path)
+    return dump_hosts(inventory)
+
+
+def dump_hosts(inventory) -> list[dict[str, Any]]:
+    """A loaded pyinfra inventory's hosts as JSON-able data: this module's child
+    process reports it, and so does a deploy held at its gate (govstack/gate.py)."""
+    from pyinfra.api.host import extract_callable_datas
+
     out = []
     for host in inventory.hosts.values():
         datas = [data for data in extract_callable_datas(host.data.datas) if isinstance(data, dict)]
