@@ -1,4 +1,5 @@
-"""Remove what the test tier deployed: `python -m tests.e2e.teardown INVENTORY`.
+"""Remove what the test tier deployed: `python -m tests.e2e.teardown INVENTORY`
+(containers, the tests' helper containers, networks, named volumes, the stack root).
 
 Only for test inventories: refuses a stack root outside /var/lib/govstack-*
 or /tmp, so it can never delete a production stack's data.
@@ -27,7 +28,7 @@ def teardown(inventory: str) -> None:
         ).stdout.split()
         for project in sorted(set(projects)):
             if project == s.project or project.startswith(f"{s.project}-"):
-                subprocess.run(["docker", "compose", "-p", project, "down", "--remove-orphans", "-t", "5"],
+                subprocess.run(["docker", "compose", "-p", project, "down", "--volumes", "--remove-orphans", "-t", "5"],
                                check=False, capture_output=True)
         # The tests' own helper containers (forwarders, load clients): a killed run leaves them,
         # still attached to the stack's networks.
