@@ -61,11 +61,14 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
 
 def bench_chunks(docs: int = 4) -> list[str]:
     from govstack_app.chunking import chunk_document
-    from govstack_app.extract import TEXT_PLAIN, extract
+    from govstack_app.extract import TEXT_PLAIN, ExtractionLimits, extract
+    from govstack_app.settings import Settings
 
+    # The app's default caps (its settings' defaults, without the environment a container has).
+    limits = ExtractionLimits.from_settings(Settings.model_construct())
     chunks = []
     for i in range(docs):
-        blocks = extract(document(i), TEXT_PLAIN, 10**8)
+        blocks = extract(document(i), TEXT_PLAIN, limits)
         chunks += [c.text for c in chunk_document(blocks, TEXT_PLAIN)]
     return chunks
 
@@ -147,9 +150,13 @@ def wait_all_indexed(stack, ids: list[int], timeout: float) -> None:
 
 
 def peak_rss_mb(container: str) -> float:
-    status = subprocess.run(["docker", "exec", container, "cat", "/proc/1/status"], capture_output=True,
-                            text=True, check=True).stdout
-    return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024
+    """The largest peak RSS of the container's processes (PID 1 is the init shim, not the worker)."""
+    status = subprocess.run(["docker", "exec", container, "sh", "-c", "cat /proc/[0-9]*/status 2>/dev/null"],
+                            capture_output=True, text=True, check=False).stdout
+    peaks = [int(kb) for kb in re.findall(r"VmHWM:\s+(\d+) kB", status)]
+    if not peaks:
+        raise RuntimeError(f"no process status readable in {container}")
+    return max(peaks) / 1024
 
 
 def ingest_with(stack, api, backend: str, docs: int) -> dict:

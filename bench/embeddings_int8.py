@@ -78,7 +78,7 @@ def main() -> None:
     golden_texts = [it["text"] for it in golden["items"]]
     golden_vectors = np.array([it["vector"] for it in golden["items"]], dtype=np.float32)
     corpus = bench_chunks()
-    queries = [f"{WORDS[i]} {WORDS[(i * 5 + 3) % len(WORDS)]} fee" for i in range(24)]
+    queries = [f"{WORDS[i % len(WORDS)]} {WORDS[(i * 5 + 3) % len(WORDS)]} fee" for i in range(24)]
 
     with tempfile.TemporaryDirectory(prefix="minilm-int8-") as tmp:
         work = Path(tmp)
