@@ -88,10 +88,12 @@ def _echo_json(data) -> None:
 @click.option("--from", "source", type=click.Choice(["local", "offsite"]), default="local", show_default=True,
               help="repository to list (with --list)")
 @click.option("--check-subset", default=None, help="restic check --read-data-subset for this run, e.g. 100%")
+@click.option("--if-changed", is_flag=True,
+              help="store nothing when nothing changed since the last complete run (as the schedule's runs do)")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
 @lock_wait_option
 def backup(inventory: str, host_name: str | None, list_runs: bool, source: str, check_subset: str | None,
-           as_json: bool, lock_wait: float) -> None:
+           if_changed: bool, as_json: bool, lock_wait: float) -> None:
     """Run a backup now (the service's schedule runs them too), or list the runs."""
     hosts = inventory_hosts(inventory)
     stack = stack_for(inventory, host_name, hosts)
@@ -107,11 +109,15 @@ def backup(inventory: str, host_name: str | None, list_runs: bool, source: str, 
                            f"{(run['snapshots'].get('manifest') or '-')[:8]}")
             return
         with command_lock(hosts, "backup", lock_wait):
-            summary = backup_now(stack, check_subset)
+            summary = backup_now(stack, check_subset, if_changed=if_changed)
     except BackupError as error:
         _fail(str(error))
     if as_json:
         _echo_json(summary)
+    elif summary.get("unchanged"):
+        click.echo(f"nothing changed since backup run {summary['run']}: nothing stored, that run is current "
+                   f"({summary['duration_s']:.1f}s" + ("; repository checked" if summary.get("checked") else "")
+                   + (f"; copied to {summary['offsite']}" if summary.get("offsite") else "") + ")")
     else:
         click.echo(f"backup run {summary['run']}: {summary['bytes']} bytes in {summary['duration_s']:.1f}s, "
                    f"verified; manifest snapshot {summary['manifest_snapshot'][:8]}"

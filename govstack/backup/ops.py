@@ -67,10 +67,12 @@ class Writers:
             stack.wait_healthy(ids)
 
 
-def backup_now(stack: BackupHost, check_subset: str | None = None) -> dict[str, Any]:
-    """One backup run in the running backup service; its summary."""
+def backup_now(stack: BackupHost, check_subset: str | None = None, *, if_changed: bool = False) -> dict[str, Any]:
+    """One backup run in the running backup service; its summary (``unchanged``: nothing changed
+    since the last complete run, which it names, and nothing was stored: ``if_changed``)."""
     stack.require_service("backup")
-    args = ["run", "--json"] + (["--check-subset", check_subset] if check_subset else [])
+    args = ["run", "--json"] + (["--check-subset", check_subset] if check_subset else []) \
+        + (["--if-changed"] if if_changed else [])
     result = stack.sh(stack.job(*args))
     summary = last_json(result.stdout)
     if not result.ok or not summary or not summary.get("ok"):

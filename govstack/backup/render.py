@@ -65,6 +65,7 @@ def job_config(plan: StackPlan) -> dict[str, Any]:
         "check_read_data_subset": b.check_read_data_subset,
         "readback": b.readback,
         "prune_schedule": b.prune_schedule,
+        "check_schedule": b.check_schedule,
         "metrics_file": c.metrics_file,
         "schedule_file": c.crontab,
         "object_refs": b.object_refs,
@@ -92,7 +93,8 @@ def render_job_config(plan: StackPlan) -> str:
 
 
 def render_crontab(plan: StackPlan) -> str:
-    return render("backup/crontab.j2", plan, schedule=backup_settings(plan.settings).schedule)
+    b = backup_settings(plan.settings)
+    return render("backup/crontab.j2", plan, schedule=b.schedule, skip_unchanged=b.skip_unchanged)
 
 
 def render_pgbackrest_conf(plan: StackPlan) -> str:

@@ -114,6 +114,18 @@ class BackupSettings(Section):
         description="cron (UTC): the first backup run after this fires also prunes (frees the space of "
                     "forgotten runs); null = every run that forgot something prunes",
     )
+    # A scheduled run that finds the database, the objects, the vectors and the ledger exactly as
+    # the last complete run stored them stores nothing (jobs/backup/govstack_backup/unchanged.py):
+    # its cost is a listing, not a run. `govstack backup` (an operator's) always stores a run.
+    skip_unchanged: bool = Field(
+        True, description="scheduled runs store nothing when nothing changed since the last complete run")
+    # restic check after every run that stored something; a run that stored nothing checks when
+    # this fired since the last check (the repository can rot while the data stands still).
+    check_schedule: str | None = Field(
+        "0 0 * * *",
+        description="cron (UTC): the first run storing nothing after this fires still runs restic check; "
+                    "null = every such run checks",
+    )
     readback: bool = Field(
         True, description="read back what a run stored (skipping files it left unchanged) and compare its sha256")
     offsite: OffsiteSettings | None = Field(None, description="second repository on S3; null = local only")
@@ -159,9 +171,9 @@ class BackupSettings(Section):
     def _cron(cls, value: str) -> str:
         return _cron_expression(value)
 
-    @field_validator("prune_schedule")
+    @field_validator("prune_schedule", "check_schedule")
     @classmethod
-    def _prune_cron(cls, value: str | None) -> str | None:
+    def _optional_cron(cls, value: str | None) -> str | None:
         return None if value is None else _cron_expression(value)
 
     @field_validator("root")

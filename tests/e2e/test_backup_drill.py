@@ -47,7 +47,9 @@ def test_backup_service_runs_the_rendered_schedule_unprivileged(stack):
     paths = host_paths(stack.settings)
     crontab = Path(paths.crontab).read_text()
     assert crontab == render_crontab(stack.plan)
-    assert f"{stack.settings.backup.schedule} govstack-backup run" in crontab
+    b = stack.settings.backup
+    line = f"{b.schedule} govstack-backup run" + (" --if-changed" if b.skip_unchanged else "")
+    assert f"{line}\n" in crontab
     cid = stack.service_container("backup")
     info = json.loads(subprocess.run(["docker", "inspect", cid], capture_output=True, text=True, check=True).stdout)[0]
     assert info["State"]["Health"]["Status"] == "healthy"

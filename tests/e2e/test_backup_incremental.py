@@ -1,7 +1,9 @@
 # ruff: noqa: F811  (pytest fixtures are imported from backup_support and used as arguments)
 """Incremental backups: a run after a change reads from S3 only the changed object and
 from Chroma only the changed collection; an unchanged object is not read again, as the
-job's own counters, restic's and SeaweedFS' S3 request metrics all show (not timing)."""
+job's own counters, restic's and SeaweedFS' S3 request metrics all show (not timing).
+A scheduled run (``--if-changed``) that finds nothing changed stores nothing, and each kind
+of change, alone, makes it store a run."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from tests.e2e.backup_support import (  # noqa: F401 - fixtures
     cli_json,
     in_test_stack,
     job,
+    metrics,
     running_ids,
     seeded,
 )
@@ -102,3 +105,57 @@ def test_a_changed_object_is_read_and_an_unchanged_one_is_not(stack, admin, seed
                 for obj in s3.list_objects(bucket, recursive=True, include_version=True):
                     s3.remove_object(bucket, obj.object_name, version_id=obj.version_id)
                 s3.remove_bucket(bucket)
+
+
+IF_CHANGED = "incr-ifchanged-test"
+
+
+def test_a_scheduled_run_stores_nothing_unless_something_changed(stack, seeded):
+    in_test_stack(stack)
+    s3 = stack.s3("admin")
+    if not s3.bucket_exists(IF_CHANGED):
+        s3.make_bucket(IF_CHANGED)
+    put(s3, IF_CHANGED, "kept.bin", os.urandom(64 * 1024))
+    # Statistics fresh, as on a stack idle at night: autovacuum's own ANALYZE of what earlier
+    # tests wrote would commit a transaction in the middle of this test.
+    stack.psql("ANALYZE")
+    try:
+        first = cli_json(stack, "backup")  # an operator's run always stores one
+        runs = {r["run"] for r in job(stack, "runs")["runs"]}
+        gets = s3_gets(stack, IF_CHANGED)
+        since = metrics(stack)["govstack_backup_last_success_timestamp_seconds"]
+
+        same = cli_json(stack, "backup", "--if-changed")
+        assert same.get("unchanged") is True and same["run"] == first["run"], same.get("if_changed")
+        assert same["manifest_snapshot"].startswith(first["manifest_snapshot"])
+        assert {r["run"] for r in job(stack, "runs")["runs"]} == runs  # no snapshot stored
+        assert s3_gets(stack, IF_CHANGED) == gets  # no object read
+        assert same["objects"]["counters"]["fetched"] == 0 and same["objects"]["counters"]["listed"] >= 1
+        # It counts as a successful run: the backup stays fresh for the alerts.
+        assert metrics(stack)["govstack_backup_last_success_timestamp_seconds"] > since
+
+        previous = first["run"]
+        for change, why in (
+            # A committed transaction, even one that leaves the data as it was.
+            (lambda: stack.psql("CREATE TABLE ifchanged_probe (x int); DROP TABLE ifchanged_probe"),
+             "transactions committed since"),
+            # A sequence moves without a transaction id.
+            (lambda: stack.psql("SELECT nextval(pg_get_serial_sequence('public.collections', 'id'))"),
+             "a sequence moved"),
+            # An object written beside the database (no row names it).
+            (lambda: put(s3, IF_CHANGED, "new.bin", b"new object"), "objects changed"),
+        ):
+            change()
+            stored = cli_json(stack, "backup", "--if-changed")
+            assert not stored.get("unchanged") and stored["run"] != previous, stored
+            assert why in stored["if_changed"]["changed"], stored["if_changed"]
+            previous = stored["run"]
+        # The last run stored the new object (the comparison downloaded it; the run then found it).
+        assert stored["if_changed"]["objects"]["counters"]["fetched"] == 1
+        manifest = job(stack, "manifest", previous)["manifest"]
+        assert manifest["components"]["objects"]["buckets"][IF_CHANGED]["objects"]["new.bin"]["size"] == 10
+        assert cli_json(stack, "backup", "--if-changed")["run"] == previous  # and now it is current
+    finally:
+        for obj in s3.list_objects(IF_CHANGED, recursive=True, include_version=True):
+            s3.remove_object(IF_CHANGED, obj.object_name, version_id=obj.version_id)
+        s3.remove_bucket(IF_CHANGED)

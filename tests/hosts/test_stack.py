@@ -323,7 +323,9 @@ def test_backup_service_runs_the_rendered_schedule_unprivileged(target):
         pytest.skip("govstack.backup.enabled is false")
     crontab = target.host.file(host_paths(target.settings).crontab)
     assert crontab.exists and crontab.content_string == render_crontab(target.plan())
-    assert f"{target.settings.backup.schedule} govstack-backup run" in crontab.content_string
+    b = target.settings.backup
+    line = f"{b.schedule} govstack-backup run" + (" --if-changed" if b.skip_unchanged else "")
+    assert f"{line}\n" in crontab.content_string
     info = _inspect(target, target.container("backup"))
     assert info["State"]["Health"]["Status"] == "healthy"
     assert info["Config"]["User"] == f"{target.plan().uids['backup']}:{target.plan().uids['backup']}"

@@ -100,7 +100,17 @@ def test_job_config_names_secrets_by_path_only():
 def test_crontab_is_rendered_from_the_schedule():
     text = backup_render.render_crontab(plan_for(backup={"schedule": "@hourly"}))
     lines = [line for line in text.splitlines() if line and not line.startswith("#")]
-    assert lines == ["@hourly govstack-backup run"]
+    assert lines == ["@hourly govstack-backup run --if-changed"]
+    text = backup_render.render_crontab(plan_for(backup={"schedule": "@hourly", "skip_unchanged": False}))
+    assert [line for line in text.splitlines() if line and not line.startswith("#")] == ["@hourly govstack-backup run"]
+
+
+def test_the_check_schedule_reaches_the_job_and_a_bad_one_is_refused():
+    config = backup_render.job_config(plan_for(backup={"check_schedule": "0 */6 * * *"}))
+    assert config["check_schedule"] == "0 */6 * * *"
+    assert backup_render.job_config(plan_for(backup={"check_schedule": None}))["check_schedule"] is None
+    with pytest.raises(Exception, match="check_schedule"):
+        plan_for(backup={"check_schedule": "every night"})
 
 
 @pytest.mark.parametrize("lane", ["offline", "upstream"])

@@ -25,6 +25,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print the run's summary as JSON")
     run.add_argument("--repository", help="another local repository path, for this run only (no metrics)")
     run.add_argument("--check-subset", help="restic check --read-data-subset for this run (e.g. 100%%)")
+    run.add_argument("--if-changed", action="store_true",
+                     help="store nothing when nothing changed since the last complete run (the schedule's runs)")
     pre = sub.add_parser("pre-deploy", help="a release's safety copy of Postgres, before its migrations")
     pre.add_argument("--label", required=True, help="what is about to be deployed (the version)")
     sub.add_parser("healthcheck", help="exit 0 while the scheduler is alive")
@@ -153,13 +155,17 @@ def _run(cfg: Any, args: argparse.Namespace) -> int:
     from govstack_backup.job import BackupFailed, log, run_backup
 
     try:
-        summary = run_backup(cfg, repository=args.repository, check_subset=args.check_subset)
+        summary = run_backup(cfg, repository=args.repository, check_subset=args.check_subset,
+                             if_changed=args.if_changed)
     except BackupFailed as exc:
         log(f"FAILED at {exc}")
         if args.json:
             print(json.dumps({"ok": False, "step": exc.step, "error": str(exc)}, sort_keys=True))
         return 1
-    log(f"run {summary['run']} complete: {summary['bytes']} bytes in {summary['duration_s']:.1f}s")
+    if summary.get("unchanged"):
+        log(f"run {summary['run']} is current (nothing changed, nothing stored) after {summary['duration_s']:.1f}s")
+    else:
+        log(f"run {summary['run']} complete: {summary['bytes']} bytes in {summary['duration_s']:.1f}s")
     if args.json:
         print(json.dumps(summary, sort_keys=True))
     return 0

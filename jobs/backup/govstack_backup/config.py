@@ -56,6 +56,9 @@ class Config:
     ledger_file: str | None = None
     # cron (UTC): a run prunes when this fired since the last prune; None = whenever it forgot something.
     prune_schedule: str | None = None
+    # cron (UTC): a run that stored nothing (``run --if-changed``, nothing changed) runs restic check
+    # when this fired since the repository's last check; None = every such run checks.
+    check_schedule: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

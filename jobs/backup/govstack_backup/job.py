@@ -16,6 +16,10 @@
 7. Freshness metrics, success or failure alike.
 
 Any failure stops the run, exits non-zero, and prunes nothing.
+
+With ``if_changed`` (``run --if-changed``, the schedule's runs), ``_current_run`` first compares
+the data of now with the last complete run (unchanged.py); when nothing changed, the run stores
+nothing and reports that run as current.
 """
 
 from __future__ import annotations
@@ -33,9 +37,9 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from govstack_backup import __version__, metrics, mirror, objects, postgres, vectors
+from govstack_backup import __version__, metrics, mirror, objects, postgres, unchanged, vectors
 from govstack_backup.config import Config
-from govstack_backup.files import write_if_changed
+from govstack_backup.files import read_json, write_if_changed, write_json_atomic
 from govstack_backup.manifest import (
     FILES,
     FORMAT,
@@ -126,13 +130,22 @@ def _dist_version(name: str) -> str:
         return "unknown"
 
 
-def run_backup(cfg: Config, *, repository: str | None = None, check_subset: str | None = None) -> dict[str, Any]:
-    """One run; returns its summary. Raises BackupFailed (metrics recorded either way)."""
+def run_backup(cfg: Config, *, repository: str | None = None, check_subset: str | None = None,
+               if_changed: bool = False) -> dict[str, Any]:
+    """One run; returns its summary. Raises BackupFailed (metrics recorded either way).
+    ``if_changed``: store nothing when nothing changed since the last complete run (unchanged.py)."""
     started = time.time()
     summary: dict[str, Any] = {"ok": False}
     try:
         with RunLock():
-            summary = _run(cfg, repository, check_subset, started)
+            current = _current_run(cfg, check_subset, started) if if_changed and repository is None else None
+            if current is not None and current.get("ok"):
+                summary = current
+            else:
+                summary = _run(cfg, repository, check_subset, started)
+                if current is not None:
+                    # Why this run stored: what the comparison found (its downloads count here).
+                    summary["if_changed"] = current
     except BackupFailed as exc:
         summary = {"ok": False, "step": exc.step, "error": str(exc)}
         raise
@@ -189,6 +202,8 @@ def _run(cfg: Config, repository: str | None, check_subset: str | None, started:
     files: dict[str, bytes] | None = {} if cfg.mirror_dir else None
     try:
         manifest["components"]["postgres"] = backup_postgres(cfg, restic, snap, tags, streams, files)
+        # Inside the snapshot the dump read: the key `run --if-changed` compares the database with.
+        pg_key = unchanged.postgres_key(snap.conn, manifest["components"]["postgres"]["sequences"])
 
         with _step("objects"):
             bucket_names = objects.buckets(mc, cfg.s3.get("buckets"))
@@ -213,7 +228,7 @@ def _run(cfg: Config, repository: str | None, check_subset: str | None, started:
                                            "missing_objects": missing[:100], "missing_count": len(missing)}
                 if missing:
                     log(f"warning: {len(missing)} rows name objects deleted during the run, e.g. {missing[0]}")
-        watermarks = _vector_watermarks(cfg, snap)
+        watermarks = _vector_watermarks(cfg, snap.conn)
     finally:
         snap.close()
 
@@ -265,12 +280,7 @@ def _run(cfg: Config, repository: str | None, check_subset: str | None, started:
         stored = restic.backup_stream(FILES["manifest"], [*tags, "component:manifest"],
                                       lambda w: w.write(manifest_bytes))
 
-    subset = check_subset or cfg.check_read_data_subset
-    with _step(f"check --read-data-subset={subset}"):
-        checked = restic.check(subset)
-        if checked.returncode != 0:
-            raise BackupFailed("check", f"restic check found errors in {restic.repository}; nothing pruned "
-                                        f"({(checked.stdout + checked.stderr).strip().splitlines()[-1:]})")
+    _check(cfg, restic, check_subset)
 
     with _step("retention"):
         forgotten = apply_retention(restic, cfg, run_id)
@@ -289,6 +299,16 @@ def _run(cfg: Config, repository: str | None, check_subset: str | None, started:
             with _step(f"prune {offsite.repository}"):
                 prune(cfg, offsite)
                 pruned.append(offsite.label)
+
+    record = unchanged.record_path(cfg, restic) if repository is None and cfg.mirror_dir else None
+    if record is not None:
+        # Last, once everything above succeeded: what `run --if-changed` compares against.
+        unchanged.write_record(
+            record, restic, run=run_id, manifest_snapshot=stored["snapshot"],
+            snapshots={name: stream["snapshot"] for name, stream in streams.items()}, bytes_total=total, cfg=cfg,
+            postgres=pg_key, objects_sha256=streams["objects"]["sha256"], vectors_sha256=streams["vectors"]["sha256"],
+            ledger_sha256=unchanged.ledger_digest(ledger),
+            offsite=offsite.repository if offsite is not None else None)
 
     return {
         "ok": True,
@@ -309,6 +329,126 @@ def _run(cfg: Config, repository: str | None, check_subset: str | None, started:
         "offsite": offsite.repository if offsite is not None else None,
         "repository": restic.repository,
     }
+
+
+def _check(cfg: Config, restic: Restic, check_subset: str | None) -> None:
+    subset = check_subset or cfg.check_read_data_subset
+    with _step(f"check --read-data-subset={subset}"):
+        started = time.time()
+        checked = restic.check(subset)
+        if checked.returncode != 0:
+            raise BackupFailed("check", f"restic check found errors in {restic.repository}; nothing pruned "
+                                        f"({(checked.stdout + checked.stderr).strip().splitlines()[-1:]})")
+        unchanged.write_check_stamp(cfg, restic, started)
+
+
+def _current_run(cfg: Config, check_subset: str | None, started: float) -> dict[str, Any]:
+    """``run --if-changed``: the summary of a run that stored nothing, because the last complete
+    run holds exactly the data of now (unchanged.py); else ``{"ok": False, "changed": why, …}``
+    (something changed, or it cannot be shown that nothing did), and a full run follows."""
+    restic = local_repo(cfg)
+    if not cfg.mirror_dir:
+        return _changed("objects are streamed (no mirror): a change cannot be seen without reading them")
+    record = unchanged.load_record(unchanged.record_path(cfg, restic))
+    if record is None:
+        return _changed("no record of a complete run of this repository")
+    t0 = time.monotonic()
+    try:
+        why, counters = _changed_since(cfg, restic, record)
+    except Exception as exc:  # noqa: BLE001 - any doubt is a full run, which reports its own failures
+        return _changed(f"the comparison failed ({type(exc).__name__}: {str(exc)[:300]})")
+    log(f"compared with run {record['run']} in {time.monotonic() - t0:.1f}s")
+    if why is not None:
+        return _changed(f"{why} since run {record['run']}", counters)
+    log(f"nothing changed since run {record['run']}: nothing stored, that run is current")
+    checked = unchanged.check_due(cfg, restic)
+    if checked:
+        _check(cfg, restic, check_subset)
+    pruned = []
+    if prune_due(cfg, restic, []):
+        with _step("prune"):
+            prune(cfg, restic)
+            pruned.append(restic.label)
+    offsite = offsite_repo(cfg)
+    if offsite is not None:
+        # The offsite repository may have lost that run (a failed copy is retried by every run).
+        with _step(f"offsite copy to {offsite.repository}"):
+            copy_run(restic, offsite, record["run"])
+    return {
+        "ok": True,
+        "run": record["run"],
+        "unchanged": True,
+        "manifest_snapshot": record["manifest_snapshot"],
+        "snapshots": record["snapshots"],
+        "bytes": record["bytes"],
+        "duration_s": round(time.time() - started, 3),
+        "checked": checked,
+        "forgotten_snapshots": 0,
+        "pruned": pruned,
+        "read_back": [],
+        **counters,
+        "offsite": offsite.repository if offsite is not None else None,
+        "repository": restic.repository,
+    }
+
+
+def _changed(why: str, counters: dict[str, Any] | None = None) -> dict[str, Any]:
+    log(f"if-changed: {why}; a full run")
+    return {"ok": False, "changed": why, **(counters or {})}
+
+
+def _changed_since(cfg: Config, restic: Restic, record: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """Why the data of now is not the recorded run's (None: it is), and what the comparison read.
+    Cheapest first; the objects and vectors comparison is the incremental run's own update of
+    the mirror (a listing, and only what changed downloaded), which the full run then finds done."""
+    if record["job_version"] != __version__:
+        return f"the job was upgraded ({record['job_version']} -> {__version__})", {}
+    if record["config_sha256"] != unchanged.config_digest(cfg):
+        return "the backup configuration changed", {}
+    gone = unchanged.missing_snapshots(restic, unchanged.snapshot_ids(record))
+    if gone:
+        return f"{len(gone)} of its snapshots are no longer in the repository ({gone[0][:8]}…)", {}
+    if unchanged.ledger_digest(_read_ledger(cfg.ledger_file)) != record.get("ledger_sha256"):
+        return "the deploy ledger changed", {}
+    conn = postgres.connect(cfg.pg)
+    try:
+        why = unchanged.same_postgres(record["postgres"], _postgres_now(conn))
+        if why is not None:
+            return f"Postgres: {why}", {}
+        mc = objects.client(cfg.s3)
+        chroma = vectors.Chroma(cfg.chroma["url"], cfg.chroma.get("tenant", "default_tenant"))
+        m = mirror.Mirror(cfg.mirror_dir, transfers=cfg.transfers, min_free_bytes=cfg.mirror_min_free_bytes, log=log)
+        with m.locked():
+            update = m.update_locked(mc, objects.buckets(mc, cfg.s3.get("buckets")))
+            with open(m.path(mirror.STATE), "rb") as fh:
+                objects_sha = hashlib.sha256(fh.read()).hexdigest()
+            watermarks = _vector_watermarks(cfg, conn)
+            conn.rollback()
+            root = f"{cfg.mirror_dir.rstrip('/')}/{VECTORS_SUBDIR}"
+            part = vectors.export_dir(chroma, root, watermarks)
+            with open(f"{root}/{vectors.DIR_STATE}", "rb") as fh:
+                vectors_sha = hashlib.sha256(fh.read()).hexdigest()
+        counters = {"objects": {"counters": update.counters.as_dict()}, "vectors": {"counters": part["counters"]}}
+        if objects_sha != record["objects_state_sha256"]:
+            c = update.counters
+            return (f"objects changed ({c.fetched} new or changed, {c.deleted} deleted)", counters)
+        if vectors_sha != record["vectors_state_sha256"]:
+            return f"vectors changed ({part['counters']['exported']} collections exported)", counters
+        # Nothing committed while the objects and vectors were compared either.
+        why = unchanged.same_postgres(record["postgres"], _postgres_now(conn))
+        if why is not None:
+            return f"Postgres, during the comparison: {why}", counters
+        return None, counters
+    finally:
+        conn.close()
+
+
+def _postgres_now(conn: Any) -> dict[str, Any]:
+    conn.rollback()
+    try:
+        return unchanged.postgres_key(conn, postgres.sequence_values(conn))
+    finally:
+        conn.rollback()
 
 
 def _read_ledger(path: str | None) -> bytes | None:
@@ -405,17 +545,17 @@ def _without_restrict_key(sql: bytes) -> bytes:
 VECTORS_SUBDIR = "vectors"
 
 
-def _vector_watermarks(cfg: Config, snap: postgres.Snapshot) -> dict[str, Any]:
-    """database/collection -> the app's indexing watermark, read inside the run's snapshot;
-    {} (every collection exported) when there is none or it cannot be read."""
+def _vector_watermarks(cfg: Config, conn: Any) -> dict[str, Any]:
+    """database/collection -> the app's indexing watermark, read in ``conn``'s transaction (the
+    run's snapshot); {} (every collection exported) when there is none or it cannot be read."""
     wm = cfg.vector_watermark
     if not wm:
         return {}
     try:
-        rows = snap.watermarks(wm["sql"])
+        rows = postgres.watermarks(conn, wm["sql"])
     except Exception as exc:  # noqa: BLE001 - a missing watermark costs a full export, not the run
         log(f"vectors: no indexing watermark ({type(exc).__name__}: {str(exc)[:200]}); exporting every collection")
-        snap.conn.rollback()
+        conn.rollback()
         return {}
     return {vectors.key(wm["database"], name): values for name, values in rows.items()}
 
@@ -509,36 +649,22 @@ def _verified_file(cfg: Config, restic: Restic) -> str | None:
     cache volume, one file per repository, keyed by its path and its config file (a repository
     made again at the same path has a new config, so nothing counts as read back from it).
     None: a remote repository or no config yet (every file is read back)."""
-    if not restic.is_local():
-        return None
-    try:
-        with open(os.path.join(restic.repository, "config"), "rb") as fh:
-            config = fh.read()
-    except OSError:
-        return None
-    digest = hashlib.sha256(restic.repository.encode() + b"\0" + config).hexdigest()[:16]
-    return os.path.join(cfg.cache_dir, f"govstack-readback-{digest}.json")
+    key = unchanged.repository_key(restic)
+    return None if key is None else os.path.join(cfg.cache_dir, f"govstack-readback-{key}.json")
 
 
 def _load_verified(path: str | None) -> dict[str, str] | None:
     """None (read back every file) without a place to keep it; {} when it is missing or unreadable."""
     if path is None:
         return None
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except (OSError, ValueError):
-        return {}
+    data = read_json(path)
     if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
         return {}
     return data
 
 
 def _write_verified(path: str, verified: dict[str, str] | None) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(verified or {}, fh, sort_keys=True)
-    os.replace(tmp, path)
+    write_json_atomic(path, verified or {})
 
 
 # A pre-deploy copy waits this long for a scheduled run in progress in this
@@ -611,8 +737,7 @@ def apply_retention(restic: Restic, cfg: Config, newest: str) -> list[str]:
 def _prune_stamp(cfg: Config, restic: Restic) -> str:
     """Where the time of a repository's last prune is kept: the cache volume (persistent,
     the job's own), one file per repository."""
-    digest = hashlib.sha256(restic.repository.encode()).hexdigest()[:16]
-    return os.path.join(cfg.cache_dir, f"govstack-prune-{digest}.json")
+    return unchanged.stamp_path(cfg, restic, "prune")
 
 
 def prune_due(cfg: Config, restic: Restic, forgotten: list[str], now: float | None = None) -> bool:
@@ -637,10 +762,7 @@ def prune_due(cfg: Config, restic: Restic, forgotten: list[str], now: float | No
 
 
 def _write_prune_stamp(path: str, at: float) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump({"pruned_at": at, "at": datetime.fromtimestamp(at, UTC).isoformat()}, fh)
-    os.replace(tmp, path)
+    write_json_atomic(path, {"pruned_at": at, "at": datetime.fromtimestamp(at, UTC).isoformat()})
 
 
 def prune(cfg: Config, restic: Restic) -> None:

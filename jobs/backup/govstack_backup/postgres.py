@@ -108,8 +108,8 @@ class Snapshot:
                 "-h", pg["host"], "-p", str(pg["port"]), "-U", pg["user"], "-d", pg["database"]]
 
     def watermarks(self, query: str) -> dict[str, list[str]]:
-        """Rows of ``query`` (name, then any columns) in the snapshot, as name -> [columns as text]."""
-        return {str(row[0]): [str(v) for v in row[1:]] for row in self.conn.execute(query).fetchall()}
+        """``watermarks`` in the snapshot."""
+        return watermarks(self.conn, query)
 
     def references(self, spec: str) -> Iterator[str]:
         """Values of ``table.column`` (e.g. documents.object_name) in the snapshot."""
@@ -122,6 +122,11 @@ class Snapshot:
             cur.execute(query)
             for (value,) in cur:
                 yield str(value)
+
+
+def watermarks(conn: psycopg.Connection, query: str) -> dict[str, list[str]]:
+    """Rows of ``query`` (name, then any columns), as name -> [columns as text]."""
+    return {str(row[0]): [str(v) for v in row[1:]] for row in conn.execute(query).fetchall()}
 
 
 def dump_globals(pg: dict[str, Any]) -> bytes:
