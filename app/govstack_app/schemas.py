@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import Path
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 COLLECTION_RE = r"^[a-z0-9][a-z0-9_-]{0,61}[a-z0-9]$"
 CollectionPath = Annotated[str, Path(pattern=COLLECTION_RE, description="Collection name")]
@@ -112,7 +112,14 @@ class Download(BaseModel):
     size: int
 
 
+# A request body's unknown field is an error (422 naming it), not silently ignored: a client that
+# sends `top_k` or a misspelt `colection` learns so instead of getting defaults it did not ask for.
+_REQUEST = ConfigDict(extra="forbid")
+
+
 class SearchRequest(BaseModel):
+    model_config = _REQUEST
+
     query: StorableText = Field(min_length=1, max_length=2000)
     collection: str = Field(pattern=COLLECTION_RE)
     k: int = Field(5, ge=1, le=100)
@@ -137,6 +144,8 @@ class SearchResponse(BaseModel):
 
 
 class CollectionCreate(BaseModel):
+    model_config = _REQUEST
+
     name: CollectionName
 
 
@@ -144,6 +153,8 @@ _SCOPE = "The collections the key may touch (existing or not yet); null: every c
 
 
 class KeyCreate(BaseModel):
+    model_config = _REQUEST
+
     name: str = Field(min_length=1, max_length=100, pattern=KEY_NAME_RE)
     role: Role = Field(description="reader: read, download, search; writer: + upload and delete; "
                        "curator: + create collections; admin: + API keys")

@@ -156,6 +156,9 @@ def test_auth_roles(stack: Any, admin: Api, keys: dict[str, str], collection: st
     assert writer.call("POST", "/api/v1/keys", json={"name": unique("x"), "role": "admin"}).status_code == 403
     assert writer.call("GET", "/api/v1/keys").status_code == 403
     assert reader.call("GET", path).status_code == 404  # allowed; the collection does not exist yet
+    # A field the API does not know is refused, named, not silently ignored.
+    r = reader.call("POST", "/api/v1/search", json={"query": "x", "collection": collection, "top_k": 3})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "top_k"], r.text
 
     listed = admin.call("GET", "/api/v1/keys")
     assert listed.status_code == 200

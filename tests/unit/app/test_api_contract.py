@@ -222,3 +222,22 @@ def test_free_text_that_postgres_cannot_store_is_refused_by_the_schema() -> None
     # upload's created_by: Annotated[StorableText | None, Form(...)]
     created_by = typing.get_type_hints(upload, include_extras=True)["created_by"]
     assert StorableText in typing.get_args(typing.get_args(created_by)[0])
+
+
+@pytest.mark.parametrize(("path", "body", "unknown"), [
+    ("/api/v1/search", {"query": "budget", "collection": "docs", "top_k": 3}, "top_k"),
+    ("/api/v1/search", {"query": "budget", "colection": "docs", "collection": "docs"}, "colection"),
+    ("/api/v1/collections", {"name": "docs", "public": True}, "public"),
+    ("/api/v1/keys", {"name": "ci", "role": "reader", "expires": "never"}, "expires"),
+])
+def test_an_unknown_field_in_a_request_body_is_a_422_naming_it(app, path, body, unknown) -> None:  # noqa: ANN001
+    schema = app.openapi()["components"]["schemas"]
+    assert all(schema[name]["additionalProperties"] is False for name in ("SearchRequest", "CollectionCreate",
+                                                                          "KeyCreate"))
+    from govstack_app.schemas import CollectionCreate, SearchRequest
+
+    model = {"/api/v1/search": SearchRequest, "/api/v1/collections": CollectionCreate, "/api/v1/keys": KeyCreate}[path]
+    with pytest.raises(ValueError, match=f"{unknown}\\n  Extra inputs are not permitted"):
+        model.model_validate(body)
+    model.model_validate({k: v for k, v in body.items() if k != unknown} | ({"collection": "docs"} if path.endswith(
+        "search") else {}))
