@@ -112,7 +112,9 @@ def main() -> None:
             corpus_top = top_k(query_vectors, corpus_vectors, exclude_self=False)
             if reference is None:
                 reference = (top_k(golden_vectors, golden_vectors, exclude_self=True), corpus_top, per_cpu_s)
-            size = path.stat().st_size + sum(p.stat().st_size for p in work.glob(f"{path.stem}*.data"))
+            # The float32 graph keeps its weights in the model's own file beside it (external data).
+            data = [work / onnx_graph.WEIGHTS_FILENAME] if path == fp32 else list(work.glob(f"{path.stem}*.data"))
+            size = path.stat().st_size + sum(p.stat().st_size for p in data)
             print(f"{name:32s} min cosine to golden {cos.min():.5f} (mean {cos.mean():.5f}),"
                   f" recall@{K} golden {recall(reference[0], golden_top):.3f},"
                   f" bench corpus {recall(reference[1], corpus_top):.3f},"

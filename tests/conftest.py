@@ -12,6 +12,9 @@ import yaml
 from tests.support import durations
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# Every container a test starts on a stack's networks (forwarders, load clients) carries it, with
+# the project as value, so teardown finds what a killed run left.
+FORWARDER_LABEL = "org.govstack.test-forwarder"
 TEST_INVENTORY = REPO_ROOT / "tests" / "inventories" / "test_local.py"
 
 
@@ -181,7 +184,7 @@ class Stack:
             ["docker", "run", "-d", "--name", name, "--network", self.plan.networks["edge"],
              "-p", "127.0.0.1::9000", "-e", f"TARGET_HOST={target_host}", "-e", f"TARGET_PORT={target_port}",
              "-v", f"{script}:/forward.py:ro", "--entrypoint", "python3", "--read-only", "--cap-drop", "ALL",
-             "--security-opt", "no-new-privileges", "--label", f"org.govstack.test-forwarder={self.settings.project}",
+             "--security-opt", "no-new-privileges", "--label", f"{FORWARDER_LABEL}={self.settings.project}",
              self.plan.app_image(self.current_release().version), "/forward.py"],
             check=True, capture_output=True,
         )
@@ -235,7 +238,7 @@ class Stack:
 
     def close(self) -> None:
         subprocess.run(
-            f"docker ps -aq --filter label=org.govstack.test-forwarder={self.settings.project} | xargs -r docker rm -f",
+            f"docker ps -aq --filter label={FORWARDER_LABEL}={self.settings.project} | xargs -r docker rm -f",
             shell=True, capture_output=True,
         )
 

@@ -12,9 +12,9 @@ import subprocess
 import sys
 
 from govstack.inventory import load_inventory
+from tests.conftest import FORWARDER_LABEL
 
 SAFE_PREFIXES = ("/var/lib/govstack-", "/tmp/")
-FORWARDER_LABEL = "org.govstack.test-forwarder"
 
 
 def teardown(inventory: str) -> None:

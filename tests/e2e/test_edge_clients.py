@@ -20,7 +20,7 @@ import uuid
 import pytest
 import requests
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import FORWARDER_LABEL, REPO_ROOT
 
 CLIENT_SCRIPT = REPO_ROOT / "tests" / "support" / "edge_client.py"
 COLLECTIONS = "/api/v1/collections"
@@ -70,7 +70,7 @@ def edge_client(stack):
         ["docker", "run", "-d", "--name", name, "--network", stack.plan.networks["edge"],
          "-v", f"{CLIENT_SCRIPT}:/edge_client.py:ro", "--entrypoint", "python3", "--read-only",
          "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--pids-limit", "64",
-         "--label", f"org.govstack.test-forwarder={stack.settings.project}",
+         "--label", f"{FORWARDER_LABEL}={stack.settings.project}",
          stack.plan.app_image(stack.current_release().version), "-c", "import time; time.sleep(3600)"],
         check=True, capture_output=True,
     )

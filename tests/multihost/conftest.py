@@ -2,7 +2,7 @@
 on the controller and shipped, the inventory deployed over SSH.
 
 The whole session is bounded: every step has a timeout, and a watchdog
-removes the hosts when MULTIHOST_BUDGET_S (default 2400) runs out, so a hung
+removes the hosts when MULTIHOST_BUDGET_S (default 3600) runs out, so a hung
 step fails fast instead of holding CI. MULTIHOST_KEEP=1 keeps the hosts
 (and prints how to reach them) for debugging; `python -m
 tests.multihost.harness down` removes them later.
@@ -22,9 +22,10 @@ import pytest
 
 from tests.multihost.harness import DEFAULT_LAYOUT, REPO_ROOT, Harness, TestHost, parallel
 
-# Measured: about 8 min warm on the 2-core reference machine, before the site runbooks
-# (test_site_runbooks.py: two restores, three deploys and a data host rebuilt) were added.
-BUDGET_S = float(os.environ.get("MULTIHOST_BUDGET_S", "2400"))
+# Measured on the 2-core reference machine, beside the two full tiers as `make test` runs it:
+# 23 min on a quiet machine, 37 min (2220 s) with a helper deploying meanwhile. The budget is
+# for a hung step, not a slow machine: an hour still ends well inside CI's 90 minutes.
+BUDGET_S = float(os.environ.get("MULTIHOST_BUDGET_S", "3600"))
 KEEP = os.environ.get("MULTIHOST_KEEP") == "1"
 # The workdir of a lane kept with MULTIHOST_KEEP=1: run tests against its
 # hosts again without starting new ones (while developing).

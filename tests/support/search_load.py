@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import requests
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import FORWARDER_LABEL, REPO_ROOT
 from tests.support.loadgen import Report, Sample
 
 CLIENT_SCRIPT = REPO_ROOT / "tests" / "support" / "search_client.py"
@@ -113,7 +113,7 @@ class SearchClients:
                 ["docker", "run", "-d", "--name", name, "--network", edge_network,
                  "-v", f"{CLIENT_SCRIPT}:/search_client.py:ro", "--entrypoint", "python3", "--read-only",
                  "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--pids-limit", "128",
-                 "--label", f"org.govstack.test-forwarder={project}",
+                 "--label", f"{FORWARDER_LABEL}={project}",
                  image, "-c", "import time; time.sleep(3600)"],
                 check=True, capture_output=True,
             )
