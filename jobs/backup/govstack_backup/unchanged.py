@@ -43,6 +43,7 @@ from govstack_backup.restic import Restic
 
 FORMAT = 1
 
+
 def repository_key(restic: Restic) -> str | None:
     """A local repository's identity: its path and its ``config`` file (a repository made again
     at the same path has a new one). None: a remote repository, or none there yet."""
