@@ -108,6 +108,26 @@ def test_a_changed_object_is_read_and_an_unchanged_one_is_not(stack, admin, seed
 
 
 IF_CHANGED = "incr-ifchanged-test"
+# Other writers on a shared test stack (autovacuum's ANALYZE of what earlier tests wrote, the
+# worker's retries) commit a transaction now and then, and the comparison rightly calls that a
+# change. An attempt one of them spoiled is repeated from a new full run, at most this often.
+ATTEMPTS = 3
+NOISE = "Postgres: transactions committed since"
+
+
+def scheduled_run(stack, change, want: str | None) -> dict:
+    """``change()``, then a scheduled run: its summary, once it stored nothing (``want`` None) or
+    stored a run for the reason ``want``. Any other answer fails at once: only another writer's
+    commit is repeated (after a full run, so the next attempt compares with a quiet record)."""
+    for attempt in range(ATTEMPTS):
+        change(attempt)
+        result = cli_json(stack, "backup", "--if-changed")
+        reason = (result.get("if_changed") or {}).get("changed", "")
+        if (result.get("unchanged") is True) if want is None else (want in reason):
+            return result
+        assert reason.startswith(NOISE) and not (want or "").startswith(NOISE), (want, result)
+        cli_json(stack, "backup")
+    raise AssertionError(f"other writers committed during each of {ATTEMPTS} attempts")
 
 
 def test_a_scheduled_run_stores_nothing_unless_something_changed(stack, seeded):
@@ -116,45 +136,41 @@ def test_a_scheduled_run_stores_nothing_unless_something_changed(stack, seeded):
     if not s3.bucket_exists(IF_CHANGED):
         s3.make_bucket(IF_CHANGED)
     put(s3, IF_CHANGED, "kept.bin", os.urandom(64 * 1024))
-    # Statistics fresh, as on a stack idle at night: autovacuum's own ANALYZE of what earlier
-    # tests wrote would commit a transaction in the middle of this test.
+    # Statistics fresh, as on a stack idle at night: fewer of autovacuum's own ANALYZEs.
     stack.psql("ANALYZE")
     try:
-        first = cli_json(stack, "backup")  # an operator's run always stores one
-        runs = {r["run"] for r in job(stack, "runs")["runs"]}
+        cli_json(stack, "backup")  # an operator's run always stores one
         gets = s3_gets(stack, IF_CHANGED)
         since = metrics(stack)["govstack_backup_last_success_timestamp_seconds"]
 
-        same = cli_json(stack, "backup", "--if-changed")
-        assert same.get("unchanged") is True and same["run"] == first["run"], same.get("if_changed")
-        assert same["manifest_snapshot"].startswith(first["manifest_snapshot"])
-        assert {r["run"] for r in job(stack, "runs")["runs"]} == runs  # no snapshot stored
+        same = scheduled_run(stack, lambda _: None, None)
+        # It names the newest complete run, and stored none after it.
+        runs = [r["run"] for r in job(stack, "runs")["runs"] if r["complete"] and r.get("kind", "run") == "run"]
+        assert max(runs) == same["run"], (runs[-3:], same)
         assert s3_gets(stack, IF_CHANGED) == gets  # no object read
         assert same["objects"]["counters"]["fetched"] == 0 and same["objects"]["counters"]["listed"] >= 1
         # It counts as a successful run: the backup stays fresh for the alerts.
         assert metrics(stack)["govstack_backup_last_success_timestamp_seconds"] > since
 
-        previous = first["run"]
+        stored = {}
         for change, why in (
             # A committed transaction, even one that leaves the data as it was.
-            (lambda: stack.psql("CREATE TABLE ifchanged_probe (x int); DROP TABLE ifchanged_probe"),
+            (lambda _: stack.psql("CREATE TABLE ifchanged_probe (x int); DROP TABLE ifchanged_probe"),
              "transactions committed since"),
             # A sequence moves without a transaction id.
-            (lambda: stack.psql("SELECT nextval(pg_get_serial_sequence('public.collections', 'id'))"),
+            (lambda _: stack.psql("SELECT nextval(pg_get_serial_sequence('public.collections', 'id'))"),
              "a sequence moved"),
             # An object written beside the database (no row names it).
-            (lambda: put(s3, IF_CHANGED, "new.bin", b"new object"), "objects changed"),
+            (lambda attempt: put(s3, IF_CHANGED, "new.bin", b"new object %d" % attempt), "objects changed"),
         ):
-            change()
-            stored = cli_json(stack, "backup", "--if-changed")
+            previous = stored.get("run", same["run"])
+            stored = scheduled_run(stack, change, why)
             assert not stored.get("unchanged") and stored["run"] != previous, stored
-            assert why in stored["if_changed"]["changed"], stored["if_changed"]
-            previous = stored["run"]
         # The last run stored the new object (the comparison downloaded it; the run then found it).
         assert stored["if_changed"]["objects"]["counters"]["fetched"] == 1
-        manifest = job(stack, "manifest", previous)["manifest"]
-        assert manifest["components"]["objects"]["buckets"][IF_CHANGED]["objects"]["new.bin"]["size"] == 10
-        assert cli_json(stack, "backup", "--if-changed")["run"] == previous  # and now it is current
+        manifest = job(stack, "manifest", stored["run"])["manifest"]
+        assert manifest["components"]["objects"]["buckets"][IF_CHANGED]["objects"]["new.bin"]["size"] == 12
+        assert scheduled_run(stack, lambda _: None, None)["run"] >= stored["run"]  # and now it is current
     finally:
         for obj in s3.list_objects(IF_CHANGED, recursive=True, include_version=True):
             s3.remove_object(IF_CHANGED, obj.object_name, version_id=obj.version_id)
