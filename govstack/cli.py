@@ -517,12 +517,13 @@ def cost(inventory: str, window_s: float, as_json: bool) -> None:
     for entry in _hosts(inventory):
         prices = entry.settings.cost
         try:
-            costs = container_costs(entry, prices, window_s=window_s)
+            costs, left_out = container_costs(entry, prices, window_s=window_s)
         except CostError as error:
             _fail(str(error))
         if as_json:
             click.echo(json.dumps({"host": entry.name, "currency": prices.currency,
-                                   "services": [asdict(c) for c in costs]}, indent=2))
+                                   "services": [asdict(c) for c in costs],
+                                   "left_out": [asdict(c) for c in left_out]}, indent=2))
             continue
         click.echo(f"{entry.name}: {window_s:.0f} s average, {prices.currency}/hour "
                    f"(CPU {prices.cpu_core_hour}/core·h, memory {prices.memory_gb_hour}/GiB·h)")
@@ -531,6 +532,8 @@ def cost(inventory: str, window_s: float, as_json: bool) -> None:
                        f"{c.per_hour:9.5f}")
         total = sum(c.per_hour for c in costs)
         click.echo(f"  total {total:.4f} {prices.currency}/hour, {total * 24 * 30:.2f} per 30 days")
+        for c in left_out:
+            click.echo(f"  not priced: {c.project} {c.service} ({c.why})")
 
 
 def _register_features(group: click.Group) -> None:

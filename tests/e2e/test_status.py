@@ -1,9 +1,10 @@
 """`govstack status` and `govstack cost` against the deployed test stack."""
 
 import json
+import subprocess
 import time
 
-from tests.conftest import run_govstack
+from tests.conftest import FORWARDER_LABEL, run_govstack
 
 
 def test_status_reports_targets_alerts_release_and_figures(stack):
@@ -44,11 +45,30 @@ def test_status_fails_fast_and_names_prometheus_when_it_is_down(stack):
     assert elapsed < 20, elapsed
 
 
-def test_cost_prices_every_running_service(stack):
-    result = run_govstack("cost", "--json", "--window", "4", "-i", stack.inventory, timeout=120)
-    assert result.returncode == 0, result.stderr
+def test_cost_prices_every_running_service_and_leaves_out_one_that_goes(stack):
+    """Every service of the stack is priced at the settings' rates. A container of the stack's
+    project that is removed inside the window (a one-off `compose run --rm`, the old color after a
+    switch) is named as not priced, and does not fail the report: `cost` read its stats after it was
+    gone and failed with the engine's 404."""
+    name = f"{stack.settings.project}-cost-oneoff"
+    subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+    # Alive when `cost` lists the containers (the CLI starts in 1-3 s), gone before the window ends.
+    subprocess.run(
+        ["docker", "run", "-d", "--rm", "--name", name, "--entrypoint", "sleep",
+         "--label", f"com.docker.compose.project={stack.settings.project}",
+         "--label", "com.docker.compose.service=cost-oneoff",
+         "--label", f"{FORWARDER_LABEL}={stack.settings.project}",
+         "--read-only", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+         stack.plan.app_image(stack.current_release().version), "8"],
+        check=True, capture_output=True,
+    )
+    result = run_govstack("cost", "--json", "--window", "14", "-i", stack.inventory, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout)
+    assert {"project": stack.settings.project, "service": "cost-oneoff", "why": "gone during the window"} \
+        in report["left_out"]
     services = {(c["project"], c["service"]) for c in report["services"]}
+    assert (stack.settings.project, "cost-oneoff") not in services
     assert (stack.settings.project, "postgres") in services
     assert (stack.app_project, "api") in services
     prices = stack.settings.cost
