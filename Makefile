@@ -12,7 +12,8 @@ DRILLS_INVENTORY ?= tests/inventories/test_local_drills.py
 # load; the compliance and quarantine restores), about half of the tier's time. Any other module
 # runs on the first stack. Each half runs its modules in the alphabetical order the whole tier had.
 DRILLS := tests/e2e/test_bluegreen.py tests/e2e/test_compliance.py tests/e2e/test_quarantine.py \
-          tests/e2e/test_release_crash.py tests/e2e/test_runbooks.py
+          tests/e2e/test_release_crash.py tests/e2e/test_restore_admin_key.py \
+          tests/e2e/test_runbooks.py
 # Tools installed in the venv (shellcheck, actionlint, govstack) are on PATH for the tests.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 PYTEST := $(BIN)/pytest -p no:cacheprovider

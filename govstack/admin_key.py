@@ -11,7 +11,8 @@ it never runs beside a deploy, restore or another rotation (a busy lock exits 3 
 ``--lock-wait`` waits for it). In this order, on each all-in-one host:
 
 1. a new key is generated on the host and replaces the secret file (atomic rename, 0600, owned
-   by the app's uid): from here any app start applies it, because the file changed;
+   by the app's uid): from here any start of the API (or the deploy's migrate step) applies it,
+   because its database never saw it; so does the start that ends a restore of an older database;
 2. ``govstack-app set-admin-key`` in the serving API container sets it in the database from that
    file (stdin; no key on a command line), active and unscoped: the old key stops working;
 3. the serving API answers ``GET /api/v1/keys`` with the new key.

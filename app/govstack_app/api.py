@@ -37,6 +37,8 @@ def lifespan(
             await run_in_threadpool(migrate, settings)
         s = svc or await run_in_threadpool(build_services, settings)
         app.state.services = s
+        if not run_migrations:
+            await run_in_threadpool(apply_new_bootstrap_key, s, settings)
         try:
             await run_in_threadpool(s.store.ensure_bucket)
         except Exception as exc:  # noqa: BLE001 - /ready reports it
@@ -53,6 +55,26 @@ def lifespan(
             s.close()
 
     return serve
+
+
+def apply_new_bootstrap_key(svc: Services, settings: Settings) -> None:
+    """The secret file's bootstrap admin key, applied at start when the database never saw it
+    (the seed rule of migrate, which the stack runs only on a deploy): a restore of a database
+    older than the file (`govstack restore`, a drill, a point in time before `govstack admin-key
+    rotate`) would otherwise refuse the operator's key until the next deploy, and keep a key
+    rotated away for a leak working. A value the database saw before stays as the API left it
+    (rotated or revoked). A database that does not answer yet is the readiness check's to
+    report; the next start applies it."""
+    if settings.admin_api_key_file is None:
+        return
+    from .db import seed_bootstrap_key
+
+    try:
+        with svc.pool.connection() as conn:
+            if seed_bootstrap_key(conn, settings.admin_api_key()):
+                log.warning("bootstrap admin key set from the secret file: the database had never seen it")
+    except Exception as exc:  # noqa: BLE001 - never keeps the API from starting
+        log.warning("could not check the bootstrap admin key against the secret file", error=repr(exc))
 
 
 def create_app(settings: Settings, svc: Services | None = None, *, run_migrations: bool | None = None) -> FastAPI:

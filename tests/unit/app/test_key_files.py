@@ -47,3 +47,26 @@ def test_one_file_changed_alone_is_used_once_it_has_settled(tmp_path, monkeypatc
     assert pair(provider) == ("ACCESS", "oldsecret")
     clock[0] += KeyFilesProvider.SETTLE_S
     assert pair(provider) == ("ACCESS", "newsecret")
+
+
+class _RefusingPool:
+    """A database that does not answer yet (the API may start before Postgres does)."""
+
+    def connection(self):
+        import psycopg
+
+        raise psycopg.OperationalError("connection refused")
+
+
+def test_a_database_that_does_not_answer_never_keeps_the_api_from_starting(tmp_path):
+    from types import SimpleNamespace
+
+    from govstack_app.api import apply_new_bootstrap_key
+    from govstack_app.settings import Settings
+
+    key = tmp_path / "app_admin_api_key"
+    key.write_text("k" * 40)
+    # Returns (logs a warning): the readiness check reports the database, the next start applies the key.
+    apply_new_bootstrap_key(SimpleNamespace(pool=_RefusingPool()), Settings(admin_api_key_file=key))
+    # No secret file: nothing to apply, the pool is not touched.
+    apply_new_bootstrap_key(SimpleNamespace(pool=None), Settings(admin_api_key_file=None))
