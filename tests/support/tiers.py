@@ -91,19 +91,6 @@ def run_step(tiers: list[str], make: str, timings: Path,
     results: dict[str, tuple[int, float]] = {}
     # Each tier's time ends when it does, not when the step's slowest tier does.
     pending = dict(started)
-    try:
-        _wait(pending, results, gates, lock)
-    except BaseException:
-        # Ctrl-C or a TERM to this runner: each tier is a session of its own (so a gate can stop
-        # it whole) and no longer gets the terminal's signal; stop them rather than leave them.
-        for proc, _, _ in pending.values():
-            _stop(proc)
-        raise
-    return {tier: results[tier] for tier in tiers}
-
-
-def _wait(pending: dict[str, tuple[subprocess.Popen, threading.Thread, float]],
-          results: dict[str, tuple[int, float]], gates: frozenset[str], lock: threading.Lock) -> None:
     while pending:
         for tier, (proc, relay, start) in list(pending.items()):
             if proc.poll() is not None:
@@ -121,6 +108,7 @@ def _wait(pending: dict[str, tuple[subprocess.Popen, threading.Thread, float]],
                     break
         if pending:
             time.sleep(0.2)
+    return {tier: results[tier] for tier in tiers}
 
 
 def minutes(seconds: float) -> str:
@@ -176,8 +164,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="a tier whose failure stops the other tiers of its step at once (repeatable)")
     args = parser.parse_args(argv)
     steps = parse_steps(args.steps)
-    # A TERM (a CI job's timeout) unwinds like Ctrl-C, so the running tiers are stopped too.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     results: dict[str, tuple[int, float]] = {}
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="govstack-tiers-") as tmp:

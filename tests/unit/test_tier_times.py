@@ -19,8 +19,6 @@ test-never:
 \ttouch never-ran
 test-slow:
 \tsleep 60 && touch slow-finished
-test-slowpid:
-\techo $$$$ > slow.pid && exec sleep 60
 test-ping:
 \t{python} rendezvous.py ping pong
 test-pong:
@@ -162,32 +160,3 @@ def test_the_summary_ends_with_each_tiers_first_failure(tmp_path):
     assert lines[-3:] == ["=== 1 failed; the first of each tier " + "=" * 30,
                           "[broken] broken_test.py::test_breaks",
                           "    broken_test.py:5: assert 1 == 2"], lines
-
-
-def test_a_term_to_the_runner_stops_the_tiers_it_started(tmp_path):
-    # The concurrent tiers run in sessions of their own (a gate stops each whole), so a CI timeout's
-    # TERM or an operator's Ctrl-C no longer reaches them by itself: the runner passes it on.
-    import signal
-    import time
-
-    run_tiers(tmp_path, "fast")  # writes the Makefile and the test files
-    runner = subprocess.Popen(
-        [sys.executable, "-m", "tests.support.tiers", "--make", "make", "slowpid+fast"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO_ROOT)},
-    )
-    pid_file = tmp_path / "slow.pid"
-    deadline = time.monotonic() + 30
-    while not (pid_file.exists() and pid_file.read_text().strip()):
-        assert time.monotonic() < deadline and runner.poll() is None, "the slow tier never started"
-        time.sleep(0.1)
-    pid = int(pid_file.read_text())
-    runner.send_signal(signal.SIGTERM)
-    runner.communicate(timeout=90)
-    assert runner.returncode == 128 + signal.SIGTERM
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return
-    # Killed but not yet reaped (its parent, make, was killed too) is gone as well.
-    assert state == "Z", f"the slow tier's sleep (pid {pid}, state {state}) outlived the runner"
