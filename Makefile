@@ -44,14 +44,12 @@ up: venv
 check: venv
 	$(BIN)/govstack check -i $(INVENTORY)
 
-## Everything: the offline images once, then the quick tier, the full tier's
-## two stacks and the multi-host lane at the same time (the quick tier beside
-## them takes ~2 minutes off the wall time; when it fails it stops the others
-## at once); exits with the first failing tier's code and ends with each tier's
-## wall time, its slowest tests, the whole run's wall time and each tier's
-## first failure (tests/support/tiers.py).
+## Everything: quick tier, the offline images once, then the full tier's two
+## stacks and the multi-host lane at the same time; stops after the first
+## step with a failing tier (its exit code) and ends with each tier's wall
+## time, its slowest tests and the whole run's wall time (tests/support/tiers.py).
 test: engine
-	$(BIN)/python -m tests.support.tiers --make "$(MAKE)" --gate quick images quick+full-main+full-drills+multihost
+	$(BIN)/python -m tests.support.tiers --make "$(MAKE)" quick images full-main+full-drills+multihost
 
 ## The Docker engine alone (installed and started when missing): the quick
 ## tier runs promtool/amtool in the offline Prometheus image.

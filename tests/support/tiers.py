@@ -2,13 +2,11 @@
 first step with a failing tier, then prints each tier's wall time and its slowest tests, the
 run's overall wall time, and exits with the first failing tier's exit code (0 when all passed).
 
-    python -m tests.support.tiers --gate quick images quick+full-main+full-drills+multihost
+    python -m tests.support.tiers quick images full-main+full-drills+multihost
 
 A step joins tiers with `+` to run them at the same time (separate stacks, projects, ports and
 subnets: most of their time is spent waiting on containers, not on the two cores); each line
-they print is prefixed with its tier's name. A gate tier (`--gate`) that fails stops the other
-tiers of its step at once: the quick tier runs beside the full ones and still fails the run in
-minutes, not after the slowest tier. The tiers' commands stay in the Makefile; this only
+they print is prefixed with its tier's name. The tiers' commands stay in the Makefile; this only
 schedules and times them. Per-test times come from tests/support/durations.py
 (GOVSTACK_DURATIONS_FILE, one file per tier).
 """
@@ -17,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -28,7 +25,6 @@ from pathlib import Path
 from tests.support.durations import ENV, read_tests
 
 SLOWEST = 15
-FIRST_REASON_LINES = 4
 
 
 def _command(tier: str, make: str) -> list[str]:
@@ -54,29 +50,8 @@ def _relay(tier: str, stream, lock: threading.Lock) -> None:
     stream.close()
 
 
-# A tier stopped because a gate failed: its exit code in the summary.
-STOPPED = -int(signal.SIGTERM)
-STOP_GRACE_S = 30
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """The tier's whole process group (make, pytest, the CLI it runs): TERM, then KILL."""
-    for sig, wait_s in ((signal.SIGTERM, STOP_GRACE_S), (signal.SIGKILL, STOP_GRACE_S)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait_s)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
-def run_step(tiers: list[str], make: str, timings: Path,
-             gates: frozenset[str] = frozenset()) -> dict[str, tuple[int, float]]:
-    """Run one step's tiers: one alone in the foreground, several at once (a failing gate stops
-    the others)."""
+def run_step(tiers: list[str], make: str, timings: Path) -> dict[str, tuple[int, float]]:
+    """Run one step's tiers: one alone in the foreground, several at once."""
     if len(tiers) == 1:
         return {tiers[0]: run_tier(tiers[0], make, timings)}
     lock = threading.Lock()
@@ -84,7 +59,7 @@ def run_step(tiers: list[str], make: str, timings: Path,
     sys.stdout.flush()
     for tier in tiers:
         proc = subprocess.Popen(_command(tier, make), env=_env(tier, timings), stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         relay = threading.Thread(target=_relay, args=(tier, proc.stdout, lock), daemon=True)
         relay.start()
         started[tier] = (proc, relay, time.monotonic())
@@ -97,15 +72,6 @@ def run_step(tiers: list[str], make: str, timings: Path,
                 relay.join()
                 results[tier] = (proc.returncode, time.monotonic() - start)
                 del pending[tier]
-                if tier in gates and proc.returncode != 0:
-                    with lock:
-                        print(f"tiers: the gate {tier} failed: stopping {', '.join(pending)}", flush=True)
-                    for other, (other_proc, other_relay, other_start) in pending.items():
-                        _stop(other_proc)
-                        other_relay.join(timeout=STOP_GRACE_S)
-                        results[other] = (STOPPED, time.monotonic() - other_start)
-                    pending.clear()
-                    break
         if pending:
             time.sleep(0.2)
     return {tier: results[tier] for tier in tiers}
@@ -120,7 +86,7 @@ def summary(results: dict[str, tuple[int, float]], timings: Path, wall: float | 
     lines = ["", "=== test time per tier " + "=" * 50]
     for tier, (rc, seconds) in results.items():
         tests = read_tests(timings / f"{tier}.jsonl")
-        state = "passed" if rc == 0 else "stopped (a gate failed)" if rc == STOPPED else f"FAILED (exit {rc})"
+        state = "passed" if rc == 0 else f"FAILED (exit {rc})"
         lines.append(f"{tier:<12} {minutes(seconds):>8}  {len(tests)} tests, {state}")
         for test in sorted(tests, key=lambda t: t["seconds"], reverse=True)[:slowest]:
             mark = "  FAILED" if test["failed"] else ""
@@ -136,14 +102,6 @@ def summary(results: dict[str, tuple[int, float]], timings: Path, wall: float | 
         for tier, test in failures:
             lines.append(f"[{tier}] {test['nodeid']}")
             lines.extend(f"    {line}" for line in test.get("reason", "(no reason recorded)").splitlines())
-        # A shared stack's first failure often causes the later ones: each tier's first, whole
-        # name and the reason's first lines, last of all.
-        lines.append(f"=== {len(failures)} failed; the first of each tier " + "=" * 30)
-        for tier in results:
-            first = next((test for name, test in failures if name == tier), None)
-            if first:
-                lines.append(f"[{tier}] {first['nodeid']}")
-                lines.extend(f"    {line}" for line in first.get("reason", "").splitlines()[:FIRST_REASON_LINES])
     return "\n".join(lines)
 
 
@@ -160,8 +118,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("steps", nargs="+",
                         help="Makefile targets test-<tier>, in order; tiers joined by + run at the same time")
     parser.add_argument("--make", default="make", help="the make that runs the tiers (the Makefile passes its own)")
-    parser.add_argument("--gate", action="append", default=[],
-                        help="a tier whose failure stops the other tiers of its step at once (repeatable)")
     args = parser.parse_args(argv)
     steps = parse_steps(args.steps)
     results: dict[str, tuple[int, float]] = {}
@@ -169,12 +125,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="govstack-tiers-") as tmp:
         timings = Path(tmp)
         for step in steps:
-            results.update(run_step(step, args.make, timings, frozenset(args.gate)))
+            results.update(run_step(step, args.make, timings))
             if any(results[tier][0] != 0 for tier in step):
                 break
         print(summary(results, timings, wall=time.monotonic() - start), flush=True)
-    # The first failing tier's code (a tier a gate stopped did not fail on its own).
-    failed = [rc for rc, _ in results.values() if rc not in (0, STOPPED)]
+    failed = [rc for rc, _ in results.values() if rc != 0]
     return failed[0] if failed else 0
 
 
