@@ -47,7 +47,8 @@ check: venv
 ## Everything: quick tier, the offline images once, then the full tier's two
 ## stacks and the multi-host lane at the same time; stops after the first
 ## step with a failing tier (its exit code) and ends with each tier's wall
-## time, its slowest tests and the whole run's wall time (tests/support/tiers.py).
+## time, its slowest tests, the whole run's wall time and each tier's first
+## failure (tests/support/tiers.py).
 test: engine
 	$(BIN)/python -m tests.support.tiers --make "$(MAKE)" quick images full-main+full-drills+multihost
 

@@ -1,6 +1,7 @@
 """`make test`'s tier runner: runs `make test-<tier>` for each step in order, stops after the
 first step with a failing tier, then prints each tier's wall time and its slowest tests, the
-run's overall wall time, and exits with the first failing tier's exit code (0 when all passed).
+run's overall wall time and each tier's first failure, and exits with the first failing tier's
+exit code (0 when all passed).
 
     python -m tests.support.tiers quick images full-main+full-drills+multihost
 
@@ -25,6 +26,7 @@ from pathlib import Path
 from tests.support.durations import ENV, read_tests
 
 SLOWEST = 15
+FIRST_REASON_LINES = 4
 
 
 def _command(tier: str, make: str) -> list[str]:
@@ -102,6 +104,14 @@ def summary(results: dict[str, tuple[int, float]], timings: Path, wall: float | 
         for tier, test in failures:
             lines.append(f"[{tier}] {test['nodeid']}")
             lines.extend(f"    {line}" for line in test.get("reason", "(no reason recorded)").splitlines())
+        # A shared stack's first failure often causes the later ones: each tier's first, whole
+        # name and the reason's first lines, last of all.
+        lines.append(f"=== {len(failures)} failed; the first of each tier " + "=" * 30)
+        for tier in results:
+            first = next((test for name, test in failures if name == tier), None)
+            if first:
+                lines.append(f"[{tier}] {first['nodeid']}")
+                lines.extend(f"    {line}" for line in first.get("reason", "").splitlines()[:FIRST_REASON_LINES])
     return "\n".join(lines)
 
 

@@ -83,7 +83,7 @@ def test_tiers_are_timed_and_the_first_failing_one_stops_the_run(tmp_path):
     assert not (tmp_path / "never-ran").exists()
     lines = summary_lines(result)
     assert [line.split()[0] for line in lines[1:] if not line.startswith(" ")] == [
-        "fast", "broken", "tiers", "wall", "===", "[broken]"]
+        "fast", "broken", "tiers", "wall", "===", "[broken]", "===", "[broken]"]
     fast = lines.index(next(line for line in lines if line.startswith("fast ")))
     assert "2 tests, passed" in lines[fast]
     # slowest first, each with its seconds
@@ -139,3 +139,12 @@ def test_a_tier_named_twice_or_blank_is_refused(tmp_path):
         assert result.returncode != 0
         assert "each tier once" in result.stderr
         assert not (tmp_path / "never-ran").exists()
+
+
+def test_the_summary_ends_with_each_tiers_first_failure(tmp_path):
+    # A log cut to its tail (CI shows the last lines) still names the failure that came first.
+    result = run_tiers(tmp_path, "broken+fast")
+    lines = summary_lines(result)
+    assert lines[-3:] == ["=== 1 failed; the first of each tier " + "=" * 30,
+                          "[broken] broken_test.py::test_breaks",
+                          "    broken_test.py:5: assert 1 == 2"], lines
